@@ -1,0 +1,199 @@
+//! Server configuration: one struct, with defaults that work with no file at all. Values come
+//! from, highest first: command-line flags, `RETORT_*` environment variables, the TOML file
+//! named by `--config`, and the defaults below.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::engine::EngineKind;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory of model packages: `<name>/<version>/{model.onnx, manifest.toml}`.
+    pub models_dir: PathBuf,
+    /// Address to listen on. Loopback unless told otherwise.
+    pub listen: SocketAddr,
+    /// Inference engine.
+    pub engine: EngineKind,
+    /// Inference threads; 0 means one per core.
+    pub inference_threads: usize,
+    /// Requests that may wait for an inference thread before new ones are refused with 429.
+    pub queue_capacity: usize,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most candidates accepted in one request.
+    pub max_candidates: usize,
+    /// Model used when a request names none (needed only when several models are served).
+    pub default_model: Option<String>,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+    /// After a shutdown signal, how long in-flight requests get to finish, in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            models_dir: PathBuf::from("models"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            engine: EngineKind::Tract,
+            inference_threads: 0,
+            queue_capacity: 1024,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_candidates: 2000,
+            default_model: None,
+            log_format: LogFormat::Text,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `retort serve` flags. Each overrides the file and the default when given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "RETORT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory of model packages [default: models]
+    #[arg(long = "models", env = "RETORT_MODELS")]
+    pub models_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "RETORT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Inference engine [default: tract]
+    #[arg(long, env = "RETORT_ENGINE")]
+    pub engine: Option<EngineKind>,
+    /// Inference threads, 0 for one per core [default: 0]
+    #[arg(long, env = "RETORT_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+    /// Requests that may wait for an inference thread [default: 1024]
+    #[arg(long, env = "RETORT_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Largest request body in bytes [default: 2097152]
+    #[arg(long, env = "RETORT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most candidates per request [default: 2000]
+    #[arg(long, env = "RETORT_MAX_CANDIDATES")]
+    pub max_candidates: Option<usize>,
+    /// Model used when a request names none
+    #[arg(long, env = "RETORT_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "RETORT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Milliseconds in-flight requests get to finish after a shutdown signal [default: 30000]
+    #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS")]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Layers flags (and their environment variables) over the file, over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut c = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! over {
+            ($($field:ident),*) => { $( if let Some(v) = &args.$field { c.$field = v.clone(); } )* };
+        }
+        over!(
+            models_dir,
+            listen,
+            engine,
+            inference_threads,
+            queue_capacity,
+            max_body_bytes,
+            max_candidates,
+            log_format,
+            drain_timeout_ms
+        );
+        if args.default_model.is_some() {
+            c.default_model = args.default_model.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity must be at least 1");
+        }
+        if self.max_body_bytes == 0 || self.max_candidates == 0 {
+            return bad("max_body_bytes and max_candidates must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Inference threads to start: the configured number, or one per core.
+    pub fn threads(&self) -> usize {
+        match self.inference_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_listen_on_loopback_and_serve_models() {
+        let c = Config::default();
+        assert!(c.listen.ip().is_loopback());
+        assert_eq!(c.models_dir, PathBuf::from("models"));
+        assert_eq!((c.max_body_bytes, c.max_candidates), (2 * 1024 * 1024, 2000));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retort.toml");
+        std::fs::write(&path, "max_candidates = 10\nqueue_capacity = 7\n").unwrap();
+        let args = ServeArgs { config: Some(path), queue_capacity: Some(3), ..Default::default() };
+        let c = Config::resolve(&args).unwrap();
+        assert_eq!(c.max_candidates, 10);
+        assert_eq!(c.queue_capacity, 3);
+        assert_eq!(c.max_body_bytes, Config::default().max_body_bytes);
+    }
+
+    #[test]
+    fn a_misspelt_file_key_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retort.toml");
+        std::fs::write(&path, "max_candidate = 10\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("max_candidate"), "{err}");
+    }
+}

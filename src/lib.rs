@@ -1,0 +1,19 @@
+//! retort: a low-latency ranking server for small student models, with the distillation that
+//! makes those students built in.
+//!
+//! # Layout
+//! - [`config`]: the server's configuration (flags, environment, TOML file, defaults).
+//! - [`model`]: the model package (manifest + ONNX), request encoding, inference engines, and
+//!   the ONNX writer students are exported with.
+//! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
+//! - [`shutdown`]: the ctrl-c / SIGTERM signal.
+//! - [`rng`]: the seeded generator behind reproducible weights and test data.
+//!
+//! The server never links training code paths at request time; the model package is the only
+//! contract between the distillation sidecar and the server.
+
+pub mod config;
+pub mod model;
+pub mod rng;
+pub mod serve;
+pub mod shutdown;

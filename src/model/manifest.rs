@@ -1,0 +1,581 @@
+//! The model manifest (`manifest.toml`): what a student needs from a request, what it answers, and
+//! how its heads combine into one ranking score. Format: `docs/model-package.md`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the server needs to know about a model package besides its ONNX graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub model: ModelInfo,
+    pub features: Vec<Feature>,
+    pub heads: Vec<Head>,
+    /// Default objective: head name → weight. Heads not named weigh 0.
+    pub objective: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub provenance: Provenance,
+    #[serde(default)]
+    pub golden: Golden,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// How context inputs are fed: one row per request, broadcast inside the graph (`once`), or
+    /// the context row repeated for every candidate (`per_candidate`), for graphs that do not
+    /// broadcast.
+    #[serde(default)]
+    pub context_rows: ContextRows,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextRows {
+    #[default]
+    Once,
+    PerCandidate,
+}
+
+/// Whether a feature is sent once per request or once per candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Context,
+    Item,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Context => "context",
+            Side::Item => "item",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawFeature", into = "RawFeature")]
+pub struct Feature {
+    pub name: String,
+    pub side: Side,
+    /// The ONNX graph input this feature is written into. Several features may share an input:
+    /// they are concatenated along its last axis in manifest order.
+    pub input: String,
+    pub kind: FeatureKind,
+}
+
+/// How a raw request value becomes tensor values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureKind {
+    /// A string or integer id, hashed into `buckets` (bucket 0 is "missing/unknown"); the graph
+    /// looks it up in an embedding table. Feeds an int64 input, one column.
+    Categorical {
+        buckets: u64,
+        /// Value used when the request omits the feature; without one, bucket 0.
+        default: Option<String>,
+    },
+    /// A number, fed as `(x - mean) / std`. Feeds a float input, one column.
+    Number {
+        mean: f64,
+        std: f64,
+        /// Raw value used when the request omits the feature (normalised like any other).
+        default: f64,
+    },
+    /// A fixed-length list of numbers, fed as is. Feeds a float input, `dim` columns.
+    Vector {
+        dim: usize,
+        /// Used when the request omits the feature; zeros when absent.
+        default: Option<Vec<f64>>,
+    },
+}
+
+/// The TOML shape of a feature: one flat table whose `kind` says which keys apply.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeature {
+    name: String,
+    side: Side,
+    kind: String,
+    input: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    buckets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    std: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dim: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default: Option<toml::Value>,
+}
+
+impl TryFrom<RawFeature> for Feature {
+    type Error = String;
+
+    fn try_from(raw: RawFeature) -> Result<Self, String> {
+        let name = &raw.name;
+        let only = |key: &str, present: bool, kind: &str| {
+            if present {
+                Err(format!("feature `{name}`: `{key}` does not apply to a {kind} feature"))
+            } else {
+                Ok(())
+            }
+        };
+        let kind = match raw.kind.as_str() {
+            "categorical" => {
+                only("mean", raw.mean.is_some(), "categorical")?;
+                only("std", raw.std.is_some(), "categorical")?;
+                only("dim", raw.dim.is_some(), "categorical")?;
+                let buckets = raw
+                    .buckets
+                    .ok_or_else(|| format!("feature `{name}`: a categorical feature needs `buckets`"))?;
+                let default = match raw.default {
+                    None => None,
+                    Some(toml::Value::String(s)) => Some(s),
+                    Some(toml::Value::Integer(i)) => Some(i.to_string()),
+                    Some(other) => {
+                        return Err(format!(
+                            "feature `{name}`: default must be a string or an integer, not {}",
+                            other.type_str()
+                        ));
+                    }
+                };
+                FeatureKind::Categorical { buckets, default }
+            }
+            "number" => {
+                only("buckets", raw.buckets.is_some(), "number")?;
+                only("dim", raw.dim.is_some(), "number")?;
+                let default = match raw.default {
+                    None => 0.0,
+                    Some(v) => toml_number(&v)
+                        .ok_or_else(|| format!("feature `{name}`: default must be a number"))?,
+                };
+                FeatureKind::Number { mean: raw.mean.unwrap_or(0.0), std: raw.std.unwrap_or(1.0), default }
+            }
+            "vector" => {
+                only("buckets", raw.buckets.is_some(), "vector")?;
+                only("mean", raw.mean.is_some(), "vector")?;
+                only("std", raw.std.is_some(), "vector")?;
+                let dim = raw.dim.ok_or_else(|| format!("feature `{name}`: a vector feature needs `dim`"))?;
+                let default = match raw.default {
+                    None => None,
+                    Some(toml::Value::Array(items)) => {
+                        Some(
+                            items.iter().map(toml_number).collect::<Option<Vec<f64>>>().ok_or_else(|| {
+                                format!("feature `{name}`: default must be a list of numbers")
+                            })?,
+                        )
+                    }
+                    Some(_) => return Err(format!("feature `{name}`: default must be a list of numbers")),
+                };
+                FeatureKind::Vector { dim, default }
+            }
+            other => {
+                return Err(format!(
+                    "feature `{name}`: unknown kind `{other}` (expected categorical, number or vector)"
+                ));
+            }
+        };
+        Ok(Feature { name: raw.name, side: raw.side, input: raw.input, kind })
+    }
+}
+
+impl From<Feature> for RawFeature {
+    fn from(f: Feature) -> RawFeature {
+        let mut raw = RawFeature {
+            name: f.name,
+            side: f.side,
+            kind: f.kind.name().to_string(),
+            input: f.input,
+            buckets: None,
+            mean: None,
+            std: None,
+            dim: None,
+            default: None,
+        };
+        match f.kind {
+            FeatureKind::Categorical { buckets, default } => {
+                raw.buckets = Some(buckets);
+                raw.default = default.map(toml::Value::String);
+            }
+            FeatureKind::Number { mean, std, default } => {
+                raw.mean = Some(mean);
+                raw.std = Some(std);
+                raw.default = Some(toml::Value::Float(default));
+            }
+            FeatureKind::Vector { dim, default } => {
+                raw.dim = Some(dim);
+                raw.default =
+                    default.map(|d| toml::Value::Array(d.into_iter().map(toml::Value::Float).collect()));
+            }
+        }
+        raw
+    }
+}
+
+/// TOML writes `200` and `200.0` differently; a feature's numbers accept both.
+fn toml_number(v: &toml::Value) -> Option<f64> {
+    match v {
+        toml::Value::Float(x) => Some(*x),
+        toml::Value::Integer(i) => Some(*i as f64),
+        _ => None,
+    }
+}
+
+impl FeatureKind {
+    /// Columns this feature takes in its input tensor.
+    pub fn width(&self) -> usize {
+        match self {
+            FeatureKind::Categorical { .. } | FeatureKind::Number { .. } => 1,
+            FeatureKind::Vector { dim, .. } => *dim,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            FeatureKind::Categorical { .. } => DType::I64,
+            FeatureKind::Number { .. } | FeatureKind::Vector { .. } => DType::F32,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            FeatureKind::Categorical { .. } => "categorical",
+            FeatureKind::Number { .. } => "number",
+            FeatureKind::Vector { .. } => "vector",
+        }
+    }
+}
+
+/// Element type of an ONNX input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    I64,
+    F32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Head {
+    pub name: String,
+    pub kind: HeadKind,
+    /// Serving heads are returned to callers and may carry objective weight; others (auxiliary,
+    /// monitoring) are computed by the graph but never answered.
+    #[serde(default = "yes")]
+    pub serving: bool,
+    /// The ONNX output holding this head, shaped `[rows]` or `[rows, k]`.
+    pub output: String,
+    /// Column of a `[rows, k]` output.
+    #[serde(default)]
+    pub column: usize,
+    /// What the server applies to the output to get the head's value: `none` when the graph
+    /// already yields a probability (binary) or the value itself (regression), `sigmoid` when a
+    /// binary head's output is a logit.
+    #[serde(default)]
+    pub transform: Transform,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    Binary,
+    Regression,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    #[default]
+    None,
+    Sigmoid,
+}
+
+/// Where a model came from: enough to reproduce it and to judge it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trained_by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub teacher: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data_window: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_at: String,
+    /// Offline metrics by name, e.g. `play_auc = 0.79`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    /// Anything else worth keeping (distillation config, seeds, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
+}
+
+/// Golden examples: requests with the head values the model must reproduce when loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Golden {
+    /// Allowed absolute difference per head value (plus the same, relative).
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    #[serde(default)]
+    pub examples: Vec<GoldenExample>,
+}
+
+impl Default for Golden {
+    fn default() -> Self {
+        Golden { tolerance: default_tolerance(), examples: Vec::new() }
+    }
+}
+
+fn default_tolerance() -> f64 {
+    1e-4
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenExample {
+    #[serde(default)]
+    pub context: BTreeMap<String, toml::Value>,
+    pub candidates: Vec<GoldenCandidate>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenCandidate {
+    pub id: String,
+    #[serde(default)]
+    pub features: BTreeMap<String, toml::Value>,
+    /// Head name → expected value (after the head's transform).
+    pub expected: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a valid manifest: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("manifest of {model}: {problem}")]
+    Invalid { model: String, problem: String },
+}
+
+impl Manifest {
+    pub fn from_path(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.display().to_string(), source })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|source| ManifestError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a manifest always serialises to TOML. This is a bug.")
+    }
+
+    /// Checks what the types cannot: unique names, consistent inputs, known objective heads.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |problem: String| ManifestError::Invalid {
+            model: format!("{}/{}", self.model.name, self.model.version),
+            problem,
+        };
+        if self.model.name.is_empty() || self.model.version.is_empty() {
+            return Err(invalid("model name and version must not be empty".into()));
+        }
+        for part in [&self.model.name, &self.model.version] {
+            if part.contains(['/', '\\']) || part.starts_with('.') {
+                return Err(invalid(format!(
+                    "`{part}` cannot be a directory name (no slashes, no leading dot)"
+                )));
+            }
+        }
+        if self.features.is_empty() {
+            return Err(invalid("declares no features".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut inputs: BTreeMap<&str, (Side, DType, &str)> = BTreeMap::new();
+        for f in &self.features {
+            if !seen.insert(f.name.as_str()) {
+                return Err(invalid(format!("feature `{}` is declared twice", f.name)));
+            }
+            match &f.kind {
+                FeatureKind::Categorical { buckets, .. } if *buckets < 2 => {
+                    return Err(invalid(format!(
+                        "feature `{}`: a categorical feature needs at least 2 buckets \
+                         (bucket 0 is reserved for missing values)",
+                        f.name
+                    )));
+                }
+                FeatureKind::Number { mean, std, default }
+                    if !(std.is_finite() && *std > 0.0 && mean.is_finite() && default.is_finite()) =>
+                {
+                    return Err(invalid(format!(
+                        "feature `{}`: mean and default must be finite, std finite and > 0",
+                        f.name
+                    )));
+                }
+                FeatureKind::Vector { dim: 0, .. } => {
+                    return Err(invalid(format!("feature `{}`: dim must be > 0", f.name)));
+                }
+                FeatureKind::Vector { dim, default: Some(d) }
+                    if d.len() != *dim || d.iter().any(|x| !x.is_finite()) =>
+                {
+                    return Err(invalid(format!(
+                        "feature `{}`: default must be {dim} finite numbers",
+                        f.name
+                    )));
+                }
+                _ => {}
+            }
+            let entry = inputs.entry(f.input.as_str()).or_insert((f.side, f.kind.dtype(), &f.name));
+            if entry.0 != f.side || entry.1 != f.kind.dtype() {
+                return Err(invalid(format!(
+                    "features `{}` and `{}` share input `{}` but differ in side or element type \
+                     (categorical features feed int64 inputs, numbers and vectors float inputs)",
+                    entry.2, f.name, f.input
+                )));
+            }
+        }
+        if self.heads.is_empty() {
+            return Err(invalid("declares no heads".into()));
+        }
+        let mut head_names = std::collections::HashSet::new();
+        for h in &self.heads {
+            if !head_names.insert(h.name.as_str()) {
+                return Err(invalid(format!("head `{}` is declared twice", h.name)));
+            }
+            if h.kind == HeadKind::Regression && h.transform == Transform::Sigmoid {
+                return Err(invalid(format!(
+                    "head `{}`: a regression head cannot take the sigmoid transform",
+                    h.name
+                )));
+            }
+        }
+        for (name, weight) in &self.objective {
+            match self.heads.iter().find(|h| &h.name == name) {
+                None => return Err(invalid(format!("objective names unknown head `{name}`"))),
+                Some(h) if !h.serving => {
+                    return Err(invalid(format!(
+                        "objective weighs head `{name}`, which is not a serving head"
+                    )));
+                }
+                _ if !weight.is_finite() => {
+                    return Err(invalid(format!("objective weight of `{name}` is not finite")));
+                }
+                _ => {}
+            }
+        }
+        if !(self.golden.tolerance.is_finite() && self.golden.tolerance >= 0.0) {
+            return Err(invalid("golden tolerance must be a finite number >= 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn feature(&self, name: &str) -> Option<&Feature> {
+        self.features.iter().find(|f| f.name == name)
+    }
+
+    /// `name/version`, for messages.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.model.name, self.model.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[model]
+name = "m"
+version = "1"
+
+[[features]]
+name = "user_id"
+side = "context"
+kind = "categorical"
+buckets = 100
+input = "ctx_ids"
+
+[[features]]
+name = "duration_s"
+side = "item"
+kind = "number"
+mean = 200.0
+std = 50.0
+input = "item_dense"
+
+[[heads]]
+name = "play"
+kind = "binary"
+output = "play"
+
+[objective]
+play = 1.0
+"#;
+
+    #[test]
+    fn minimal_manifest_parses_with_defaults() {
+        let m: Manifest = toml::from_str(MINIMAL).unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.model.context_rows, ContextRows::Once);
+        assert!(m.heads[0].serving);
+        assert_eq!(m.heads[0].transform, Transform::None);
+        assert_eq!(m.golden.tolerance, 1e-4);
+        match &m.features[1].kind {
+            FeatureKind::Number { mean, std, default } => {
+                assert_eq!((*mean, *std, *default), (200.0, 50.0, 0.0))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let m: Manifest = toml::from_str(MINIMAL).unwrap();
+        let back: Manifest = toml::from_str(&m.to_toml()).unwrap();
+        assert_eq!(m, back);
+    }
+
+    fn invalid(patch: impl FnOnce(&mut Manifest)) -> String {
+        let mut m: Manifest = toml::from_str(MINIMAL).unwrap();
+        patch(&mut m);
+        m.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_inconsistent_manifests_naming_the_culprit() {
+        let e = invalid(|m| m.objective.insert("like".into(), 1.0).map(|_| ()).unwrap_or(()));
+        assert!(e.contains("unknown head `like`"), "{e}");
+        let e = invalid(|m| m.features[1].input = "ctx_ids".into());
+        assert!(e.contains("share input `ctx_ids`"), "{e}");
+        let e = invalid(|m| m.features[0].kind = FeatureKind::Categorical { buckets: 1, default: None });
+        assert!(e.contains("`user_id`") && e.contains("2 buckets"), "{e}");
+        let e = invalid(|m| m.heads[0].serving = false);
+        assert!(e.contains("not a serving head"), "{e}");
+        let e = invalid(|m| m.features.push(m.features[0].clone()));
+        assert!(e.contains("declared twice"), "{e}");
+        let e = invalid(|m| m.model.version = "../x".into());
+        assert!(e.contains("directory name"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = MINIMAL.replace("buckets = 100", "buckets = 100\nbukets = 3");
+        let err = toml::from_str::<Manifest>(&text).unwrap_err().to_string();
+        assert!(err.contains("bukets"), "{err}");
+    }
+}

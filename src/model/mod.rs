@@ -1,0 +1,301 @@
+//! The model package (`<name>/<version>/{model.onnx, manifest.toml}`) and everything that turns a
+//! request into head values: manifest, encoder, engines, and the ONNX writer students are
+//! exported with.
+//!
+//! # Layout
+//! - [`manifest`]: the `manifest.toml` format and its validation.
+//! - [`encode`]: request features → input tensors (context once, candidates as one batch).
+//! - [`engine`]: the `Engine` trait and the tract / ort engines.
+//! - [`onnx`]: a small ONNX graph writer.
+//! - [`two_tower`]: the student architecture retort exports, with a reference forward pass.
+//! - [`package`]: finding, reading and atomically writing packages.
+//! - [`scaffold`]: the seeded-random default model shipped in `models/`.
+
+use std::path::{Path, PathBuf};
+
+pub mod encode;
+pub mod engine;
+pub mod manifest;
+pub mod onnx;
+pub mod package;
+pub mod scaffold;
+pub mod two_tower;
+
+use encode::{EncodeError, Encoded, Encoder, FeatureSource};
+use engine::{Engine, EngineError, EngineKind, GraphIo, Output};
+use manifest::{ContextRows, GoldenExample, Manifest, ManifestError, Transform};
+
+/// A loaded, validated model: manifest, encoder and engine. Immutable; shared across threads.
+pub struct Model {
+    pub manifest: Manifest,
+    /// Where the package was loaded from.
+    pub dir: PathBuf,
+    encoder: Encoder,
+    engine: Box<dyn Engine>,
+    /// Distinct graph outputs the heads read, in the order the engine returns them.
+    outputs: Vec<String>,
+    heads: Vec<HeadPlan>,
+    default_objective: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+struct HeadPlan {
+    output: usize,
+    column: usize,
+    transform: Transform,
+}
+
+/// Head values for a batch of candidates, laid out head-major: all rows of head 0, then head 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadValues {
+    pub rows: usize,
+    pub values: Vec<f32>,
+}
+
+impl HeadValues {
+    pub fn head(&self, head: usize) -> &[f32] {
+        &self.values[head * self.rows..(head + 1) * self.rows]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{model}: golden example {example}: {problem}")]
+    Golden { model: String, example: usize, problem: String },
+}
+
+/// A failure while running a validated request through the model: the model's fault, not the
+/// caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("output `{output}` has shape {shape:?}; head `{head}` needs [{rows}] or [{rows}, >{column}]")]
+    OutputShape { output: String, head: String, shape: Vec<usize>, rows: usize, column: usize },
+    #[error("head `{head}` is not finite for candidate {candidate}")]
+    NonFinite { head: String, candidate: usize },
+}
+
+/// A bad objective in a request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ObjectiveError {
+    #[error("objective names unknown head `{0}`")]
+    UnknownHead(String),
+    #[error("objective weighs head `{0}`, which is not a serving head")]
+    NotServing(String),
+    #[error("objective weight of head `{0}` is not a finite number")]
+    NonFinite(String),
+}
+
+impl Model {
+    /// Loads the package in `dir`, and checks that it reproduces its golden examples.
+    pub fn load(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
+        let manifest = Manifest::from_path(&dir.join(package::MANIFEST))?;
+        let graph_path = dir.join(package::GRAPH);
+        let graph = std::fs::read(&graph_path)
+            .map_err(|source| LoadError::Read { path: graph_path.display().to_string(), source })?;
+        let model = Model::from_parts(manifest, &graph, &graph_path, engine)?;
+        model.check_golden()?;
+        Ok(Model { dir: dir.to_path_buf(), ..model })
+    }
+
+    /// Builds a model from a validated manifest and graph bytes, without the golden check (which
+    /// [`Model::load`] adds); `origin` names the graph in errors.
+    pub fn from_parts(
+        manifest: Manifest,
+        graph: &[u8],
+        origin: &Path,
+        kind: EngineKind,
+    ) -> Result<Model, LoadError> {
+        manifest.validate()?;
+        let encoder = Encoder::new(&manifest);
+        let mut outputs: Vec<String> = Vec::new();
+        let heads = manifest
+            .heads
+            .iter()
+            .map(|h| {
+                let output = outputs.iter().position(|o| *o == h.output).unwrap_or_else(|| {
+                    outputs.push(h.output.clone());
+                    outputs.len() - 1
+                });
+                HeadPlan { output, column: h.column, transform: h.transform }
+            })
+            .collect();
+        let io = GraphIo {
+            inputs: encoder.inputs(),
+            context_once: encoder.context_rows() == ContextRows::Once,
+            outputs: &outputs,
+        };
+        let engine = engine::load(kind, graph, origin, &io)?;
+        let default_objective = manifest
+            .heads
+            .iter()
+            .map(|h| manifest.objective.get(&h.name).copied().unwrap_or(0.0) as f32)
+            .collect();
+        Ok(Model {
+            dir: origin.parent().map(Path::to_path_buf).unwrap_or_default(),
+            manifest,
+            encoder,
+            engine,
+            outputs,
+            heads,
+            default_objective,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.model.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.manifest.model.version
+    }
+
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Validates and encodes a request's features.
+    pub fn encode<C, I>(&self, context: &C, candidates: &[I]) -> Result<Encoded, EncodeError>
+    where
+        C: FeatureSource + ?Sized,
+        I: FeatureSource,
+    {
+        self.encoder.encode(context, candidates)
+    }
+
+    /// Runs the graph and extracts every head's value per candidate.
+    pub fn infer(&self, encoded: Encoded) -> Result<HeadValues, InferError> {
+        let rows = encoded.rows;
+        if rows == 0 {
+            return Ok(HeadValues { rows, values: Vec::new() });
+        }
+        let outputs = self.engine.run(encoded.tensors)?;
+        let mut values = Vec::with_capacity(rows * self.heads.len());
+        for (plan, head) in self.heads.iter().zip(&self.manifest.heads) {
+            let out: &Output = &outputs[plan.output];
+            let stride = match out.shape.as_slice() {
+                [r] if *r == rows && plan.column == 0 => 1,
+                [r, k] if *r == rows && plan.column < *k => *k,
+                _ => {
+                    return Err(InferError::OutputShape {
+                        output: head.output.clone(),
+                        head: head.name.clone(),
+                        shape: out.shape.clone(),
+                        rows,
+                        column: plan.column,
+                    });
+                }
+            };
+            for row in 0..rows {
+                let raw = out.data[row * stride + plan.column];
+                let v = match plan.transform {
+                    Transform::None => raw,
+                    Transform::Sigmoid => 1.0 / (1.0 + (-raw).exp()),
+                };
+                if !v.is_finite() {
+                    return Err(InferError::NonFinite { head: head.name.clone(), candidate: row });
+                }
+                values.push(v);
+            }
+        }
+        Ok(HeadValues { rows, values })
+    }
+
+    /// Per-head weights: the manifest's default objective, or the caller's, which replaces it
+    /// whole (heads it does not name weigh 0).
+    pub fn objective<'a>(
+        &self,
+        custom: Option<impl IntoIterator<Item = (&'a str, f64)>>,
+    ) -> Result<Vec<f32>, ObjectiveError> {
+        let Some(custom) = custom else {
+            return Ok(self.default_objective.clone());
+        };
+        let mut weights = vec![0.0f32; self.heads.len()];
+        for (name, weight) in custom {
+            let ix = self
+                .manifest
+                .heads
+                .iter()
+                .position(|h| h.name == name)
+                .ok_or_else(|| ObjectiveError::UnknownHead(name.to_string()))?;
+            if !self.manifest.heads[ix].serving {
+                return Err(ObjectiveError::NotServing(name.to_string()));
+            }
+            if !weight.is_finite() {
+                return Err(ObjectiveError::NonFinite(name.to_string()));
+            }
+            weights[ix] = weight as f32;
+        }
+        Ok(weights)
+    }
+
+    /// One score per candidate: `Σ weight_h · value_h`.
+    pub fn combine(&self, values: &HeadValues, weights: &[f32]) -> Vec<f32> {
+        let mut scores = vec![0.0f32; values.rows];
+        for (h, &w) in weights.iter().enumerate() {
+            if w != 0.0 {
+                for (s, v) in scores.iter_mut().zip(values.head(h)) {
+                    *s += w * v;
+                }
+            }
+        }
+        scores
+    }
+
+    /// Runs one golden example and returns its head values.
+    pub fn run_example(&self, example: &GoldenExample) -> Result<HeadValues, String> {
+        let candidates: Vec<_> = example.candidates.iter().map(|c| c.features.clone()).collect();
+        let encoded = self.encode(&example.context, &candidates).map_err(|e| e.to_string())?;
+        self.infer(encoded).map_err(|e| e.to_string())
+    }
+
+    /// Checks every golden example reproduces within the manifest's tolerance.
+    pub fn check_golden(&self) -> Result<(), LoadError> {
+        let tolerance = self.manifest.golden.tolerance;
+        for (ix, example) in self.manifest.golden.examples.iter().enumerate() {
+            let golden =
+                |problem: String| LoadError::Golden { model: self.manifest.id(), example: ix, problem };
+            let values = self.run_example(example).map_err(golden)?;
+            for (c, candidate) in example.candidates.iter().enumerate() {
+                for (head, expected) in &candidate.expected {
+                    let h = self
+                        .manifest
+                        .heads
+                        .iter()
+                        .position(|x| &x.name == head)
+                        .ok_or_else(|| golden(format!("expects unknown head `{head}`")))?;
+                    let got = values.head(h)[c] as f64;
+                    if (got - expected).abs() > tolerance * (1.0 + expected.abs()) {
+                        return Err(golden(format!(
+                            "candidate {c} (`{}`), head `{head}`: expected {expected}, got {got} \
+                             (tolerance {tolerance})",
+                            candidate.id
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Indices of the heads returned to callers, in manifest order.
+    pub fn serving_heads(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.manifest.heads.iter().enumerate().filter(|(_, h)| h.serving).map(|(i, h)| (i, h.name.as_str()))
+    }
+
+    /// Graph outputs read, for diagnostics.
+    pub fn outputs(&self) -> &[String] {
+        &self.outputs
+    }
+}

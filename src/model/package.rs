@@ -1,0 +1,139 @@
+//! Model packages on disk: `<models>/<name>/<version>/{model.onnx, manifest.toml}`.
+//!
+//! A package is written into a hidden temporary directory beside its final place and renamed
+//! into place when complete, so a reader never sees half a package: directories whose name
+//! starts with `.` are never read as packages.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::manifest::Manifest;
+
+pub const MANIFEST: &str = "manifest.toml";
+pub const GRAPH: &str = "model.onnx";
+
+/// A package found on disk (not yet loaded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageRef {
+    pub name: String,
+    pub version: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0} already exists; a published version is never overwritten")]
+    Exists(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PackageError + '_ {
+    move |source| PackageError::Io { path: path.display().to_string(), source }
+}
+
+/// Every complete package under `models_dir`, sorted by name then version.
+pub fn discover(models_dir: &Path) -> Result<Vec<PackageRef>, PackageError> {
+    let mut found = Vec::new();
+    for name in read_dir_sorted(models_dir)? {
+        let name_dir = models_dir.join(&name);
+        if !name_dir.is_dir() {
+            continue;
+        }
+        for version in read_dir_sorted(&name_dir)? {
+            let dir = name_dir.join(&version);
+            if dir.join(MANIFEST).is_file() && dir.join(GRAPH).is_file() {
+                found.push(PackageRef { name: name.clone(), version, dir });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| compare_versions(&a.version, &b.version)));
+    Ok(found)
+}
+
+/// The newest version of each model under `models_dir`.
+pub fn latest(models_dir: &Path) -> Result<BTreeMap<String, PackageRef>, PackageError> {
+    let mut latest = BTreeMap::new();
+    // `discover` sorts versions ascending, so the last one seen per name wins.
+    for p in discover(models_dir)? {
+        latest.insert(p.name.clone(), p);
+    }
+    Ok(latest)
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<String>, PackageError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if let Some(name) = entry.file_name().to_str().filter(|n| !n.starts_with('.')) {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Orders versions so that `2 < 10` and `1.2 < 1.10`: dot/dash-separated parts compare as
+/// numbers when both are numbers, as text otherwise.
+pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    let parts = |s: &str| s.split(['.', '-', '_']).map(str::to_string).collect::<Vec<_>>();
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+            (Ok(m), Ok(n)) => m.cmp(&n),
+            _ => x.cmp(y),
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    pa.len().cmp(&pb.len()).then_with(|| a.cmp(b))
+}
+
+/// Writes a complete package for `manifest` under `models_dir` and returns its directory.
+/// The files are written and synced in a hidden temporary directory, which is then renamed
+/// into place: a crash leaves either no package or a whole one.
+pub fn write(models_dir: &Path, manifest: &Manifest, graph: &[u8]) -> Result<PathBuf, PackageError> {
+    let name_dir = models_dir.join(&manifest.model.name);
+    std::fs::create_dir_all(&name_dir).map_err(io_err(&name_dir))?;
+    let target = name_dir.join(&manifest.model.version);
+    if target.exists() {
+        return Err(PackageError::Exists(target.display().to_string()));
+    }
+    let tmp = name_dir.join(format!(".{}.tmp-{}", manifest.model.version, std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| {
+        write_synced(&tmp.join(GRAPH), graph)?;
+        write_synced(&tmp.join(MANIFEST), manifest.to_toml().as_bytes())?;
+        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        // The rename is durable only once the parent directory is synced.
+        std::fs::File::open(&name_dir).and_then(|d| d.sync_all()).map_err(io_err(&name_dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|_| target)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+    let mut f = std::fs::File::create(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically_where_they_can() {
+        let mut v = vec!["10", "2", "1.10", "1.2", "1", "2026-11-28", "2026-01-05", "b", "a"];
+        v.sort_by(|a, b| compare_versions(a, b));
+        assert_eq!(v, ["1", "1.2", "1.10", "2", "10", "2026-01-05", "2026-11-28", "a", "b"]);
+    }
+}

@@ -1,0 +1,376 @@
+//! The student architecture retort exports: a context tower run once per request, an item tower
+//! run per candidate, an interaction MLP and one output layer per head.
+//!
+//! Context-once: the first interaction layer acting on `[context, item]` is split into its
+//! context half and its item half, `W·[c; i] + b = (W_c·c + b) + W_i·i`. The context half is
+//! computed on the single context row and added to every candidate row by ONNX broadcasting, so
+//! no part of the network that depends only on the context runs more than once per request.
+
+use super::encode::{Encoded, InputLayout, TensorData};
+use super::manifest::{DType, Feature, FeatureKind, HeadKind, Side};
+use super::onnx::{Dim, GraphBuilder};
+use crate::rng::SplitMix64;
+
+/// Graph input names: one int64 input of ids and one float input per side.
+pub const CONTEXT_IDS: &str = "context_ids";
+pub const CONTEXT_DENSE: &str = "context_dense";
+pub const ITEM_IDS: &str = "item_ids";
+pub const ITEM_DENSE: &str = "item_dense";
+
+/// Layer sizes and heads. Feature specs come from the manifest; their `input` must be the
+/// input name above for their side and kind (see [`TwoTower::input_for`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwoTower {
+    pub features: Vec<Feature>,
+    /// Width of every embedding table row.
+    pub embedding_dim: usize,
+    pub context_hidden: Vec<usize>,
+    pub item_hidden: Vec<usize>,
+    /// At least one layer: the first joins the towers.
+    pub interaction_hidden: Vec<usize>,
+    pub heads: Vec<(String, HeadKind)>,
+}
+
+/// A dense layer, `W` stored `[out, in]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Dense {
+    fn random(rng: &mut SplitMix64, inputs: usize, outputs: usize) -> Dense {
+        // Glorot-uniform, the usual initialisation for ReLU MLPs of this size.
+        let a = (6.0 / (inputs + outputs) as f64).sqrt();
+        Dense {
+            inputs,
+            outputs,
+            weight: (0..inputs * outputs).map(|_| rng.uniform(-a, a) as f32).collect(),
+            bias: vec![0.0; outputs],
+        }
+    }
+
+    /// `x · Wᵀ + b` for `rows` rows of `x`.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = Vec::with_capacity(rows * self.outputs);
+        for r in 0..rows {
+            let xr = &x[r * self.inputs..(r + 1) * self.inputs];
+            for o in 0..self.outputs {
+                let w = &self.weight[o * self.inputs..(o + 1) * self.inputs];
+                y.push(self.bias[o] + w.iter().zip(xr).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+        y
+    }
+}
+
+/// All weights of a [`TwoTower`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TwoTowerWeights {
+    /// One table per side: the side's categorical features' tables stacked, `[Σ buckets, dim]`.
+    pub context_embeddings: Vec<f32>,
+    pub item_embeddings: Vec<f32>,
+    pub context_layers: Vec<Dense>,
+    pub item_layers: Vec<Dense>,
+    /// The joining layer's context half (with the bias) and item half (no bias).
+    pub join_context: Dense,
+    pub join_item: Dense,
+    pub interaction_layers: Vec<Dense>,
+    /// One `[1, last]` layer per head, in head order.
+    pub heads: Vec<Dense>,
+}
+
+/// Shape facts of one side, derived from its features.
+struct SideShape {
+    buckets: Vec<u64>,
+    dense_width: usize,
+}
+
+impl SideShape {
+    fn ids(&self) -> usize {
+        self.buckets.len()
+    }
+
+    fn table_rows(&self) -> usize {
+        self.buckets.iter().sum::<u64>() as usize
+    }
+
+    /// Row offset of each feature's table within the stacked table.
+    fn offsets(&self) -> Vec<i64> {
+        let mut acc = 0i64;
+        self.buckets
+            .iter()
+            .map(|b| {
+                let o = acc;
+                acc += *b as i64;
+                o
+            })
+            .collect()
+    }
+}
+
+impl TwoTower {
+    /// The graph input a feature of this side and kind must feed.
+    pub fn input_for(side: Side, kind: &FeatureKind) -> &'static str {
+        match (side, kind.dtype()) {
+            (Side::Context, DType::I64) => CONTEXT_IDS,
+            (Side::Context, DType::F32) => CONTEXT_DENSE,
+            (Side::Item, DType::I64) => ITEM_IDS,
+            (Side::Item, DType::F32) => ITEM_DENSE,
+        }
+    }
+
+    fn side(&self, side: Side) -> SideShape {
+        let mut shape = SideShape { buckets: Vec::new(), dense_width: 0 };
+        for f in self.features.iter().filter(|f| f.side == side) {
+            match &f.kind {
+                FeatureKind::Categorical { buckets, .. } => shape.buckets.push(*buckets),
+                kind => shape.dense_width += kind.width(),
+            }
+        }
+        shape
+    }
+
+    fn tower_input_width(&self, side: Side) -> usize {
+        let s = self.side(side);
+        s.ids() * self.embedding_dim + s.dense_width
+    }
+
+    fn tower_output_width(&self, side: Side) -> usize {
+        let hidden = match side {
+            Side::Context => &self.context_hidden,
+            Side::Item => &self.item_hidden,
+        };
+        hidden.last().copied().unwrap_or_else(|| self.tower_input_width(side))
+    }
+
+    /// Checks the description is buildable, naming what is not.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.interaction_hidden.is_empty() {
+            return Err("interaction_hidden needs at least one layer (it joins the towers)".into());
+        }
+        if self.heads.is_empty() {
+            return Err("a model needs at least one head".into());
+        }
+        if self.embedding_dim == 0 {
+            return Err("embedding_dim must be > 0".into());
+        }
+        for f in &self.features {
+            let expected = Self::input_for(f.side, &f.kind);
+            if f.input != expected {
+                return Err(format!(
+                    "feature `{}` feeds `{}`, but this architecture reads {} {} features from `{expected}`",
+                    f.input,
+                    f.name,
+                    f.side.as_str(),
+                    f.kind.name()
+                ));
+            }
+        }
+        for side in [Side::Context, Side::Item] {
+            if self.tower_input_width(side) == 0 {
+                return Err(format!("no {} features", side.as_str()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Seeded random weights: a servable model before any training.
+    pub fn random_weights(&self, seed: u64) -> TwoTowerWeights {
+        let mut rng = SplitMix64::new(seed);
+        let mut table = |rows: usize| -> Vec<f32> {
+            (0..rows * self.embedding_dim).map(|_| rng.uniform(-0.5, 0.5) as f32).collect()
+        };
+        let context_embeddings = table(self.side(Side::Context).table_rows());
+        let item_embeddings = table(self.side(Side::Item).table_rows());
+        let mut rng = SplitMix64::new(seed ^ 0x5eed);
+        let mut stack = |input: usize, widths: &[usize]| -> Vec<Dense> {
+            let mut layers = Vec::new();
+            let mut w = input;
+            for &out in widths {
+                layers.push(Dense::random(&mut rng, w, out));
+                w = out;
+            }
+            layers
+        };
+        let context_layers = stack(self.tower_input_width(Side::Context), &self.context_hidden);
+        let item_layers = stack(self.tower_input_width(Side::Item), &self.item_hidden);
+        let join_width = self.interaction_hidden[0];
+        let interaction_layers = stack(join_width, &self.interaction_hidden[1..]);
+        let last = *self.interaction_hidden.last().expect("validated non-empty");
+        let heads = self.heads.iter().map(|_| stack(last, &[1]).remove(0)).collect();
+        let mut join = stack(
+            self.tower_output_width(Side::Context) + self.tower_output_width(Side::Item),
+            &[join_width],
+        )
+        .remove(0);
+        let (join_context, join_item) = split_columns(&mut join, self.tower_output_width(Side::Context));
+        TwoTowerWeights {
+            context_embeddings,
+            item_embeddings,
+            context_layers,
+            item_layers,
+            join_context,
+            join_item,
+            interaction_layers,
+            heads,
+        }
+    }
+
+    /// Writes the ONNX graph. Outputs: one `[batch, 1]` output per head named after it, a
+    /// probability for binary heads and the raw value for regression heads.
+    pub fn to_onnx(&self, w: &TwoTowerWeights, name: &str) -> tract_onnx::pb::ModelProto {
+        let mut g = GraphBuilder::new(name);
+        // Context inputs get their own batch symbol: one row normally, one per candidate when a
+        // caller feeds the context row repeated (both broadcast correctly).
+        let context =
+            self.tower(&mut g, Side::Context, &w.context_embeddings, &w.context_layers, "context_batch");
+        let item = self.tower(&mut g, Side::Item, &w.item_embeddings, &w.item_layers, "batch");
+        let joined_context = g.linear(
+            &context,
+            &w.join_context.weight,
+            &w.join_context.bias,
+            w.join_context.inputs,
+            w.join_context.outputs,
+        );
+        let joined_item = g.matmul_t(&item, &w.join_item.weight, w.join_item.inputs, w.join_item.outputs);
+        let sum = g.add(&joined_context, &joined_item);
+        let mut h = g.relu(&sum);
+        for layer in &w.interaction_layers {
+            let y = g.linear(&h, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
+            h = g.relu(&y);
+        }
+        for ((head, kind), layer) in self.heads.iter().zip(&w.heads) {
+            let mut y = g.linear(&h, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
+            if *kind == HeadKind::Binary {
+                y = g.sigmoid(&y);
+            }
+            g.output(&y, head, &[Dim::symbol("batch"), Dim::Fixed(1)]);
+        }
+        g.finish("retort")
+    }
+
+    fn tower(
+        &self,
+        g: &mut GraphBuilder,
+        side: Side,
+        table: &[f32],
+        layers: &[Dense],
+        batch: &str,
+    ) -> String {
+        let shape = self.side(side);
+        let (ids_name, dense_name) = match side {
+            Side::Context => (CONTEXT_IDS, CONTEXT_DENSE),
+            Side::Item => (ITEM_IDS, ITEM_DENSE),
+        };
+        let mut parts = Vec::new();
+        if shape.ids() > 0 {
+            let ids = g.input(ids_name, DType::I64, &[Dim::symbol(batch), Dim::Fixed(shape.ids())]);
+            // One stacked table per side: shifting each column by its table's offset turns
+            // per-feature bucket ids into rows of the stacked table, so one Gather serves all.
+            let offsets = g.constant_i64("offsets", &[1, shape.ids()], &shape.offsets());
+            let rows = g.add(&ids, &offsets);
+            let table = g.constant_f32("embeddings", &[shape.table_rows(), self.embedding_dim], table);
+            let looked_up = g.gather(&table, &rows, 0);
+            parts.push(g.reshape(&looked_up, &[-1, (shape.ids() * self.embedding_dim) as i64]));
+        }
+        if shape.dense_width > 0 {
+            parts.push(g.input(dense_name, DType::F32, &[Dim::symbol(batch), Dim::Fixed(shape.dense_width)]));
+        }
+        let mut x = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+            g.concat(&refs, 1)
+        };
+        for layer in layers {
+            let y = g.linear(&x, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
+            x = g.relu(&y);
+        }
+        x
+    }
+
+    /// A plain-Rust forward pass over encoded inputs (one context row): the reference the ONNX
+    /// export is checked against. Returns one `Vec` per head, one value per candidate.
+    pub fn reference_forward(
+        &self,
+        w: &TwoTowerWeights,
+        layout: &[InputLayout],
+        inputs: &Encoded,
+    ) -> Vec<Vec<f32>> {
+        let rows = inputs.rows;
+        let tensor = |ix: usize| &inputs.tensors[ix];
+        let find = |name: &str| layout.iter().position(|l| l.name == name);
+        let (context_ids, context_dense) = (find(CONTEXT_IDS), find(CONTEXT_DENSE));
+        let (item_ids, item_dense) = (find(ITEM_IDS), find(ITEM_DENSE));
+        let tower = |side: Side,
+                     ids: Option<usize>,
+                     dense: Option<usize>,
+                     table: &[f32],
+                     layers: &[Dense],
+                     n: usize| {
+            let shape = self.side(side);
+            let offsets = shape.offsets();
+            let width = self.tower_input_width(side);
+            let mut x = vec![0.0f32; n * width];
+            for r in 0..n {
+                let mut col = 0;
+                if let Some(t) = ids {
+                    let TensorData::I64(d) = &tensor(t).data else { unreachable!() };
+                    for (k, off) in offsets.iter().enumerate() {
+                        let row = (d[r * shape.ids() + k] + off) as usize;
+                        let e = &table[row * self.embedding_dim..(row + 1) * self.embedding_dim];
+                        x[r * width + col..r * width + col + self.embedding_dim].copy_from_slice(e);
+                        col += self.embedding_dim;
+                    }
+                }
+                if let Some(t) = dense {
+                    let TensorData::F32(d) = &tensor(t).data else { unreachable!() };
+                    x[r * width + col..(r + 1) * width]
+                        .copy_from_slice(&d[r * shape.dense_width..(r + 1) * shape.dense_width]);
+                }
+            }
+            for layer in layers {
+                x = layer.forward(&x, n).into_iter().map(|v| v.max(0.0)).collect();
+            }
+            x
+        };
+        let c = tower(Side::Context, context_ids, context_dense, &w.context_embeddings, &w.context_layers, 1);
+        let i = tower(Side::Item, item_ids, item_dense, &w.item_embeddings, &w.item_layers, rows);
+        let jc = w.join_context.forward(&c, 1);
+        let ji = w.join_item.forward(&i, rows);
+        let width = w.join_item.outputs;
+        let mut h: Vec<f32> = (0..rows * width).map(|k| (jc[k % width] + ji[k]).max(0.0)).collect();
+        for layer in &w.interaction_layers {
+            h = layer.forward(&h, rows).into_iter().map(|v| v.max(0.0)).collect();
+        }
+        self.heads
+            .iter()
+            .zip(&w.heads)
+            .map(|((_, kind), layer)| {
+                let y = layer.forward(&h, rows);
+                match kind {
+                    HeadKind::Binary => y.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect(),
+                    HeadKind::Regression => y,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Splits a layer acting on `[a; b]` into its `a` half (keeping the bias) and `b` half.
+fn split_columns(layer: &mut Dense, a_width: usize) -> (Dense, Dense) {
+    let b_width = layer.inputs - a_width;
+    let mut a =
+        Dense { inputs: a_width, outputs: layer.outputs, weight: Vec::new(), bias: layer.bias.clone() };
+    let mut b =
+        Dense { inputs: b_width, outputs: layer.outputs, weight: Vec::new(), bias: vec![0.0; layer.outputs] };
+    for o in 0..layer.outputs {
+        let row = &layer.weight[o * layer.inputs..(o + 1) * layer.inputs];
+        a.weight.extend_from_slice(&row[..a_width]);
+        b.weight.extend_from_slice(&row[a_width..]);
+    }
+    (a, b)
+}

@@ -1,0 +1,124 @@
+//! Every way a request can fail, and the one place each maps to an HTTP status and a JSON body
+//! `{"error": {"code", "message", ...}}` naming what was wrong.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::model::encode::{EncodeError, Location};
+use crate::model::{InferError, ObjectiveError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InvalidFeature(#[from] EncodeError),
+    #[error("{0}")]
+    InvalidObjective(#[from] ObjectiveError),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("request has {count} candidates; the limit is {limit}")]
+    TooManyCandidates { count: usize, limit: usize },
+    #[error("unknown model `{name}`; serving: {serving}")]
+    UnknownModel { name: String, serving: String },
+    #[error("the request names no model and several are served ({serving}); name one")]
+    ModelRequired { serving: String },
+    #[error("no model is loaded yet")]
+    NotReady,
+    #[error("the inference queue is full; retry shortly")]
+    Overloaded,
+    #[error("inference failed: {0}")]
+    Inference(#[from] InferError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    candidate: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feature: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    head: Option<&'a str>,
+}
+
+impl ApiError {
+    /// A short stable identifier, used in the JSON body and as the `outcome` metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidFeature(_) => "invalid_feature",
+            ApiError::InvalidObjective(_) => "invalid_objective",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::TooManyCandidates { .. } => "too_many_candidates",
+            ApiError::UnknownModel { .. } => "unknown_model",
+            ApiError::ModelRequired { .. } => "model_required",
+            ApiError::NotReady => "not_ready",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Inference(_) => "inference_failed",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_)
+            | ApiError::InvalidFeature(_)
+            | ApiError::InvalidObjective(_)
+            | ApiError::ModelRequired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BodyTooLarge { .. } | ApiError::TooManyCandidates { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Inference(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (candidate, feature, head) = match &self {
+            ApiError::InvalidFeature(e) => {
+                let candidate = match e.location {
+                    Location::Candidate(i) => Some(i),
+                    Location::Context => None,
+                };
+                (candidate, Some(e.feature.as_str()), None)
+            }
+            ApiError::InvalidObjective(
+                ObjectiveError::UnknownHead(h) | ObjectiveError::NotServing(h) | ObjectiveError::NonFinite(h),
+            ) => (None, None, Some(h.as_str())),
+            _ => (None, None, None),
+        };
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        }
+        let body =
+            Body { error: Detail { code: self.code(), message: self.to_string(), candidate, feature, head } };
+        let json =
+            serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\"}}".to_vec());
+        let mut response = (status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if matches!(self, ApiError::Overloaded | ApiError::NotReady) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

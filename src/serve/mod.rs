@@ -1,0 +1,176 @@
+//! The HTTP server: routes, shared state, start-up loading and graceful shutdown.
+//!
+//! # Layout
+//! - [`rank`]: `POST /v1/rank`, the request path read top to bottom.
+//! - [`request`]: decoding the rank request body.
+//! - [`error`]: every failure and its HTTP status, in one place.
+//! - [`catalog`]: the served models and how a request picks one.
+//! - [`pool`]: the inference thread pool and its bounded queue.
+//! - [`metrics`]: Prometheus metric names and buckets.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub mod catalog;
+pub mod error;
+pub mod metrics;
+pub mod pool;
+pub mod rank;
+pub mod request;
+
+use crate::config::Config;
+use catalog::Catalog;
+use metrics::Metrics;
+use pool::InferencePool;
+
+/// State shared by every request.
+pub struct App {
+    pub config: Config,
+    /// The served models. Requests take a snapshot (`load`) and keep it for their whole life, so
+    /// replacing the catalog never changes a request's model midway.
+    pub catalog: ArcSwap<Catalog>,
+    pub pool: InferencePool,
+    pub metrics: Metrics,
+    /// Numbers requests that arrive without a `request_id`.
+    request_ids: AtomicU64,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let pool = InferencePool::new(config.threads(), config.queue_capacity);
+        Arc::new(App {
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            pool,
+            metrics: Metrics::new(),
+            request_ids: AtomicU64::new(0),
+            config,
+        })
+    }
+
+    /// True once at least one model is loaded and warmed.
+    pub fn ready(&self) -> bool {
+        !self.catalog.load().models.is_empty()
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/rank", post(rank::rank))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+        .with_state(app)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let catalog = app.catalog.load();
+    let models: Vec<String> =
+        catalog.models.values().map(|m| format!("{}/{}", m.name(), m.version())).collect();
+    let body = serde_json::json!({ "ready": !models.is_empty(), "models": models });
+    let status = if models.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    app.metrics.queue_depth.set(app.pool.queued() as i64);
+    app.metrics.models_loaded.set(app.catalog.load().models.len() as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot read the models directory: {0}")]
+    Models(#[from] crate::model::package::PackageError),
+    #[error("no model could be served from {dir}: {reasons}")]
+    NoModels { dir: String, reasons: String },
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds the configured address.
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then drains in-flight requests (for
+/// at most the configured drain timeout). Models load in the background: `/healthz` answers at
+/// once, `/readyz` once a model is loaded and warmed. Fails if no model can be loaded at all.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, models_dir = %app.config.models_dir.display(), engine = %app.config.engine, "listening");
+
+    let loader = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || load_models(&app))
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown({
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    let drain = Duration::from_millis(app.config.drain_timeout_ms);
+    tokio::pin!(shutdown);
+    let failure = tokio::select! {
+        _ = &mut shutdown => None,
+        loaded = loader => match loaded {
+            Ok(Ok(())) => {
+                shutdown.await;
+                None
+            }
+            Ok(Err(e)) => Some(e),
+            Err(join) => Some(ServeError::Io(std::io::Error::other(join.to_string()))),
+        },
+    };
+    let _ = stop.send(true);
+    match tokio::time::timeout(drain, server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => return Err(ServeError::Io(std::io::Error::other(join.to_string()))),
+        Err(_) => tracing::warn!(timeout_ms = drain.as_millis() as u64, "drain timed out; closing"),
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+fn load_models(app: &App) -> Result<(), ServeError> {
+    let dir = &app.config.models_dir;
+    let (models, failures) = catalog::load_latest(dir, app.config.engine)?;
+    if models.is_empty() {
+        let reasons = if failures.is_empty() {
+            "it holds no model package (<name>/<version>/{model.onnx, manifest.toml})".to_string()
+        } else {
+            failures.iter().map(|f| format!("{}: {}", f.dir, f.reason)).collect::<Vec<_>>().join("; ")
+        };
+        return Err(ServeError::NoModels { dir: dir.display().to_string(), reasons });
+    }
+    app.catalog.store(Arc::new(Catalog { models, default_model: app.config.default_model.clone() }));
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! `POST /v1/rank`, top to bottom: decode → pick the model → validate and encode (context once,
+//! candidates as one batch) → infer on the pool → combine heads with the objective → sort →
+//! top-k → respond, with the time of each stage in the body and in `Server-Timing`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use super::App;
+use super::error::ApiError;
+use super::metrics::{FeatureLabels, ModelLabels, RankLabels, StageLabels};
+use super::pool::PoolError;
+use super::request::{self, CandidateId, DecodeError};
+use crate::model::{HeadValues, Model};
+
+pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let mut served: Option<Arc<Model>> = None;
+    let result = handle(&app, body, started, &mut served).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    let (model, version) = match &served {
+        Some(m) => (m.name().to_string(), m.version().to_string()),
+        None => (String::new(), String::new()),
+    };
+    app.metrics
+        .rank_duration
+        .get_or_create(&RankLabels { model, version, outcome })
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Time spent in each stage of one request.
+#[derive(Debug, Default, Serialize)]
+struct Timing {
+    decode: u64,
+    encode: u64,
+    queue: u64,
+    infer: u64,
+    rank: u64,
+    total: u64,
+}
+
+impl Timing {
+    fn stages(&self) -> [(&'static str, u64); 5] {
+        [
+            ("decode", self.decode),
+            ("encode", self.encode),
+            ("queue", self.queue),
+            ("infer", self.infer),
+            ("rank", self.rank),
+        ]
+    }
+
+    fn server_timing(&self) -> String {
+        let mut out = String::new();
+        for (stage, us) in self.stages().into_iter().chain([("total", self.total)]) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("{stage};dur={:.3}", us as f64 / 1000.0));
+        }
+        out
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+async fn handle(
+    app: &App,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+    served: &mut Option<Arc<Model>>,
+) -> Result<Response, ApiError> {
+    let mut timing = Timing::default();
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.max_body_bytes },
+        _ => ApiError::InvalidRequest(rejection.body_text()),
+    })?;
+
+    // 1. Decode.
+    let req = request::decode(&body).map_err(|e| match e {
+        DecodeError::Malformed(m) => ApiError::MalformedJson(m),
+        DecodeError::Invalid(m) => ApiError::InvalidRequest(m),
+    })?;
+    if req.candidates.len() > app.config.max_candidates {
+        return Err(ApiError::TooManyCandidates {
+            count: req.candidates.len(),
+            limit: app.config.max_candidates,
+        });
+    }
+    let catalog = app.catalog.load();
+    let model = catalog.resolve(req.model.as_deref())?.clone();
+    *served = Some(model.clone());
+    timing.decode = micros(started.elapsed());
+
+    // 2. Validate and encode; the objective is checked before any inference is spent.
+    let t = Instant::now();
+    let weights =
+        model.objective(req.objective.as_ref().map(|o| o.0.iter().map(|(k, w)| (k.as_ref(), *w))))?;
+    let encoded = model.encode(&req.context, &req.candidates)?;
+    record_missing(app, &model, &encoded.missing);
+    timing.encode = micros(t.elapsed());
+
+    // 3. Infer on the pool, off the async workers.
+    let values = if encoded.rows == 0 {
+        HeadValues { rows: 0, values: Vec::new() }
+    } else {
+        let m = model.clone();
+        let queued = Instant::now();
+        let (result, waited) = app.pool.run(move || m.infer(encoded)).await.map_err(|e| match e {
+            PoolError::Full => ApiError::Overloaded,
+            PoolError::Stopped => ApiError::NotReady,
+            PoolError::Panicked => ApiError::Internal("inference panicked".into()),
+        })?;
+        timing.queue = micros(waited);
+        timing.infer = micros(queued.elapsed().saturating_sub(waited));
+        result?
+    };
+
+    // 4. Combine heads into one score, keep the best `top_k`, best first.
+    let t = Instant::now();
+    let scores = model.combine(&values, &weights);
+    let order = top_k(&scores, req.top_k);
+    timing.rank = micros(t.elapsed());
+
+    // 5. Respond.
+    let request_id = match &req.request_id {
+        Some(id) => id.0.clone(),
+        None => Cow::Owned(format!("retort-{:x}", app.request_ids.fetch_add(1, Ordering::Relaxed))),
+    };
+    let serving: Vec<(usize, &str)> = model.serving_heads().collect();
+    let items: Vec<Item<'_>> = order
+        .iter()
+        .map(|&row| Item {
+            id: &req.candidates[row].id,
+            score: scores[row],
+            heads: Heads { serving: &serving, values: &values, row },
+        })
+        .collect();
+    timing.total = micros(started.elapsed());
+    let response = RankResponse {
+        request_id: &request_id,
+        model: model.name(),
+        version: model.version(),
+        items,
+        degraded: None,
+        timing_us: &timing,
+    };
+    let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(e.to_string()))?;
+    record_success(app, &model, &timing, req.candidates.len());
+
+    let mut response = (StatusCode::OK, json).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(v) = HeaderValue::from_str(&timing.server_timing()) {
+        headers.insert("server-timing", v);
+    }
+    Ok(response)
+}
+
+/// Row indices of the `k` best scores, best first; ties keep the caller's order.
+fn top_k(scores: &[f32], k: Option<usize>) -> Vec<usize> {
+    let better = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let k = k.unwrap_or(scores.len()).min(scores.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < order.len() {
+        // Partition first: O(n) to find the best k, then sort only those.
+        order.select_nth_unstable_by(k - 1, better);
+        order.truncate(k);
+    }
+    order.sort_unstable_by(better);
+    order
+}
+
+fn record_missing(app: &App, model: &Model, missing: &[u32]) {
+    for (feature, &count) in model.manifest.features.iter().zip(missing) {
+        if count > 0 {
+            app.metrics
+                .missing_features
+                .get_or_create(&FeatureLabels {
+                    model: model.name().to_string(),
+                    feature: feature.name.clone(),
+                })
+                .inc_by(count as u64);
+        }
+    }
+}
+
+fn record_success(app: &App, model: &Model, timing: &Timing, candidates: usize) {
+    for (stage, us) in timing.stages() {
+        app.metrics
+            .stage_duration
+            .get_or_create(&StageLabels { model: model.name().to_string(), stage })
+            .observe(us as f64 * 1e-6);
+    }
+    app.metrics
+        .candidates
+        .get_or_create(&ModelLabels { model: model.name().to_string(), version: model.version().to_string() })
+        .observe(candidates as f64);
+}
+
+#[derive(Serialize)]
+struct RankResponse<'a> {
+    request_id: &'a str,
+    model: &'a str,
+    version: &'a str,
+    items: Vec<Item<'a>>,
+    degraded: Option<()>,
+    timing_us: &'a Timing,
+}
+
+#[derive(Serialize)]
+struct Item<'a> {
+    id: &'a CandidateId<'a>,
+    score: f32,
+    heads: Heads<'a>,
+}
+
+/// One candidate's serving-head values, written as a JSON object without building a map.
+struct Heads<'a> {
+    serving: &'a [(usize, &'a str)],
+    values: &'a HeadValues,
+    row: usize,
+}
+
+impl Serialize for Heads<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.serving.len()))?;
+        for &(h, name) in self.serving {
+            map.serialize_entry(name, &self.values.head(h)[self.row])?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_best_first_and_keeps_ties_stable() {
+        let s = [0.1, 0.9, 0.5, 0.9, -1.0];
+        assert_eq!(top_k(&s, None), [1, 3, 2, 0, 4]);
+        assert_eq!(top_k(&s, Some(2)), [1, 3]);
+        assert_eq!(top_k(&s, Some(3)), [1, 3, 2]);
+        assert_eq!(top_k(&s, Some(0)), Vec::<usize>::new());
+        assert_eq!(top_k(&s, Some(99)), [1, 3, 2, 0, 4]);
+        assert_eq!(top_k(&[], Some(3)), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn server_timing_lists_every_stage_in_ms() {
+        let t = Timing { decode: 12, encode: 30, queue: 5, infer: 250, rank: 7, total: 320 };
+        assert_eq!(
+            t.server_timing(),
+            "decode;dur=0.012, encode;dur=0.030, queue;dur=0.005, infer;dur=0.250, rank;dur=0.007, total;dur=0.320"
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The `POST /v1/rank` request body, decoded straight from the bytes it arrived in: strings
+//! borrow from the body where JSON escaping allows, and feature values are kept as whatever
+//! JSON type they were so the encoder can name a wrong one instead of failing the whole parse.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::encode::{FeatureSource, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RankRequest<'a> {
+    #[serde(borrow, default)]
+    pub request_id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    pub model: Option<Text<'a>>,
+    /// Latency budget; accepted now, enforced by admission control.
+    #[serde(default)]
+    pub budget_ms: Option<f64>,
+    #[serde(borrow)]
+    pub context: Features<'a>,
+    #[serde(borrow)]
+    pub candidates: Vec<Candidate<'a>>,
+    /// Head → weight; replaces the model's default objective when given.
+    #[serde(borrow, default)]
+    pub objective: Option<Objective<'a>>,
+    #[serde(default)]
+    pub top_k: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Candidate<'a> {
+    #[serde(borrow)]
+    pub id: CandidateId<'a>,
+    #[serde(borrow, default)]
+    pub features: Features<'a>,
+    /// The caller's own score, used to order candidates the model did not score.
+    #[serde(default)]
+    pub prior: Option<f64>,
+}
+
+impl FeatureSource for Candidate<'_> {
+    fn get(&self, name: &str) -> Value<'_> {
+        self.features.get(name)
+    }
+}
+
+/// A candidate's id, echoed back as it came: a string or a number.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum CandidateId<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Uint(u64),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for CandidateId<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CandidateId<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or integer candidate id")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CandidateId::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CandidateId::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(CandidateId::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(CandidateId::Uint(v), CandidateId::Int))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Named feature values. A list, not a map: requests carry a handful of features, and a linear
+/// scan over a few entries beats hashing.
+#[derive(Debug, Default)]
+pub struct Features<'a>(pub Vec<(Cow<'a, str>, FeatureValue<'a>)>);
+
+impl Features<'_> {
+    pub fn get(&self, name: &str) -> Value<'_> {
+        // Last one wins on a duplicated key, as with any JSON object decoded into a map.
+        match self.0.iter().rev().find(|(k, _)| k == name) {
+            None => Value::Missing,
+            Some((_, v)) => v.as_value(),
+        }
+    }
+}
+
+impl FeatureSource for Features<'_> {
+    fn get(&self, name: &str) -> Value<'_> {
+        Features::get(self, name)
+    }
+}
+
+/// One feature value as JSON gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeatureValue<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Numbers(Vec<f64>),
+    /// A list holding something other than numbers.
+    MixedList,
+    Object,
+}
+
+impl FeatureValue<'_> {
+    fn as_value(&self) -> Value<'_> {
+        match self {
+            FeatureValue::Null => Value::Missing,
+            FeatureValue::Bool(b) => Value::Bool(*b),
+            FeatureValue::Int(i) => Value::Int(*i),
+            FeatureValue::Float(x) => Value::Float(*x),
+            FeatureValue::Str(s) => Value::Str(s),
+            FeatureValue::Numbers(v) => Value::List(Cow::Borrowed(v)),
+            FeatureValue::MixedList => Value::Other("a list holding non-numbers"),
+            FeatureValue::Object => Value::Other("an object"),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FeatureValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FeatureValue<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a feature value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Bool(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(FeatureValue::Float(v as f64), FeatureValue::Int))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Float(v))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FeatureValue::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut numbers = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(1024));
+                while let Some(item) = seq.next_element::<NumberOrOther>()? {
+                    match item {
+                        NumberOrOther::Number(x) => numbers.push(x),
+                        NumberOrOther::Other => {
+                            while seq.next_element::<IgnoredAny>()?.is_some() {}
+                            return Ok(FeatureValue::MixedList);
+                        }
+                    }
+                }
+                Ok(FeatureValue::Numbers(numbers))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(FeatureValue::Object)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A list element: a number, or anything else (skipped whole).
+enum NumberOrOther {
+    Number(f64),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for NumberOrOther {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NumberOrOther;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(NumberOrOther::Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(NumberOrOther::Number(v as f64))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(NumberOrOther::Number(v))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NumberOrOther::Other)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(NumberOrOther::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(NumberOrOther::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NumberOrOther::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NumberOrOther::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Features<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Features<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of features")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8).min(256));
+                while let Some((k, v)) = map.next_entry::<Text<'de>, FeatureValue<'de>>()? {
+                    out.push((k.0, v));
+                }
+                Ok(Features(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A string that borrows from the body when it can (serde's own `Cow` support does not reach
+/// inside an `Option`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodeError {
+    /// Not JSON at all (syntax error, truncated body).
+    Malformed(String),
+    /// JSON, but not a rank request (missing or mistyped fields).
+    Invalid(String),
+}
+
+/// Decodes a rank request.
+pub fn decode(body: &[u8]) -> Result<RankRequest<'_>, DecodeError> {
+    serde_json::from_slice::<RankRequest>(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => DecodeError::Invalid(e.to_string()),
+        _ => DecodeError::Malformed(e.to_string()),
+    })
+}
+
+/// Head weights in the order the caller wrote them.
+#[derive(Debug)]
+pub struct Objective<'a>(pub Vec<(Cow<'a, str>, f64)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Objective<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Objective<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of head weights")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<Text<'de>, f64>()? {
+                    out.push((k.0, v));
+                }
+                Ok(Objective(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_design_example() {
+        let body = br#"{"request_id": "r-1", "model": "music-ranker", "budget_ms": 25,
+ "context": {"user_id": "u42", "country": "SE", "hour": 21},
+ "candidates": [{"id": "t1", "features": {"artist_id": "a9", "duration_s": 201.0}}, {"id": 7}],
+ "objective": {"play": 1.0, "like": 0.5, "skip": -1.0}, "top_k": 50}"#;
+        let r = decode(body).unwrap();
+        assert_eq!(r.request_id.as_deref(), Some("r-1"));
+        assert_eq!(r.model.as_deref(), Some("music-ranker"));
+        assert_eq!(r.budget_ms, Some(25.0));
+        assert_eq!(r.context.get("hour"), Value::Int(21));
+        assert_eq!(r.context.get("user_id"), Value::Str("u42"));
+        assert_eq!(r.context.get("absent"), Value::Missing);
+        assert_eq!(r.candidates.len(), 2);
+        assert_eq!(r.candidates[0].get("duration_s"), Value::Float(201.0));
+        assert_eq!(r.candidates[1].id, CandidateId::Int(7));
+        let objective = r.objective.unwrap();
+        assert_eq!(objective.0[2], (Cow::Borrowed("skip"), -1.0));
+        assert_eq!(r.top_k, Some(50));
+        // Borrowed, not copied, when there is nothing to unescape.
+        assert!(matches!(r.request_id, Some(Text(Cow::Borrowed(_)))));
+    }
+
+    #[test]
+    fn keeps_odd_values_for_the_encoder_to_name() {
+        let body = br#"{"context": {"a": null, "b": [1, 2.5], "c": [1, "x", [2]], "d": {"x": 1}, "e": true, "f": "caf\u00e9"},
+            "candidates": []}"#;
+        let r = decode(body).unwrap();
+        assert_eq!(r.context.get("a"), Value::Missing);
+        assert_eq!(r.context.get("b"), Value::List(Cow::Owned(vec![1.0, 2.5])));
+        assert_eq!(r.context.get("c"), Value::Other("a list holding non-numbers"));
+        assert_eq!(r.context.get("d"), Value::Other("an object"));
+        assert_eq!(r.context.get("e"), Value::Bool(true));
+        assert_eq!(r.context.get("f"), Value::Str("café"));
+    }
+
+    #[test]
+    fn tells_malformed_from_invalid() {
+        assert!(matches!(decode(b"{\"context\": {"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(decode(b"not json"), Err(DecodeError::Malformed(_))));
+        assert!(
+            matches!(decode(b"{\"context\": {}}"), Err(DecodeError::Invalid(m)) if m.contains("candidates"))
+        );
+        assert!(
+            matches!(decode(b"{\"context\": {}, \"candidates\": [], \"topk\": 3}"), Err(DecodeError::Invalid(m)) if m.contains("topk"))
+        );
+        assert!(matches!(decode(b"{\"context\": [], \"candidates\": []}"), Err(DecodeError::Invalid(_))));
+    }
+}
