@@ -141,6 +141,12 @@ impl Config {
             c.default_model = args.default_model.clone();
         }
         c.validate()?;
+        if !c.models_dir.is_dir() {
+            return Err(ConfigError::Invalid(format!(
+                "the models directory {} does not exist (set it with --models)",
+                c.models_dir.display()
+            )));
+        }
         Ok(c)
     }
 
@@ -181,7 +187,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("retort.toml");
         std::fs::write(&path, "max_candidates = 10\nqueue_capacity = 7\n").unwrap();
-        let args = ServeArgs { config: Some(path), queue_capacity: Some(3), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path),
+            queue_capacity: Some(3),
+            models_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
         let c = Config::resolve(&args).unwrap();
         assert_eq!(c.max_candidates, 10);
         assert_eq!(c.queue_capacity, 3);

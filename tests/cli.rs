@@ -1,0 +1,82 @@
+//! The `retort` binary as an operator runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_retort");
+
+#[test]
+fn every_verb_has_help() {
+    for verb in [&["--help"][..], &["serve", "--help"], &["init-model", "--help"]] {
+        let out = Command::new(BIN).args(verb).output().unwrap();
+        assert!(out.status.success(), "{verb:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{verb:?}");
+    }
+    let serve =
+        String::from_utf8(Command::new(BIN).args(["serve", "--help"]).output().unwrap().stdout).unwrap();
+    for flag in ["--models", "--listen", "--engine", "--max-candidates", "--max-body-bytes", "--config"] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn serve_answers_then_exits_cleanly_on_sigterm() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ready = false;
+    while Instant::now() < deadline {
+        if http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ready, "retort serve did not become ready");
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "retort serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    let log: Vec<String> =
+        BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok).collect();
+    assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
+}
+
+#[test]
+fn serve_fails_fast_on_a_missing_models_directory() {
+    let out = Command::new(BIN)
+        .args(["serve", "--models", "/nonexistent/retort-models", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/retort-models"), "{err}");
+}

@@ -1,0 +1,119 @@
+//! Engines against each other and against the plain-Rust reference forward pass, and the
+//! shipped default model against the generator that wrote it.
+
+mod common;
+
+use common::request;
+use retort::model::Model;
+use retort::model::engine::EngineKind;
+use retort::model::manifest::ContextRows;
+use retort::model::{package, scaffold};
+use retort::serve::request::decode;
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn tract_matches_the_reference_forward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let (arch, w, _) = common::write_model(dir.path(), "m", 21, ContextRows::Once);
+    let model = Model::load(&dir.path().join("m/1"), EngineKind::Tract).unwrap();
+    for n in [1, 50, 500] {
+        let body = serde_json::to_vec(&request(n, n as u64)).unwrap();
+        let req = decode(&body).unwrap();
+        let encoded = model.encode(&req.context, &req.candidates).unwrap();
+        let expected = arch.reference_forward(&w, model.encoder().inputs(), &encoded);
+        let got = model.infer(encoded).unwrap();
+        for (h, exp) in expected.iter().enumerate() {
+            let d = max_abs_diff(got.head(h), exp);
+            assert!(d <= 1e-5, "{n} candidates, head {h}: max diff {d}");
+        }
+    }
+}
+
+/// Runs where ONNX Runtime is available (`ORT_DYLIB_PATH`); CI sets it.
+#[cfg(feature = "ort")]
+#[test]
+fn tract_and_ort_give_the_same_outputs() {
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        eprintln!("skipped: ORT_DYLIB_PATH is not set");
+        return;
+    }
+    let dir = common::shipped_models().join("music-ranker/1");
+    let tract = Model::load(&dir, EngineKind::Tract).unwrap();
+    let ort = Model::load(&dir, EngineKind::Ort).unwrap();
+    assert_eq!(ort.engine_kind(), EngineKind::Ort);
+    for n in [1, 2, 50, 500, 2000] {
+        let body = serde_json::to_vec(&request(n, 100 + n as u64)).unwrap();
+        let req = decode(&body).unwrap();
+        let a = tract.infer(tract.encode(&req.context, &req.candidates).unwrap()).unwrap();
+        let b = ort.infer(ort.encode(&req.context, &req.candidates).unwrap()).unwrap();
+        let d = max_abs_diff(&a.values, &b.values);
+        assert!(d <= 1e-5, "{n} candidates: tract and ort differ by {d}");
+    }
+}
+
+#[cfg(not(feature = "ort"))]
+#[test]
+fn ort_is_refused_with_a_clear_error_when_not_built() {
+    let dir = common::shipped_models().join("music-ranker/1");
+    let err = Model::load(&dir, EngineKind::Ort).err().unwrap().to_string();
+    assert!(err.contains("--features ort"), "{err}");
+}
+
+#[test]
+fn the_shipped_default_model_is_what_init_model_writes() {
+    let dir = common::shipped_models().join("music-ranker/1");
+    let (manifest, graph) =
+        scaffold::seeded_package(scaffold::DEFAULT_NAME, scaffold::DEFAULT_VERSION, scaffold::DEFAULT_SEED);
+    assert!(
+        std::fs::read(dir.join(package::GRAPH)).unwrap() == graph,
+        "models/music-ranker/1/model.onnx is stale: rerun `retort init-model`"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join(package::MANIFEST)).unwrap(), manifest.to_toml());
+}
+
+#[test]
+fn a_package_whose_golden_examples_do_not_reproduce_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut manifest, graph) = scaffold::seeded_package("m", "1", 5);
+    let expected = manifest.golden.examples[0].candidates[1].expected.get_mut("like").unwrap();
+    *expected += 0.01;
+    package::write(dir.path(), &manifest, &graph).unwrap();
+    let err = Model::load(&dir.path().join("m/1"), EngineKind::Tract).err().unwrap().to_string();
+    assert!(
+        err.contains("golden example 0") && err.contains("candidate 1") && err.contains("`like`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_manifest_that_does_not_match_the_graph_is_refused_naming_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut manifest, graph) = scaffold::seeded_package("m", "1", 5);
+    manifest.golden.examples.clear();
+    for f in manifest.features.iter_mut().filter(|f| f.input == "item_dense") {
+        f.input = "item_floats".into();
+    }
+    package::write(dir.path(), &manifest, &graph).unwrap();
+    let err = Model::load(&dir.path().join("m/1"), EngineKind::Tract).err().unwrap().to_string();
+    assert!(err.contains("item_dense") || err.contains("item_floats"), "{err}");
+
+    let (mut manifest, graph) = scaffold::seeded_package("n", "1", 5);
+    manifest.heads[0].output = "plays".into();
+    manifest.golden.examples.clear();
+    package::write(dir.path(), &manifest, &graph).unwrap();
+    let err = Model::load(&dir.path().join("n/1"), EngineKind::Tract).err().unwrap().to_string();
+    assert!(err.contains("`plays`"), "{err}");
+}
+
+#[test]
+fn a_corrupt_graph_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, graph) = scaffold::seeded_package("m", "1", 5);
+    package::write(dir.path(), &manifest, &graph[..graph.len() / 2]).unwrap();
+    let err = Model::load(&dir.path().join("m/1"), EngineKind::Tract).err().unwrap().to_string();
+    assert!(err.contains("model.onnx"), "{err}");
+}

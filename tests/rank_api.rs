@@ -1,0 +1,355 @@
+//! `POST /v1/rank` against a real server on a loopback port: ranking semantics, context-once
+//! broadcasting, every error case, and the metrics they move.
+
+mod common;
+
+use common::{TestServer, request, write_model};
+use retort::config::Config;
+use retort::model::encode::Encoder;
+use retort::model::manifest::ContextRows;
+use retort::serve::request::decode;
+use serde_json::{Value, json};
+
+/// Expected head values per candidate from the plain-Rust reference forward pass (no engine).
+fn reference_heads(
+    arch: &retort::model::two_tower::TwoTower,
+    w: &retort::model::two_tower::TwoTowerWeights,
+    manifest: &retort::model::manifest::Manifest,
+    body: &Value,
+) -> Vec<Vec<f32>> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let req = decode(&bytes).unwrap();
+    let encoder = Encoder::new(manifest);
+    let encoded = encoder.encode(&req.context, &req.candidates).unwrap();
+    arch.reference_forward(w, encoder.inputs(), &encoded)
+}
+
+fn ids(reply: &Value) -> Vec<String> {
+    reply["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn order_by(scores: &[f32]) -> Vec<String> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.into_iter().map(|i| format!("c{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranks_by_the_combined_score_of_the_model_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (arch, w, manifest) = write_model(dir.path(), "ranker", 11, ContextRows::Once);
+    let server = TestServer::start_with_models(dir.path()).await;
+
+    let body = request(200, 1);
+    let reply = server.rank(&body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let got = reply.json();
+    assert_eq!(got["model"], "ranker");
+    assert_eq!(got["version"], "1");
+    assert_eq!(got["degraded"], Value::Null);
+
+    // Independently: reference forward pass, default objective, sort.
+    let heads = reference_heads(&arch, &w, &manifest, &body);
+    let names = ["play", "like", "skip", "long_listen"];
+    let weights: Vec<f32> =
+        names.iter().map(|h| manifest.objective.get(*h).copied().unwrap_or(0.0) as f32).collect();
+    let scores: Vec<f32> = (0..200).map(|i| (0..4).map(|h| weights[h] * heads[h][i]).sum()).collect();
+    assert_eq!(ids(&got), order_by(&scores));
+    for item in got["items"].as_array().unwrap() {
+        let i: usize = item["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert!((item["score"].as_f64().unwrap() as f32 - scores[i]).abs() < 1e-5);
+        for (h, name) in names.iter().enumerate() {
+            let v = item["heads"][name].as_f64().unwrap() as f32;
+            assert!((v - heads[h][i]).abs() < 1e-5, "candidate {i} head {name}: {v} vs {}", heads[h][i]);
+        }
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_k_keeps_the_best_k_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "ranker", 12, ContextRows::Once);
+    let server = TestServer::start_with_models(dir.path()).await;
+    let mut body = request(100, 2);
+    let all = ids(&server.rank(&body).await.json());
+    assert_eq!(all.len(), 100);
+    body["top_k"] = json!(7);
+    let top = server.rank(&body).await.json();
+    assert_eq!(ids(&top), all[..7]);
+    body["top_k"] = json!(1000);
+    assert_eq!(ids(&server.rank(&body).await.json()), all);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_objective_override_reorders_by_the_heads_it_weighs() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "ranker", 13, ContextRows::Once);
+    let server = TestServer::start_with_models(dir.path()).await;
+    let mut body = request(50, 3);
+
+    body["objective"] = json!({"skip": 1.0});
+    let by_skip = server.rank(&body).await.json();
+    let skip: Vec<f32> = by_skip["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["heads"]["skip"].as_f64().unwrap() as f32)
+        .collect();
+    assert!(skip.windows(2).all(|w| w[0] >= w[1]), "sorted by skip, descending: {skip:?}");
+    for item in by_skip["items"].as_array().unwrap() {
+        assert_eq!(item["score"], item["heads"]["skip"]);
+    }
+
+    body["objective"] = json!({"skip": -1.0});
+    let avoid_skip = server.rank(&body).await.json();
+    let mut reversed = ids(&by_skip);
+    reversed.reverse();
+    assert_eq!(ids(&avoid_skip), reversed, "negating the only weight reverses the order");
+
+    let default = server.rank(&request(50, 3)).await.json();
+    assert_ne!(ids(&default), ids(&by_skip), "the default objective ranks differently");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_once_scores_equal_the_context_fed_per_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    // Same weights (seed), two ways of feeding the context.
+    write_model(dir.path(), "once", 14, ContextRows::Once);
+    write_model(dir.path(), "per-candidate", 14, ContextRows::PerCandidate);
+    let server = TestServer::start_with_models(dir.path()).await;
+    for n in [1, 37, 500] {
+        let mut body = request(n, 4 + n as u64);
+        body["model"] = json!("once");
+        let once = server.rank(&body).await.json();
+        body["model"] = json!("per-candidate");
+        let repeated = server.rank(&body).await.json();
+        assert_eq!(ids(&once), ids(&repeated));
+        for (a, b) in once["items"].as_array().unwrap().iter().zip(repeated["items"].as_array().unwrap()) {
+            let (a, b) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_gets_its_status_and_names_the_culprit() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "ranker", 15, ContextRows::Once);
+    let config = Config {
+        models_dir: dir.path().to_path_buf(),
+        max_body_bytes: 64 * 1024,
+        max_candidates: 50,
+        ..Config::default()
+    };
+    let server = TestServer::start(config).await;
+    let error = |reply: &common::Reply| reply.json()["error"].clone();
+
+    let r = server.post("/v1/rank", "{\"context\": {}, \"candidates\": [").await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (400, Some("malformed_json")));
+
+    let r = server.post("/v1/rank", "{\"candidates\": []}").await;
+    assert_eq!(r.status, 422);
+    assert!(error(&r)["message"].as_str().unwrap().contains("context"), "{}", r.text());
+
+    let mut body = request(5, 5);
+    body["candidates"][3]["features"]["duration_s"] = json!("long");
+    let r = server.rank(&body).await;
+    assert_eq!(r.status, 422);
+    let e = error(&r);
+    assert_eq!(
+        (e["code"].as_str(), e["candidate"].as_u64(), e["feature"].as_str()),
+        (Some("invalid_feature"), Some(3), Some("duration_s"))
+    );
+    assert!(e["message"].as_str().unwrap().contains("candidate 3"), "{e}");
+
+    // Finite in JSON, not once normalised: the model would see infinity.
+    let mut body = request(5, 5);
+    body["candidates"][2]["features"]["popularity"] = json!(1e308);
+    let r = server.rank(&body).await;
+    let e = error(&r);
+    assert_eq!(
+        (r.status, e["candidate"].as_u64(), e["feature"].as_str()),
+        (422, Some(2), Some("popularity"))
+    );
+    assert!(e["message"].as_str().unwrap().contains("not finite"), "{e}");
+
+    let mut body = request(5, 5);
+    body["candidates"][4]["features"]["track_embedding"] = json!([1.0, 2.0]);
+    let r = server.rank(&body).await;
+    assert_eq!(
+        (r.status, error(&r)["candidate"].as_u64(), error(&r)["feature"].as_str()),
+        (422, Some(4), Some("track_embedding"))
+    );
+
+    let mut body = request(5, 5);
+    body["context"]["hour"] = json!([1]);
+    let r = server.rank(&body).await;
+    let e = error(&r);
+    assert_eq!((r.status, e["feature"].as_str(), e.get("candidate")), (422, Some("hour"), None));
+
+    let mut body = request(5, 5);
+    body["objective"] = json!({"plays": 1.0});
+    let r = server.rank(&body).await;
+    assert_eq!(
+        (r.status, error(&r)["code"].as_str(), error(&r)["head"].as_str()),
+        (422, Some("invalid_objective"), Some("plays"))
+    );
+
+    let mut body = request(5, 5);
+    body["model"] = json!("nope");
+    let r = server.rank(&body).await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (404, Some("unknown_model")));
+    assert!(error(&r)["message"].as_str().unwrap().contains("ranker"), "lists what is served");
+
+    let r = server.rank(&request(51, 5)).await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (413, Some("too_many_candidates")));
+
+    let mut body = request(5, 5);
+    body["context"]["padding"] = json!("x".repeat(70 * 1024));
+    let r = server.rank(&body).await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (413, Some("body_too_large")));
+
+    let r = server.rank(&json!({"context": {}, "candidates": []})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["items"], json!([]));
+
+    // And after all that, the server still ranks.
+    assert_eq!(server.rank(&request(5, 6)).await.status, 200);
+    server.stop().await.unwrap();
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_features_take_defaults_and_metrics_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let (arch, w, manifest) = write_model(dir.path(), "ranker", 16, ContextRows::Once);
+    let server = TestServer::start_with_models(dir.path()).await;
+
+    // Candidate 1 has no features at all: every item feature takes its default.
+    let body = json!({"request_id": "mine", "context": {"user_id": "u1"},
+        "candidates": [{"id": "c0", "features": {"genre": "jazz"}}, {"id": "c1"}], "objective": {"play": 1.0}});
+    let reply = server.rank(&body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let got = reply.json();
+    assert_eq!(got["request_id"], "mine");
+    let heads = reference_heads(&arch, &w, &manifest, &body);
+    let c1 = got["items"].as_array().unwrap().iter().find(|i| i["id"] == "c1").unwrap();
+    assert!((c1["heads"]["play"].as_f64().unwrap() as f32 - heads[0][1]).abs() < 1e-5);
+
+    let timing = reply.headers.get("server-timing").unwrap().to_str().unwrap().to_string();
+    for stage in ["decode;dur=", "encode;dur=", "queue;dur=", "infer;dur=", "rank;dur=", "total;dur="] {
+        assert!(timing.contains(stage), "{timing}");
+    }
+    for stage in ["decode", "encode", "queue", "infer", "rank", "total"] {
+        assert!(got["timing_us"][stage].is_u64(), "{}", got["timing_us"]);
+    }
+
+    let _ = server.rank(&json!({"context": {}, "candidates": [{"id": 1, "features": {"genre": 3.5}}]})).await;
+    let text = server.get("/metrics").await.text();
+    // track_id missing twice (both candidates), genre once (candidate 1) in the first request.
+    assert_eq!(metric(&text, "retort_missing_features_total{model=\"ranker\",feature=\"track_id\"}"), 2.0);
+    assert_eq!(metric(&text, "retort_missing_features_total{model=\"ranker\",feature=\"genre\"}"), 1.0);
+    assert_eq!(metric(&text, "retort_missing_features_total{model=\"ranker\",feature=\"country\"}"), 1.0);
+    assert_eq!(
+        metric(&text, "retort_rank_duration_seconds_count{model=\"ranker\",version=\"1\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "retort_rank_duration_seconds_count{model=\"ranker\",version=\"1\",outcome=\"invalid_feature\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "retort_rank_candidates_sum{model=\"ranker\",version=\"1\"}"), 2.0);
+    assert_eq!(
+        metric(&text, "retort_rank_stage_duration_seconds_count{model=\"ranker\",stage=\"infer\"}"),
+        1.0
+    );
+    assert_eq!(metric(&text, "retort_models_loaded"), 1.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let server = TestServer::start_with_models(&common::shipped_models()).await;
+    let health = server.get("/healthz").await;
+    assert_eq!((health.status, health.text().trim()), (200, "ok"));
+    let ready = server.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["models"], json!(["music-ranker/1"]));
+    // With one model served, a request may leave the model out.
+    assert_eq!(server.rank(&request(3, 9)).await.status, 200);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_models_need_a_name_or_a_default() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "a", 17, ContextRows::Once);
+    write_model(dir.path(), "b", 18, ContextRows::Once);
+    let server = TestServer::start_with_models(dir.path()).await;
+    let r = server.rank(&request(3, 1)).await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("model_required")));
+    server.stop().await.unwrap();
+
+    let config =
+        Config { models_dir: dir.path().to_path_buf(), default_model: Some("b".into()), ..Config::default() };
+    let server = TestServer::start(config).await;
+    assert_eq!(server.rank(&request(3, 1)).await.json()["model"], "b");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "ranker", 19, ContextRows::Once);
+    let config = Config { models_dir: dir.path().to_path_buf(), inference_threads: 1, ..Config::default() };
+    let mut server = TestServer::start(config).await;
+    let url = server.url("/v1/rank");
+    let body = serde_json::to_vec(&request(2000, 7)).unwrap();
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(16);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (url, body, tx) = (url.clone(), body.clone(), first_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let req = hyper::Request::post(url)
+                .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                .unwrap();
+            let status = common::client().request(req).await.map(|r| r.status().as_u16());
+            let _ = tx.send(()).await;
+            status
+        }));
+    }
+    // Once one answer is back, the rest are queued on the single inference thread; then stop.
+    first_rx.recv().await.unwrap();
+    server.signal_stop();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("request dropped during shutdown"), 200);
+    }
+    server.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_directory_without_packages_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        models_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
+    let listener = retort::serve::bind(&config).await.unwrap();
+    let app = retort::serve::App::new(config);
+    let err = retort::serve::serve(listener, app, std::future::pending()).await.unwrap_err();
+    assert!(err.to_string().contains("holds no model package"), "{err}");
+}
