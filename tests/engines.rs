@@ -117,3 +117,13 @@ fn a_corrupt_graph_is_refused_naming_the_file() {
     let err = Model::load(&dir.path().join("m/1"), EngineKind::Tract).err().unwrap().to_string();
     assert!(err.contains("model.onnx"), "{err}");
 }
+
+#[test]
+fn a_package_in_the_wrong_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, graph) = scaffold::seeded_package("m", "1", 5);
+    package::write(dir.path(), &manifest, &graph).unwrap();
+    std::fs::rename(dir.path().join("m/1"), dir.path().join("m/2")).unwrap();
+    let err = Model::load(&dir.path().join("m/2"), EngineKind::Tract).err().unwrap().to_string();
+    assert!(err.contains("m/2") && err.contains("m/1"), "{err}");
+}

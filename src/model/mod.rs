@@ -66,6 +66,8 @@ pub enum LoadError {
     Engine(#[from] EngineError),
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("{dir} holds the manifest of {declared}; a package lives in <name>/<version>/")]
+    Misplaced { dir: String, declared: String },
     #[error("{model}: golden example {example}: {problem}")]
     Golden { model: String, example: usize, problem: String },
 }
@@ -97,6 +99,11 @@ impl Model {
     /// Loads the package in `dir`, and checks that it reproduces its golden examples.
     pub fn load(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
         let manifest = Manifest::from_path(&dir.join(package::MANIFEST))?;
+        let version = dir.file_name().and_then(|v| v.to_str());
+        let name = dir.parent().and_then(Path::file_name).and_then(|n| n.to_str());
+        if (name, version) != (Some(&manifest.model.name[..]), Some(&manifest.model.version[..])) {
+            return Err(LoadError::Misplaced { dir: dir.display().to_string(), declared: manifest.id() });
+        }
         let graph_path = dir.join(package::GRAPH);
         let graph = std::fs::read(&graph_path)
             .map_err(|source| LoadError::Read { path: graph_path.display().to_string(), source })?;
