@@ -16,19 +16,29 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn tract_matches_the_reference_forward_pass() {
+fn tract_matches_the_reference_forward_pass_with_fixed_and_symbolic_plans() {
     let dir = tempfile::tempdir().unwrap();
-    let (arch, w, _) = common::write_model(dir.path(), "m", 21, ContextRows::Once);
-    let model = Model::load(&dir.path().join("m/1"), EngineKind::Tract).unwrap();
-    for n in [1, 50, 500] {
+    let (arch, w, manifest) = common::write_model(dir.path(), "m", 21, ContextRows::Once);
+    let fixed = Model::load(&dir.path().join("m/1"), EngineKind::Tract).unwrap();
+    let mut symbolic_manifest = manifest.clone();
+    symbolic_manifest.model.independent_candidates = false;
+    let graph = std::fs::read(dir.path().join("m/1").join(package::GRAPH)).unwrap();
+    let symbolic =
+        Model::from_parts(symbolic_manifest, &graph, std::path::Path::new("m.onnx"), EngineKind::Tract)
+            .unwrap();
+    // Sizes on the ladder, between rungs, and past its top (chunked).
+    for n in [1, 5, 50, 500, 2048, 2500] {
         let body = serde_json::to_vec(&request(n, n as u64)).unwrap();
         let req = decode(&body).unwrap();
-        let encoded = model.encode(&req.context, &req.candidates).unwrap();
-        let expected = arch.reference_forward(&w, model.encoder().inputs(), &encoded);
-        let got = model.infer(encoded).unwrap();
-        for (h, exp) in expected.iter().enumerate() {
-            let d = max_abs_diff(got.head(h), exp);
-            assert!(d <= 1e-5, "{n} candidates, head {h}: max diff {d}");
+        for model in [&fixed, &symbolic] {
+            let encoded = model.encode(&req.context, &req.candidates).unwrap();
+            let expected = arch.reference_forward(&w, model.encoder().inputs(), &encoded);
+            let got = model.infer(encoded).unwrap();
+            assert_eq!(got.rows, n);
+            for (h, exp) in expected.iter().enumerate() {
+                let d = max_abs_diff(got.head(h), exp);
+                assert!(d <= 1e-5, "{n} candidates, head {h}: max diff {d}");
+            }
         }
     }
 }

@@ -33,6 +33,11 @@ pub struct ModelInfo {
     /// broadcast.
     #[serde(default)]
     pub context_rows: ContextRows,
+    /// Declares that each candidate's outputs depend only on its own item features and the
+    /// context (no operation across candidates, such as a softmax over the list). The server
+    /// may then pad and split batches, which lets engines run precompiled fixed-size plans.
+    #[serde(default)]
+    pub independent_candidates: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -137,6 +137,7 @@ impl Model {
         let io = GraphIo {
             inputs: encoder.inputs(),
             context_once: encoder.context_rows() == ContextRows::Once,
+            candidates_independent: manifest.model.independent_candidates,
             outputs: &outputs,
         };
         let engine = engine::load(kind, graph, origin, &io)?;

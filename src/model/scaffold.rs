@@ -108,6 +108,8 @@ pub fn seeded_package(name: &str, version: &str, seed: u64) -> (Manifest, Vec<u8
                           placeholder until the distillation sidecar publishes a trained one."
                 .to_string(),
             context_rows: ContextRows::Once,
+            // The two-tower graph is row-wise after the context broadcast.
+            independent_candidates: true,
         },
         features: arch.features.clone(),
         heads: arch

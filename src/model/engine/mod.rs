@@ -35,6 +35,9 @@ pub struct GraphIo<'a> {
     pub inputs: &'a [InputLayout],
     /// Context inputs have exactly one row (broadcast in the graph) rather than one per candidate.
     pub context_once: bool,
+    /// Each candidate's outputs depend only on its own rows and the context, so batches may be
+    /// padded or split.
+    pub candidates_independent: bool,
     pub outputs: &'a [String],
 }
 
