@@ -5,6 +5,7 @@
 //! - [`config`]: the server's configuration (flags, environment, TOML file, defaults).
 //! - [`model`]: the model package (manifest + ONNX), request encoding, inference engines, and
 //!   the ONNX writer students are exported with.
+//! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling.
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`rng`]: the seeded generator behind reproducible weights and test data.
@@ -13,6 +14,7 @@
 //! contract between the distillation sidecar and the server.
 
 pub mod config;
+pub mod distill;
 pub mod model;
 pub mod rng;
 pub mod serve;

@@ -108,7 +108,8 @@ struct RawFeature {
     name: String,
     side: Side,
     kind: String,
-    input: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     buckets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +123,35 @@ struct RawFeature {
 }
 
 impl TryFrom<RawFeature> for Feature {
+    type Error = String;
+
+    fn try_from(raw: RawFeature) -> Result<Self, String> {
+        let input = raw.input.clone().ok_or_else(|| format!("feature `{}`: missing `input`", raw.name))?;
+        let column = FeatureColumn::try_from(raw)?;
+        Ok(Feature { name: column.name, side: column.side, input, kind: column.kind })
+    }
+}
+
+impl From<Feature> for RawFeature {
+    fn from(f: Feature) -> RawFeature {
+        let input = f.input.clone();
+        let mut raw = RawFeature::from(FeatureColumn { name: f.name, side: f.side, kind: f.kind });
+        raw.input = Some(input);
+        raw
+    }
+}
+
+/// A feature as a dataset declares it (`docs/data.md`): a column, its side and its kind, the same
+/// kinds a manifest uses, without the ONNX input a model feeds it to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawFeature", into = "RawFeature")]
+pub struct FeatureColumn {
+    pub name: String,
+    pub side: Side,
+    pub kind: FeatureKind,
+}
+
+impl TryFrom<RawFeature> for FeatureColumn {
     type Error = String;
 
     fn try_from(raw: RawFeature) -> Result<Self, String> {
@@ -188,17 +218,17 @@ impl TryFrom<RawFeature> for Feature {
                 ));
             }
         };
-        Ok(Feature { name: raw.name, side: raw.side, input: raw.input, kind })
+        Ok(FeatureColumn { name: raw.name, side: raw.side, kind })
     }
 }
 
-impl From<Feature> for RawFeature {
-    fn from(f: Feature) -> RawFeature {
+impl From<FeatureColumn> for RawFeature {
+    fn from(f: FeatureColumn) -> RawFeature {
         let mut raw = RawFeature {
             name: f.name,
             side: f.side,
             kind: f.kind.name().to_string(),
-            input: f.input,
+            input: None,
             buckets: None,
             mean: None,
             std: None,

@@ -34,10 +34,18 @@ pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
         Some(m) => (m.name().to_string(), m.version().to_string()),
         None => (String::new(), String::new()),
     };
+    let elapsed = started.elapsed();
+    if let Err(e) = &result {
+        if e.status().is_client_error() {
+            tracing::debug!(%model, %version, outcome, error = %e, "rank request refused");
+        }
+    } else {
+        tracing::trace!(%model, %version, total_us = elapsed.as_micros() as u64, "ranked");
+    }
     app.metrics
         .rank_duration
         .get_or_create(&RankLabels { model, version, outcome })
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
     match result {
         Ok(response) => response,
         Err(e) => e.into_response(),

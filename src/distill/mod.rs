@@ -1,0 +1,14 @@
+//! The distillation sidecar: examples, the demo world, teacher labelling and the shared label
+//! store. The server never calls into this module; the model package is the only thing the two
+//! share.
+//!
+//! # Layout
+//! - [`spec`]: the feature spec of a dataset (`features.toml`).
+//! - [`dataset`]: datasets of Parquet/CSV partitions, read and checked against a spec.
+//! - [`parquet_io`]: writing Parquet files atomically.
+//! - [`demo`]: the seeded two-domain demo world.
+
+pub mod dataset;
+pub mod demo;
+pub mod parquet_io;
+pub mod spec;

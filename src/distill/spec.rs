@@ -1,0 +1,141 @@
+//! The feature spec of a dataset (`features.toml`): which columns identify an example, which are
+//! context or item features of which kind, and which are task labels. Format: `docs/data.md`.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::manifest::{FeatureColumn, HeadKind, Side};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    #[serde(default)]
+    pub columns: KeyColumns,
+    pub features: Vec<FeatureColumn>,
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+}
+
+/// The columns every example has, by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyColumns {
+    /// Unique per example (string or integer).
+    pub example_id: String,
+    /// Groups the candidates shown in one request (string or integer).
+    pub request_id: String,
+    /// Event time, integer seconds since the Unix epoch.
+    pub ts: String,
+}
+
+impl Default for KeyColumns {
+    fn default() -> Self {
+        KeyColumns { example_id: "example_id".into(), request_id: "request_id".into(), ts: "ts".into() }
+    }
+}
+
+/// A task: a label column, binary (0/1) or regression (a real value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub name: String,
+    pub kind: HeadKind,
+    /// The label column; defaults to the task's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// A column with the true probability (or expected value) behind the label, where the data
+    /// comes from a simulation that knows it (the demo world).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truth: Option<String>,
+}
+
+impl Task {
+    pub fn column(&self) -> &str {
+        self.column.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+}
+
+impl DataSpec {
+    pub fn from_path(path: &Path) -> Result<DataSpec, SpecError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SpecError::Read { path: path.display().to_string(), source })?;
+        let spec: DataSpec = toml::from_str(&text).map_err(|source| SpecError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        spec.validate()
+            .map_err(|problem| SpecError::Invalid { path: path.display().to_string(), problem })?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a data spec always serialises to TOML. This is a bug.")
+    }
+
+    /// Every column is used once: no feature, task or key column shares a name.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        let keys = [&self.columns.example_id, &self.columns.request_id, &self.columns.ts];
+        let features = self.features.iter().map(|f| &f.name);
+        let tasks = self
+            .tasks
+            .iter()
+            .flat_map(|t| std::iter::once(t.column.as_ref().unwrap_or(&t.name)).chain(t.truth.as_ref()));
+        for column in keys.into_iter().chain(features).chain(tasks) {
+            if !seen.insert(column.as_str()) {
+                return Err(format!("column `{column}` is declared twice"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn features_on(&self, side: Side) -> impl Iterator<Item = &FeatureColumn> {
+        self.features.iter().filter(move |f| f.side == side)
+    }
+
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_default_key_columns_and_rejects_reuse() {
+        let text = r#"
+[[features]]
+name = "user_id"
+side = "context"
+kind = "categorical"
+buckets = 100
+
+[[tasks]]
+name = "play"
+kind = "binary"
+truth = "p_play"
+"#;
+        let spec: DataSpec = toml::from_str(text).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.columns.example_id, "example_id");
+        assert_eq!(spec.tasks[0].column(), "play");
+        let back: DataSpec = toml::from_str(&spec.to_toml()).unwrap();
+        assert_eq!(back, spec);
+
+        let mut bad = spec.clone();
+        bad.tasks[0].truth = Some("user_id".into());
+        assert!(bad.validate().unwrap_err().contains("`user_id`"));
+    }
+}
