@@ -6,7 +6,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use retort::config::{Config, LogFormat, ServeArgs};
+use retort::distill::dataset::Dataset;
 use retort::distill::demo::{self, DemoConfig, Domain};
+use retort::distill::label::{LabelOptions, Labeller, Shard};
+use retort::distill::mapping::Mapping;
+use retort::distill::spec::DataSpec;
+use retort::model::engine::EngineKind;
+use retort::model::manifest::HeadKind;
+use retort::model::two_tower::TwoTower;
 use retort::model::{package, scaffold};
 
 /// A low-latency ranking server for small student models, with built-in distillation.
@@ -33,6 +40,45 @@ enum Command {
         /// Seed of the random weights: the same seed writes the same bytes.
         #[arg(long, default_value_t = scaffold::DEFAULT_SEED)]
         seed: u64,
+        /// Build the model over this dataset's features and tasks instead of the music
+        /// features, with logit outputs: a stand-in teacher until one is trained.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+    /// Run a teacher over a dataset of examples and write its logits to the label store.
+    Label {
+        /// Dataset directory (Parquet or CSV partitions).
+        #[arg(long)]
+        data: PathBuf,
+        /// Feature spec of the dataset [default: <data>/features.toml]
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Teacher model package directory (`<name>/<version>` with model.onnx and manifest.toml).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Mapping from the dataset's columns to the teacher's features.
+        #[arg(long)]
+        mapping: PathBuf,
+        /// Label store root.
+        #[arg(long, default_value = "labels")]
+        store: PathBuf,
+        /// Label only this shard of the partitions, `i/n`.
+        #[arg(long, default_value = "0/1")]
+        shard: Shard,
+        #[arg(long, default_value = "tract")]
+        engine: EngineKind,
+        /// Rows per inference call.
+        #[arg(long, default_value_t = 2048)]
+        batch_size: usize,
+        /// Inference threads, 0 for one per core.
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Keep watching the dataset directory and label partitions as they land.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: how often to look for new partitions, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
     },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
@@ -91,11 +137,72 @@ fn main() -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::InitModel { models_dir, name, version, seed } => {
+        Command::InitModel { models_dir, name, version, seed, spec } => {
             init_tracing(LogFormat::Text);
-            let (manifest, graph) = scaffold::seeded_package(&name, &version, seed);
+            let (manifest, graph) = match spec {
+                None => scaffold::seeded_package(&name, &version, seed),
+                Some(path) => {
+                    let spec = DataSpec::from_path(&path)?;
+                    let arch = TwoTower::for_spec(&spec, true);
+                    let objective: Vec<(&str, f64)> = spec
+                        .tasks
+                        .iter()
+                        .filter(|t| t.kind == HeadKind::Binary)
+                        .take(1)
+                        .map(|t| (t.name.as_str(), 1.0))
+                        .collect();
+                    scaffold::random_package(&name, &version, seed, &arch, &objective)
+                }
+            };
             let dir = package::write(&models_dir, &manifest, &graph)?;
             println!("wrote {}", dir.display());
+            Ok(())
+        }
+        Command::Label {
+            data,
+            spec,
+            teacher,
+            mapping,
+            store,
+            shard,
+            engine,
+            batch_size,
+            threads,
+            follow,
+            poll_ms,
+        } => {
+            init_tracing(LogFormat::Text);
+            let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
+            let mapping = Mapping::from_path(&mapping)?;
+            let options = LabelOptions { shard, batch_size, threads, progress: !follow };
+            let labeller = Labeller::new(&teacher, engine, mapping, spec, &store, options)?;
+            let report = if follow {
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                stop_on_signal(stop.clone());
+                println!("following {} (ctrl-c to stop)", data.display());
+                labeller.follow(
+                    &data,
+                    std::time::Duration::from_millis(poll_ms),
+                    &stop,
+                    |name, rows, lag| {
+                        println!("labelled {name}: {rows} rows, {:.1} s after it landed", lag.as_secs_f64());
+                    },
+                )?
+            } else {
+                labeller.label_dataset(&Dataset::open(&data)?)?
+            };
+            println!(
+                "labelled {} partitions ({} rows) in {:.2} s ({:.0} rows/s); {} already labelled",
+                report.labelled.len(),
+                report.rows,
+                report.elapsed.as_secs_f64(),
+                report.rows as f64 / report.elapsed.as_secs_f64().max(1e-9),
+                report.already.len()
+            );
+            if !report.defaulted.is_empty() {
+                print!("{}", report.defaulted_table());
+            }
+            println!("labels: {}", report.store.display());
             Ok(())
         }
         Command::DemoData { out, seed, scale, users, days, target_requests, source_ratio, domains } => {
@@ -116,4 +223,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Sets `stop` on ctrl-c or SIGTERM, from a small runtime of its own.
+fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(retort::shutdown::signal());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
 }

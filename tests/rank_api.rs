@@ -316,24 +316,44 @@ async fn shutdown_drains_requests_in_flight() {
     write_model(dir.path(), "ranker", 19, ContextRows::Once);
     let config = Config { models_dir: dir.path().to_path_buf(), inference_threads: 1, ..Config::default() };
     let mut server = TestServer::start(config).await;
+
+    // Hold the only inference thread, so that every request below is received and queued
+    // before the shutdown signal: then each of them is in flight, none merely in transit.
+    let (started, is_started) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let app = server.app.clone();
+    let blocker = tokio::spawn(async move {
+        app.pool
+            .run(move || {
+                let _ = started.send(());
+                let _ = released.recv();
+            })
+            .await
+    });
+    is_started.await.unwrap();
+
     let url = server.url("/v1/rank");
-    let body = serde_json::to_vec(&request(2000, 7)).unwrap();
-    let (first_tx, mut first_rx) = tokio::sync::mpsc::channel::<()>(16);
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let (url, body, tx) = (url.clone(), body.clone(), first_tx.clone());
-        tasks.push(tokio::spawn(async move {
-            let req = hyper::Request::post(url)
-                .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
-                .unwrap();
-            let status = common::client().request(req).await.map(|r| r.status().as_u16());
-            let _ = tx.send(()).await;
-            status
-        }));
+    let body = serde_json::to_vec(&request(500, 7)).unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            tokio::spawn(async move {
+                let req = hyper::Request::post(url)
+                    .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                    .unwrap();
+                common::client().request(req).await.map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while server.app.pool.queued() < 8 {
+        assert!(std::time::Instant::now() < deadline, "requests never queued");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    // Once one answer is back, the rest are queued on the single inference thread; then stop.
-    first_rx.recv().await.unwrap();
     server.signal_stop();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
     for t in tasks {
         assert_eq!(t.await.unwrap().expect("request dropped during shutdown"), 200);
     }

@@ -25,6 +25,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
+use super::mapping::{Mapping, Source};
 use super::parquet_io::{self, WriteError};
 use super::spec::{DataSpec, KeyColumns, Task};
 use crate::model::manifest::{FeatureColumn, FeatureKind, HeadKind, Side};
@@ -549,6 +550,25 @@ pub fn spec(domain: Domain) -> DataSpec {
     }
 }
 
+/// How a teacher trained on the source domain reads target examples: shared user features and
+/// the shared content embedding map across, video ids and categories do not exist for tracks.
+pub fn mapping() -> Mapping {
+    let column = |c: &str| Source::Column(c.to_string());
+    let mut features = std::collections::BTreeMap::new();
+    for shared in ["user_id", "country", "device", "hour", "account_age_days", "duration_s", "popularity"] {
+        features.insert(shared.to_string(), column(shared));
+    }
+    features.insert("content_embedding".into(), column("track_embedding"));
+    for missing in ["video_id", "channel_id", "category"] {
+        features.insert(missing.to_string(), Source::Default(true));
+    }
+    let targets = [("play", "click"), ("long_listen", "watch_long"), ("like", "like")]
+        .iter()
+        .map(|(t, h)| (t.to_string(), h.to_string()))
+        .collect();
+    Mapping { features, targets }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
@@ -585,6 +605,8 @@ pub fn generate(out: &Path, config: &DemoConfig, domains: &[Domain]) -> Result<G
         Ok(_) => {}
         Err(_) => write_text(&world_file, &world_toml).map_err(io(&world_file))?,
     }
+    let mapping_file = out.join("mapping.toml");
+    write_text(&mapping_file, &mapping().to_toml()).map_err(io(&mapping_file))?;
     let world = World::new(config.clone());
     let mut jobs = Vec::new();
     for &domain in domains {

@@ -7,8 +7,14 @@
 //! - [`dataset`]: datasets of Parquet/CSV partitions, read and checked against a spec.
 //! - [`parquet_io`]: writing Parquet files atomically.
 //! - [`demo`]: the seeded two-domain demo world.
+//! - [`mapping`]: how a teacher's inputs are built from another product's examples.
+//! - [`label`]: `retort label`, running a teacher over a dataset into the label store.
+//! - [`store`]: the label store's layout and metadata.
 
 pub mod dataset;
 pub mod demo;
+pub mod label;
+pub mod mapping;
 pub mod parquet_io;
 pub mod spec;
+pub mod store;

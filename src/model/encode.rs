@@ -236,6 +236,34 @@ impl Encoder {
         }
         Ok(Encoded { tensors, rows, missing })
     }
+
+    /// Encodes rows that each carry their own context (training or labelling data, one row per
+    /// shown candidate): every input gets one row per row. The model must have been loaded with
+    /// `context_rows = per_candidate` (see [`crate::model::Model::load_per_row`]).
+    pub fn encode_rows<R: FeatureSource>(&self, rows: &[R]) -> Result<Encoded, EncodeError> {
+        let n = rows.len();
+        let mut missing = vec![0u32; self.features];
+        let mut tensors: Vec<Tensor> = self
+            .inputs
+            .iter()
+            .map(|input| {
+                let len = n * input.width;
+                let data = match input.dtype {
+                    DType::I64 => TensorData::I64(vec![0; len]),
+                    DType::F32 => TensorData::F32(vec![0.0; len]),
+                };
+                Tensor { shape: [n, input.width], data }
+            })
+            .collect();
+        for (row, source) in rows.iter().enumerate() {
+            for slot in self.context.iter().chain(&self.item) {
+                let value = source.get(&slot.name);
+                let t = &mut tensors[slot.input];
+                write_value(slot, value, t, row, &mut missing, Location::Candidate(row))?;
+            }
+        }
+        Ok(Encoded { tensors, rows: n, missing })
+    }
 }
 
 fn write_value(

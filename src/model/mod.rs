@@ -23,7 +23,7 @@ pub mod two_tower;
 
 use encode::{EncodeError, Encoded, Encoder, FeatureSource};
 use engine::{Engine, EngineError, EngineKind, GraphIo, Output};
-use manifest::{ContextRows, GoldenExample, Manifest, ManifestError, Transform};
+use manifest::{ContextRows, GoldenExample, HeadKind, Manifest, ManifestError, Transform};
 
 /// A loaded, validated model: manifest, encoder and engine. Immutable; shared across threads.
 pub struct Model {
@@ -36,6 +36,12 @@ pub struct Model {
     outputs: Vec<String>,
     heads: Vec<HeadPlan>,
     default_objective: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scale {
+    Value,
+    Logit,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +110,19 @@ impl Model {
         if (name, version) != (Some(&manifest.model.name[..]), Some(&manifest.model.version[..])) {
             return Err(LoadError::Misplaced { dir: dir.display().to_string(), declared: manifest.id() });
         }
+        let graph_path = dir.join(package::GRAPH);
+        let graph = std::fs::read(&graph_path)
+            .map_err(|source| LoadError::Read { path: graph_path.display().to_string(), source })?;
+        let model = Model::from_parts(manifest, &graph, &graph_path, engine)?;
+        model.check_golden()?;
+        Ok(Model { dir: dir.to_path_buf(), ..model })
+    }
+
+    /// Loads a package to run on rows that each carry their own context (labelling, evaluation):
+    /// context inputs take one row per example instead of one per request.
+    pub fn load_per_row(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
+        let mut manifest = Manifest::from_path(&dir.join(package::MANIFEST))?;
+        manifest.model.context_rows = ContextRows::PerCandidate;
         let graph_path = dir.join(package::GRAPH);
         let graph = std::fs::read(&graph_path)
             .map_err(|source| LoadError::Read { path: graph_path.display().to_string(), source })?;
@@ -184,6 +203,17 @@ impl Model {
 
     /// Runs the graph and extracts every head's value per candidate.
     pub fn infer(&self, encoded: Encoded) -> Result<HeadValues, InferError> {
+        self.run(encoded, Scale::Value)
+    }
+
+    /// Like [`Model::infer`], but binary heads come back as logits: the raw output when the
+    /// graph yields logits (`transform = "sigmoid"`), else the log-odds of its probability
+    /// (clamped to ±16.6, the log-odds of 1e-7 from certainty). What a teacher's labels store.
+    pub fn infer_logits(&self, encoded: Encoded) -> Result<HeadValues, InferError> {
+        self.run(encoded, Scale::Logit)
+    }
+
+    fn run(&self, encoded: Encoded, scale: Scale) -> Result<HeadValues, InferError> {
         let rows = encoded.rows;
         if rows == 0 {
             return Ok(HeadValues { rows, values: Vec::new() });
@@ -207,9 +237,14 @@ impl Model {
             };
             for row in 0..rows {
                 let raw = out.data[row * stride + plan.column];
-                let v = match plan.transform {
-                    Transform::None => raw,
-                    Transform::Sigmoid => 1.0 / (1.0 + (-raw).exp()),
+                let v = match (scale, head.kind, plan.transform) {
+                    (Scale::Value, _, Transform::None) | (Scale::Logit, _, Transform::Sigmoid) => raw,
+                    (Scale::Value, _, Transform::Sigmoid) => 1.0 / (1.0 + (-raw).exp()),
+                    (Scale::Logit, HeadKind::Regression, Transform::None) => raw,
+                    (Scale::Logit, HeadKind::Binary, Transform::None) => {
+                        let p = raw.clamp(1e-7, 1.0 - 1e-7) as f64;
+                        (p / (1.0 - p)).ln() as f32
+                    }
                 };
                 if !v.is_finite() {
                     return Err(InferError::NonFinite { head: head.name.clone(), candidate: row });

@@ -56,6 +56,7 @@ pub fn music_architecture() -> TwoTower {
             .iter()
             .map(|h| (h.to_string(), HeadKind::Binary))
             .collect(),
+        logit_outputs: false,
     }
 }
 
@@ -95,18 +96,81 @@ fn golden_requests() -> Vec<GoldenExample> {
 
 /// A complete package: manifest (with golden values computed by the tract engine) and graph.
 pub fn seeded_package(name: &str, version: &str, seed: u64) -> (Manifest, Vec<u8>) {
-    let arch = music_architecture();
-    arch.validate().expect("the shipped architecture is valid. This is a bug.");
+    let objective = [("play", 1.0), ("like", 0.5), ("skip", -1.0), ("long_listen", 0.5)];
+    let description = "Music ranking student with seeded random weights (not trained): a placeholder \
+                       until the distillation sidecar publishes a trained one.";
+    package_with_weights(
+        name,
+        version,
+        seed,
+        &music_architecture(),
+        &objective,
+        description,
+        golden_requests(),
+    )
+}
+
+/// A package of the two-tower architecture with seeded random weights, for any features and
+/// heads (e.g. a stand-in teacher over a dataset's spec). Golden examples are made up from the
+/// features' kinds.
+pub fn random_package(
+    name: &str,
+    version: &str,
+    seed: u64,
+    arch: &TwoTower,
+    objective: &[(&str, f64)],
+) -> (Manifest, Vec<u8>) {
+    let description = "Two-tower model with seeded random weights (not trained).";
+    package_with_weights(name, version, seed, arch, objective, description, synthetic_golden(&arch.features))
+}
+
+/// One example of three candidates with values of the right kind, and one with nothing at all.
+fn synthetic_golden(features: &[Feature]) -> Vec<GoldenExample> {
+    let value = |kind: &FeatureKind, i: usize| -> Option<toml::Value> {
+        Some(match kind {
+            FeatureKind::Categorical { .. } => toml::Value::String(format!("x{i}")),
+            FeatureKind::Number { mean, std, .. } => toml::Value::Float(mean + std * (i as f64 - 1.0)),
+            FeatureKind::Vector { dim, .. } => {
+                toml::Value::Array((0..*dim).map(|k| toml::Value::Float(0.1 * (i + k) as f64)).collect())
+            }
+        })
+    };
+    let table = |side: Side, i: usize| -> BTreeMap<String, toml::Value> {
+        features
+            .iter()
+            .filter(|f| f.side == side)
+            .filter_map(|f| value(&f.kind, i).map(|v| (f.name.clone(), v)))
+            .collect()
+    };
+    let candidate =
+        |i: usize, features| GoldenCandidate { id: format!("c{i}"), features, expected: BTreeMap::new() };
+    vec![
+        GoldenExample {
+            context: table(Side::Context, 0),
+            candidates: (0..3).map(|i| candidate(i, table(Side::Item, i))).collect(),
+        },
+        GoldenExample { context: BTreeMap::new(), candidates: vec![candidate(9, BTreeMap::new())] },
+    ]
+}
+
+fn package_with_weights(
+    name: &str,
+    version: &str,
+    seed: u64,
+    arch: &TwoTower,
+    objective: &[(&str, f64)],
+    description: &str,
+    golden: Vec<GoldenExample>,
+) -> (Manifest, Vec<u8>) {
+    arch.validate().expect("the architecture is valid. This is a bug.");
     let weights = arch.random_weights(seed);
     let graph = onnx::to_bytes(&arch.to_onnx(&weights, name));
-    let objective = [("play", 1.0), ("like", 0.5), ("skip", -1.0), ("long_listen", 0.5)];
+    let transform = if arch.logit_outputs { Transform::Sigmoid } else { Transform::None };
     let mut manifest = Manifest {
         model: ModelInfo {
             name: name.to_string(),
             version: version.to_string(),
-            description: "Music ranking student with seeded random weights (not trained): a \
-                          placeholder until the distillation sidecar publishes a trained one."
-                .to_string(),
+            description: description.to_string(),
             context_rows: ContextRows::Once,
             // The two-tower graph is row-wise after the context broadcast.
             independent_candidates: true,
@@ -121,7 +185,7 @@ pub fn seeded_package(name: &str, version: &str, seed: u64) -> (Manifest, Vec<u8
                 serving: true,
                 output: h.clone(),
                 column: 0,
-                transform: Transform::None,
+                transform: if *kind == HeadKind::Binary { transform } else { Transform::None },
             })
             .collect(),
         objective: objective.iter().map(|(h, w)| (h.to_string(), *w)).collect(),
@@ -129,7 +193,7 @@ pub fn seeded_package(name: &str, version: &str, seed: u64) -> (Manifest, Vec<u8
             trained_by: format!("retort init-model --seed {seed} (random weights, untrained)"),
             ..Default::default()
         },
-        golden: Golden { tolerance: 1e-4, examples: golden_requests() },
+        golden: Golden { tolerance: 1e-4, examples: golden },
     };
     let model = Model::from_parts(manifest.clone(), &graph, Path::new("<generated>"), EngineKind::Tract)
         .expect("the generated graph loads. This is a bug.");

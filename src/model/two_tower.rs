@@ -29,6 +29,9 @@ pub struct TwoTower {
     /// At least one layer: the first joins the towers.
     pub interaction_hidden: Vec<usize>,
     pub heads: Vec<(String, HeadKind)>,
+    /// Binary heads output logits (the manifest then says `transform = "sigmoid"`) rather than
+    /// probabilities. Teachers do: their labels are logits, kept exact.
+    pub logit_outputs: bool,
 }
 
 /// A dense layer, `W` stored `[out, in]`.
@@ -112,6 +115,28 @@ impl SideShape {
 }
 
 impl TwoTower {
+    /// The default layer sizes over a dataset's features, one head per task.
+    pub fn for_spec(spec: &crate::distill::spec::DataSpec, logit_outputs: bool) -> TwoTower {
+        TwoTower {
+            features: spec
+                .features
+                .iter()
+                .map(|f| Feature {
+                    name: f.name.clone(),
+                    side: f.side,
+                    input: Self::input_for(f.side, &f.kind).to_string(),
+                    kind: f.kind.clone(),
+                })
+                .collect(),
+            embedding_dim: 16,
+            context_hidden: vec![64, 32],
+            item_hidden: vec![64, 32],
+            interaction_hidden: vec![64, 32],
+            heads: spec.tasks.iter().map(|t| (t.name.clone(), t.kind)).collect(),
+            logit_outputs,
+        }
+    }
+
     /// The graph input a feature of this side and kind must feed.
     pub fn input_for(side: Side, kind: &FeatureKind) -> &'static str {
         match (side, kind.dtype()) {
@@ -244,7 +269,7 @@ impl TwoTower {
         }
         for ((head, kind), layer) in self.heads.iter().zip(&w.heads) {
             let mut y = g.linear(&h, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
-            if *kind == HeadKind::Binary {
+            if *kind == HeadKind::Binary && !self.logit_outputs {
                 y = g.sigmoid(&y);
             }
             g.output(&y, head, &[Dim::symbol("batch"), Dim::Fixed(1)]);
@@ -352,8 +377,10 @@ impl TwoTower {
             .map(|((_, kind), layer)| {
                 let y = layer.forward(&h, rows);
                 match kind {
-                    HeadKind::Binary => y.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect(),
-                    HeadKind::Regression => y,
+                    HeadKind::Binary if !self.logit_outputs => {
+                        y.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect()
+                    }
+                    _ => y,
                 }
             })
             .collect()

@@ -1,0 +1,180 @@
+//! The label store: teacher logits computed once and shared by every student.
+//!
+//! Layout: `<root>/<teacher name>/<teacher version>/<mapping fingerprint>/<partition>.parquet`,
+//! one file per input partition, keyed by `example_id`, with one float32 column per teacher head
+//! (its logit) and the file's provenance in Parquet key-value metadata. A teacher version and a
+//! mapping fully determine the labels, so anything under one directory can be reused by any
+//! student without running the teacher again.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::model::manifest::Manifest;
+
+pub const META_TEACHER: &str = "retort.teacher";
+pub const META_MAPPING: &str = "retort.mapping";
+pub const META_INPUT: &str = "retort.input";
+pub const META_INPUT_FINGERPRINT: &str = "retort.input_fingerprint";
+pub const META_CREATED_AT: &str = "retort.created_at";
+pub const META_ROWS: &str = "retort.rows";
+/// TOML table: teacher feature → rows that took its default.
+pub const META_DEFAULTED: &str = "retort.defaulted";
+/// TOML table: distillation target → teacher head.
+pub const META_TARGETS: &str = "retort.targets";
+
+/// The directory holding one teacher version's labels under one mapping.
+pub fn labels_dir(root: &Path, teacher: &Manifest, mapping_fingerprint: &str) -> PathBuf {
+    root.join(&teacher.model.name).join(&teacher.model.version).join(mapping_fingerprint)
+}
+
+/// Where the labels of an input partition go: its name, with a `.parquet` extension.
+pub fn label_path(dir: &Path, partition_name: &str) -> PathBuf {
+    let mut path = dir.join(partition_name);
+    path.set_extension("parquet");
+    path
+}
+
+/// A digest of a file's bytes: labels of a partition whose content changed are stale.
+pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ file.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        // Eight bytes at a time: FNV's byte loop is too slow for large partitions.
+        let mut chunks = buf[..n].chunks_exact(8);
+        for c in &mut chunks {
+            h = (h ^ u64::from_le_bytes(c.try_into().expect("8 bytes"))).wrapping_mul(0x0000_0100_0000_01b3);
+            h ^= h >> 29;
+        }
+        for &b in chunks.remainder() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a point in time.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Provenance of one label file, as read back from its metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelFileInfo {
+    pub teacher: String,
+    pub mapping: String,
+    pub input: String,
+    pub input_fingerprint: String,
+    pub created_at: String,
+    pub rows: u64,
+    pub defaulted: BTreeMap<String, u64>,
+    pub targets: BTreeMap<String, String>,
+}
+
+impl LabelFileInfo {
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        let table = |m: &dyn Fn(&mut toml::Table)| {
+            let mut t = toml::Table::new();
+            m(&mut t);
+            t.to_string()
+        };
+        vec![
+            (META_TEACHER.into(), self.teacher.clone()),
+            (META_MAPPING.into(), self.mapping.clone()),
+            (META_INPUT.into(), self.input.clone()),
+            (META_INPUT_FINGERPRINT.into(), self.input_fingerprint.clone()),
+            (META_CREATED_AT.into(), self.created_at.clone()),
+            (META_ROWS.into(), self.rows.to_string()),
+            (
+                META_DEFAULTED.into(),
+                table(&|t| {
+                    for (k, v) in &self.defaulted {
+                        t.insert(k.clone(), toml::Value::Integer(*v as i64));
+                    }
+                }),
+            ),
+            (
+                META_TARGETS.into(),
+                table(&|t| {
+                    for (k, v) in &self.targets {
+                        t.insert(k.clone(), toml::Value::String(v.clone()));
+                    }
+                }),
+            ),
+        ]
+    }
+
+    pub fn from_metadata(kv: &[(String, String)]) -> LabelFileInfo {
+        let get = |key: &str| kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or("");
+        let table = |key: &str| get(key).parse::<toml::Table>().unwrap_or_default();
+        LabelFileInfo {
+            teacher: get(META_TEACHER).to_string(),
+            mapping: get(META_MAPPING).to_string(),
+            input: get(META_INPUT).to_string(),
+            input_fingerprint: get(META_INPUT_FINGERPRINT).to_string(),
+            created_at: get(META_CREATED_AT).to_string(),
+            rows: get(META_ROWS).parse().unwrap_or(0),
+            defaulted: table(META_DEFAULTED)
+                .into_iter()
+                .filter_map(|(k, v)| v.as_integer().map(|n| (k, n as u64)))
+                .collect(),
+            targets: table(META_TARGETS)
+                .into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_767_225_600)), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400 + 3661)), "2000-02-29T01:01:01Z");
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        let info = LabelFileInfo {
+            teacher: "t/1".into(),
+            mapping: "abc".into(),
+            input: "day-000.parquet".into(),
+            input_fingerprint: "0123".into(),
+            created_at: "2026-11-28T00:00:00Z".into(),
+            rows: 42,
+            defaulted: [("video_id".to_string(), 42)].into(),
+            targets: [("play".to_string(), "click".to_string())].into(),
+        };
+        assert_eq!(LabelFileInfo::from_metadata(&info.to_metadata()), info);
+    }
+
+    #[test]
+    fn label_files_mirror_partition_names() {
+        let dir = Path::new("/s/t/1/fp");
+        assert_eq!(label_path(dir, "day-000.parquet"), Path::new("/s/t/1/fp/day-000.parquet"));
+        assert_eq!(label_path(dir, "d=1/part.csv"), Path::new("/s/t/1/fp/d=1/part.parquet"));
+    }
+}
