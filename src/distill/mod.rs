@@ -10,11 +10,17 @@
 //! - [`mapping`]: how a teacher's inputs are built from another product's examples.
 //! - [`label`]: `retort label`, running a teacher over a dataset into the label store.
 //! - [`store`]: the label store's layout and metadata.
+//! - [`student`]: the two-tower student in candle, initialised and exported as the ONNX writer's.
+//! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
+//! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 
 pub mod dataset;
 pub mod demo;
 pub mod label;
+pub mod losses;
 pub mod mapping;
 pub mod parquet_io;
 pub mod spec;
 pub mod store;
+pub mod student;
+pub mod train;

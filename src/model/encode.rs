@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use super::manifest::{ContextRows, DType, FeatureKind, Manifest, Side};
+use super::manifest::{ContextRows, DType, Feature, FeatureKind, Manifest, Side};
 
 /// A feature value as the encoder sees it, whatever it was read from (JSON, TOML, Parquet).
 #[derive(Debug, Clone, PartialEq)]
@@ -128,10 +128,15 @@ impl Encoder {
     /// Lays out the manifest's inputs: each input is the concatenation, in manifest order, of
     /// the features that name it. The manifest must have been validated.
     pub fn new(manifest: &Manifest) -> Encoder {
+        Encoder::for_features(&manifest.features, manifest.model.context_rows)
+    }
+
+    /// An encoder for features that feed the named inputs, without a manifest (training).
+    pub fn for_features(features: &[Feature], context_rows: ContextRows) -> Encoder {
         let mut inputs: Vec<InputLayout> = Vec::new();
         let mut context = Vec::new();
         let mut item = Vec::new();
-        for (feature, f) in manifest.features.iter().enumerate() {
+        for (feature, f) in features.iter().enumerate() {
             let input = match inputs.iter().position(|i| i.name == f.input) {
                 Some(i) => i,
                 None => {
@@ -168,13 +173,7 @@ impl Encoder {
                 Side::Item => item.push(slot),
             }
         }
-        Encoder {
-            inputs,
-            context,
-            item,
-            context_rows: manifest.model.context_rows,
-            features: manifest.features.len(),
-        }
+        Encoder { inputs, context, item, context_rows, features: features.len() }
     }
 
     pub fn inputs(&self) -> &[InputLayout] {
@@ -414,7 +413,6 @@ impl FeatureSource for std::collections::BTreeMap<String, toml::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::manifest::Feature;
 
     fn manifest(context_rows: ContextRows) -> Manifest {
         let text = r#"

@@ -12,7 +12,7 @@ use super::manifest::{
     ModelInfo, Provenance, Side, Transform,
 };
 use super::onnx;
-use super::two_tower::TwoTower;
+use super::two_tower::{TwoTower, TwoTowerWeights};
 
 pub const DEFAULT_NAME: &str = "music-ranker";
 pub const DEFAULT_VERSION: &str = "1";
@@ -124,6 +124,11 @@ pub fn random_package(
     package_with_weights(name, version, seed, arch, objective, description, synthetic_golden(&arch.features))
 }
 
+/// Golden requests made up from the features' kinds (see [`random_package`]).
+pub fn golden_for(features: &[Feature]) -> Vec<GoldenExample> {
+    synthetic_golden(features)
+}
+
 /// One example of three candidates with values of the right kind, and one with nothing at all.
 fn synthetic_golden(features: &[Feature]) -> Vec<GoldenExample> {
     let value = |kind: &FeatureKind, i: usize| -> Option<toml::Value> {
@@ -164,7 +169,24 @@ fn package_with_weights(
 ) -> (Manifest, Vec<u8>) {
     arch.validate().expect("the architecture is valid. This is a bug.");
     let weights = arch.random_weights(seed);
-    let graph = onnx::to_bytes(&arch.to_onnx(&weights, name));
+    let trained_by = format!("retort init-model --seed {seed} (random weights, untrained)");
+    package(name, version, arch, &weights, objective, description, &trained_by, golden)
+}
+
+/// A complete package for given weights: the ONNX graph, and a manifest whose golden examples
+/// hold the values the graph computes for `golden`'s requests.
+#[allow(clippy::too_many_arguments)]
+pub fn package(
+    name: &str,
+    version: &str,
+    arch: &TwoTower,
+    weights: &TwoTowerWeights,
+    objective: &[(&str, f64)],
+    description: &str,
+    trained_by: &str,
+    golden: Vec<GoldenExample>,
+) -> (Manifest, Vec<u8>) {
+    let graph = onnx::to_bytes(&arch.to_onnx(weights, name));
     let transform = if arch.logit_outputs { Transform::Sigmoid } else { Transform::None };
     let mut manifest = Manifest {
         model: ModelInfo {
@@ -189,10 +211,7 @@ fn package_with_weights(
             })
             .collect(),
         objective: objective.iter().map(|(h, w)| (h.to_string(), *w)).collect(),
-        provenance: Provenance {
-            trained_by: format!("retort init-model --seed {seed} (random weights, untrained)"),
-            ..Default::default()
-        },
+        provenance: Provenance { trained_by: trained_by.to_string(), ..Default::default() },
         golden: Golden { tolerance: 1e-4, examples: golden },
     };
     let model = Model::from_parts(manifest.clone(), &graph, Path::new("<generated>"), EngineKind::Tract)

@@ -1,0 +1,268 @@
+//! Training data in memory, and the minibatch loop: AdamW over shuffled minibatches, seeded so
+//! a run is reproducible and two runs with one seed see the same batches in the same order.
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::dataset::{DataError, Dataset};
+use super::losses;
+use super::spec::DataSpec;
+use super::student::Student;
+use crate::model::encode::{EncodeError, Encoded, Encoder, FeatureSource, Value};
+use crate::model::manifest::{ContextRows, HeadKind};
+use crate::model::two_tower::TwoTower;
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Seeds the initial weights and the batch order.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { learning_rate: 3e-3, weight_decay: 1e-4, batch_size: 512, epochs: 3, seed: 1 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("{path}: {source}")]
+    Encode { path: String, source: EncodeError },
+    #[error("{path}, row {row}: label `{column}` is missing or not a number")]
+    Label { path: String, row: usize, column: String },
+    #[error("training: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Examples encoded for the student's inputs, with their labels and times.
+pub struct TrainingData {
+    pub encoder: Encoder,
+    pub encoded: Encoded,
+    /// Per head of the architecture, one label per row.
+    pub labels: Vec<Vec<f32>>,
+    pub ts: Vec<i64>,
+}
+
+struct Row<'a> {
+    columns: &'a [(String, super::dataset::Column<'a>)],
+    row: usize,
+}
+
+impl FeatureSource for Row<'_> {
+    fn get(&self, name: &str) -> Value<'_> {
+        self.columns.iter().find(|(n, _)| n == name).map_or(Value::Missing, |(_, c)| c.value(self.row))
+    }
+}
+
+impl TrainingData {
+    /// Reads every partition, encoding the architecture's features (one context per row) and
+    /// the label of each of its heads (a spec task of the same name).
+    pub fn load(dataset: &Dataset, spec: &DataSpec, arch: &TwoTower) -> Result<TrainingData, TrainError> {
+        let encoder = Encoder::for_features(&arch.features, ContextRows::PerCandidate);
+        let label_columns: Vec<String> = arch
+            .heads
+            .iter()
+            .map(|(h, _)| spec.task(h).map_or(h.clone(), |t| t.column().to_string()))
+            .collect();
+        let mut columns: Vec<&str> = vec![spec.columns.ts.as_str()];
+        columns.extend(arch.features.iter().map(|f| f.name.as_str()));
+        columns.extend(label_columns.iter().map(String::as_str));
+        let mut parts: Vec<Encoded> = Vec::new();
+        let mut labels = vec![Vec::new(); arch.heads.len()];
+        let mut ts = Vec::new();
+        for p in &dataset.partitions {
+            let ex = p.read(spec, &columns)?;
+            for b in 0..ex.batches.len() {
+                let cols: Vec<(String, super::dataset::Column<'_>)> =
+                    arch.features.iter().map(|f| (f.name.clone(), ex.column(b, &f.name))).collect();
+                let n = ex.batches[b].num_rows();
+                let rows: Vec<Row<'_>> = (0..n).map(|row| Row { columns: &cols, row }).collect();
+                parts.push(
+                    encoder
+                        .encode_rows(&rows)
+                        .map_err(|source| TrainError::Encode { path: ex.path.clone(), source })?,
+                );
+                for (h, column) in label_columns.iter().enumerate() {
+                    let c = ex.column(b, column);
+                    for row in 0..n {
+                        let y = c.number(row).ok_or_else(|| TrainError::Label {
+                            path: ex.path.clone(),
+                            row,
+                            column: column.clone(),
+                        })?;
+                        labels[h].push(y as f32);
+                    }
+                }
+                let t = ex.column(b, &spec.columns.ts);
+                ts.extend((0..n).map(|row| t.number(row).unwrap_or(0.0) as i64));
+            }
+        }
+        Ok(TrainingData { encoded: concat(&encoder, parts), encoder, labels, ts })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// The encoded inputs of `rows`, in that order (to run an exported model on them).
+    pub fn subset(&self, rows: &[usize]) -> Encoded {
+        use crate::model::encode::{Tensor as T, TensorData};
+        let tensors = self
+            .encoded
+            .tensors
+            .iter()
+            .map(|t| {
+                let w = t.shape[1];
+                let data = match &t.data {
+                    TensorData::I64(d) => TensorData::I64(
+                        rows.iter().flat_map(|&r| d[r * w..(r + 1) * w].iter().copied()).collect(),
+                    ),
+                    TensorData::F32(d) => TensorData::F32(
+                        rows.iter().flat_map(|&r| d[r * w..(r + 1) * w].iter().copied()).collect(),
+                    ),
+                };
+                T { shape: [rows.len(), w], data }
+            })
+            .collect();
+        Encoded { tensors, rows: rows.len(), missing: vec![0; self.encoded.missing.len()] }
+    }
+
+    /// Rows before `cutoff` (training) and from it on (holdout): a split in time, as a model
+    /// trained today is judged on tomorrow's traffic.
+    pub fn split_at(&self, cutoff: i64) -> (Vec<usize>, Vec<usize>) {
+        (0..self.rows()).partition(|&r| self.ts[r] < cutoff)
+    }
+}
+
+fn concat(encoder: &Encoder, parts: Vec<Encoded>) -> Encoded {
+    use crate::model::encode::{Tensor as T, TensorData};
+    let rows = parts.iter().map(|p| p.rows).sum();
+    let mut tensors: Vec<T> = encoder
+        .inputs()
+        .iter()
+        .map(|l| T {
+            shape: [rows, l.width],
+            data: match l.dtype {
+                crate::model::manifest::DType::I64 => TensorData::I64(Vec::with_capacity(rows * l.width)),
+                crate::model::manifest::DType::F32 => TensorData::F32(Vec::with_capacity(rows * l.width)),
+            },
+        })
+        .collect();
+    let mut missing = vec![0u32; parts.first().map_or(0, |p| p.missing.len())];
+    for part in parts {
+        for (acc, t) in tensors.iter_mut().zip(part.tensors) {
+            match (&mut acc.data, t.data) {
+                (TensorData::I64(a), TensorData::I64(b)) => a.extend(b),
+                (TensorData::F32(a), TensorData::F32(b)) => a.extend(b),
+                _ => unreachable!("parts share one layout. This is a bug."),
+            }
+        }
+        for (m, n) in missing.iter_mut().zip(part.missing) {
+            *m += n;
+        }
+    }
+    Encoded { tensors, rows, missing }
+}
+
+/// Trains on `rows` with the hard labels: each binary head with BCE on logits, each regression
+/// head with MSE, summed. Returns the mean training loss of each epoch.
+pub fn train(
+    student: &Student,
+    data: &TrainingData,
+    rows: &[usize],
+    config: &TrainConfig,
+) -> Result<Vec<f64>, TrainError> {
+    let params =
+        ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..ParamsAdamW::default() };
+    let mut optimizer = AdamW::new(student.vars(), params)?;
+    let mut rng = SplitMix64::new(config.seed ^ 0xba7c4);
+    let mut order = rows.to_vec();
+    let mut epoch_losses = Vec::with_capacity(config.epochs);
+    let device = Device::Cpu;
+    for _ in 0..config.epochs {
+        // Fisher–Yates with the run's own generator: the order depends on the seed alone.
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let (mut total, mut batches) = (0.0, 0usize);
+        for chunk in order.chunks(config.batch_size.max(1)) {
+            let batch = student.batch(data.encoder.inputs(), &data.encoded, chunk)?;
+            let out = student.forward(&batch)?;
+            let mut loss: Option<Tensor> = None;
+            for (h, (_, kind)) in student.arch.heads.iter().enumerate() {
+                let y: Vec<f32> = chunk.iter().map(|&r| data.labels[h][r]).collect();
+                let y = Tensor::from_vec(y, chunk.len(), &device)?;
+                let z = out.narrow(1, h, 1)?.squeeze(1)?;
+                let l = match kind {
+                    HeadKind::Binary => losses::bce_with_logits(&z, &y)?,
+                    HeadKind::Regression => losses::mse(&z, &y)?,
+                };
+                loss = Some(match loss {
+                    None => l,
+                    Some(acc) => (acc + l)?,
+                });
+            }
+            let loss = loss.expect("at least one head");
+            optimizer.backward_step(&loss)?;
+            total += loss.to_scalar::<f32>()? as f64;
+            batches += 1;
+        }
+        epoch_losses.push(total / batches.max(1) as f64);
+    }
+    Ok(epoch_losses)
+}
+
+/// The student's outputs (logits for binary heads) on `rows`, one `Vec` per head.
+pub fn predict(student: &Student, data: &TrainingData, rows: &[usize]) -> Result<Vec<Vec<f32>>, TrainError> {
+    let mut out = vec![Vec::with_capacity(rows.len()); student.arch.heads.len()];
+    for chunk in rows.chunks(4096) {
+        let batch = student.batch(data.encoder.inputs(), &data.encoded, chunk)?;
+        let y = student.forward(&batch)?.to_vec2::<f32>()?;
+        for row in y {
+            for (h, v) in row.into_iter().enumerate() {
+                out[h].push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Area under the ROC curve: the probability that a random positive outscores a random
+/// negative (ties count half). `None` when one class is absent.
+pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
+    let mut pairs: Vec<(f32, bool)> = scores.iter().zip(labels).map(|(s, y)| (*s, *y > 0.5)).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut negatives, mut wins, mut i) = (0.0f64, 0.0f64, 0);
+    while i < pairs.len() {
+        let mut j = i;
+        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+            j += 1;
+        }
+        let (pos, neg) =
+            pairs[i..j].iter().fold((0.0, 0.0), |(p, n), x| if x.1 { (p + 1.0, n) } else { (p, n + 1.0) });
+        wins += pos * (negatives + neg / 2.0);
+        negatives += neg;
+        i = j;
+    }
+    let positives = pairs.iter().filter(|p| p.1).count() as f64;
+    (positives > 0.0 && negatives > 0.0).then(|| wins / (positives * negatives))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auc_counts_ordered_pairs_and_ties_half() {
+        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]), Some(0.75));
+        assert_eq!(auc(&[0.5, 0.5], &[0.0, 1.0]), Some(0.5));
+        assert_eq!(auc(&[0.1, 0.2], &[1.0, 1.0]), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! The candle student: it learns from the demo world, and its ONNX export computes what candle
+//! computes.
+
+use std::path::Path;
+
+use candle_core::Device;
+use retort::distill::dataset::Dataset;
+use retort::distill::demo::{self, DemoConfig, Domain, EPOCH};
+use retort::distill::spec::DataSpec;
+use retort::distill::student::Student;
+use retort::distill::train::{TrainConfig, TrainingData, auc, predict, train};
+use retort::model::Model;
+use retort::model::engine::EngineKind;
+use retort::model::manifest::ContextRows;
+use retort::model::scaffold;
+use retort::model::two_tower::TwoTower;
+
+#[test]
+fn a_student_learns_the_demo_world_and_exports_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 400,
+        days: 5,
+        target_requests: 3000,
+        tracks: 400,
+        artists: 40,
+        ..DemoConfig::default()
+    };
+    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
+    let target = dir.path().join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let arch = TwoTower::for_spec(&spec, false);
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    assert_eq!(data.rows(), 30_000);
+    let (fit, holdout) = data.split_at(EPOCH + 4 * 86_400);
+    assert_eq!((fit.len(), holdout.len()), (24_000, 6_000));
+
+    let student = Student::new(&arch, 3, &Device::Cpu).unwrap();
+    let play = 0;
+    let before =
+        auc(&predict(&student, &data, &holdout).unwrap()[play], &holdout_labels(&data, &holdout, play))
+            .unwrap();
+    let losses = train(&student, &data, &fit, &TrainConfig { epochs: 3, ..TrainConfig::default() }).unwrap();
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "training loss falls every epoch: {losses:?}");
+    let predicted = predict(&student, &data, &holdout).unwrap();
+    let after = auc(&predicted[play], &holdout_labels(&data, &holdout, play)).unwrap();
+    eprintln!("holdout play AUC {before:.3} -> {after:.3}, epoch losses {losses:?}");
+    assert!(after > 0.6 && after > before + 0.05, "holdout play AUC {before:.3} -> {after:.3}");
+
+    // Same seed, same start: a second student begins exactly where the first did.
+    let twin = Student::new(&arch, 3, &Device::Cpu).unwrap();
+    let fresh = Student::new(&arch, 3, &Device::Cpu).unwrap();
+    assert_eq!(twin.weights().unwrap(), fresh.weights().unwrap());
+
+    // Export and run the graph in tract on the same rows: the same probabilities.
+    let weights = student.weights().unwrap();
+    let (mut manifest, graph) = scaffold::package(
+        "student",
+        "1",
+        &arch,
+        &weights,
+        &[("play", 1.0)],
+        "test student",
+        "tests/student.rs",
+        scaffold::golden_for(&arch.features),
+    );
+    manifest.model.context_rows = ContextRows::PerCandidate;
+    let model = Model::from_parts(manifest, &graph, Path::new("student.onnx"), EngineKind::Tract).unwrap();
+    model.check_golden().unwrap();
+    let sample: Vec<usize> = holdout.iter().copied().step_by(7).collect();
+    let exported = model.infer(data.subset(&sample)).unwrap();
+    let candle = predict(&student, &data, &sample).unwrap();
+    let mut worst = 0f32;
+    for (h, logits) in candle.iter().enumerate() {
+        for (i, z) in logits.iter().enumerate() {
+            worst = worst.max((1.0 / (1.0 + (-z).exp()) - exported.head(h)[i]).abs());
+        }
+    }
+    assert!(worst <= 1e-5, "candle and tract differ by {worst}");
+}
+
+fn holdout_labels(data: &TrainingData, rows: &[usize], head: usize) -> Vec<f32> {
+    rows.iter().map(|&r| data.labels[head][r]).collect()
+}
