@@ -82,3 +82,60 @@ fn a_student_learns_the_demo_world_and_exports_exactly() {
 fn holdout_labels(data: &TrainingData, rows: &[usize], head: usize) -> Vec<f32> {
     rows.iter().map(|&r| data.labels[head][r]).collect()
 }
+
+#[test]
+fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
+    use retort::model::manifest::HeadKind;
+    use retort::model::two_tower::HeadSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 50,
+        days: 1,
+        target_requests: 40,
+        tracks: 60,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
+    let target = dir.path().join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let mut arch = TwoTower::for_spec(&spec, false);
+    arch.task_hidden = vec![16, 8];
+    arch.heads.push(HeadSpec { name: "play_aux".into(), kind: HeadKind::Binary, tower: 0, serving: false });
+    arch.validate().unwrap();
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &TwoTower::for_spec(&spec, false))
+        .unwrap();
+    let student = Student::new(&arch, 5, &Device::Cpu).unwrap();
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let candle = predict(&student, &data, &rows).unwrap();
+    assert_eq!(candle.len(), 5, "four tasks and the auxiliary head");
+    assert_ne!(candle[0], candle[4], "the auxiliary head has its own output layer");
+
+    let weights = student.weights().unwrap();
+    assert_eq!(weights.task_towers.len(), 4);
+    let (mut manifest, graph) = scaffold::package(
+        "aux",
+        "1",
+        &arch,
+        &weights,
+        &[("play", 1.0)],
+        "test",
+        "tests/student.rs",
+        scaffold::golden_for(&arch.features),
+    );
+    let heads: Vec<&str> = manifest.heads.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(heads, ["play", "skip", "long_listen", "like"]);
+    manifest.model.context_rows = ContextRows::PerCandidate;
+    let model = Model::from_parts(manifest, &graph, Path::new("aux.onnx"), EngineKind::Tract).unwrap();
+    let exported = model.infer(data.subset(&rows)).unwrap();
+    for h in 0..4 {
+        for (i, z) in candle[h].iter().enumerate() {
+            let p = 1.0 / (1.0 + (-z).exp());
+            assert!((p - exported.head(h)[i]).abs() <= 1e-5, "head {h} row {i}");
+        }
+    }
+    // The graph itself has no output for the auxiliary head.
+    let proto: tract_onnx::pb::ModelProto = prost::Message::decode(&graph[..]).unwrap();
+    let outputs: Vec<String> = proto.graph.unwrap().output.into_iter().map(|o| o.name).collect();
+    assert_eq!(outputs, ["play", "skip", "long_listen", "like"]);
+}

@@ -72,6 +72,7 @@ pub struct Student {
     join_context: Layer,
     join_item: Layer,
     interaction: Vec<Layer>,
+    task_towers: Vec<Vec<Layer>>,
     heads: Vec<Layer>,
     /// Per side: each id column's row offset in the stacked table.
     context_offsets: Vec<u32>,
@@ -120,6 +121,7 @@ impl Student {
             join_context: Layer::new(&w.join_context, true, device)?,
             join_item: Layer::new(&w.join_item, false, device)?,
             interaction: layers(&w.interaction_layers)?,
+            task_towers: w.task_towers.iter().map(|t| layers(t)).collect::<Result<_>>()?,
             heads: layers(&w.heads)?,
             context_offsets: offsets(arch, Side::Context),
             item_offsets: offsets(arch, Side::Item),
@@ -137,6 +139,7 @@ impl Student {
             .chain(&self.item_layers)
             .chain([&self.join_context, &self.join_item])
             .chain(&self.interaction)
+            .chain(self.task_towers.iter().flatten())
             .chain(&self.heads)
         {
             vars.extend(layer.vars().cloned());
@@ -155,6 +158,7 @@ impl Student {
             join_context: self.join_context.dense()?,
             join_item: self.join_item.dense()?,
             interaction_layers: dense(&self.interaction)?,
+            task_towers: self.task_towers.iter().map(|t| dense(t)).collect::<Result<_>>()?,
             heads: dense(&self.heads)?,
         })
     }
@@ -238,7 +242,23 @@ impl Student {
         for layer in &self.interaction {
             h = layer.forward(&h)?.relu()?;
         }
-        let heads: Vec<Tensor> = self.heads.iter().map(|l| l.forward(&h)).collect::<Result<_>>()?;
+        let towers: Vec<Tensor> = self
+            .task_towers
+            .iter()
+            .map(|layers| {
+                let mut x = h.clone();
+                for layer in layers {
+                    x = layer.forward(&x)?.relu()?;
+                }
+                Ok(x)
+            })
+            .collect::<Result<_>>()?;
+        let heads: Vec<Tensor> = self
+            .heads
+            .iter()
+            .zip(&self.arch.heads)
+            .map(|(l, spec)| l.forward(&towers[spec.tower]))
+            .collect::<Result<_>>()?;
         Tensor::cat(&heads, 1)
     }
 

@@ -69,7 +69,7 @@ impl TrainingData {
         let label_columns: Vec<String> = arch
             .heads
             .iter()
-            .map(|(h, _)| spec.task(h).map_or(h.clone(), |t| t.column().to_string()))
+            .map(|h| spec.task(&h.name).map_or(h.name.clone(), |t| t.column().to_string()))
             .collect();
         let mut columns: Vec<&str> = vec![spec.columns.ts.as_str()];
         columns.extend(arch.features.iter().map(|f| f.name.as_str()));
@@ -196,11 +196,11 @@ pub fn train(
             let batch = student.batch(data.encoder.inputs(), &data.encoded, chunk)?;
             let out = student.forward(&batch)?;
             let mut loss: Option<Tensor> = None;
-            for (h, (_, kind)) in student.arch.heads.iter().enumerate() {
+            for (h, head) in student.arch.heads.iter().enumerate() {
                 let y: Vec<f32> = chunk.iter().map(|&r| data.labels[h][r]).collect();
                 let y = Tensor::from_vec(y, chunk.len(), &device)?;
                 let z = out.narrow(1, h, 1)?.squeeze(1)?;
-                let l = match kind {
+                let l = match head.kind {
                     HeadKind::Binary => losses::bce_with_logits(&z, &y)?,
                     HeadKind::Regression => losses::mse(&z, &y)?,
                 };

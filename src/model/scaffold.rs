@@ -12,7 +12,7 @@ use super::manifest::{
     ModelInfo, Provenance, Side, Transform,
 };
 use super::onnx;
-use super::two_tower::{TwoTower, TwoTowerWeights};
+use super::two_tower::{HeadSpec, TwoTower, TwoTowerWeights};
 
 pub const DEFAULT_NAME: &str = "music-ranker";
 pub const DEFAULT_VERSION: &str = "1";
@@ -52,9 +52,11 @@ pub fn music_architecture() -> TwoTower {
         context_hidden: vec![64, 32],
         item_hidden: vec![64, 32],
         interaction_hidden: vec![64, 32],
+        task_hidden: Vec::new(),
         heads: ["play", "like", "skip", "long_listen"]
             .iter()
-            .map(|h| (h.to_string(), HeadKind::Binary))
+            .enumerate()
+            .map(|(i, h)| HeadSpec::serving(h, HeadKind::Binary, i))
             .collect(),
         logit_outputs: false,
     }
@@ -198,16 +200,18 @@ pub fn package(
             independent_candidates: true,
         },
         features: arch.features.clone(),
+        // The graph exports serving heads only; auxiliary heads stay with the trainer.
         heads: arch
             .heads
             .iter()
-            .map(|(h, kind)| Head {
-                name: h.clone(),
-                kind: *kind,
+            .filter(|h| h.serving)
+            .map(|h| Head {
+                name: h.name.clone(),
+                kind: h.kind,
                 serving: true,
-                output: h.clone(),
+                output: h.name.clone(),
                 column: 0,
-                transform: if *kind == HeadKind::Binary { transform } else { Transform::None },
+                transform: if h.kind == HeadKind::Binary { transform } else { Transform::None },
             })
             .collect(),
         objective: objective.iter().map(|(h, w)| (h.to_string(), *w)).collect(),

@@ -28,10 +28,32 @@ pub struct TwoTower {
     pub item_hidden: Vec<usize>,
     /// At least one layer: the first joins the towers.
     pub interaction_hidden: Vec<usize>,
-    pub heads: Vec<(String, HeadKind)>,
+    /// Layers of each task tower, between the shared interaction MLP and a task's heads (empty:
+    /// heads read the shared layers directly).
+    pub task_hidden: Vec<usize>,
+    pub heads: Vec<HeadSpec>,
     /// Binary heads output logits (the manifest then says `transform = "sigmoid"`) rather than
     /// probabilities. Teachers do: their labels are logits, kept exact.
     pub logit_outputs: bool,
+}
+
+/// An output head: one logit (or value) computed from its task tower. Several heads may share a
+/// tower: an auxiliary distillation head sits on the tower of the task it helps, and is not
+/// serving, so the export leaves it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadSpec {
+    pub name: String,
+    pub kind: HeadKind,
+    /// Index of its task tower.
+    pub tower: usize,
+    pub serving: bool,
+}
+
+impl HeadSpec {
+    /// A serving head on tower `tower`.
+    pub fn serving(name: &str, kind: HeadKind, tower: usize) -> HeadSpec {
+        HeadSpec { name: name.to_string(), kind, tower, serving: true }
+    }
 }
 
 /// A dense layer, `W` stored `[out, in]`.
@@ -81,7 +103,9 @@ pub struct TwoTowerWeights {
     pub join_context: Dense,
     pub join_item: Dense,
     pub interaction_layers: Vec<Dense>,
-    /// One `[1, last]` layer per head, in head order.
+    /// Per task tower, its layers.
+    pub task_towers: Vec<Vec<Dense>>,
+    /// One `[1, tower output]` layer per head, in head order.
     pub heads: Vec<Dense>,
 }
 
@@ -132,7 +156,13 @@ impl TwoTower {
             context_hidden: vec![64, 32],
             item_hidden: vec![64, 32],
             interaction_hidden: vec![64, 32],
-            heads: spec.tasks.iter().map(|t| (t.name.clone(), t.kind)).collect(),
+            task_hidden: Vec::new(),
+            heads: spec
+                .tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| HeadSpec::serving(&t.name, t.kind, i))
+                .collect(),
             logit_outputs,
         }
     }
@@ -176,8 +206,13 @@ impl TwoTower {
         if self.interaction_hidden.is_empty() {
             return Err("interaction_hidden needs at least one layer (it joins the towers)".into());
         }
-        if self.heads.is_empty() {
-            return Err("a model needs at least one head".into());
+        if !self.heads.iter().any(|h| h.serving) {
+            return Err("a model needs at least one serving head".into());
+        }
+        for t in 0..self.towers() {
+            if !self.heads.iter().any(|h| h.tower == t) {
+                return Err(format!("task tower {t} has no head"));
+            }
         }
         if self.embedding_dim == 0 {
             return Err("embedding_dim must be > 0".into());
@@ -225,7 +260,12 @@ impl TwoTower {
         let join_width = self.interaction_hidden[0];
         let interaction_layers = stack(join_width, &self.interaction_hidden[1..]);
         let last = *self.interaction_hidden.last().expect("validated non-empty");
-        let heads = self.heads.iter().map(|_| stack(last, &[1]).remove(0)).collect();
+        // Towers before heads; with no tower layers this draws nothing, so models without task
+        // towers keep the weights (and bytes) they had before towers existed.
+        let task_towers: Vec<Vec<Dense>> =
+            (0..self.towers()).map(|_| stack(last, &self.task_hidden)).collect();
+        let tower_out = self.task_hidden.last().copied().unwrap_or(last);
+        let heads = self.heads.iter().map(|_| stack(tower_out, &[1]).remove(0)).collect();
         let mut join = stack(
             self.tower_output_width(Side::Context) + self.tower_output_width(Side::Item),
             &[join_width],
@@ -240,8 +280,14 @@ impl TwoTower {
             join_context,
             join_item,
             interaction_layers,
+            task_towers,
             heads,
         }
+    }
+
+    /// Number of task towers.
+    pub fn towers(&self) -> usize {
+        self.heads.iter().map(|h| h.tower + 1).max().unwrap_or(0)
     }
 
     /// Writes the ONNX graph. Outputs: one `[batch, 1]` output per head named after it, a
@@ -267,12 +313,26 @@ impl TwoTower {
             let y = g.linear(&h, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
             h = g.relu(&y);
         }
-        for ((head, kind), layer) in self.heads.iter().zip(&w.heads) {
-            let mut y = g.linear(&h, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
-            if *kind == HeadKind::Binary && !self.logit_outputs {
+        // Only serving heads are exported, and only the towers they read.
+        let mut towers: Vec<Option<String>> = vec![None; self.towers()];
+        for (head, layer) in self.heads.iter().zip(&w.heads).filter(|(h, _)| h.serving) {
+            let x = match &towers[head.tower] {
+                Some(x) => x.clone(),
+                None => {
+                    let mut x = h.clone();
+                    for l in &w.task_towers[head.tower] {
+                        let y = g.linear(&x, &l.weight, &l.bias, l.inputs, l.outputs);
+                        x = g.relu(&y);
+                    }
+                    towers[head.tower] = Some(x.clone());
+                    x
+                }
+            };
+            let mut y = g.linear(&x, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
+            if head.kind == HeadKind::Binary && !self.logit_outputs {
                 y = g.sigmoid(&y);
             }
-            g.output(&y, head, &[Dim::symbol("batch"), Dim::Fixed(1)]);
+            g.output(&y, &head.name, &[Dim::symbol("batch"), Dim::Fixed(1)]);
         }
         g.finish("retort")
     }
@@ -371,12 +431,23 @@ impl TwoTower {
         for layer in &w.interaction_layers {
             h = layer.forward(&h, rows).into_iter().map(|v| v.max(0.0)).collect();
         }
+        let towers: Vec<Vec<f32>> = w
+            .task_towers
+            .iter()
+            .map(|layers| {
+                let mut x = h.clone();
+                for layer in layers {
+                    x = layer.forward(&x, rows).into_iter().map(|v| v.max(0.0)).collect();
+                }
+                x
+            })
+            .collect();
         self.heads
             .iter()
             .zip(&w.heads)
-            .map(|((_, kind), layer)| {
-                let y = layer.forward(&h, rows);
-                match kind {
+            .map(|(head, layer)| {
+                let y = layer.forward(&towers[head.tower], rows);
+                match head.kind {
                     HeadKind::Binary if !self.logit_outputs => {
                         y.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect()
                     }
