@@ -139,3 +139,67 @@ fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
     let outputs: Vec<String> = proto.graph.unwrap().output.into_iter().map(|o| o.name).collect();
     assert_eq!(outputs, ["play", "skip", "long_listen", "like"]);
 }
+
+#[test]
+fn distilled_students_join_teacher_labels_by_example_id() {
+    use retort::distill::kd::{DistillConfig, Plan};
+    use retort::distill::label::{LabelOptions, Labeller};
+    use retort::distill::train::train_plan;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 200,
+        days: 3,
+        target_requests: 600,
+        tracks: 200,
+        artists: 20,
+        ..DemoConfig::default()
+    };
+    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
+    let target = dir.path().join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    // A stand-in teacher over the source features, labelling the target through the demo mapping.
+    let teacher_arch = TwoTower::for_spec(&demo::spec(Domain::Source), true);
+    let (manifest, graph) = scaffold::random_package("teacher", "1", 8, &teacher_arch, &[("click", 1.0)]);
+    retort::model::package::write(&dir.path().join("models"), &manifest, &graph).unwrap();
+    let labeller = Labeller::new(
+        &dir.path().join("models/teacher/1"),
+        EngineKind::Tract,
+        demo::mapping(),
+        spec.clone(),
+        &dir.path().join("labels"),
+        LabelOptions { progress: false, ..LabelOptions::default() },
+    )
+    .unwrap();
+    labeller.label_dataset(&Dataset::open(&target).unwrap()).unwrap();
+    // One partition's labels are lost: its rows train their hard heads only.
+    std::fs::remove_file(labeller.dir().join("day-002.parquet")).unwrap();
+
+    let base = TwoTower::for_spec(&spec, false);
+    let mut data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &base).unwrap();
+    let kd: DistillConfig = toml::from_str(
+        "[tasks.play]\nmode = \"aux\"\n[tasks.long_listen]\nmode = \"direct\"\n[[new_heads]]\nname = \"cont\"\nteacher = \"continue_watching\"\ntower_of = \"long_listen\"\n",
+    )
+    .unwrap();
+    let plan = Plan::new(&base, &kd).unwrap();
+    // Targets resolve through the mapping (play -> click) or name a teacher head directly.
+    let unlabelled = data.attach_teacher(labeller.dir(), &plan.teacher_labels).unwrap();
+    assert_eq!(unlabelled, 2000, "the rows of the lost partition");
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let labelled = rows.iter().find(|&&r| !data.teacher[0][r].is_nan()).copied().unwrap();
+    assert!(data.teacher.iter().all(|t| t[labelled].is_finite()));
+
+    let student = Student::new(&plan.arch, 4, &Device::Cpu).unwrap();
+    let losses =
+        train_plan(&student, &data, &rows, &TrainConfig { epochs: 2, ..TrainConfig::default() }, &plan)
+            .unwrap();
+    assert!(losses.iter().all(|l| l.is_finite()) && losses[1] < losses[0], "{losses:?}");
+    assert_eq!(predict(&student, &data, &rows[..5]).unwrap().len(), 6, "4 tasks + aux + new head");
+
+    // A control run needs no store at all.
+    let control = Plan::new(&base, &DistillConfig::default()).unwrap();
+    assert!(!control.uses_teacher());
+    let plain = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &base).unwrap();
+    let student = Student::new(&control.arch, 4, &Device::Cpu).unwrap();
+    train_plan(&student, &plain, &rows, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &control)
+        .unwrap();
+}

@@ -11,11 +11,13 @@
 //! - [`label`]: `retort label`, running a teacher over a dataset into the label store.
 //! - [`store`]: the label store's layout and metadata.
 //! - [`student`]: the two-tower student in candle, initialised and exported as the ONNX writer's.
+//! - [`kd`]: distillation modes (none, direct, aux, aux-new) and each head's loss.
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 
 pub mod dataset;
 pub mod demo;
+pub mod kd;
 pub mod label;
 pub mod losses;
 pub mod mapping;

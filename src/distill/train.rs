@@ -1,15 +1,20 @@
 //! Training data in memory, and the minibatch loop: AdamW over shuffled minibatches, seeded so
 //! a run is reproducible and two runs with one seed see the same batches in the same order.
 
+use std::collections::HashMap;
+use std::path::Path;
+
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::dataset::{DataError, Dataset};
-use super::losses;
+use super::kd::{BatchTargets, DistillConfig, Plan, head_losses};
+use super::parquet_io;
 use super::spec::DataSpec;
+use super::store::LabelFileInfo;
 use super::student::Student;
 use crate::model::encode::{EncodeError, Encoded, Encoder, FeatureSource, Value};
-use crate::model::manifest::{ContextRows, HeadKind};
+use crate::model::manifest::ContextRows;
 use crate::model::two_tower::TwoTower;
 use crate::rng::SplitMix64;
 
@@ -39,6 +44,12 @@ pub enum TrainError {
     Label { path: String, row: usize, column: String },
     #[error("training: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("{dir} holds no teacher labels")]
+    NoLabels { dir: String },
+    #[error("label store: {0}")]
+    Store(String),
+    #[error("distillation config: {0}")]
+    Config(String),
 }
 
 /// Examples encoded for the student's inputs, with their labels and times.
@@ -48,6 +59,12 @@ pub struct TrainingData {
     /// Per head of the architecture, one label per row.
     pub labels: Vec<Vec<f32>>,
     pub ts: Vec<i64>,
+    pub example_ids: Vec<String>,
+    /// Name of the example id column (the label store's key).
+    pub id_column: String,
+    /// Teacher logits joined from the label store by example id, per requested label; NaN
+    /// where the store has none for a row.
+    pub teacher: Vec<Vec<f32>>,
 }
 
 struct Row<'a> {
@@ -71,12 +88,13 @@ impl TrainingData {
             .iter()
             .map(|h| spec.task(&h.name).map_or(h.name.clone(), |t| t.column().to_string()))
             .collect();
-        let mut columns: Vec<&str> = vec![spec.columns.ts.as_str()];
+        let mut columns: Vec<&str> = vec![spec.columns.ts.as_str(), spec.columns.example_id.as_str()];
         columns.extend(arch.features.iter().map(|f| f.name.as_str()));
         columns.extend(label_columns.iter().map(String::as_str));
         let mut parts: Vec<Encoded> = Vec::new();
         let mut labels = vec![Vec::new(); arch.heads.len()];
         let mut ts = Vec::new();
+        let mut example_ids = Vec::new();
         for p in &dataset.partitions {
             let ex = p.read(spec, &columns)?;
             for b in 0..ex.batches.len() {
@@ -102,13 +120,60 @@ impl TrainingData {
                 }
                 let t = ex.column(b, &spec.columns.ts);
                 ts.extend((0..n).map(|row| t.number(row).unwrap_or(0.0) as i64));
+                let ids = ex.column(b, &spec.columns.example_id);
+                example_ids.extend((0..n).map(|row| ids.id(row).map(|s| s.into_owned()).unwrap_or_default()));
             }
         }
-        Ok(TrainingData { encoded: concat(&encoder, parts), encoder, labels, ts })
+        Ok(TrainingData {
+            encoded: concat(&encoder, parts),
+            encoder,
+            labels,
+            ts,
+            example_ids,
+            id_column: spec.columns.example_id.clone(),
+            teacher: Vec::new(),
+        })
     }
 
     pub fn rows(&self) -> usize {
         self.ts.len()
+    }
+
+    /// Joins teacher labels from a label store directory by example id. Each name is a column of
+    /// the store (a teacher head) or a distillation target its files map to one. Returns how
+    /// many rows found no teacher label (they train their hard heads only).
+    pub fn attach_teacher(&mut self, store_dir: &Path, names: &[String]) -> Result<usize, TrainError> {
+        let index: HashMap<&str, usize> =
+            self.example_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let mut teacher = vec![vec![f32::NAN; self.rows()]; names.len()];
+        let store = Dataset::open(store_dir)?;
+        if store.partitions.is_empty() {
+            return Err(TrainError::NoLabels { dir: store_dir.display().to_string() });
+        }
+        for p in &store.partitions {
+            let info = LabelFileInfo::from_metadata(
+                &parquet_io::read_metadata(&p.path).map_err(|e| TrainError::Store(e.to_string()))?,
+            );
+            let columns: Vec<String> =
+                names.iter().map(|n| info.targets.get(n).cloned().unwrap_or_else(|| n.clone())).collect();
+            let spec = DataSpec { columns: Default::default(), features: Vec::new(), tasks: Vec::new() };
+            let mut wanted: Vec<&str> = vec![self.id_column.as_str()];
+            wanted.extend(columns.iter().map(String::as_str));
+            let ex = p.read(&spec, &wanted)?;
+            for b in 0..ex.batches.len() {
+                let ids = ex.column(b, &self.id_column);
+                let cols: Vec<_> = columns.iter().map(|c| ex.column(b, c)).collect();
+                for row in 0..ids.len() {
+                    let Some(&r) = ids.id(row).and_then(|id| index.get(id.as_ref())) else { continue };
+                    for (k, c) in cols.iter().enumerate() {
+                        teacher[k][r] = c.number(row).map_or(f32::NAN, |v| v as f32);
+                    }
+                }
+            }
+        }
+        let missing = (0..self.rows()).filter(|&r| teacher.iter().any(|t| t[r].is_nan())).count();
+        self.teacher = teacher;
+        Ok(missing)
     }
 
     /// The encoded inputs of `rows`, in that order (to run an exported model on them).
@@ -171,14 +236,30 @@ fn concat(encoder: &Encoder, parts: Vec<Encoded>) -> Encoded {
     Encoded { tensors, rows, missing }
 }
 
-/// Trains on `rows` with the hard labels: each binary head with BCE on logits, each regression
-/// head with MSE, summed. Returns the mean training loss of each epoch.
+/// Trains on `rows` with the hard labels only: each binary head with BCE on logits, each
+/// regression head with MSE, summed. Returns the mean training loss of each epoch.
 pub fn train(
     student: &Student,
     data: &TrainingData,
     rows: &[usize],
     config: &TrainConfig,
 ) -> Result<Vec<f64>, TrainError> {
+    let plan = Plan::new(&student.arch, &DistillConfig::default()).map_err(TrainError::Config)?;
+    train_plan(student, data, rows, config, &plan)
+}
+
+/// Trains every head on its target in `plan` (hard label, blended label, or teacher label),
+/// the heads' losses summed. `data` must carry the teacher labels the plan needs.
+pub fn train_plan(
+    student: &Student,
+    data: &TrainingData,
+    rows: &[usize],
+    config: &TrainConfig,
+    plan: &Plan,
+) -> Result<Vec<f64>, TrainError> {
+    if plan.uses_teacher() && data.teacher.len() != plan.teacher_labels.len() {
+        return Err(TrainError::Config("the plan needs teacher labels the data does not carry".into()));
+    }
     let params =
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(student.vars(), params)?;
@@ -186,8 +267,13 @@ pub fn train(
     let mut order = rows.to_vec();
     let mut epoch_losses = Vec::with_capacity(config.epochs);
     let device = Device::Cpu;
+    let teacher: Vec<Vec<f32>> =
+        data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { *x }).collect()).collect();
+    let present: Vec<Vec<f32>> =
+        data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { 1.0 }).collect()).collect();
     for _ in 0..config.epochs {
-        // Fisher–Yates with the run's own generator: the order depends on the seed alone.
+        // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
+        // control and a distilled student with one seed see the same batches.
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
@@ -195,15 +281,16 @@ pub fn train(
         for chunk in order.chunks(config.batch_size.max(1)) {
             let batch = student.batch(data.encoder.inputs(), &data.encoded, chunk)?;
             let out = student.forward(&batch)?;
+            let column = |v: &[f32]| {
+                Tensor::from_vec(chunk.iter().map(|&r| v[r]).collect::<Vec<f32>>(), chunk.len(), &device)
+            };
+            let targets = BatchTargets {
+                hard: data.labels.iter().map(|l| column(l)).collect::<Result<_, _>>()?,
+                teacher: teacher.iter().map(|t| column(t)).collect::<Result<_, _>>()?,
+                present: present.iter().map(|t| column(t)).collect::<Result<_, _>>()?,
+            };
             let mut loss: Option<Tensor> = None;
-            for (h, head) in student.arch.heads.iter().enumerate() {
-                let y: Vec<f32> = chunk.iter().map(|&r| data.labels[h][r]).collect();
-                let y = Tensor::from_vec(y, chunk.len(), &device)?;
-                let z = out.narrow(1, h, 1)?.squeeze(1)?;
-                let l = match head.kind {
-                    HeadKind::Binary => losses::bce_with_logits(&z, &y)?,
-                    HeadKind::Regression => losses::mse(&z, &y)?,
-                };
+            for l in head_losses(&out, plan, &targets)? {
                 loss = Some(match loss {
                     None => l,
                     Some(acc) => (acc + l)?,
