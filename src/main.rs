@@ -10,6 +10,7 @@ use retort::distill::dataset::Dataset;
 use retort::distill::demo::{self, DemoConfig, Domain};
 use retort::distill::label::{LabelOptions, Labeller, Shard};
 use retort::distill::mapping::Mapping;
+use retort::distill::run::{self, RunConfig};
 use retort::distill::spec::DataSpec;
 use retort::model::engine::EngineKind;
 use retort::model::manifest::HeadKind;
@@ -79,6 +80,29 @@ enum Command {
         /// With --follow: how often to look for new partitions, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         poll_ms: u64,
+    },
+    /// Train a model (a student, or a teacher) from a config file, evaluate it on a time
+    /// holdout, and publish it as a model package.
+    Train {
+        /// Dataset directory (Parquet or CSV partitions).
+        #[arg(long)]
+        data: PathBuf,
+        /// Feature spec of the dataset [default: <data>/features.toml]
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Training config (TOML: [model], [train], [distill], [objective]); defaults without.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Teacher labels (a label store directory) for a config that distils.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Directory of model packages to publish into.
+        #[arg(long = "models", default_value = "models")]
+        models_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "1")]
+        version: String,
     },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
@@ -203,6 +227,32 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", report.defaulted_table());
             }
             println!("labels: {}", report.store.display());
+            Ok(())
+        }
+        Command::Train { data, spec, config, labels, models_dir, name, version } => {
+            init_tracing(LogFormat::Text);
+            let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
+            let config = match config {
+                Some(path) => RunConfig::from_path(&path)?,
+                None => RunConfig::default(),
+            };
+            let started = std::time::Instant::now();
+            let trained = run::train_model(&data, &spec, labels.as_deref(), &config, &name, &version)?;
+            let dir = run::publish(&models_dir, &trained)?;
+            println!(
+                "trained on {} rows ({} without a teacher label), held out {}, in {:.1} s; epoch losses {:?}",
+                trained.rows_train,
+                trained.rows_without_teacher,
+                trained.rows_holdout,
+                started.elapsed().as_secs_f64(),
+                trained.epoch_losses.iter().map(|l| (l * 1e4).round() / 1e4).collect::<Vec<_>>()
+            );
+            println!("| task | holdout AUC | holdout log loss |\n| --- | ---: | ---: |");
+            for m in &trained.metrics {
+                let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+                println!("| {} | {} | {} |", m.task, f(m.auc), f(m.log_loss));
+            }
+            println!("published {}", dir.display());
             Ok(())
         }
         Command::DemoData { out, seed, scale, users, days, target_requests, source_ratio, domains } => {

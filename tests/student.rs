@@ -203,3 +203,39 @@ fn distilled_students_join_teacher_labels_by_example_id() {
     train_plan(&student, &plain, &rows, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &control)
         .unwrap();
 }
+
+#[test]
+fn train_publishes_a_package_the_server_loads_with_its_metrics() {
+    use retort::distill::run::{self, RunConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 100,
+        days: 3,
+        target_requests: 300,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
+    let target = dir.path().join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let run: RunConfig =
+        toml::from_str("[train]\nepochs = 1\n[objective]\nplay = 1.0\nskip = -0.5\n").unwrap();
+    let trained = run::train_model(&target, &spec, None, &run, "music-student", "7").unwrap();
+    assert_eq!((trained.rows_train, trained.rows_holdout), (2000, 1000));
+    let dir_out = run::publish(&dir.path().join("models"), &trained).unwrap();
+    let model = Model::load(&dir_out, EngineKind::Tract).unwrap();
+    let m = &model.manifest;
+    assert_eq!((m.model.name.as_str(), m.model.version.as_str()), ("music-student", "7"));
+    assert!(
+        m.provenance.metrics.contains_key("play_auc") && m.provenance.metrics.contains_key("like_log_loss"),
+        "{:?}",
+        m.provenance.metrics
+    );
+    assert!(m.provenance.data_window.starts_with("2026-01-01..2026-01-03"), "{}", m.provenance.data_window);
+    assert_eq!(m.objective.get("skip"), Some(&-0.5));
+    // A config that distils needs labels.
+    let kd: RunConfig = toml::from_str("[distill.tasks.play]\nmode = \"aux\"\n").unwrap();
+    let err = run::train_model(&target, &spec, None, &kd, "x", "1").err().unwrap().to_string();
+    assert!(err.contains("--labels"), "{err}");
+}

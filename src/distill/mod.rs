@@ -14,6 +14,7 @@
 //! - [`kd`]: distillation modes (none, direct, aux, aux-new) and each head's loss.
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
+//! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
 
 pub mod dataset;
 pub mod demo;
@@ -22,6 +23,7 @@ pub mod label;
 pub mod losses;
 pub mod mapping;
 pub mod parquet_io;
+pub mod run;
 pub mod spec;
 pub mod store;
 pub mod student;

@@ -1,0 +1,271 @@
+//! `retort train`: one model from a config file: read the examples, join teacher labels when
+//! the config distils, train, evaluate on a time holdout, and publish a model package whose
+//! manifest carries the provenance and the holdout metrics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use super::dataset::Dataset;
+use super::kd::{DistillConfig, Plan};
+use super::spec::DataSpec;
+use super::student::Student;
+use super::train::{TrainConfig, TrainError, TrainingData, auc, predict, train_plan};
+use crate::model::manifest::{HeadKind, Manifest};
+use crate::model::two_tower::{HeadSpec, TwoTower};
+use crate::model::{package, scaffold};
+
+/// Layer sizes; features come from the dataset's spec, heads from its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchConfig {
+    pub embedding_dim: usize,
+    pub context_hidden: Vec<usize>,
+    pub item_hidden: Vec<usize>,
+    pub interaction_hidden: Vec<usize>,
+    pub task_hidden: Vec<usize>,
+    /// Export binary heads as logits (teachers do).
+    pub logit_outputs: bool,
+    /// Tasks to learn; all of the spec's when empty.
+    pub tasks: Vec<String>,
+}
+
+impl Default for ArchConfig {
+    fn default() -> Self {
+        ArchConfig {
+            embedding_dim: 16,
+            context_hidden: vec![64, 32],
+            item_hidden: vec![64, 32],
+            interaction_hidden: vec![64, 32],
+            task_hidden: vec![16],
+            logit_outputs: false,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    /// The last this many days of the data are held out for evaluation.
+    pub holdout_days: u32,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        let t = TrainConfig::default();
+        TrainSection {
+            learning_rate: t.learning_rate,
+            weight_decay: t.weight_decay,
+            batch_size: t.batch_size,
+            epochs: t.epochs,
+            seed: t.seed,
+            holdout_days: 1,
+        }
+    }
+}
+
+/// The whole `retort train` config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub model: ArchConfig,
+    pub train: TrainSection,
+    pub distill: DistillConfig,
+    /// Default objective of the published model; the first task with weight 1 when empty.
+    pub objective: BTreeMap<String, f64>,
+}
+
+impl RunConfig {
+    pub fn from_path(path: &Path) -> Result<RunConfig, TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            learning_rate: self.train.learning_rate,
+            weight_decay: self.train.weight_decay,
+            batch_size: self.train.batch_size,
+            epochs: self.train.epochs,
+            seed: self.train.seed,
+        }
+    }
+
+    /// The architecture over `spec`, one serving head (and task tower) per task.
+    pub fn architecture(&self, spec: &DataSpec) -> Result<TwoTower, TrainError> {
+        let mut arch = TwoTower::for_spec(spec, self.model.logit_outputs);
+        arch.embedding_dim = self.model.embedding_dim;
+        arch.context_hidden = self.model.context_hidden.clone();
+        arch.item_hidden = self.model.item_hidden.clone();
+        arch.interaction_hidden = self.model.interaction_hidden.clone();
+        arch.task_hidden = self.model.task_hidden.clone();
+        if !self.model.tasks.is_empty() {
+            let mut heads = Vec::new();
+            for (i, name) in self.model.tasks.iter().enumerate() {
+                let task =
+                    spec.task(name).ok_or_else(|| TrainError::Config(format!("unknown task `{name}`")))?;
+                heads.push(HeadSpec::serving(&task.name, task.kind, i));
+            }
+            arch.heads = heads;
+        }
+        arch.validate().map_err(TrainError::Config)?;
+        Ok(arch)
+    }
+}
+
+/// Holdout metrics of one task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskMetrics {
+    pub task: String,
+    pub auc: Option<f64>,
+    pub log_loss: Option<f64>,
+}
+
+/// What a training run produced.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    pub metrics: Vec<TaskMetrics>,
+    pub epoch_losses: Vec<f64>,
+    pub rows_train: usize,
+    pub rows_holdout: usize,
+    /// Training rows with no teacher label (distilled runs).
+    pub rows_without_teacher: usize,
+    pub manifest: Manifest,
+    pub graph: Vec<u8>,
+}
+
+/// Trains one model on `data_dir` as `config` says; distils from `labels` when the config asks.
+pub fn train_model(
+    data_dir: &Path,
+    spec: &DataSpec,
+    labels: Option<&Path>,
+    config: &RunConfig,
+    name: &str,
+    version: &str,
+) -> Result<Trained, TrainError> {
+    let base = config.architecture(spec)?;
+    let plan = Plan::new(&base, &config.distill).map_err(TrainError::Config)?;
+    let mut data = TrainingData::load(&Dataset::open(data_dir)?, spec, &base)?;
+    let mut rows_without_teacher = 0;
+    if plan.uses_teacher() {
+        let labels = labels.ok_or_else(|| {
+            TrainError::Config(
+                "the config distils from a teacher: give the label directory with --labels".into(),
+            )
+        })?;
+        rows_without_teacher = data.attach_teacher(labels, &plan.teacher_labels)?;
+    }
+    let last_day = data.ts.iter().max().copied().unwrap_or(0).div_euclid(86_400);
+    let cutoff = (last_day + 1 - i64::from(config.train.holdout_days)) * 86_400;
+    let (fit, holdout) = data.split_at(cutoff);
+    if fit.is_empty() || holdout.is_empty() {
+        return Err(TrainError::Config(format!(
+            "a holdout of {} day(s) leaves {} training and {} holdout rows",
+            config.train.holdout_days,
+            fit.len(),
+            holdout.len()
+        )));
+    }
+    let student = Student::new(&plan.arch, config.train.seed, &Device::Cpu)?;
+    let epoch_losses = train_plan(&student, &data, &fit, &config.train_config(), &plan)?;
+    let metrics = evaluate(&student, &data, &holdout, &base)?;
+
+    let objective: Vec<(&str, f64)> = if config.objective.is_empty() {
+        vec![(base.heads[0].name.as_str(), 1.0)]
+    } else {
+        config.objective.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+    };
+    let weights = student.weights()?;
+    let (mut manifest, graph) = scaffold::package(
+        name,
+        version,
+        &plan.arch,
+        &weights,
+        &objective,
+        "Two-tower multi-task model trained by retort.",
+        &format!("retort train (seed {}, {} epochs)", config.train.seed, config.train.epochs),
+        scaffold::golden_for(&plan.arch.features),
+    );
+    let day = |d: i64| {
+        super::store::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs((d * 86_400) as u64))
+    };
+    let first_day = data.ts.iter().min().copied().unwrap_or(0).div_euclid(86_400);
+    manifest.provenance.data_window = format!(
+        "{}..{} (holdout from {})",
+        &day(first_day)[..10],
+        &day(last_day)[..10],
+        &day(cutoff / 86_400)[..10]
+    );
+    manifest.provenance.created_at = super::store::rfc3339(std::time::SystemTime::now());
+    if let Some(labels) = labels.filter(|_| plan.uses_teacher()) {
+        manifest.provenance.teacher = labels.display().to_string();
+    }
+    manifest.provenance.notes.insert("distill".into(), toml::to_string(&config.distill).unwrap_or_default());
+    for m in &metrics {
+        if let Some(a) = m.auc {
+            manifest.provenance.metrics.insert(format!("{}_auc", m.task), (a * 1e6).round() / 1e6);
+        }
+        if let Some(l) = m.log_loss {
+            manifest.provenance.metrics.insert(format!("{}_log_loss", m.task), (l * 1e6).round() / 1e6);
+        }
+    }
+    Ok(Trained {
+        metrics,
+        epoch_losses,
+        rows_train: fit.len(),
+        rows_holdout: holdout.len(),
+        rows_without_teacher,
+        manifest,
+        graph,
+    })
+}
+
+/// AUC and log loss of each task's served head on `rows`.
+pub fn evaluate(
+    student: &Student,
+    data: &TrainingData,
+    rows: &[usize],
+    base: &TwoTower,
+) -> Result<Vec<TaskMetrics>, TrainError> {
+    let out = predict(student, data, rows)?;
+    Ok(base
+        .heads
+        .iter()
+        .enumerate()
+        .map(|(h, head)| {
+            let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
+            let binary = head.kind == HeadKind::Binary;
+            let log_loss = binary.then(|| {
+                out[h]
+                    .iter()
+                    .zip(&labels)
+                    .map(|(&z, &y)| {
+                        let z = z as f64;
+                        z.max(0.0) - z * y as f64 + (-z.abs()).exp().ln_1p()
+                    })
+                    .sum::<f64>()
+                    / labels.len().max(1) as f64
+            });
+            TaskMetrics {
+                task: head.name.clone(),
+                auc: if binary { auc(&out[h], &labels) } else { None },
+                log_loss,
+            }
+        })
+        .collect())
+}
+
+/// Publishes a trained model under `models_dir`.
+pub fn publish(models_dir: &Path, trained: &Trained) -> Result<PathBuf, TrainError> {
+    package::write(models_dir, &trained.manifest, &trained.graph)
+        .map_err(|e| TrainError::Store(e.to_string()))
+}
