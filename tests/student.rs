@@ -239,3 +239,23 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
     let err = run::train_model(&target, &spec, None, &kd, "x", "1").err().unwrap().to_string();
     assert!(err.contains("--labels"), "{err}");
 }
+
+#[test]
+fn a_distilled_twin_starts_from_the_controls_weights() {
+    use retort::distill::kd::{DistillConfig, Plan};
+    let spec = demo::spec(Domain::Target);
+    let mut base = TwoTower::for_spec(&spec, false);
+    base.task_hidden = vec![8];
+    let control = Plan::new(&base, &DistillConfig::default()).unwrap();
+    let kd: DistillConfig = toml::from_str("[tasks.like]\nmode = \"aux\"\n").unwrap();
+    let twin = Plan::new(&base, &kd).unwrap();
+    let (a, b) = (control.arch.random_weights(9), twin.arch.random_weights(9));
+    assert_eq!(a.context_embeddings, b.context_embeddings);
+    assert_eq!(
+        (&a.join_context, &a.join_item, &a.interaction_layers),
+        (&b.join_context, &b.join_item, &b.interaction_layers)
+    );
+    assert_eq!(a.task_towers, b.task_towers);
+    assert_eq!(a.heads[..], b.heads[..4], "served heads start alike; the twin adds one");
+    assert_eq!(b.heads.len(), 5);
+}

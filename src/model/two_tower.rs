@@ -238,6 +238,10 @@ impl TwoTower {
     }
 
     /// Seeded random weights: a servable model before any training.
+    ///
+    /// Each part draws from its own stream (the shared layers from one, each task tower and
+    /// each head from one keyed by its index or name), so two architectures that differ only by
+    /// an extra head (a control and its distilled twin) start from the same shared weights.
     pub fn random_weights(&self, seed: u64) -> TwoTowerWeights {
         let mut rng = SplitMix64::new(seed);
         let mut table = |rows: usize| -> Vec<f32> {
@@ -245,32 +249,40 @@ impl TwoTower {
         };
         let context_embeddings = table(self.side(Side::Context).table_rows());
         let item_embeddings = table(self.side(Side::Item).table_rows());
-        let mut rng = SplitMix64::new(seed ^ 0x5eed);
-        let mut stack = |input: usize, widths: &[usize]| -> Vec<Dense> {
+        let stack = |rng: &mut SplitMix64, input: usize, widths: &[usize]| -> Vec<Dense> {
             let mut layers = Vec::new();
             let mut w = input;
             for &out in widths {
-                layers.push(Dense::random(&mut rng, w, out));
+                layers.push(Dense::random(rng, w, out));
                 w = out;
             }
             layers
         };
-        let context_layers = stack(self.tower_input_width(Side::Context), &self.context_hidden);
-        let item_layers = stack(self.tower_input_width(Side::Item), &self.item_hidden);
+        let mut shared = SplitMix64::new(seed ^ 0x5eed);
+        let context_layers = stack(&mut shared, self.tower_input_width(Side::Context), &self.context_hidden);
+        let item_layers = stack(&mut shared, self.tower_input_width(Side::Item), &self.item_hidden);
         let join_width = self.interaction_hidden[0];
-        let interaction_layers = stack(join_width, &self.interaction_hidden[1..]);
-        let last = *self.interaction_hidden.last().expect("validated non-empty");
-        // Towers before heads; with no tower layers this draws nothing, so models without task
-        // towers keep the weights (and bytes) they had before towers existed.
-        let task_towers: Vec<Vec<Dense>> =
-            (0..self.towers()).map(|_| stack(last, &self.task_hidden)).collect();
-        let tower_out = self.task_hidden.last().copied().unwrap_or(last);
-        let heads = self.heads.iter().map(|_| stack(tower_out, &[1]).remove(0)).collect();
         let mut join = stack(
+            &mut shared,
             self.tower_output_width(Side::Context) + self.tower_output_width(Side::Item),
             &[join_width],
         )
         .remove(0);
+        let interaction_layers = stack(&mut shared, join_width, &self.interaction_hidden[1..]);
+        let last = *self.interaction_hidden.last().expect("validated non-empty");
+        let stream = |tag: u64| SplitMix64::new(seed ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let task_towers: Vec<Vec<Dense>> = (0..self.towers())
+            .map(|t| stack(&mut stream(0x7000 + t as u64), last, &self.task_hidden))
+            .collect();
+        let tower_out = self.task_hidden.last().copied().unwrap_or(last);
+        let heads = self
+            .heads
+            .iter()
+            .map(|h| {
+                stack(&mut stream(crate::model::encode::fnv1a64(h.name.as_bytes())), tower_out, &[1])
+                    .remove(0)
+            })
+            .collect();
         let (join_context, join_item) = split_columns(&mut join, self.tower_output_width(Side::Context));
         TwoTowerWeights {
             context_embeddings,
