@@ -14,7 +14,6 @@ use retort::distill::run::{self, RunConfig};
 use retort::distill::spec::DataSpec;
 use retort::model::engine::EngineKind;
 use retort::model::manifest::HeadKind;
-use retort::model::two_tower::TwoTower;
 use retort::model::{package, scaffold};
 
 /// A low-latency ranking server for small student models, with built-in distillation.
@@ -167,7 +166,7 @@ fn main() -> anyhow::Result<()> {
                 None => scaffold::seeded_package(&name, &version, seed),
                 Some(path) => {
                     let spec = DataSpec::from_path(&path)?;
-                    let arch = TwoTower::for_spec(&spec, true);
+                    let arch = spec.two_tower(true);
                     let objective: Vec<(&str, f64)> = spec
                         .tasks
                         .iter()

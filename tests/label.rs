@@ -15,7 +15,6 @@ use retort::model::Model;
 use retort::model::encode::Value;
 use retort::model::engine::EngineKind;
 use retort::model::manifest::HeadKind;
-use retort::model::two_tower::TwoTower;
 use retort::model::{package, scaffold};
 
 struct World {
@@ -30,7 +29,7 @@ fn world(config: DemoConfig) -> World {
     let root = dir.path().to_path_buf();
     demo::generate(&root.join("demo"), &config, &[Domain::Target]).unwrap();
     // A stand-in teacher over the source domain's features and tasks.
-    let arch = TwoTower::for_spec(&demo::spec(Domain::Source), true);
+    let arch = demo::spec(Domain::Source).two_tower(true);
     let (manifest, graph) = scaffold::random_package("video-teacher", "3", 99, &arch, &[("click", 1.0)]);
     package::write(&root.join("models"), &manifest, &graph).unwrap();
     World { target: root.join("demo/target"), teacher: root.join("models/video-teacher/3"), root, _dir: dir }

@@ -13,7 +13,6 @@ use retort::model::Model;
 use retort::model::engine::EngineKind;
 use retort::model::manifest::ContextRows;
 use retort::model::scaffold;
-use retort::model::two_tower::TwoTower;
 
 #[test]
 fn a_student_learns_the_demo_world_and_exports_exactly() {
@@ -29,7 +28,7 @@ fn a_student_learns_the_demo_world_and_exports_exactly() {
     demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
     let target = dir.path().join("target");
     let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
-    let arch = TwoTower::for_spec(&spec, false);
+    let arch = spec.two_tower(false);
     let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
     assert_eq!(data.rows(), 30_000);
     let (fit, holdout) = data.split_at(EPOCH + 4 * 86_400);
@@ -99,12 +98,11 @@ fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
     demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
     let target = dir.path().join("target");
     let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
-    let mut arch = TwoTower::for_spec(&spec, false);
+    let mut arch = spec.two_tower(false);
     arch.task_hidden = vec![16, 8];
     arch.heads.push(HeadSpec { name: "play_aux".into(), kind: HeadKind::Binary, tower: 0, serving: false });
     arch.validate().unwrap();
-    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &TwoTower::for_spec(&spec, false))
-        .unwrap();
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &spec.two_tower(false)).unwrap();
     let student = Student::new(&arch, 5, &Device::Cpu).unwrap();
     let rows: Vec<usize> = (0..data.rows()).collect();
     let candle = predict(&student, &data, &rows).unwrap();
@@ -158,7 +156,7 @@ fn distilled_students_join_teacher_labels_by_example_id() {
     let target = dir.path().join("target");
     let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
     // A stand-in teacher over the source features, labelling the target through the demo mapping.
-    let teacher_arch = TwoTower::for_spec(&demo::spec(Domain::Source), true);
+    let teacher_arch = demo::spec(Domain::Source).two_tower(true);
     let (manifest, graph) = scaffold::random_package("teacher", "1", 8, &teacher_arch, &[("click", 1.0)]);
     retort::model::package::write(&dir.path().join("models"), &manifest, &graph).unwrap();
     let labeller = Labeller::new(
@@ -174,7 +172,7 @@ fn distilled_students_join_teacher_labels_by_example_id() {
     // One partition's labels are lost: its rows train their hard heads only.
     std::fs::remove_file(labeller.dir().join("day-002.parquet")).unwrap();
 
-    let base = TwoTower::for_spec(&spec, false);
+    let base = spec.two_tower(false);
     let mut data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &base).unwrap();
     let kd: DistillConfig = toml::from_str(
         "[tasks.play]\nmode = \"aux\"\n[tasks.long_listen]\nmode = \"direct\"\n[[new_heads]]\nname = \"cont\"\nteacher = \"continue_watching\"\ntower_of = \"long_listen\"\n",
@@ -244,7 +242,7 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
 fn a_distilled_twin_starts_from_the_controls_weights() {
     use retort::distill::kd::{DistillConfig, Plan};
     let spec = demo::spec(Domain::Target);
-    let mut base = TwoTower::for_spec(&spec, false);
+    let mut base = spec.two_tower(false);
     base.task_hidden = vec![8];
     let control = Plan::new(&base, &DistillConfig::default()).unwrap();
     let kd: DistillConfig = toml::from_str("[tasks.like]\nmode = \"aux\"\n").unwrap();

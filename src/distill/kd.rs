@@ -246,7 +246,7 @@ mod tests {
 
     fn base() -> TwoTower {
         let spec = crate::distill::demo::spec(crate::distill::demo::Domain::Target);
-        TwoTower::for_spec(&spec, false)
+        spec.two_tower(false)
     }
 
     #[test]

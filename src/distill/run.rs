@@ -102,7 +102,7 @@ impl RunConfig {
 
     /// The architecture over `spec`, one serving head (and task tower) per task.
     pub fn architecture(&self, spec: &DataSpec) -> Result<TwoTower, TrainError> {
-        let mut arch = TwoTower::for_spec(spec, self.model.logit_outputs);
+        let mut arch = spec.two_tower(self.model.logit_outputs);
         arch.embedding_dim = self.model.embedding_dim;
         arch.context_hidden = self.model.context_hidden.clone();
         arch.item_hidden = self.model.item_hidden.clone();

@@ -104,25 +104,29 @@ pub enum ObjectiveError {
 impl Model {
     /// Loads the package in `dir`, and checks that it reproduces its golden examples.
     pub fn load(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
-        let manifest = Manifest::from_path(&dir.join(package::MANIFEST))?;
-        let version = dir.file_name().and_then(|v| v.to_str());
-        let name = dir.parent().and_then(Path::file_name).and_then(|n| n.to_str());
-        if (name, version) != (Some(&manifest.model.name[..]), Some(&manifest.model.version[..])) {
-            return Err(LoadError::Misplaced { dir: dir.display().to_string(), declared: manifest.id() });
-        }
-        let graph_path = dir.join(package::GRAPH);
-        let graph = std::fs::read(&graph_path)
-            .map_err(|source| LoadError::Read { path: graph_path.display().to_string(), source })?;
-        let model = Model::from_parts(manifest, &graph, &graph_path, engine)?;
-        model.check_golden()?;
-        Ok(Model { dir: dir.to_path_buf(), ..model })
+        Model::load_with(dir, engine, None)
     }
 
     /// Loads a package to run on rows that each carry their own context (labelling, evaluation):
     /// context inputs take one row per example instead of one per request.
     pub fn load_per_row(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
+        Model::load_with(dir, engine, Some(ContextRows::PerCandidate))
+    }
+
+    fn load_with(
+        dir: &Path,
+        engine: EngineKind,
+        context_rows: Option<ContextRows>,
+    ) -> Result<Model, LoadError> {
         let mut manifest = Manifest::from_path(&dir.join(package::MANIFEST))?;
-        manifest.model.context_rows = ContextRows::PerCandidate;
+        let version = dir.file_name().and_then(|v| v.to_str());
+        let name = dir.parent().and_then(Path::file_name).and_then(|n| n.to_str());
+        if (name, version) != (Some(&manifest.model.name[..]), Some(&manifest.model.version[..])) {
+            return Err(LoadError::Misplaced { dir: dir.display().to_string(), declared: manifest.id() });
+        }
+        if let Some(rows) = context_rows {
+            manifest.model.context_rows = rows;
+        }
         let graph_path = dir.join(package::GRAPH);
         let graph = std::fs::read(&graph_path)
             .map_err(|source| LoadError::Read { path: graph_path.display().to_string(), source })?;

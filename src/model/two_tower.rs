@@ -139,34 +139,6 @@ impl SideShape {
 }
 
 impl TwoTower {
-    /// The default layer sizes over a dataset's features, one head per task.
-    pub fn for_spec(spec: &crate::distill::spec::DataSpec, logit_outputs: bool) -> TwoTower {
-        TwoTower {
-            features: spec
-                .features
-                .iter()
-                .map(|f| Feature {
-                    name: f.name.clone(),
-                    side: f.side,
-                    input: Self::input_for(f.side, &f.kind).to_string(),
-                    kind: f.kind.clone(),
-                })
-                .collect(),
-            embedding_dim: 16,
-            context_hidden: vec![64, 32],
-            item_hidden: vec![64, 32],
-            interaction_hidden: vec![64, 32],
-            task_hidden: Vec::new(),
-            heads: spec
-                .tasks
-                .iter()
-                .enumerate()
-                .map(|(i, t)| HeadSpec::serving(&t.name, t.kind, i))
-                .collect(),
-            logit_outputs,
-        }
-    }
-
     /// The graph input a feature of this side and kind must feed.
     pub fn input_for(side: Side, kind: &FeatureKind) -> &'static str {
         match (side, kind.dtype()) {
