@@ -275,6 +275,10 @@ impl Labeller {
                 .flat_map(|w| w.join().expect("a labelling thread panicked. This is a bug."))
                 .collect()
         });
+        // In chunk order, so that a bad row is reported as the first bad row of the partition,
+        // whichever thread met it.
+        let mut results = results;
+        results.sort_by_key(|(i, _)| *i);
         let mut ordered: Vec<Option<Chunk>> = (0..chunks.len()).map(|_| None).collect();
         for (i, r) in results {
             ordered[i] = Some(r?);
