@@ -129,12 +129,9 @@ pub async fn serve(
         let app = app.clone();
         tokio::task::spawn_blocking(move || load_models(&app))
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown({
-        let mut stopped = stopped.clone();
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
+        let _ = stopped.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(async move { server.await });
 
