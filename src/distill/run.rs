@@ -56,6 +56,9 @@ pub struct TrainSection {
     pub seed: u64,
     /// The last this many days of the data are held out for evaluation.
     pub holdout_days: u32,
+    /// Probability of masking each feature of each training row to its missing value, so the
+    /// model learns what a missing feature means (teachers meant for another product need it).
+    pub mask_probability: f64,
 }
 
 impl Default for TrainSection {
@@ -68,6 +71,7 @@ impl Default for TrainSection {
             epochs: t.epochs,
             seed: t.seed,
             holdout_days: 1,
+            mask_probability: 0.0,
         }
     }
 }
@@ -97,6 +101,7 @@ impl RunConfig {
             batch_size: self.train.batch_size,
             epochs: self.train.epochs,
             seed: self.train.seed,
+            mask_probability: self.train.mask_probability,
         }
     }
 

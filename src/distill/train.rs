@@ -26,11 +26,20 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Seeds the initial weights and the batch order.
     pub seed: u64,
+    /// Probability of masking each feature of each training row to its missing value.
+    pub mask_probability: f64,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig { learning_rate: 3e-3, weight_decay: 1e-4, batch_size: 512, epochs: 3, seed: 1 }
+        TrainConfig {
+            learning_rate: 3e-3,
+            weight_decay: 1e-4,
+            batch_size: 512,
+            epochs: 3,
+            seed: 1,
+            mask_probability: 0.0,
+        }
     }
 }
 
@@ -266,6 +275,8 @@ pub fn train_plan(
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..ParamsAdamW::default() };
     let mut optimizer = AdamW::new(student.vars(), params)?;
     let mut rng = SplitMix64::new(config.seed ^ 0xba7c4);
+    // Its own stream, so masking never changes the batch order.
+    let mut mask_rng = SplitMix64::new(config.seed ^ 0x3a5c);
     let mut order = rows.to_vec();
     let mut epoch_losses = Vec::with_capacity(config.epochs);
     let device = Device::Cpu;
@@ -281,7 +292,13 @@ pub fn train_plan(
         }
         let (mut total, mut batches) = (0.0, 0usize);
         for chunk in order.chunks(config.batch_size.max(1)) {
-            let batch = student.batch(data.encoder.inputs(), &data.encoded, chunk)?;
+            let batch = if config.mask_probability > 0.0 {
+                let mut rows = data.subset(chunk);
+                data.encoder.mask_missing(&mut rows, config.mask_probability, || mask_rng.next_f64());
+                student.batch(data.encoder.inputs(), &rows, &(0..chunk.len()).collect::<Vec<_>>())?
+            } else {
+                student.batch(data.encoder.inputs(), &data.encoded, chunk)?
+            };
             let out = student.forward(&batch)?;
             let column = |v: &[f32]| {
                 Tensor::from_vec(chunk.iter().map(|&r| v[r]).collect::<Vec<f32>>(), chunk.len(), &device)

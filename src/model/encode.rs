@@ -184,6 +184,35 @@ impl Encoder {
         self.context_rows
     }
 
+    /// Overwrites, in rows laid out by [`Encoder::encode_rows`], each feature value with what a
+    /// missing value encodes to, independently per row and feature with probability `p`
+    /// (`draw` returns uniform numbers in [0, 1)). Training with it teaches a model what a
+    /// missing feature means, before it meets a product that lacks the feature.
+    pub fn mask_missing(&self, encoded: &mut Encoded, p: f64, mut draw: impl FnMut() -> f64) {
+        if p <= 0.0 {
+            return;
+        }
+        for row in 0..encoded.rows {
+            for slot in self.context.iter().chain(&self.item) {
+                if draw() >= p {
+                    continue;
+                }
+                let t = &mut encoded.tensors[slot.input];
+                let at = row * t.shape[1] + slot.offset;
+                match (&slot.rule, &mut t.data) {
+                    (Rule::Categorical { default, .. }, TensorData::I64(d)) => d[at] = *default,
+                    (Rule::Number { default, .. }, TensorData::F32(d)) => d[at] = *default,
+                    (Rule::Vector { default, dim }, TensorData::F32(d)) => {
+                        d[at..at + dim].copy_from_slice(default)
+                    }
+                    _ => unreachable!(
+                        "the encoder lays out each input with its slots' element type. This is a bug."
+                    ),
+                }
+            }
+        }
+    }
+
     /// Encodes a context and its candidates. Context inputs get one row (or one per candidate
     /// when the graph does not broadcast); item inputs one row per candidate.
     pub fn encode<C, I>(&self, context: &C, candidates: &[I]) -> Result<Encoded, EncodeError>
@@ -538,6 +567,23 @@ play = 1.0
             assert!(b >= 1);
         }
         assert_eq!(bucket(b"anything", 2), 1);
+    }
+
+    #[test]
+    fn masking_everything_gives_the_encoding_of_missing_values() {
+        let mut m = manifest(ContextRows::PerCandidate);
+        m.model.context_rows = ContextRows::PerCandidate;
+        let enc = Encoder::new(&m);
+        let full = row(
+            "user_id = \"u1\"\nhour = 3\nage = 50\nartist_id = \"a\"\nemb = [1.0, 2.0]\nduration_s = 250",
+        );
+        let mut masked = enc.encode_rows(&[full.clone(), full.clone()]).unwrap();
+        enc.mask_missing(&mut masked, 1.0, || 0.5);
+        let empty = enc.encode_rows(&[row(""), row("")]).unwrap();
+        assert_eq!(masked.tensors, empty.tensors);
+        let mut untouched = enc.encode_rows(&[full.clone()]).unwrap();
+        enc.mask_missing(&mut untouched, 0.3, || 0.9);
+        assert_eq!(untouched.tensors, enc.encode_rows(&[full]).unwrap().tensors);
     }
 
     #[test]
