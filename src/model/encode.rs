@@ -571,9 +571,7 @@ play = 1.0
 
     #[test]
     fn masking_everything_gives_the_encoding_of_missing_values() {
-        let mut m = manifest(ContextRows::PerCandidate);
-        m.model.context_rows = ContextRows::PerCandidate;
-        let enc = Encoder::new(&m);
+        let enc = Encoder::new(&manifest(ContextRows::PerCandidate));
         let full = row(
             "user_id = \"u1\"\nhour = 3\nage = 50\nartist_id = \"a\"\nemb = [1.0, 2.0]\nduration_s = 250",
         );
@@ -581,7 +579,7 @@ play = 1.0
         enc.mask_missing(&mut masked, 1.0, || 0.5);
         let empty = enc.encode_rows(&[row(""), row("")]).unwrap();
         assert_eq!(masked.tensors, empty.tensors);
-        let mut untouched = enc.encode_rows(&[full.clone()]).unwrap();
+        let mut untouched = enc.encode_rows(std::slice::from_ref(&full)).unwrap();
         enc.mask_missing(&mut untouched, 0.3, || 0.9);
         assert_eq!(untouched.tensors, enc.encode_rows(&[full]).unwrap().tensors);
     }
