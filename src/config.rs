@@ -99,22 +99,15 @@ pub struct ServeArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("config file: {0}")]
+    File(#[from] crate::toml_file::TomlFileError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })
+        Ok(crate::toml_file::read(path)?)
     }
 
     /// Layers flags (and their environment variables) over the file, over the defaults.

@@ -8,6 +8,7 @@
 //! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling.
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
+//! - [`toml_file`]: reading TOML files with errors that name them.
 //! - [`rng`]: the seeded generator behind reproducible weights and test data.
 //!
 //! The server never links training code paths at request time; the model package is the only
@@ -19,3 +20,4 @@ pub mod model;
 pub mod rng;
 pub mod serve;
 pub mod shutdown;
+pub mod toml_file;

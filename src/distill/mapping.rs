@@ -37,22 +37,15 @@ pub struct Mapping {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::TomlFileError),
     #[error("mapping for teacher {teacher}: {problem}")]
     Invalid { teacher: String, problem: String },
 }
 
 impl Mapping {
     pub fn from_path(path: &Path) -> Result<Mapping, MappingError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| MappingError::Read { path: path.display().to_string(), source })?;
-        toml::from_str(&text).map_err(|source| MappingError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })
+        Ok(crate::toml_file::read(path)?)
     }
 
     pub fn to_toml(&self) -> String {

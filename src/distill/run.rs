@@ -89,9 +89,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     pub fn from_path(path: &Path) -> Result<RunConfig, TrainError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::Config(format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+        crate::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))
     }
 
     fn train_config(&self) -> TrainConfig {

@@ -59,22 +59,15 @@ impl Task {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::TomlFileError),
     #[error("{path}: {problem}")]
     Invalid { path: String, problem: String },
 }
 
 impl DataSpec {
     pub fn from_path(path: &Path) -> Result<DataSpec, SpecError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SpecError::Read { path: path.display().to_string(), source })?;
-        let spec: DataSpec = toml::from_str(&text).map_err(|source| SpecError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })?;
+        let spec: DataSpec = crate::toml_file::read(path)?;
         spec.validate()
             .map_err(|problem| SpecError::Invalid { path: path.display().to_string(), problem })?;
         Ok(spec)

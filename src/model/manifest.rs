@@ -397,22 +397,15 @@ pub struct GoldenCandidate {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path} is not a valid manifest: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    #[error(transparent)]
+    File(#[from] crate::toml_file::TomlFileError),
     #[error("manifest of {model}: {problem}")]
     Invalid { model: String, problem: String },
 }
 
 impl Manifest {
     pub fn from_path(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.display().to_string(), source })?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|source| ManifestError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })?;
+        let manifest: Manifest = crate::toml_file::read(path)?;
         manifest.validate()?;
         Ok(manifest)
     }
