@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use retort::config::{Config, LogFormat, ServeArgs};
+use retort::distill::compare;
 use retort::distill::dataset::Dataset;
 use retort::distill::demo::{self, DemoConfig, Domain};
 use retort::distill::label::{LabelOptions, Labeller, Shard};
@@ -102,6 +103,28 @@ enum Command {
         name: String,
         #[arg(long, default_value = "1")]
         version: String,
+    },
+    /// Compare a control student with its distilled twins (direct, aux) over paired seeds, on a
+    /// time holdout, in the shape of Paper A's table.
+    Distill {
+        /// Dataset directory (Parquet or CSV partitions).
+        #[arg(long)]
+        data: PathBuf,
+        /// Feature spec of the dataset [default: <data>/features.toml]
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Teacher labels (a label store directory).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Training config; its [distill.tasks] name the tasks to distil (modes set per variant).
+        #[arg(long)]
+        config: PathBuf,
+        /// Paired seeds to run (1..=N).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Write report.md and report.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
@@ -252,6 +275,22 @@ fn main() -> anyhow::Result<()> {
                 println!("| {} | {} | {} |", m.task, f(m.auc), f(m.log_loss));
             }
             println!("published {}", dir.display());
+            Ok(())
+        }
+        Command::Distill { data, spec, labels, config, seeds, out } => {
+            init_tracing(LogFormat::Text);
+            let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
+            let config = RunConfig::from_path(&config)?;
+            let seeds: Vec<u64> = (1..=seeds.max(1)).collect();
+            let comparison = compare::compare(&data, &spec, &labels, &config, &seeds)?;
+            let table = comparison.markdown();
+            print!("{table}");
+            if let Some(out) = out {
+                std::fs::create_dir_all(&out)?;
+                std::fs::write(out.join("report.md"), &table)?;
+                std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&comparison)?)?;
+                println!("wrote {}", out.display());
+            }
             Ok(())
         }
         Command::DemoData { out, seed, scale, users, days, target_requests, source_ratio, domains } => {

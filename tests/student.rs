@@ -257,3 +257,59 @@ fn a_distilled_twin_starts_from_the_controls_weights() {
     assert_eq!(a.heads[..], b.heads[..4], "served heads start alike; the twin adds one");
     assert_eq!(b.heads.len(), 5);
 }
+
+#[test]
+fn distill_compares_paired_variants_and_reports_the_teacher() {
+    use retort::distill::compare;
+    use retort::distill::label::{LabelOptions, Labeller};
+    use retort::distill::run::RunConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 100,
+        days: 3,
+        target_requests: 300,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
+    let target = dir.path().join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let (manifest, graph) = scaffold::random_package(
+        "teacher",
+        "1",
+        8,
+        &demo::spec(Domain::Source).two_tower(true),
+        &[("click", 1.0)],
+    );
+    retort::model::package::write(&dir.path().join("models"), &manifest, &graph).unwrap();
+    let labeller = Labeller::new(
+        &dir.path().join("models/teacher/1"),
+        EngineKind::Tract,
+        demo::mapping(),
+        spec.clone(),
+        &dir.path().join("labels"),
+        LabelOptions { progress: false, ..LabelOptions::default() },
+    )
+    .unwrap();
+    labeller.label_dataset(&Dataset::open(&target).unwrap()).unwrap();
+    let run: RunConfig =
+        toml::from_str("[train]\nepochs = 1\n[distill.tasks.play]\n[distill.tasks.like]\n").unwrap();
+    let c = compare::compare(&target, &spec, labeller.dir(), &run, &[1, 2]).unwrap();
+    assert_eq!(c.runs.len(), 6);
+    assert_eq!(c.teacher_auc.keys().collect::<Vec<_>>(), ["like", "play"]);
+    for variant in compare::VARIANTS {
+        assert_eq!(c.aucs(variant, "play").len(), 2, "{variant}");
+    }
+    let table = c.markdown();
+    let rows =
+        table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| task") && !l.starts_with("| ---"));
+    assert_eq!(rows.count(), 4, "{table}");
+    assert!(table.contains("| skip (not distilled) | – |"), "{table}");
+    // A comparison without tasks to distil is refused with what to add.
+    let err = compare::compare(&target, &spec, labeller.dir(), &RunConfig::default(), &[1])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("[distill.tasks]"), "{err}");
+}

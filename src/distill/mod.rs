@@ -15,7 +15,9 @@
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 //! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
+//! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 
+pub mod compare;
 pub mod dataset;
 pub mod demo;
 pub mod kd;

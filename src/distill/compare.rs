@@ -1,0 +1,238 @@
+//! `retort distill`: the control against its distilled twins, over paired seeds, in the shape
+//! of Paper A's table: per task, the teacher zero-shot, the control, `direct` and `aux`, with
+//! each distilled variant's paired difference from the control and its standard error.
+//!
+//! Paired means: for one seed, every variant starts from the same shared weights and sees the
+//! same batches in the same order, so the difference measures the teacher, not the luck of
+//! the draw.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use super::dataset::Dataset;
+use super::kd::{DistillConfig, Mode, Plan};
+use super::run::{RunConfig, TaskMetrics, evaluate};
+use super::spec::DataSpec;
+use super::student::Student;
+use super::train::{TrainError, TrainingData, auc, train_plan};
+
+/// The variants compared, in table order.
+pub const VARIANTS: [&str; 3] = ["control", "direct", "aux"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub variant: String,
+    pub seed: u64,
+    pub metrics: Vec<TaskMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub tasks: Vec<String>,
+    /// Distilled task → the teacher label it learns from.
+    pub distilled: BTreeMap<String, String>,
+    /// Distilled task → the teacher's own holdout AUC on it, zero-shot through the mapping.
+    pub teacher_auc: BTreeMap<String, f64>,
+    pub runs: Vec<RunResult>,
+    pub rows_train: usize,
+    pub rows_holdout: usize,
+}
+
+/// The distillation config of one variant: `config`'s tasks, all in that variant's mode.
+fn variant_config(config: &DistillConfig, variant: &str) -> DistillConfig {
+    let mode = match variant {
+        "direct" => Mode::Direct,
+        "aux" => Mode::Aux,
+        _ => return DistillConfig::default(),
+    };
+    let mut c = config.clone();
+    for d in c.tasks.values_mut() {
+        d.mode = mode;
+    }
+    if variant != "aux" {
+        c.new_heads.clear();
+    }
+    c
+}
+
+pub fn compare(
+    data_dir: &Path,
+    spec: &DataSpec,
+    labels: &Path,
+    config: &RunConfig,
+    seeds: &[u64],
+) -> Result<Comparison, TrainError> {
+    if config.distill.tasks.is_empty() {
+        return Err(TrainError::Config(
+            "name the tasks to distil under [distill.tasks] (their mode is set per variant)".into(),
+        ));
+    }
+    let base = config.architecture(spec)?;
+    let mut data = TrainingData::load(&Dataset::open(data_dir)?, spec, &base)?;
+    let last_day = data.ts.iter().max().copied().unwrap_or(0).div_euclid(86_400);
+    let cutoff = (last_day + 1 - i64::from(config.train.holdout_days)) * 86_400;
+    let (fit, holdout) = data.split_at(cutoff);
+    if fit.is_empty() || holdout.is_empty() {
+        return Err(TrainError::Config(format!(
+            "the holdout leaves {} training and {} holdout rows",
+            fit.len(),
+            holdout.len()
+        )));
+    }
+
+    let distilled: BTreeMap<String, String> = config
+        .distill
+        .tasks
+        .iter()
+        .map(|(task, d)| (task.clone(), d.teacher.clone().unwrap_or_else(|| task.clone())))
+        .collect();
+    let teacher_names: Vec<String> = distilled.values().cloned().collect();
+    data.attach_teacher(labels, &teacher_names)?;
+    let mut teacher_auc = BTreeMap::new();
+    for (k, task) in distilled.keys().enumerate() {
+        let h = base.heads.iter().position(|h| &h.name == task).ok_or_else(|| {
+            TrainError::Config(format!("distillation names task `{task}`, which the student does not have"))
+        })?;
+        let rows: Vec<usize> = holdout.iter().copied().filter(|&r| data.teacher[k][r].is_finite()).collect();
+        let scores: Vec<f32> = rows.iter().map(|&r| data.teacher[k][r]).collect();
+        let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
+        if let Some(a) = auc(&scores, &labels) {
+            teacher_auc.insert(task.clone(), a);
+        }
+    }
+
+    let mut runs = Vec::new();
+    for &seed in seeds {
+        for variant in VARIANTS {
+            let plan =
+                Plan::new(&base, &variant_config(&config.distill, variant)).map_err(TrainError::Config)?;
+            if plan.uses_teacher() {
+                data.attach_teacher(labels, &plan.teacher_labels)?;
+            }
+            let student = Student::new(&plan.arch, seed, &Device::Cpu)?;
+            let mut train = config.clone();
+            train.train.seed = seed;
+            train_plan(&student, &data, &fit, &train_config(&train), &plan)?;
+            let metrics = evaluate(&student, &data, &holdout, &base)?;
+            tracing::info!(variant, seed, "trained");
+            runs.push(RunResult { variant: variant.to_string(), seed, metrics });
+        }
+    }
+    Ok(Comparison {
+        tasks: base.heads.iter().map(|h| h.name.clone()).collect(),
+        distilled,
+        teacher_auc,
+        runs,
+        rows_train: fit.len(),
+        rows_holdout: holdout.len(),
+    })
+}
+
+fn train_config(c: &RunConfig) -> super::train::TrainConfig {
+    super::train::TrainConfig {
+        learning_rate: c.train.learning_rate,
+        weight_decay: c.train.weight_decay,
+        batch_size: c.train.batch_size,
+        epochs: c.train.epochs,
+        seed: c.train.seed,
+        mask_probability: c.train.mask_probability,
+    }
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n.max(1.0);
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+impl Comparison {
+    /// Holdout AUCs of `task` for `variant`, one per seed, in seed order.
+    pub fn aucs(&self, variant: &str, task: &str) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.variant == variant)
+            .filter_map(|r| r.metrics.iter().find(|m| m.task == task).and_then(|m| m.auc))
+            .collect()
+    }
+
+    /// Paired differences `variant − control` per seed: their mean and standard error.
+    pub fn paired_gain(&self, variant: &str, task: &str) -> (f64, f64) {
+        let diffs: Vec<f64> =
+            self.aucs(variant, task).iter().zip(self.aucs("control", task)).map(|(v, c)| v - c).collect();
+        let (mean, std) = mean_std(&diffs);
+        (mean, std / (diffs.len() as f64).sqrt().max(1.0))
+    }
+
+    /// The table: holdout AUC per task, mean ± std over seeds, and each distilled variant's
+    /// paired gain over the control ± its standard error.
+    pub fn markdown(&self) -> String {
+        let seeds = self.runs.iter().filter(|r| r.variant == "control").count();
+        let mut out = format!(
+            "Holdout AUC, mean ± std over {seeds} paired seed(s); Δ = paired gain over the control ± standard error.\n\
+             {} training rows, {} holdout rows.\n\n\
+             | task | teacher (zero-shot) | control | direct | Δ direct | aux | Δ aux |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            self.rows_train, self.rows_holdout
+        );
+        for task in &self.tasks {
+            let cell = |variant: &str| {
+                let (m, s) = mean_std(&self.aucs(variant, task));
+                format!("{m:.4} ± {s:.4}")
+            };
+            let gain = |variant: &str| {
+                let (m, se) = self.paired_gain(variant, task);
+                format!("{m:+.4} ± {se:.4}")
+            };
+            let teacher = self.teacher_auc.get(task).map_or("–".to_string(), |a| format!("{a:.4}"));
+            let label = match self.distilled.get(task) {
+                Some(t) if t != task => format!("{task} (teacher: {t})"),
+                Some(_) => task.clone(),
+                None => format!("{task} (not distilled)"),
+            };
+            out.push_str(&format!(
+                "| {label} | {teacher} | {} | {} | {} | {} | {} |\n",
+                cell("control"),
+                cell("direct"),
+                gain("direct"),
+                cell("aux"),
+                gain("aux")
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_gains_and_their_standard_error() {
+        let m = |auc: f64| vec![TaskMetrics { task: "play".into(), auc: Some(auc), log_loss: None }];
+        let run = |variant: &str, seed, auc| RunResult { variant: variant.into(), seed, metrics: m(auc) };
+        let c = Comparison {
+            tasks: vec!["play".into()],
+            distilled: [("play".to_string(), "click".to_string())].into(),
+            teacher_auc: [("play".to_string(), 0.6)].into(),
+            runs: vec![
+                run("control", 1, 0.60),
+                run("aux", 1, 0.62),
+                run("control", 2, 0.64),
+                run("aux", 2, 0.65),
+            ],
+            rows_train: 10,
+            rows_holdout: 5,
+        };
+        // Differences 0.02 and 0.01: mean 0.015, std 0.00707, SE 0.005.
+        let (mean, se) = c.paired_gain("aux", "play");
+        assert!((mean - 0.015).abs() < 1e-12 && (se - 0.005).abs() < 1e-9, "{mean} {se}");
+        let table = c.markdown();
+        assert!(table.contains("| play (teacher: click) | 0.6000 | 0.6200 ± 0.0283 |"), "{table}");
+        assert!(table.contains("+0.0150 ± 0.0050"), "{table}");
+    }
+}
