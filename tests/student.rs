@@ -306,6 +306,16 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
         table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| task") && !l.starts_with("| ---"));
     assert_eq!(rows.count(), 4, "{table}");
     assert!(table.contains("| skip (not distilled) | – |"), "{table}");
+    // Tuning: every variant gets the same grid, judged on the last training day.
+    let tuned: RunConfig = toml::from_str(
+        "[train]\nepochs = 1\n[distill.tasks.play]\n[tune]\nlearning_rates = [0.001, 0.01]\nweight_decays = [0.0001]\n",
+    )
+    .unwrap();
+    let t = compare::compare(&target, &spec, labeller.dir(), &tuned, &[1]).unwrap();
+    assert_eq!(t.chosen.len(), 3);
+    assert!(t.chosen.iter().all(|c| c.validation_auc.is_some() && [0.001, 0.01].contains(&c.learning_rate)));
+    assert!(t.markdown().contains("| control | "), "{}", t.markdown());
+
     // A comparison without tasks to distil is refused with what to add.
     let err = compare::compare(&target, &spec, labeller.dir(), &RunConfig::default(), &[1])
         .err()

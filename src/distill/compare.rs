@@ -29,8 +29,19 @@ pub struct RunResult {
     pub metrics: Vec<TaskMetrics>,
 }
 
+/// The hyperparameters a variant ran with, and its validation score when they were searched.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chosen {
+    pub variant: String,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    /// Mean validation AUC over tasks of the chosen setting (when a grid was searched).
+    pub validation_auc: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
+    pub chosen: Vec<Chosen>,
     pub tasks: Vec<String>,
     /// Distilled task → the teacher label it learns from.
     pub distilled: BTreeMap<String, String>,
@@ -104,9 +115,56 @@ pub fn compare(
         }
     }
 
+    // The same search for every variant: grid on the first seed, trained on all but the last
+    // training day, judged on that day by the mean AUC over tasks.
+    let mut chosen = Vec::new();
+    let grid: Vec<(f64, f64)> = config
+        .tune
+        .learning_rates
+        .iter()
+        .flat_map(|&lr| config.tune.weight_decays.iter().map(move |&wd| (lr, wd)))
+        .collect();
+    let validation_cutoff = cutoff - 86_400;
+    let (inner, validation): (Vec<usize>, Vec<usize>) =
+        fit.iter().partition(|&&r| data.ts[r] < validation_cutoff);
+    for variant in VARIANTS {
+        let plan = Plan::new(&base, &variant_config(&config.distill, variant)).map_err(TrainError::Config)?;
+        if plan.uses_teacher() {
+            data.attach_teacher(labels, &plan.teacher_labels)?;
+        }
+        let mut best = Chosen {
+            variant: variant.to_string(),
+            learning_rate: config.train.learning_rate,
+            weight_decay: config.train.weight_decay,
+            validation_auc: None,
+        };
+        if !grid.is_empty() && !inner.is_empty() && !validation.is_empty() {
+            for &(lr, wd) in &grid {
+                let mut c = config.clone();
+                c.train.learning_rate = lr;
+                c.train.weight_decay = wd;
+                c.train.seed = seeds.first().copied().unwrap_or(1);
+                let student = Student::new(&plan.arch, c.train.seed, &Device::Cpu)?;
+                train_plan(&student, &data, &inner, &train_config(&c), &plan)?;
+                let m = evaluate(&student, &data, &validation, &base)?;
+                let aucs: Vec<f64> = m.iter().filter_map(|t| t.auc).collect();
+                let score = aucs.iter().sum::<f64>() / aucs.len().max(1) as f64;
+                if best.validation_auc.is_none_or(|b| score > b) {
+                    best = Chosen {
+                        variant: variant.to_string(),
+                        learning_rate: lr,
+                        weight_decay: wd,
+                        validation_auc: Some(score),
+                    };
+                }
+            }
+        }
+        chosen.push(best);
+    }
+
     let mut runs = Vec::new();
     for &seed in seeds {
-        for variant in VARIANTS {
+        for (variant, hp) in VARIANTS.iter().zip(&chosen) {
             let plan =
                 Plan::new(&base, &variant_config(&config.distill, variant)).map_err(TrainError::Config)?;
             if plan.uses_teacher() {
@@ -115,6 +173,8 @@ pub fn compare(
             let student = Student::new(&plan.arch, seed, &Device::Cpu)?;
             let mut train = config.clone();
             train.train.seed = seed;
+            train.train.learning_rate = hp.learning_rate;
+            train.train.weight_decay = hp.weight_decay;
             train_plan(&student, &data, &fit, &train_config(&train), &plan)?;
             let metrics = evaluate(&student, &data, &holdout, &base)?;
             tracing::info!(variant, seed, "trained");
@@ -122,6 +182,7 @@ pub fn compare(
         }
     }
     Ok(Comparison {
+        chosen,
         tasks: base.heads.iter().map(|h| h.name.clone()).collect(),
         distilled,
         teacher_auc,
@@ -203,6 +264,19 @@ impl Comparison {
                 gain("aux")
             ));
         }
+        if self.chosen.iter().any(|c| c.validation_auc.is_some()) {
+            out.push_str(
+                "\nHyperparameters, chosen per variant by the same grid search on the last training day:\n\n",
+            );
+            out.push_str("| variant | learning rate | weight decay | validation AUC (mean over tasks) |\n| --- | ---: | ---: | ---: |\n");
+            for c in &self.chosen {
+                let v = c.validation_auc.map_or("–".to_string(), |a| format!("{a:.4}"));
+                out.push_str(&format!(
+                    "| {} | {} | {} | {v} |\n",
+                    c.variant, c.learning_rate, c.weight_decay
+                ));
+            }
+        }
         out
     }
 }
@@ -216,6 +290,7 @@ mod tests {
         let m = |auc: f64| vec![TaskMetrics { task: "play".into(), auc: Some(auc), log_loss: None }];
         let run = |variant: &str, seed, auc| RunResult { variant: variant.into(), seed, metrics: m(auc) };
         let c = Comparison {
+            chosen: Vec::new(),
             tasks: vec!["play".into()],
             distilled: [("play".to_string(), "click".to_string())].into(),
             teacher_auc: [("play".to_string(), 0.6)].into(),

@@ -85,6 +85,17 @@ pub struct RunConfig {
     pub distill: DistillConfig,
     /// Default objective of the published model; the first task with weight 1 when empty.
     pub objective: BTreeMap<String, f64>,
+    /// Hyperparameter grid `retort distill` searches for every variant alike.
+    pub tune: TuneConfig,
+}
+
+/// A grid of learning rates and weight decays. Each variant of a comparison (the control
+/// included) gets the same search, judged on the last training day, before the seeds run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuneConfig {
+    pub learning_rates: Vec<f64>,
+    pub weight_decays: Vec<f64>,
 }
 
 impl RunConfig {
