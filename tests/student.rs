@@ -304,7 +304,8 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
     let table = c.markdown();
     let rows =
         table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| task") && !l.starts_with("| ---"));
-    assert_eq!(rows.count(), 4, "{table}");
+    assert_eq!(rows.count(), 8, "two tables (AUC, log loss) of four tasks: {table}");
+    assert!(table.contains("Holdout log loss (lower is better)"), "{table}");
     assert!(table.contains("| skip (not distilled) | – |"), "{table}");
     // Tuning: every variant gets the same grid, judged on the last training day.
     let tuned: RunConfig = toml::from_str(

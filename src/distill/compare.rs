@@ -211,45 +211,101 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// A holdout metric of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Higher is better.
+    Auc,
+    /// Lower is better.
+    LogLoss,
+}
+
 impl Comparison {
-    /// Holdout AUCs of `task` for `variant`, one per seed, in seed order.
-    pub fn aucs(&self, variant: &str, task: &str) -> Vec<f64> {
+    /// Holdout values of `metric` for `task` and `variant`, one per seed, in seed order.
+    pub fn values(&self, variant: &str, task: &str, metric: Metric) -> Vec<f64> {
         self.runs
             .iter()
             .filter(|r| r.variant == variant)
-            .filter_map(|r| r.metrics.iter().find(|m| m.task == task).and_then(|m| m.auc))
+            .filter_map(|r| {
+                let m = r.metrics.iter().find(|m| m.task == task)?;
+                match metric {
+                    Metric::Auc => m.auc,
+                    Metric::LogLoss => m.log_loss,
+                }
+            })
             .collect()
+    }
+
+    /// Holdout AUCs of `task` for `variant`, one per seed.
+    pub fn aucs(&self, variant: &str, task: &str) -> Vec<f64> {
+        self.values(variant, task, Metric::Auc)
     }
 
     /// Paired differences `variant − control` per seed: their mean and standard error.
     pub fn paired_gain(&self, variant: &str, task: &str) -> (f64, f64) {
-        let diffs: Vec<f64> =
-            self.aucs(variant, task).iter().zip(self.aucs("control", task)).map(|(v, c)| v - c).collect();
+        self.paired_difference(variant, task, Metric::Auc)
+    }
+
+    fn paired_difference(&self, variant: &str, task: &str, metric: Metric) -> (f64, f64) {
+        let diffs: Vec<f64> = self
+            .values(variant, task, metric)
+            .iter()
+            .zip(self.values("control", task, metric))
+            .map(|(v, c)| v - c)
+            .collect();
         let (mean, std) = mean_std(&diffs);
         (mean, std / (diffs.len() as f64).sqrt().max(1.0))
     }
 
-    /// The table: holdout AUC per task, mean ± std over seeds, and each distilled variant's
-    /// paired gain over the control ± its standard error.
+    /// The report: holdout AUC and log loss per task, mean ± std over seeds, each distilled
+    /// variant's paired difference from the control ± its standard error, and the
+    /// hyperparameters each variant ran with.
     pub fn markdown(&self) -> String {
         let seeds = self.runs.iter().filter(|r| r.variant == "control").count();
         let mut out = format!(
-            "Holdout AUC, mean ± std over {seeds} paired seed(s); Δ = paired gain over the control ± standard error.\n\
-             {} training rows, {} holdout rows.\n\n\
-             | task | teacher (zero-shot) | control | direct | Δ direct | aux | Δ aux |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "{seeds} paired seed(s); mean ± std over seeds; Δ = paired difference from the control ± standard error.\n\
+             {} training rows, {} holdout rows.\n",
             self.rows_train, self.rows_holdout
+        );
+        out.push_str("\nHoldout AUC (higher is better):\n\n");
+        out.push_str(&self.table(Metric::Auc));
+        out.push_str("\nHoldout log loss (lower is better):\n\n");
+        out.push_str(&self.table(Metric::LogLoss));
+        if self.chosen.iter().any(|c| c.validation_auc.is_some()) {
+            out.push_str(
+                "\nHyperparameters, chosen per variant by the same grid search on the last training day:\n\n",
+            );
+            out.push_str("| variant | learning rate | weight decay | validation AUC (mean over tasks) |\n| --- | ---: | ---: | ---: |\n");
+            for c in &self.chosen {
+                let v = c.validation_auc.map_or("–".to_string(), |a| format!("{a:.4}"));
+                out.push_str(&format!(
+                    "| {} | {} | {} | {v} |\n",
+                    c.variant, c.learning_rate, c.weight_decay
+                ));
+            }
+        }
+        out
+    }
+
+    fn table(&self, metric: Metric) -> String {
+        let mut out = String::from(
+            "| task | teacher (zero-shot) | control | direct | Δ direct | aux | Δ aux |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for task in &self.tasks {
             let cell = |variant: &str| {
-                let (m, s) = mean_std(&self.aucs(variant, task));
+                let (m, s) = mean_std(&self.values(variant, task, metric));
                 format!("{m:.4} ± {s:.4}")
             };
             let gain = |variant: &str| {
-                let (m, se) = self.paired_gain(variant, task);
+                let (m, se) = self.paired_difference(variant, task, metric);
                 format!("{m:+.4} ± {se:.4}")
             };
-            let teacher = self.teacher_auc.get(task).map_or("–".to_string(), |a| format!("{a:.4}"));
+            let teacher = match metric {
+                Metric::Auc => self.teacher_auc.get(task).map_or("–".to_string(), |a| format!("{a:.4}")),
+                // The teacher's logit is calibrated for another product's task: no log loss.
+                Metric::LogLoss => "–".to_string(),
+            };
             let label = match self.distilled.get(task) {
                 Some(t) if t != task => format!("{task} (teacher: {t})"),
                 Some(_) => task.clone(),
@@ -263,19 +319,6 @@ impl Comparison {
                 cell("aux"),
                 gain("aux")
             ));
-        }
-        if self.chosen.iter().any(|c| c.validation_auc.is_some()) {
-            out.push_str(
-                "\nHyperparameters, chosen per variant by the same grid search on the last training day:\n\n",
-            );
-            out.push_str("| variant | learning rate | weight decay | validation AUC (mean over tasks) |\n| --- | ---: | ---: | ---: |\n");
-            for c in &self.chosen {
-                let v = c.validation_auc.map_or("–".to_string(), |a| format!("{a:.4}"));
-                out.push_str(&format!(
-                    "| {} | {} | {} | {v} |\n",
-                    c.variant, c.learning_rate, c.weight_decay
-                ));
-            }
         }
         out
     }
