@@ -76,6 +76,18 @@ fn a_student_learns_the_demo_world_and_exports_exactly() {
         }
     }
     assert!(worst <= 1e-5, "candle and tract differ by {worst}");
+
+    // And ONNX Runtime, where it is available (CI sets ORT_DYLIB_PATH).
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        let ort =
+            Model::from_parts(model.manifest.clone(), &graph, Path::new("student.onnx"), EngineKind::Ort)
+                .unwrap();
+        let by_ort = ort.infer(data.subset(&sample)).unwrap();
+        let d = by_ort.values.iter().zip(&exported.values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-5, "ort and tract differ by {d}");
+    } else {
+        eprintln!("ort parity skipped: build with --features ort and set ORT_DYLIB_PATH");
+    }
 }
 
 fn holdout_labels(data: &TrainingData, rows: &[usize], head: usize) -> Vec<f32> {
