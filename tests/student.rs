@@ -336,3 +336,35 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
         .to_string();
     assert!(err.contains("[distill.tasks]"), "{err}");
 }
+
+#[test]
+fn early_stopping_keeps_the_best_epochs_weights() {
+    use retort::distill::kd::{DistillConfig, Plan};
+    use retort::distill::train::{train_validated, validation_loss};
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 100,
+        days: 3,
+        target_requests: 600,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
+    let target = dir.path().join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let base = spec.two_tower(false);
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &base).unwrap();
+    let (fit, validation) = data.split_at(EPOCH + 2 * 86_400);
+    let plan = Plan::new(&base, &DistillConfig::default()).unwrap();
+    let student = Student::new(&plan.arch, 2, &Device::Cpu).unwrap();
+    // A learning rate high enough to overfit a small world within a few epochs.
+    let train = TrainConfig { epochs: 12, learning_rate: 0.03, patience: 1, ..TrainConfig::default() };
+    let log = train_validated(&student, &data, &fit, &validation, &train, &plan).unwrap();
+    assert_eq!(log.train_losses.len(), log.validation_losses.len());
+    let best = log.validation_losses.iter().copied().fold(f64::INFINITY, f64::min);
+    assert_eq!(log.validation_losses[log.best_epoch], best);
+    assert!(log.validation_losses.len() < 12, "stopped early: {:?}", log.validation_losses);
+    let now = validation_loss(&student, &data, &validation).unwrap();
+    assert!((now - best).abs() < 1e-9, "restored the best epoch: {now} vs {best}");
+}

@@ -200,6 +200,7 @@ fn train_config(c: &RunConfig) -> super::train::TrainConfig {
         epochs: c.train.epochs,
         seed: c.train.seed,
         mask_probability: c.train.mask_probability,
+        patience: 0,
     }
 }
 

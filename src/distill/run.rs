@@ -12,7 +12,7 @@ use super::dataset::Dataset;
 use super::kd::{DistillConfig, Plan};
 use super::spec::DataSpec;
 use super::student::Student;
-use super::train::{TrainConfig, TrainError, TrainingData, auc, predict, train_plan};
+use super::train::{TrainConfig, TrainError, TrainingData, auc, predict, train_plan, train_validated};
 use crate::model::manifest::{HeadKind, Manifest};
 use crate::model::two_tower::{HeadSpec, TwoTower};
 use crate::model::{package, scaffold};
@@ -59,6 +59,9 @@ pub struct TrainSection {
     /// Probability of masking each feature of each training row to its missing value, so the
     /// model learns what a missing feature means (teachers meant for another product need it).
     pub mask_probability: f64,
+    /// Early stopping: hold out the last training day for validation and stop after this many
+    /// epochs without a better validation loss (0: off, every epoch on all training days).
+    pub patience: usize,
 }
 
 impl Default for TrainSection {
@@ -72,6 +75,7 @@ impl Default for TrainSection {
             seed: t.seed,
             holdout_days: 1,
             mask_probability: 0.0,
+            patience: 0,
         }
     }
 }
@@ -111,6 +115,7 @@ impl RunConfig {
             epochs: self.train.epochs,
             seed: self.train.seed,
             mask_probability: self.train.mask_probability,
+            patience: self.train.patience,
         }
     }
 
@@ -190,7 +195,17 @@ pub fn train_model(
         )));
     }
     let student = Student::new(&plan.arch, config.train.seed, &Device::Cpu)?;
-    let epoch_losses = train_plan(&student, &data, &fit, &config.train_config(), &plan)?;
+    let epoch_losses = if config.train.patience > 0 {
+        // Early stopping judges on the last training day, never on the holdout.
+        let (inner, validation): (Vec<usize>, Vec<usize>) =
+            fit.iter().partition(|&&r| data.ts[r] < cutoff - 86_400);
+        if inner.is_empty() || validation.is_empty() {
+            return Err(TrainError::Config("early stopping needs at least two training days".into()));
+        }
+        train_validated(&student, &data, &inner, &validation, &config.train_config(), &plan)?.train_losses
+    } else {
+        train_plan(&student, &data, &fit, &config.train_config(), &plan)?
+    };
     let metrics = evaluate(&student, &data, &holdout, &base)?;
 
     let objective: Vec<(&str, f64)> = if config.objective.is_empty() {

@@ -163,6 +163,16 @@ impl Student {
         })
     }
 
+    /// Overwrites every parameter with `w` (of this architecture), e.g. to restore the best
+    /// epoch after early stopping.
+    pub fn set_weights(&self, w: &TwoTowerWeights) -> Result<()> {
+        let source = Student::from_weights(&self.arch, w, &self.device)?;
+        for (var, value) in self.vars().iter().zip(source.vars()) {
+            var.set(value.as_tensor())?;
+        }
+        Ok(())
+    }
+
     /// Rows `rows` of encoded inputs (one context per row) as a batch on this device.
     pub fn batch(&self, layout: &[InputLayout], encoded: &Encoded, rows: &[usize]) -> Result<Batch> {
         let find = |name: &str| layout.iter().position(|l| l.name == name);

@@ -28,6 +28,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Probability of masking each feature of each training row to its missing value.
     pub mask_probability: f64,
+    /// Stop after this many epochs without a better validation loss, keeping the best epoch's
+    /// weights; 0 trains every epoch.
+    pub patience: usize,
 }
 
 impl Default for TrainConfig {
@@ -39,6 +42,7 @@ impl Default for TrainConfig {
             epochs: 3,
             seed: 1,
             mask_probability: 0.0,
+            patience: 0,
         }
     }
 }
@@ -259,7 +263,8 @@ pub fn train(
 }
 
 /// Trains every head on its target in `plan` (hard label, blended label, or teacher label),
-/// the heads' losses summed. `data` must carry the teacher labels the plan needs.
+/// the heads' losses summed. `data` must carry the teacher labels the plan needs. Returns the
+/// mean training loss of each epoch.
 pub fn train_plan(
     student: &Student,
     data: &TrainingData,
@@ -267,6 +272,52 @@ pub fn train_plan(
     config: &TrainConfig,
     plan: &Plan,
 ) -> Result<Vec<f64>, TrainError> {
+    Ok(train_validated(student, data, rows, &[], config, plan)?.train_losses)
+}
+
+/// The loss curves of a run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrainLog {
+    pub train_losses: Vec<f64>,
+    /// Per epoch, the served heads' mean hard-label loss on the validation rows.
+    pub validation_losses: Vec<f64>,
+    /// The epoch whose weights the student ends with (0-based).
+    pub best_epoch: usize,
+}
+
+/// Mean over served heads of their hard-label loss on `rows` (BCE for binary, MSE otherwise).
+pub fn validation_loss(student: &Student, data: &TrainingData, rows: &[usize]) -> Result<f64, TrainError> {
+    let out = predict(student, data, rows)?;
+    let mut total = 0.0;
+    for (h, labels) in data.labels.iter().enumerate() {
+        let kind = student.arch.heads[h].kind;
+        let sum: f64 = rows
+            .iter()
+            .zip(&out[h])
+            .map(|(&r, &z)| {
+                let (z, y) = (z as f64, labels[r] as f64);
+                match kind {
+                    crate::model::manifest::HeadKind::Binary => z.max(0.0) - z * y + (-z.abs()).exp().ln_1p(),
+                    crate::model::manifest::HeadKind::Regression => (z - y).powi(2),
+                }
+            })
+            .sum();
+        total += sum / rows.len().max(1) as f64;
+    }
+    Ok(total / data.labels.len().max(1) as f64)
+}
+
+/// [`train_plan`] with a validation set: logs both loss curves and, when `config.patience` is
+/// set, stops once the validation loss has not improved for that many epochs and restores the
+/// best epoch's weights.
+pub fn train_validated(
+    student: &Student,
+    data: &TrainingData,
+    rows: &[usize],
+    validation: &[usize],
+    config: &TrainConfig,
+    plan: &Plan,
+) -> Result<TrainLog, TrainError> {
     reuse_freed_memory();
     if plan.uses_teacher() && data.teacher.len() != plan.teacher_labels.len() {
         return Err(TrainError::Config("the plan needs teacher labels the data does not carry".into()));
@@ -278,13 +329,16 @@ pub fn train_plan(
     // Its own stream, so masking never changes the batch order.
     let mut mask_rng = SplitMix64::new(config.seed ^ 0x3a5c);
     let mut order = rows.to_vec();
-    let mut epoch_losses = Vec::with_capacity(config.epochs);
+    let mut log = TrainLog::default();
+    let mut best: Option<(f64, crate::model::two_tower::TwoTowerWeights)> = None;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let batches_per_epoch = rows.len().div_ceil(config.batch_size.max(1));
     let device = Device::Cpu;
     let teacher: Vec<Vec<f32>> =
         data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { *x }).collect()).collect();
     let present: Vec<Vec<f32>> =
         data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { 1.0 }).collect()).collect();
-    for _ in 0..config.epochs {
+    for epoch in 0..config.epochs {
         // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
         // control and a distilled student with one seed see the same batches.
         for i in (1..order.len()).rev() {
@@ -319,10 +373,42 @@ pub fn train_plan(
             optimizer.backward_step(&loss)?;
             total += loss.to_scalar::<f32>()? as f64;
             batches += 1;
+            if progress && batches % 20 == 0 {
+                eprint!(
+                    "\r\x1b[Ktraining: epoch {}/{}, batch {batches}/{batches_per_epoch}, loss {:.4}",
+                    epoch + 1,
+                    config.epochs,
+                    total / batches as f64
+                );
+            }
         }
-        epoch_losses.push(total / batches.max(1) as f64);
+        if progress {
+            eprint!("\r\x1b[K");
+        }
+        let train_loss = total / batches.max(1) as f64;
+        log.train_losses.push(train_loss);
+        if validation.is_empty() {
+            tracing::info!(epoch = epoch + 1, train_loss, "epoch done");
+            log.best_epoch = epoch;
+            continue;
+        }
+        let validation_loss = validation_loss(student, data, validation)?;
+        log.validation_losses.push(validation_loss);
+        tracing::info!(epoch = epoch + 1, train_loss, validation_loss, "epoch done");
+        if best.as_ref().is_none_or(|(b, _)| validation_loss < *b) {
+            best = Some((validation_loss, student.weights()?));
+            log.best_epoch = epoch;
+        } else if config.patience > 0 && epoch - log.best_epoch >= config.patience {
+            tracing::info!(best_epoch = log.best_epoch + 1, "validation loss stopped improving; stopping");
+            break;
+        }
     }
-    Ok(epoch_losses)
+    if config.patience > 0
+        && let Some((_, weights)) = best
+    {
+        student.set_weights(&weights)?;
+    }
+    Ok(log)
 }
 
 /// Keeps large freed blocks in the process instead of handing them back to the kernel.
