@@ -126,6 +126,31 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The whole loop on the demo world: generate it, train a teacher on the source product,
+    /// label the target zero-shot, compare control/direct/aux over paired seeds, publish the aux
+    /// student, and (with --serve) serve it.
+    Quickstart {
+        /// Working directory for the world, the teacher and the labels (reused when rerun).
+        #[arg(long, default_value = "data/quickstart")]
+        work: PathBuf,
+        /// Directory of model packages to publish the student into.
+        #[arg(long = "models", default_value = "models")]
+        models_dir: PathBuf,
+        #[arg(long, default_value = scaffold::DEFAULT_NAME)]
+        name: String,
+        /// Version to publish [default: one past the newest numeric version of the model]
+        #[arg(long)]
+        version: Option<String>,
+        /// Paired seeds of the comparison.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Then serve the models directory, like `retort serve`.
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
         /// Directory to write into (`world.toml`, `source/`, `target/`).
@@ -293,6 +318,44 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Quickstart { work, models_dir, name, version, seeds, serve, listen } => {
+            init_tracing(LogFormat::Text);
+            let version = match version {
+                Some(v) => v,
+                None => next_version(&models_dir, &name),
+            };
+            let started = std::time::Instant::now();
+            let done = retort::distill::quickstart::run(
+                &work,
+                &models_dir,
+                &name,
+                &version,
+                &DemoConfig::default(),
+                seeds,
+                &mut |step| println!("{step}"),
+            )?;
+            print!("\n{}", done.comparison.markdown());
+            println!(
+                "\npublished {} in {:.0} s (teacher {}, labels {})",
+                done.published.display(),
+                started.elapsed().as_secs_f64(),
+                done.teacher.display(),
+                done.labels.display()
+            );
+            if serve {
+                let args =
+                    ServeArgs { models_dir: Some(models_dir), listen: Some(listen), ..ServeArgs::default() };
+                let config = Config::resolve(&args)?;
+                println!("serving {} on http://{listen} (ctrl-c to stop)", config.models_dir.display());
+                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+                runtime.block_on(async {
+                    let listener = retort::serve::bind(&config).await?;
+                    let app = retort::serve::App::new(config);
+                    retort::serve::serve(listener, app, retort::shutdown::signal()).await
+                })?;
+            }
+            Ok(())
+        }
         Command::DemoData { out, seed, scale, users, days, target_requests, source_ratio, domains } => {
             init_tracing(LogFormat::Text);
             let config =
@@ -320,4 +383,15 @@ fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         rt.block_on(retort::shutdown::signal());
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
+}
+
+/// One past the newest numeric version of `name` under `models_dir`, or "1".
+fn next_version(models_dir: &std::path::Path, name: &str) -> String {
+    let newest = package::discover(models_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.name == name)
+        .filter_map(|p| p.version.parse::<u64>().ok())
+        .max();
+    newest.map_or(1, |v| v + 1).to_string()
 }

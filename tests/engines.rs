@@ -74,15 +74,31 @@ fn ort_is_refused_with_a_clear_error_when_not_built() {
 }
 
 #[test]
-fn the_shipped_default_model_is_what_init_model_writes() {
+fn the_shipped_default_model_is_the_quickstart_student() {
     let dir = common::shipped_models().join("music-ranker/1");
-    let (manifest, graph) =
-        scaffold::seeded_package(scaffold::DEFAULT_NAME, scaffold::DEFAULT_VERSION, scaffold::DEFAULT_SEED);
+    let model = Model::load(&dir, EngineKind::Tract).unwrap();
+    let m = &model.manifest;
+    assert!(m.provenance.trained_by.starts_with("retort quickstart"), "{}", m.provenance.trained_by);
     assert!(
-        std::fs::read(dir.join(package::GRAPH)).unwrap() == graph,
-        "models/music-ranker/1/model.onnx is stale: rerun `retort init-model`"
+        m.provenance.metrics.get("play_auc").is_some_and(|auc| *auc > 0.55),
+        "{:?}",
+        m.provenance.metrics
     );
-    assert_eq!(std::fs::read_to_string(dir.join(package::MANIFEST)).unwrap(), manifest.to_toml());
+    let heads: Vec<&str> = m.heads.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(heads, ["play", "skip", "long_listen", "like"], "auxiliary heads are not shipped");
+}
+
+#[test]
+fn init_model_writes_the_same_bytes_for_the_same_seed() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&a, &b] {
+        let (manifest, graph) = scaffold::seeded_package("m", "1", scaffold::DEFAULT_SEED);
+        package::write(dir.path(), &manifest, &graph).unwrap();
+    }
+    for file in [package::GRAPH, package::MANIFEST] {
+        let read = |d: &tempfile::TempDir| std::fs::read(d.path().join("m/1").join(file)).unwrap();
+        assert!(read(&a) == read(&b), "{file} differs between two runs with one seed");
+    }
 }
 
 #[test]

@@ -368,3 +368,53 @@ fn early_stopping_keeps_the_best_epochs_weights() {
     let now = validation_loss(&student, &data, &validation).unwrap();
     assert!((now - best).abs() < 1e-9, "restored the best epoch: {now} vs {best}");
 }
+
+#[test]
+fn quickstart_runs_the_whole_loop_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = DemoConfig {
+        users: 100,
+        days: 3,
+        target_requests: 300,
+        source_ratio: 5,
+        tracks: 100,
+        artists: 10,
+        videos: 500,
+        channels: 50,
+        ..DemoConfig::default()
+    };
+    let mut said = Vec::new();
+    let done = retort::distill::quickstart::run(
+        &dir.path().join("work"),
+        &dir.path().join("models"),
+        "music-ranker",
+        "5",
+        &world,
+        1,
+        &mut |s| said.push(s.to_string()),
+    )
+    .unwrap();
+    assert_eq!(said.len(), 5, "{said:?}");
+    assert_eq!(done.comparison.runs.len(), 3);
+    let model = Model::load(&done.published, EngineKind::Tract).unwrap();
+    assert!(model.manifest.provenance.trained_by.starts_with("retort quickstart"));
+    assert!(
+        model.manifest.provenance.teacher.starts_with("video-teacher/1"),
+        "{}",
+        model.manifest.provenance.teacher
+    );
+
+    // A rerun reuses the world, the teacher and the labels.
+    let mut again = Vec::new();
+    retort::distill::quickstart::run(
+        &dir.path().join("work"),
+        &dir.path().join("models"),
+        "music-ranker",
+        "6",
+        &world,
+        1,
+        &mut |s| again.push(s.to_string()),
+    )
+    .unwrap();
+    assert!(again[1].contains("reusing"), "{again:?}");
+}

@@ -15,6 +15,7 @@
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 //! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
+//! - [`quickstart`]: `retort quickstart`, the whole loop on the demo world.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 
 pub mod compare;
@@ -25,6 +26,7 @@ pub mod label;
 pub mod losses;
 pub mod mapping;
 pub mod parquet_io;
+pub mod quickstart;
 pub mod run;
 pub mod spec;
 pub mod store;

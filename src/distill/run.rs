@@ -236,7 +236,14 @@ pub fn train_model(
     );
     manifest.provenance.created_at = super::store::rfc3339(std::time::SystemTime::now());
     if let Some(labels) = labels.filter(|_| plan.uses_teacher()) {
-        manifest.provenance.teacher = labels.display().to_string();
+        // The teacher's name and version, as the label files record them.
+        let teacher = Dataset::open(labels)
+            .ok()
+            .and_then(|d| d.partitions.first().map(|p| p.path.clone()))
+            .and_then(|p| super::parquet_io::read_metadata(&p).ok())
+            .map(|kv| super::store::LabelFileInfo::from_metadata(&kv).teacher)
+            .unwrap_or_default();
+        manifest.provenance.teacher = format!("{teacher} (labels {})", labels.display());
     }
     manifest.provenance.notes.insert("distill".into(), toml::to_string(&config.distill).unwrap_or_default());
     for m in &metrics {

@@ -63,6 +63,8 @@ pub enum TrainError {
     Store(String),
     #[error("distillation config: {0}")]
     Config(String),
+    #[error(transparent)]
+    Spec(#[from] super::spec::SpecError),
 }
 
 /// Examples encoded for the student's inputs, with their labels and times.
@@ -388,7 +390,7 @@ pub fn train_validated(
         let train_loss = total / batches.max(1) as f64;
         log.train_losses.push(train_loss);
         if validation.is_empty() {
-            tracing::info!(epoch = epoch + 1, train_loss, "epoch done");
+            tracing::debug!(epoch = epoch + 1, train_loss, "epoch done");
             log.best_epoch = epoch;
             continue;
         }
