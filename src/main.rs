@@ -294,10 +294,21 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64(),
                 trained.epoch_losses.iter().map(|l| (l * 1e4).round() / 1e4).collect::<Vec<_>>()
             );
-            println!("| task | holdout AUC | holdout log loss |\n| --- | ---: | ---: |");
+            println!(
+                "| task | AUC | log loss | GAUC | NDCG@10 | ECE | distance to truth |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+            );
             for m in &trained.metrics {
                 let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
-                println!("| {} | {} | {} |", m.task, f(m.auc), f(m.log_loss));
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    m.task,
+                    f(m.auc),
+                    f(m.log_loss),
+                    f(m.gauc),
+                    f(m.ndcg_10),
+                    f(m.ece),
+                    f(m.truth_mae)
+                );
             }
             println!("published {}", dir.display());
             Ok(())

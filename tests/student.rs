@@ -243,6 +243,10 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
         m.provenance.metrics
     );
     assert!(m.provenance.data_window.starts_with("2026-01-01..2026-01-03"), "{}", m.provenance.data_window);
+    for metric in ["play_gauc", "play_ndcg_10", "play_ece", "play_truth_mae"] {
+        let v = m.provenance.metrics.get(metric).copied();
+        assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{metric}: {v:?}");
+    }
     assert_eq!(m.objective.get("skip"), Some(&-0.5));
     // A config that distils needs labels.
     let kd: RunConfig = toml::from_str("[distill.tasks.play]\nmode = \"aux\"\n").unwrap();

@@ -331,7 +331,8 @@ mod tests {
 
     #[test]
     fn paired_gains_and_their_standard_error() {
-        let m = |auc: f64| vec![TaskMetrics { task: "play".into(), auc: Some(auc), log_loss: None }];
+        let m =
+            |auc: f64| vec![TaskMetrics { task: "play".into(), auc: Some(auc), ..TaskMetrics::default() }];
         let run = |variant: &str, seed, auc| RunResult { variant: variant.into(), seed, metrics: m(auc) };
         let c = Comparison {
             chosen: Vec::new(),

@@ -14,6 +14,7 @@
 //! - [`kd`]: distillation modes (none, direct, aux, aux-new) and each head's loss.
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
+//! - [`metrics`]: AUC, GAUC, NDCG@10, calibration, distance to the truth.
 //! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
 //! - [`quickstart`]: `retort quickstart`, the whole loop on the demo world.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
@@ -25,6 +26,7 @@ pub mod kd;
 pub mod label;
 pub mod losses;
 pub mod mapping;
+pub mod metrics;
 pub mod parquet_io;
 pub mod quickstart;
 pub mod run;

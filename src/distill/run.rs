@@ -142,11 +142,22 @@ impl RunConfig {
 }
 
 /// Holdout metrics of one task.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TaskMetrics {
     pub task: String,
     pub auc: Option<f64>,
     pub log_loss: Option<f64>,
+    /// AUC within requests, weighted by request size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gauc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ndcg_10: Option<f64>,
+    /// Expected calibration error over 10 bins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
+    /// Mean absolute distance to the true probability (simulated data only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truth_mae: Option<f64>,
 }
 
 /// What a training run produced.
@@ -250,8 +261,16 @@ pub fn train_model(
         if let Some(a) = m.auc {
             manifest.provenance.metrics.insert(format!("{}_auc", m.task), (a * 1e6).round() / 1e6);
         }
-        if let Some(l) = m.log_loss {
-            manifest.provenance.metrics.insert(format!("{}_log_loss", m.task), (l * 1e6).round() / 1e6);
+        for (suffix, value) in [
+            ("log_loss", m.log_loss),
+            ("gauc", m.gauc),
+            ("ndcg_10", m.ndcg_10),
+            ("ece", m.ece),
+            ("truth_mae", m.truth_mae),
+        ] {
+            if let Some(v) = value {
+                manifest.provenance.metrics.insert(format!("{}_{suffix}", m.task), (v * 1e6).round() / 1e6);
+            }
         }
     }
     Ok(Trained {
@@ -273,6 +292,7 @@ pub fn evaluate(
     base: &TwoTower,
 ) -> Result<Vec<TaskMetrics>, TrainError> {
     let out = predict(student, data, rows)?;
+    let groups = super::metrics::by_request(rows.iter().map(|&r| data.request_ids[r].as_str()));
     Ok(base
         .heads
         .iter()
@@ -291,10 +311,16 @@ pub fn evaluate(
                     .sum::<f64>()
                     / labels.len().max(1) as f64
             });
+            let truth: Option<Vec<f32>> =
+                data.truth.get(h).and_then(|t| t.as_ref()).map(|t| rows.iter().map(|&r| t[r]).collect());
             TaskMetrics {
                 task: head.name.clone(),
                 auc: if binary { auc(&out[h], &labels) } else { None },
                 log_loss,
+                gauc: if binary { super::metrics::gauc(&out[h], &labels, &groups) } else { None },
+                ndcg_10: super::metrics::ndcg_at(10, &out[h], &labels, &groups),
+                ece: if binary { super::metrics::ece(&out[h], &labels) } else { None },
+                truth_mae: truth.filter(|_| binary).and_then(|t| super::metrics::truth_mae(&out[h], &t)),
             }
         })
         .collect())

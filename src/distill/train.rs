@@ -75,6 +75,10 @@ pub struct TrainingData {
     pub labels: Vec<Vec<f32>>,
     pub ts: Vec<i64>,
     pub example_ids: Vec<String>,
+    /// Per row, the request it was shown in (for per-request metrics).
+    pub request_ids: Vec<String>,
+    /// Per head, the true probability behind its label, where the spec names a truth column.
+    pub truth: Vec<Option<Vec<f32>>>,
     /// Name of the example id column (the label store's key).
     pub id_column: String,
     /// Teacher logits joined from the label store by example id, per requested label; NaN
@@ -104,13 +108,23 @@ impl TrainingData {
             .iter()
             .map(|h| spec.task(&h.name).map_or(h.name.clone(), |t| t.column().to_string()))
             .collect();
-        let mut columns: Vec<&str> = vec![spec.columns.ts.as_str(), spec.columns.example_id.as_str()];
+        let truth_columns: Vec<Option<String>> =
+            arch.heads.iter().map(|h| spec.task(&h.name).and_then(|t| t.truth.clone())).collect();
+        let mut columns: Vec<&str> = vec![
+            spec.columns.ts.as_str(),
+            spec.columns.example_id.as_str(),
+            spec.columns.request_id.as_str(),
+        ];
+        columns.extend(truth_columns.iter().flatten().map(String::as_str));
         columns.extend(arch.features.iter().map(|f| f.name.as_str()));
         columns.extend(label_columns.iter().map(String::as_str));
         let mut parts: Vec<Encoded> = Vec::new();
         let mut labels = vec![Vec::new(); arch.heads.len()];
         let mut ts = Vec::new();
         let mut example_ids = Vec::new();
+        let mut request_ids = Vec::new();
+        let mut truth: Vec<Option<Vec<f32>>> =
+            truth_columns.iter().map(|c| c.as_ref().map(|_| Vec::new())).collect();
         for p in &dataset.partitions {
             let ex = p.read(spec, &columns)?;
             for b in 0..ex.batches.len() {
@@ -138,6 +152,15 @@ impl TrainingData {
                 ts.extend((0..n).map(|row| t.number(row).unwrap_or(0.0) as i64));
                 let ids = ex.column(b, &spec.columns.example_id);
                 example_ids.extend((0..n).map(|row| ids.id(row).map(|s| s.into_owned()).unwrap_or_default()));
+                let requests = ex.column(b, &spec.columns.request_id);
+                request_ids
+                    .extend((0..n).map(|row| requests.id(row).map(|s| s.into_owned()).unwrap_or_default()));
+                for (t, column) in truth.iter_mut().zip(&truth_columns) {
+                    if let (Some(t), Some(column)) = (t, column) {
+                        let c = ex.column(b, column);
+                        t.extend((0..n).map(|row| c.number(row).map_or(f32::NAN, |v| v as f32)));
+                    }
+                }
             }
         }
         Ok(TrainingData {
@@ -146,6 +169,8 @@ impl TrainingData {
             labels,
             ts,
             example_ids,
+            request_ids,
+            truth,
             id_column: spec.columns.example_id.clone(),
             teacher: Vec::new(),
         })
