@@ -122,7 +122,7 @@ enum Command {
         /// Paired seeds to run (1..=N).
         #[arg(long, default_value_t = 3)]
         seeds: u64,
-        /// Write report.md and report.json here.
+        /// Write report.md, report.json and report.svg here.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -325,6 +325,7 @@ fn main() -> anyhow::Result<()> {
                 std::fs::create_dir_all(&out)?;
                 std::fs::write(out.join("report.md"), &table)?;
                 std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&comparison)?)?;
+                std::fs::write(out.join("report.svg"), comparison.svg())?;
                 println!("wrote {}", out.display());
             }
             Ok(())

@@ -288,6 +288,80 @@ impl Comparison {
         out
     }
 
+    /// A grouped bar chart of holdout AUC per task (control, direct, aux; whiskers ± one std
+    /// over seeds; a tick for the teacher's zero-shot AUC), as a standalone SVG.
+    pub fn svg(&self) -> String {
+        const COLORS: [&str; 3] = ["#8c8c8c", "#e69f00", "#0072b2"];
+        let (width, height, left, bottom, top) = (120 + 150 * self.tasks.len(), 360.0, 60.0, 50.0, 40.0);
+        let values: Vec<f64> = VARIANTS
+            .iter()
+            .flat_map(|v| self.tasks.iter().map(move |t| (v, t)))
+            .map(|(v, t)| mean_std(&self.aucs(v, t)))
+            .flat_map(|(m, s)| [m - s, m + s])
+            .chain(self.teacher_auc.values().copied())
+            .collect();
+        let lo = (values.iter().copied().fold(f64::INFINITY, f64::min) * 20.0).floor() / 20.0;
+        let hi = (values.iter().copied().fold(f64::NEG_INFINITY, f64::max) * 20.0).ceil() / 20.0;
+        let (lo, hi) = if hi > lo { (lo.max(0.0), hi.min(1.0)) } else { (0.4, 1.0) };
+        let y = |v: f64| top + (height - top - bottom) * (1.0 - (v - lo) / (hi - lo));
+        let mut out = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <text x=\"{left}\" y=\"20\" font-size=\"14\">Holdout AUC by task: control, direct, aux (± std over seeds); ◆ teacher zero-shot</text>\n"
+        );
+        let mut tick = lo;
+        while tick <= hi + 1e-9 {
+            out.push_str(&format!(
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.2}</text>\n",
+                width - 20,
+                left - 6.0,
+                y(tick) + 4.0,
+                y = y(tick)
+            ));
+            tick += 0.05;
+        }
+        for (t, task) in self.tasks.iter().enumerate() {
+            let x0 = left + 20.0 + 150.0 * t as f64;
+            for (k, variant) in VARIANTS.iter().enumerate() {
+                let (m, s) = mean_std(&self.aucs(variant, task));
+                let x = x0 + 36.0 * k as f64;
+                out.push_str(&format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"30\" height=\"{:.1}\" fill=\"{}\"><title>{variant} {m:.4} ± {s:.4}</title></rect>\n\
+                     <line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n",
+                    y(m),
+                    (y(lo) - y(m)).max(0.0),
+                    COLORS[k],
+                    y(m + s),
+                    y(m - s),
+                    cx = x + 15.0
+                ));
+            }
+            if let Some(a) = self.teacher_auc.get(task) {
+                let cx = x0 + 51.0;
+                out.push_str(&format!(
+                    "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#cc3311\">◆<title>teacher {a:.4}</title></text>\n",
+                    y(*a) + 4.0
+                ));
+            }
+            out.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{task}</text>\n",
+                x0 + 51.0,
+                height - bottom + 18.0
+            ));
+        }
+        for (k, variant) in VARIANTS.iter().enumerate() {
+            let x = left + 20.0 + 90.0 * k as f64;
+            out.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{variant}</text>\n",
+                height - 20.0,
+                COLORS[k],
+                x + 16.0,
+                height - 10.0
+            ));
+        }
+        out.push_str("</svg>\n");
+        out
+    }
+
     fn table(&self, metric: Metric) -> String {
         let mut out = String::from(
             "| task | teacher (zero-shot) | control | direct | Δ direct | aux | Δ aux |\n\
@@ -354,5 +428,10 @@ mod tests {
         let table = c.markdown();
         assert!(table.contains("| play (teacher: click) | 0.6000 | 0.6200 ± 0.0283 |"), "{table}");
         assert!(table.contains("+0.0150 ± 0.0050"), "{table}");
+        let svg = c.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        // One bar per variant for the one task, plus the three legend swatches.
+        assert_eq!(svg.matches("<rect").count(), 6, "{svg}");
+        assert!(svg.contains("<title>aux 0.6350 ± 0.0212</title>"), "{svg}");
     }
 }
