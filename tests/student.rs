@@ -320,7 +320,7 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
     let table = c.markdown();
     let rows =
         table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| task") && !l.starts_with("| ---"));
-    assert_eq!(rows.count(), 8, "two tables (AUC, log loss) of four tasks: {table}");
+    assert_eq!(rows.count(), 16, "four tables (AUC, log loss, GAUC, NDCG@10) of four tasks: {table}");
     assert!(table.contains("Holdout log loss (lower is better)"), "{table}");
     assert!(table.contains("| skip (not distilled) | – |"), "{table}");
     // Tuning: every variant gets the same grid, judged on the last training day.

@@ -219,6 +219,10 @@ pub enum Metric {
     Auc,
     /// Lower is better.
     LogLoss,
+    /// AUC within requests; higher is better.
+    Gauc,
+    /// NDCG@10 within requests; higher is better.
+    Ndcg10,
 }
 
 impl Comparison {
@@ -232,6 +236,8 @@ impl Comparison {
                 match metric {
                     Metric::Auc => m.auc,
                     Metric::LogLoss => m.log_loss,
+                    Metric::Gauc => m.gauc,
+                    Metric::Ndcg10 => m.ndcg_10,
                 }
             })
             .collect()
@@ -272,6 +278,10 @@ impl Comparison {
         out.push_str(&self.table(Metric::Auc));
         out.push_str("\nHoldout log loss (lower is better):\n\n");
         out.push_str(&self.table(Metric::LogLoss));
+        out.push_str("\nHoldout GAUC, within requests (higher is better):\n\n");
+        out.push_str(&self.table(Metric::Gauc));
+        out.push_str("\nHoldout NDCG@10, within requests (higher is better):\n\n");
+        out.push_str(&self.table(Metric::Ndcg10));
         if self.chosen.iter().any(|c| c.validation_auc.is_some()) {
             out.push_str(
                 "\nHyperparameters, chosen per variant by the same grid search on the last training day:\n\n",
@@ -369,17 +379,25 @@ impl Comparison {
         );
         for task in &self.tasks {
             let cell = |variant: &str| {
-                let (m, s) = mean_std(&self.values(variant, task, metric));
+                let values = self.values(variant, task, metric);
+                if values.is_empty() {
+                    return "–".to_string();
+                }
+                let (m, s) = mean_std(&values);
                 format!("{m:.4} ± {s:.4}")
             };
             let gain = |variant: &str| {
+                if self.values(variant, task, metric).is_empty() {
+                    return "–".to_string();
+                }
                 let (m, se) = self.paired_difference(variant, task, metric);
                 format!("{m:+.4} ± {se:.4}")
             };
             let teacher = match metric {
                 Metric::Auc => self.teacher_auc.get(task).map_or("–".to_string(), |a| format!("{a:.4}")),
-                // The teacher's logit is calibrated for another product's task: no log loss.
-                Metric::LogLoss => "–".to_string(),
+                // Only the teacher's overall AUC is computed: its logit is calibrated for another
+                // product's task, and the per-request metrics would need its scores per request.
+                Metric::LogLoss | Metric::Gauc | Metric::Ndcg10 => "–".to_string(),
             };
             let label = match self.distilled.get(task) {
                 Some(t) if t != task => format!("{task} (teacher: {t})"),
