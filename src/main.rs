@@ -196,17 +196,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = Config::resolve(&args)?;
             init_tracing(config.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("retort-io")
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(async {
-                let listener = retort::serve::bind(&config).await?;
-                let app = retort::serve::App::new(config);
-                retort::serve::serve(listener, app, retort::shutdown::signal()).await
-            })?;
-            Ok(())
+            serve_until_signal(config)
         }
         Command::InitModel { models_dir, name, version, seed, spec } => {
             init_tracing(LogFormat::Text);
@@ -359,12 +349,7 @@ fn main() -> anyhow::Result<()> {
                     ServeArgs { models_dir: Some(models_dir), listen: Some(listen), ..ServeArgs::default() };
                 let config = Config::resolve(&args)?;
                 println!("serving {} on http://{listen} (ctrl-c to stop)", config.models_dir.display());
-                let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-                runtime.block_on(async {
-                    let listener = retort::serve::bind(&config).await?;
-                    let app = retort::serve::App::new(config);
-                    retort::serve::serve(listener, app, retort::shutdown::signal()).await
-                })?;
+                serve_until_signal(config)?;
             }
             Ok(())
         }
@@ -406,4 +391,19 @@ fn next_version(models_dir: &std::path::Path, name: &str) -> String {
         .filter_map(|p| p.version.parse::<u64>().ok())
         .max();
     newest.map_or(1, |v| v + 1).to_string()
+}
+
+/// Serves `config` until ctrl-c or SIGTERM, then drains.
+fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("retort-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = retort::serve::bind(&config).await?;
+        let app = retort::serve::App::new(config);
+        retort::serve::serve(listener, app, retort::shutdown::signal()).await
+    })?;
+    Ok(())
 }

@@ -25,9 +25,7 @@ fn a_student_learns_the_demo_world_and_exports_exactly() {
         artists: 40,
         ..DemoConfig::default()
     };
-    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
-    let target = dir.path().join("target");
-    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let (target, spec) = target_world(dir.path(), &config);
     let arch = spec.two_tower(false);
     let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
     assert_eq!(data.rows(), 30_000);
@@ -107,9 +105,7 @@ fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
         artists: 10,
         ..DemoConfig::default()
     };
-    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
-    let target = dir.path().join("target");
-    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let (target, spec) = target_world(dir.path(), &config);
     let mut arch = spec.two_tower(false);
     arch.task_hidden = vec![16, 8];
     arch.heads.push(HeadSpec { name: "play_aux".into(), kind: HeadKind::Binary, tower: 0, serving: false });
@@ -153,7 +149,6 @@ fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
 #[test]
 fn distilled_students_join_teacher_labels_by_example_id() {
     use retort::distill::kd::{DistillConfig, Plan};
-    use retort::distill::label::{LabelOptions, Labeller};
     use retort::distill::train::train_plan;
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
@@ -164,23 +159,8 @@ fn distilled_students_join_teacher_labels_by_example_id() {
         artists: 20,
         ..DemoConfig::default()
     };
-    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
-    let target = dir.path().join("target");
-    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
-    // A stand-in teacher over the source features, labelling the target through the demo mapping.
-    let teacher_arch = demo::spec(Domain::Source).two_tower(true);
-    let (manifest, graph) = scaffold::random_package("teacher", "1", 8, &teacher_arch, &[("click", 1.0)]);
-    retort::model::package::write(&dir.path().join("models"), &manifest, &graph).unwrap();
-    let labeller = Labeller::new(
-        &dir.path().join("models/teacher/1"),
-        EngineKind::Tract,
-        demo::mapping(),
-        spec.clone(),
-        &dir.path().join("labels"),
-        LabelOptions { progress: false, ..LabelOptions::default() },
-    )
-    .unwrap();
-    labeller.label_dataset(&Dataset::open(&target).unwrap()).unwrap();
+    let (target, spec) = target_world(dir.path(), &config);
+    let labeller = label_with_stand_in_teacher(dir.path(), &spec, &target);
     // One partition's labels are lost: its rows train their hard heads only.
     std::fs::remove_file(labeller.dir().join("day-002.parquet")).unwrap();
 
@@ -226,9 +206,7 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
         artists: 10,
         ..DemoConfig::default()
     };
-    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
-    let target = dir.path().join("target");
-    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let (target, spec) = target_world(dir.path(), &config);
     let run: RunConfig =
         toml::from_str("[train]\nepochs = 1\n[objective]\nplay = 1.0\nskip = -0.5\n").unwrap();
     let trained = run::train_model(&target, &spec, None, &run, "music-student", "7").unwrap();
@@ -277,7 +255,6 @@ fn a_distilled_twin_starts_from_the_controls_weights() {
 #[test]
 fn distill_compares_paired_variants_and_reports_the_teacher() {
     use retort::distill::compare;
-    use retort::distill::label::{LabelOptions, Labeller};
     use retort::distill::run::RunConfig;
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
@@ -288,27 +265,8 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
         artists: 10,
         ..DemoConfig::default()
     };
-    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
-    let target = dir.path().join("target");
-    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
-    let (manifest, graph) = scaffold::random_package(
-        "teacher",
-        "1",
-        8,
-        &demo::spec(Domain::Source).two_tower(true),
-        &[("click", 1.0)],
-    );
-    retort::model::package::write(&dir.path().join("models"), &manifest, &graph).unwrap();
-    let labeller = Labeller::new(
-        &dir.path().join("models/teacher/1"),
-        EngineKind::Tract,
-        demo::mapping(),
-        spec.clone(),
-        &dir.path().join("labels"),
-        LabelOptions { progress: false, ..LabelOptions::default() },
-    )
-    .unwrap();
-    labeller.label_dataset(&Dataset::open(&target).unwrap()).unwrap();
+    let (target, spec) = target_world(dir.path(), &config);
+    let labeller = label_with_stand_in_teacher(dir.path(), &spec, &target);
     let run: RunConfig =
         toml::from_str("[train]\nepochs = 1\n[distill.tasks.play]\n[distill.tasks.like]\n").unwrap();
     let c = compare::compare(&target, &spec, labeller.dir(), &run, &[1, 2]).unwrap();
@@ -354,9 +312,7 @@ fn early_stopping_keeps_the_best_epochs_weights() {
         artists: 10,
         ..DemoConfig::default()
     };
-    demo::generate(dir.path(), &config, &[Domain::Target]).unwrap();
-    let target = dir.path().join("target");
-    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let (target, spec) = target_world(dir.path(), &config);
     let base = spec.two_tower(false);
     let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &base).unwrap();
     let (fit, validation) = data.split_at(EPOCH + 2 * 86_400);
@@ -421,4 +377,35 @@ fn quickstart_runs_the_whole_loop_and_resumes() {
     )
     .unwrap();
     assert!(again[1].contains("reusing"), "{again:?}");
+}
+
+/// A demo world's target domain under `dir`: its directory and spec.
+fn target_world(dir: &Path, config: &DemoConfig) -> (std::path::PathBuf, DataSpec) {
+    demo::generate(dir, config, &[Domain::Target]).unwrap();
+    let target = dir.join("target");
+    let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    (target, spec)
+}
+
+/// A stand-in teacher over the source features, labelling the target through the demo mapping.
+fn label_with_stand_in_teacher(
+    dir: &Path,
+    spec: &DataSpec,
+    target: &Path,
+) -> retort::distill::label::Labeller {
+    use retort::distill::label::{LabelOptions, Labeller};
+    let teacher_arch = demo::spec(Domain::Source).two_tower(true);
+    let (manifest, graph) = scaffold::random_package("teacher", "1", 8, &teacher_arch, &[("click", 1.0)]);
+    retort::model::package::write(&dir.join("models"), &manifest, &graph).unwrap();
+    let labeller = Labeller::new(
+        &dir.join("models/teacher/1"),
+        EngineKind::Tract,
+        demo::mapping(),
+        spec.clone(),
+        &dir.join("labels"),
+        LabelOptions { progress: false, ..LabelOptions::default() },
+    )
+    .unwrap();
+    labeller.label_dataset(&Dataset::open(target).unwrap()).unwrap();
+    labeller
 }
