@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::dataset::Dataset;
 use super::kd::{DistillConfig, Mode, Plan};
+use super::parallel;
 use super::run::{RunConfig, TaskMetrics, evaluate};
 use super::spec::DataSpec;
 use super::student::Student;
@@ -115,9 +116,28 @@ pub fn compare(
         }
     }
 
+    // Every variant trains on one copy of the data, with the union of their teacher labels.
+    let mut plans = Vec::new();
+    let mut union = teacher_names.clone();
+    for variant in VARIANTS {
+        let plan = Plan::new(&base, &variant_config(&config.distill, variant)).map_err(TrainError::Config)?;
+        for l in &plan.teacher_labels {
+            if !union.contains(l) {
+                union.push(l.clone());
+            }
+        }
+        plans.push(plan);
+    }
+    data.attach_teacher(labels, &union)?;
+    let plans: Vec<Plan> = plans
+        .into_iter()
+        .map(|p| if p.uses_teacher() { p.reading_labels(&union) } else { Ok(p) })
+        .collect::<Result<_, _>>()
+        .map_err(TrainError::Config)?;
+    let data = &data;
+
     // The same search for every variant: grid on the first seed, trained on all but the last
     // training day, judged on that day by the mean AUC over tasks.
-    let mut chosen = Vec::new();
     let grid: Vec<(f64, f64)> = config
         .tune
         .learning_rates
@@ -127,29 +147,36 @@ pub fn compare(
     let validation_cutoff = cutoff - 86_400;
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < validation_cutoff);
-    for variant in VARIANTS {
-        let plan = Plan::new(&base, &variant_config(&config.distill, variant)).map_err(TrainError::Config)?;
-        if plan.uses_teacher() {
-            data.attach_teacher(labels, &plan.teacher_labels)?;
-        }
-        let mut best = Chosen {
-            variant: variant.to_string(),
-            learning_rate: config.train.learning_rate,
-            weight_decay: config.train.weight_decay,
-            validation_auc: None,
-        };
-        if !grid.is_empty() && !inner.is_empty() && !validation.is_empty() {
-            for &(lr, wd) in &grid {
-                let mut c = config.clone();
-                c.train.learning_rate = lr;
-                c.train.weight_decay = wd;
-                c.train.seed = seeds.first().copied().unwrap_or(1);
-                let student = Student::new(&plan.arch, c.train.seed, &Device::Cpu)?;
-                train_plan(&student, &data, &inner, &train_config(&c), &plan)?;
-                let m = evaluate(&student, &data, &validation, &base)?;
-                let aucs: Vec<f64> = m.iter().filter_map(|t| t.auc).collect();
-                let score = aucs.iter().sum::<f64>() / aucs.len().max(1) as f64;
-                if best.validation_auc.is_none_or(|b| score > b) {
+    let searching = !grid.is_empty() && !inner.is_empty() && !validation.is_empty();
+    let trials: Vec<(usize, f64, f64)> = if searching {
+        (0..VARIANTS.len()).flat_map(|v| grid.iter().map(move |&(lr, wd)| (v, lr, wd))).collect()
+    } else {
+        Vec::new()
+    };
+    let scores = parallel::map(trials.clone(), 0, |(v, lr, wd)| {
+        let mut c = config.clone();
+        c.train.learning_rate = lr;
+        c.train.weight_decay = wd;
+        c.train.seed = seeds.first().copied().unwrap_or(1);
+        let student = Student::new(&plans[v].arch, c.train.seed, &Device::Cpu)?;
+        train_plan(&student, data, &inner, &train_config(&c), &plans[v])?;
+        let m = evaluate(&student, data, &validation, &base)?;
+        let aucs: Vec<f64> = m.iter().filter_map(|t| t.auc).collect();
+        Ok::<_, TrainError>(aucs.iter().sum::<f64>() / aucs.len().max(1) as f64)
+    })?;
+    let chosen: Vec<Chosen> = VARIANTS
+        .iter()
+        .enumerate()
+        .map(|(v, variant)| {
+            let mut best = Chosen {
+                variant: variant.to_string(),
+                learning_rate: config.train.learning_rate,
+                weight_decay: config.train.weight_decay,
+                validation_auc: None,
+            };
+            // In grid order, so ties go to the first, whatever order the trials finished in.
+            for (&(tv, lr, wd), &score) in trials.iter().zip(&scores) {
+                if tv == v && best.validation_auc.is_none_or(|b| score > b) {
                     best = Chosen {
                         variant: variant.to_string(),
                         learning_rate: lr,
@@ -158,29 +185,24 @@ pub fn compare(
                     };
                 }
             }
-        }
-        chosen.push(best);
-    }
+            best
+        })
+        .collect();
 
-    let mut runs = Vec::new();
-    for &seed in seeds {
-        for (variant, hp) in VARIANTS.iter().zip(&chosen) {
-            let plan =
-                Plan::new(&base, &variant_config(&config.distill, variant)).map_err(TrainError::Config)?;
-            if plan.uses_teacher() {
-                data.attach_teacher(labels, &plan.teacher_labels)?;
-            }
-            let student = Student::new(&plan.arch, seed, &Device::Cpu)?;
-            let mut train = config.clone();
-            train.train.seed = seed;
-            train.train.learning_rate = hp.learning_rate;
-            train.train.weight_decay = hp.weight_decay;
-            train_plan(&student, &data, &fit, &train_config(&train), &plan)?;
-            let metrics = evaluate(&student, &data, &holdout, &base)?;
-            tracing::info!(variant, seed, "trained");
-            runs.push(RunResult { variant: variant.to_string(), seed, metrics });
-        }
-    }
+    let jobs: Vec<(u64, usize)> =
+        seeds.iter().flat_map(|&seed| (0..VARIANTS.len()).map(move |v| (seed, v))).collect();
+    let runs = parallel::map(jobs, 0, |(seed, v)| {
+        let (variant, hp) = (VARIANTS[v], &chosen[v]);
+        let student = Student::new(&plans[v].arch, seed, &Device::Cpu)?;
+        let mut train = config.clone();
+        train.train.seed = seed;
+        train.train.learning_rate = hp.learning_rate;
+        train.train.weight_decay = hp.weight_decay;
+        train_plan(&student, data, &fit, &train_config(&train), &plans[v])?;
+        let metrics = evaluate(&student, data, &holdout, &base)?;
+        tracing::info!(variant, seed, "trained");
+        Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
+    })?;
     Ok(Comparison {
         chosen,
         tasks: base.heads.iter().map(|h| h.name.clone()).collect(),

@@ -183,6 +183,29 @@ impl Plan {
     pub fn uses_teacher(&self) -> bool {
         !self.teacher_labels.is_empty()
     }
+
+    /// The same plan reading its teacher labels from `labels`, a superset of its own in any
+    /// order: several plans can then train on one [`super::train::TrainingData`] with the union
+    /// of their labels attached.
+    pub fn reading_labels(mut self, labels: &[String]) -> Result<Plan, String> {
+        let index = |name: &String| {
+            labels
+                .iter()
+                .position(|l| l == name)
+                .ok_or_else(|| format!("teacher label `{name}` is not among the attached labels"))
+        };
+        let moved: Vec<usize> = self.teacher_labels.iter().map(index).collect::<Result<_, _>>()?;
+        for t in &mut self.targets {
+            match t {
+                Target::Hard { .. } => {}
+                Target::Direct { teacher, .. } | Target::Teacher { teacher, .. } => {
+                    *teacher = moved[*teacher]
+                }
+            }
+        }
+        self.teacher_labels = labels.to_vec();
+        Ok(self)
+    }
 }
 
 /// The labels of one minibatch: per task the hard labels, per teacher label the teacher's
@@ -284,6 +307,15 @@ tower_of = "long_listen"
                 .unwrap_err()
                 .contains("`plays`")
         );
+
+        let union: Vec<String> =
+            ["like", "continue_watching", "play", "watch_long"].iter().map(|s| s.to_string()).collect();
+        let moved = plan.clone().reading_labels(&union).unwrap();
+        assert_eq!(moved.teacher_labels, union);
+        assert_eq!(moved.targets[2], Target::Direct { task: 2, teacher: 3, alpha: 0.5 });
+        assert_eq!(moved.targets[4], Target::Teacher { teacher: 2, beta: 0.7, loss: AuxLoss::Logit });
+        assert_eq!(moved.targets[5], Target::Teacher { teacher: 1, beta: 1.0, loss: AuxLoss::Logit });
+        assert!(plan.reading_labels(&union[..2]).unwrap_err().contains("`watch_long`"));
     }
 
     fn t(v: &[f32]) -> Tensor {

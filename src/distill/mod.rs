@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`spec`]: the feature spec of a dataset (`features.toml`).
 //! - [`dataset`]: datasets of Parquet/CSV partitions, read and checked against a spec.
+//! - [`parallel`]: independent trainings side by side, one per core.
 //! - [`parquet_io`]: writing Parquet files atomically.
 //! - [`demo`]: the seeded two-domain demo world.
 //! - [`mapping`]: how a teacher's inputs are built from another product's examples.
@@ -13,12 +14,14 @@
 //! - [`student`]: the two-tower student in candle, initialised and exported as the ONNX writer's.
 //! - [`kd`]: distillation modes (none, direct, aux, aux-new) and each head's loss.
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
+//! - [`adamw`]: AdamW fused into one in-place pass per parameter, with a savable state.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 //! - [`metrics`]: AUC, GAUC, NDCG@10, calibration, distance to the truth.
 //! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
 //! - [`quickstart`]: `retort quickstart`, the whole loop on the demo world.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 
+pub mod adamw;
 pub mod compare;
 pub mod dataset;
 pub mod demo;
@@ -27,6 +30,7 @@ pub mod label;
 pub mod losses;
 pub mod mapping;
 pub mod metrics;
+pub mod parallel;
 pub mod parquet_io;
 pub mod quickstart;
 pub mod run;

@@ -85,7 +85,7 @@ pub fn run(
     if teacher.exists() {
         say(&format!("2/5 teacher: reusing {}", teacher.display()));
     } else {
-        say("2/5 training the teacher on the source product (the long step: a few minutes on 2 cores)");
+        say("2/5 training the teacher on the source product (the long step)");
         let spec = DataSpec::from_path(&source.join("features.toml"))?;
         let config: RunConfig =
             toml::from_str(TEACHER_CONFIG).map_err(|e| TrainError::Config(e.to_string()))?;

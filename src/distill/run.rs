@@ -12,7 +12,7 @@ use super::dataset::Dataset;
 use super::kd::{DistillConfig, Plan};
 use super::spec::DataSpec;
 use super::student::Student;
-use super::train::{TrainConfig, TrainError, TrainingData, auc, predict, train_plan, train_validated};
+use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_validated};
 use crate::model::manifest::{HeadKind, Manifest};
 use crate::model::two_tower::{HeadSpec, TwoTower};
 use crate::model::{package, scaffold};
@@ -164,7 +164,8 @@ pub struct TaskMetrics {
 #[derive(Debug, Clone)]
 pub struct Trained {
     pub metrics: Vec<TaskMetrics>,
-    pub epoch_losses: Vec<f64>,
+    /// Loss curves and training throughput.
+    pub log: TrainLog,
     pub rows_train: usize,
     pub rows_holdout: usize,
     /// Training rows with no teacher label (distilled runs).
@@ -206,16 +207,16 @@ pub fn train_model(
         )));
     }
     let student = Student::new(&plan.arch, config.train.seed, &Device::Cpu)?;
-    let epoch_losses = if config.train.patience > 0 {
+    let log = if config.train.patience > 0 {
         // Early stopping judges on the last training day, never on the holdout.
         let (inner, validation): (Vec<usize>, Vec<usize>) =
             fit.iter().partition(|&&r| data.ts[r] < cutoff - 86_400);
         if inner.is_empty() || validation.is_empty() {
             return Err(TrainError::Config("early stopping needs at least two training days".into()));
         }
-        train_validated(&student, &data, &inner, &validation, &config.train_config(), &plan)?.train_losses
+        train_validated(&student, &data, &inner, &validation, &config.train_config(), &plan)?
     } else {
-        train_plan(&student, &data, &fit, &config.train_config(), &plan)?
+        train_validated(&student, &data, &fit, &[], &config.train_config(), &plan)?
     };
     let metrics = evaluate(&student, &data, &holdout, &base)?;
 
@@ -275,7 +276,7 @@ pub fn train_model(
     }
     Ok(Trained {
         metrics,
-        epoch_losses,
+        log,
         rows_train: fit.len(),
         rows_holdout: holdout.len(),
         rows_without_teacher,

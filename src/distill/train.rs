@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
+use super::adamw::{AdamW, AdamWParams};
 use super::dataset::{DataError, Dataset};
 use super::kd::{BatchTargets, DistillConfig, Plan, head_losses};
 use super::parquet_io;
@@ -310,6 +310,17 @@ pub struct TrainLog {
     pub validation_losses: Vec<f64>,
     /// The epoch whose weights the student ends with (0-based).
     pub best_epoch: usize,
+    /// Examples trained on, over all epochs.
+    pub examples: usize,
+    /// Time spent in training steps (batching, forward, backward, optimiser), without
+    /// validation: what a training-throughput figure divides by.
+    pub train_seconds: f64,
+}
+
+impl TrainLog {
+    pub fn examples_per_second(&self) -> f64 {
+        self.examples as f64 / self.train_seconds.max(1e-9)
+    }
 }
 
 /// Mean over served heads of their hard-label loss on `rows` (BCE for binary, MSE otherwise).
@@ -349,9 +360,12 @@ pub fn train_validated(
     if plan.uses_teacher() && data.teacher.len() != plan.teacher_labels.len() {
         return Err(TrainError::Config("the plan needs teacher labels the data does not carry".into()));
     }
-    let params =
-        ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..ParamsAdamW::default() };
-    let mut optimizer = AdamW::new(student.vars(), params)?;
+    let params = AdamWParams {
+        learning_rate: config.learning_rate,
+        weight_decay: config.weight_decay,
+        ..Default::default()
+    };
+    let mut optimizer = AdamW::new(student.vars(), params);
     let mut rng = SplitMix64::new(config.seed ^ 0xba7c4);
     // Its own stream, so masking never changes the batch order.
     let mut mask_rng = SplitMix64::new(config.seed ^ 0x3a5c);
@@ -372,6 +386,7 @@ pub fn train_validated(
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
         let (mut total, mut batches) = (0.0, 0usize);
+        let epoch_started = std::time::Instant::now();
         for chunk in order.chunks(config.batch_size.max(1)) {
             let batch = if config.mask_probability > 0.0 {
                 let mut rows = data.subset(chunk);
@@ -412,6 +427,8 @@ pub fn train_validated(
         if progress {
             eprint!("\r\x1b[K");
         }
+        log.train_seconds += epoch_started.elapsed().as_secs_f64();
+        log.examples += order.len();
         let train_loss = total / batches.max(1) as f64;
         log.train_losses.push(train_loss);
         if validation.is_empty() {
