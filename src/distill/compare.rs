@@ -137,14 +137,14 @@ pub fn compare(
     let data = &data;
 
     // The same search for every variant: grid on the first seed, trained on all but the last
-    // training day, judged on that day by the mean AUC over tasks.
+    // training days (`validation_days`), judged on them by the mean AUC over tasks.
     let grid: Vec<(f64, f64)> = config
         .tune
         .learning_rates
         .iter()
         .flat_map(|&lr| config.tune.weight_decays.iter().map(move |&wd| (lr, wd)))
         .collect();
-    let validation_cutoff = cutoff - 86_400;
+    let validation_cutoff = config.validation_cutoff(cutoff);
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < validation_cutoff);
     let searching = !grid.is_empty() && !inner.is_empty() && !validation.is_empty();
@@ -306,7 +306,7 @@ impl Comparison {
         out.push_str(&self.table(Metric::Ndcg10));
         if self.chosen.iter().any(|c| c.validation_auc.is_some()) {
             out.push_str(
-                "\nHyperparameters, chosen per variant by the same grid search on the last training day:\n\n",
+                "\nHyperparameters, chosen per variant by the same grid search on the last training day(s):\n\n",
             );
             out.push_str("| variant | learning rate | weight decay | validation AUC (mean over tasks) |\n| --- | ---: | ---: | ---: |\n");
             for c in &self.chosen {

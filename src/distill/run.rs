@@ -56,10 +56,12 @@ pub struct TrainSection {
     pub seed: u64,
     /// The last this many days of the data are held out for evaluation.
     pub holdout_days: u32,
+    /// The last this many training days judge early stopping and the `[tune]` search.
+    pub validation_days: u32,
     /// Probability of masking each feature of each training row to its missing value, so the
     /// model learns what a missing feature means (teachers meant for another product need it).
     pub mask_probability: f64,
-    /// Early stopping: hold out the last training day for validation and stop after this many
+    /// Early stopping: hold out the last `validation_days` training days and stop after this many
     /// epochs without a better validation loss (0: off, every epoch on all training days).
     pub patience: usize,
 }
@@ -74,6 +76,7 @@ impl Default for TrainSection {
             epochs: t.epochs,
             seed: t.seed,
             holdout_days: 1,
+            validation_days: 1,
             mask_probability: 0.0,
             patience: 0,
         }
@@ -94,7 +97,7 @@ pub struct RunConfig {
 }
 
 /// A grid of learning rates and weight decays. Each variant of a comparison (the control
-/// included) gets the same search, judged on the last training day, before the seeds run.
+/// included) gets the same search, judged on the last `validation_days` training days, before the seeds run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TuneConfig {
@@ -105,6 +108,11 @@ pub struct TuneConfig {
 impl RunConfig {
     pub fn from_path(path: &Path) -> Result<RunConfig, TrainError> {
         crate::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    /// Rows from this time on (and before the holdout's `cutoff`) validate.
+    pub fn validation_cutoff(&self, cutoff: i64) -> i64 {
+        cutoff - i64::from(self.train.validation_days.max(1)) * 86_400
     }
 
     fn train_config(&self) -> TrainConfig {
@@ -208,11 +216,14 @@ pub fn train_model(
     }
     let student = Student::new(&plan.arch, config.train.seed, &Device::Cpu)?;
     let log = if config.train.patience > 0 {
-        // Early stopping judges on the last training day, never on the holdout.
+        // Early stopping judges on the last training days, never on the holdout.
         let (inner, validation): (Vec<usize>, Vec<usize>) =
-            fit.iter().partition(|&&r| data.ts[r] < cutoff - 86_400);
+            fit.iter().partition(|&&r| data.ts[r] < config.validation_cutoff(cutoff));
         if inner.is_empty() || validation.is_empty() {
-            return Err(TrainError::Config("early stopping needs at least two training days".into()));
+            return Err(TrainError::Config(format!(
+                "early stopping needs training days before the {} validation day(s)",
+                config.train.validation_days
+            )));
         }
         train_validated(&student, &data, &inner, &validation, &config.train_config(), &plan)?
     } else {
