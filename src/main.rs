@@ -11,6 +11,7 @@ use retort::distill::dataset::Dataset;
 use retort::distill::demo::{self, DemoConfig, Domain};
 use retort::distill::label::{LabelOptions, Labeller, Shard};
 use retort::distill::mapping::Mapping;
+use retort::distill::publish;
 use retort::distill::run::{self, RunConfig};
 use retort::distill::spec::DataSpec;
 use retort::model::engine::EngineKind;
@@ -97,12 +98,16 @@ enum Command {
         #[arg(long)]
         labels: Option<PathBuf>,
         /// Directory of model packages to publish into.
-        #[arg(long = "models", default_value = "models")]
+        #[arg(long = "models", visible_alias = "publish", default_value = "models")]
         models_dir: PathBuf,
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "1")]
-        version: String,
+        /// Version to publish [default: one past the newest numeric version of the model]
+        #[arg(long)]
+        version: Option<String>,
+        /// Publish even when the gate finds the new model worse than the serving version.
+        #[arg(long)]
+        force: bool,
     },
     /// Compare a control student with its distilled twins (direct, aux) over paired seeds, on a
     /// time holdout, in the shape of Paper A's table.
@@ -267,16 +272,21 @@ fn main() -> anyhow::Result<()> {
             println!("labels: {}", report.store.display());
             Ok(())
         }
-        Command::Train { data, spec, config, labels, models_dir, name, version } => {
+        Command::Train { data, spec, config, labels, models_dir, name, version, force } => {
             init_tracing(LogFormat::Text);
             let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
             let config = match config {
                 Some(path) => RunConfig::from_path(&path)?,
                 None => RunConfig::default(),
             };
+            let version = version.unwrap_or_else(|| next_version(&models_dir, &name));
+            // The version being served: the newest one published under this name.
+            let serving = package::latest(&models_dir).ok().and_then(|mut l| l.remove(&name)).map(|p| p.dir);
             let started = std::time::Instant::now();
-            let trained = run::train_model(&data, &spec, labels.as_deref(), &config, &name, &version)?;
-            let dir = run::publish(&models_dir, &trained)?;
+            let job = run::TrainJob::new(&data, &spec, &config, &name, &version)
+                .labels(labels.as_deref())
+                .baseline(serving.as_deref());
+            let trained = run::train_model(&job)?;
             println!(
                 "trained on {} rows ({} without a teacher label), held out {}, in {:.1} s \
                  ({:.0} examples/s in training steps); epoch losses {:?}",
@@ -303,6 +313,15 @@ fn main() -> anyhow::Result<()> {
                     f(m.truth_mae)
                 );
             }
+            let report = publish::gate(&trained.metrics, trained.baseline.as_ref(), &config.publish);
+            print!("\n{}", report.render());
+            if let Some(why) = &report.refusal {
+                if !force {
+                    anyhow::bail!("not published: {why} (--force publishes anyway)");
+                }
+                println!("publishing anyway: --force");
+            }
+            let dir = run::publish(&models_dir, &trained)?;
             println!("published {}", dir.display());
             Ok(())
         }

@@ -209,7 +209,7 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
     let (target, spec) = target_world(dir.path(), &config);
     let run: RunConfig =
         toml::from_str("[train]\nepochs = 1\n[objective]\nplay = 1.0\nskip = -0.5\n").unwrap();
-    let trained = run::train_model(&target, &spec, None, &run, "music-student", "7").unwrap();
+    let trained = run::train_model(&run::TrainJob::new(&target, &spec, &run, "music-student", "7")).unwrap();
     assert_eq!((trained.rows_train, trained.rows_holdout), (2000, 1000));
     let dir_out = run::publish(&dir.path().join("models"), &trained).unwrap();
     let model = Model::load(&dir_out, EngineKind::Tract).unwrap();
@@ -228,7 +228,7 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
     assert_eq!(m.objective.get("skip"), Some(&-0.5));
     // A config that distils needs labels.
     let kd: RunConfig = toml::from_str("[distill.tasks.play]\nmode = \"aux\"\n").unwrap();
-    let err = run::train_model(&target, &spec, None, &kd, "x", "1").err().unwrap().to_string();
+    let err = run::train_model(&run::TrainJob::new(&target, &spec, &kd, "x", "1")).err().unwrap().to_string();
     assert!(err.contains("--labels"), "{err}");
 }
 

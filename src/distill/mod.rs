@@ -18,6 +18,7 @@
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 //! - [`metrics`]: AUC, GAUC, NDCG@10, calibration, distance to the truth.
 //! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
+//! - [`publish`]: the publish gate against the serving version, and notifying a server.
 //! - [`quickstart`]: `retort quickstart`, the whole loop on the demo world.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 
@@ -32,6 +33,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod parallel;
 pub mod parquet_io;
+pub mod publish;
 pub mod quickstart;
 pub mod run;
 pub mod spec;

@@ -89,7 +89,7 @@ pub fn run(
         let spec = DataSpec::from_path(&source.join("features.toml"))?;
         let config: RunConfig =
             toml::from_str(TEACHER_CONFIG).map_err(|e| TrainError::Config(e.to_string()))?;
-        let trained = run::train_model(&source, &spec, None, &config, "video-teacher", "1")?;
+        let trained = run::train_model(&run::TrainJob::new(&source, &spec, &config, "video-teacher", "1"))?;
         run::publish(&teachers, &trained)?;
     }
 
@@ -121,12 +121,13 @@ pub fn run(
         student.train.learning_rate = aux.learning_rate;
         student.train.weight_decay = aux.weight_decay;
     }
-    let mut trained = run::train_model(&target, &spec, Some(&labels), &student, name, version)?;
+    let mut trained =
+        run::train_model(&run::TrainJob::new(&target, &spec, &student, name, version).labels(Some(&labels)))?;
     trained.manifest.provenance.trained_by =
         format!("retort quickstart (aux student, seed {})", student.train.seed);
     trained.manifest.model.description =
         "Music ranking student distilled from a video teacher on the demo world (retort quickstart).".into();
     let published = package::write(models_dir, &trained.manifest, &trained.graph)
-        .map_err(|e| TrainError::Store(e.to_string()))?;
+        .map_err(|e| TrainError::Publish(e.to_string()))?;
     Ok(Quickstart { comparison, published, teacher, labels })
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::Dataset;
 use super::kd::{DistillConfig, Plan};
+use super::publish::{Baseline, GateConfig, evaluate_package, package_label};
 use super::spec::DataSpec;
 use super::student::Student;
 use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_validated};
@@ -94,6 +95,8 @@ pub struct RunConfig {
     pub objective: BTreeMap<String, f64>,
     /// Hyperparameter grid `retort distill` searches for every variant alike.
     pub tune: TuneConfig,
+    /// The gate a new version must pass to replace the serving one.
+    pub publish: GateConfig,
 }
 
 /// A grid of learning rates and weight decays. Each variant of a comparison (the control
@@ -172,6 +175,8 @@ pub struct TaskMetrics {
 #[derive(Debug, Clone)]
 pub struct Trained {
     pub metrics: Vec<TaskMetrics>,
+    /// The serving version scored on the same holdout, when the job named one.
+    pub baseline: Option<Baseline>,
     /// Loss curves and training throughput.
     pub log: TrainLog,
     pub rows_train: usize,
@@ -182,18 +187,48 @@ pub struct Trained {
     pub graph: Vec<u8>,
 }
 
-/// Trains one model on `data_dir` as `config` says; distils from `labels` when the config asks.
-pub fn train_model(
-    data_dir: &Path,
-    spec: &DataSpec,
-    labels: Option<&Path>,
-    config: &RunConfig,
-    name: &str,
-    version: &str,
-) -> Result<Trained, TrainError> {
+/// One `retort train` run: what to train on, as what, and against what.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainJob<'a> {
+    pub data_dir: &'a Path,
+    pub spec: &'a DataSpec,
+    pub config: &'a RunConfig,
+    pub name: &'a str,
+    pub version: &'a str,
+    /// Teacher labels (a label store directory), for a config that distils.
+    pub labels: Option<&'a Path>,
+    /// The serving version's package, scored on the same holdout for the publish gate.
+    pub baseline: Option<&'a Path>,
+}
+
+impl<'a> TrainJob<'a> {
+    pub fn new(
+        data_dir: &'a Path,
+        spec: &'a DataSpec,
+        config: &'a RunConfig,
+        name: &'a str,
+        version: &'a str,
+    ) -> TrainJob<'a> {
+        TrainJob { data_dir, spec, config, name, version, labels: None, baseline: None }
+    }
+
+    pub fn labels(self, labels: Option<&'a Path>) -> TrainJob<'a> {
+        TrainJob { labels, ..self }
+    }
+
+    pub fn baseline(self, baseline: Option<&'a Path>) -> TrainJob<'a> {
+        TrainJob { baseline, ..self }
+    }
+}
+
+/// Trains one model as `job` says; distils from its labels when the config asks; scores the
+/// baseline, if any, on the same holdout.
+pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
+    let TrainJob { data_dir, spec, config, name, version, labels, baseline } = *job;
     let base = config.architecture(spec)?;
     let plan = Plan::new(&base, &config.distill).map_err(TrainError::Config)?;
-    let mut data = TrainingData::load(&Dataset::open(data_dir)?, spec, &base)?;
+    let dataset = Dataset::open(data_dir)?;
+    let mut data = TrainingData::load(&dataset, spec, &base)?;
     let mut rows_without_teacher = 0;
     if plan.uses_teacher() {
         let labels = labels.ok_or_else(|| {
@@ -230,6 +265,10 @@ pub fn train_model(
         train_validated(&student, &data, &fit, &[], &config.train_config(), &plan)?
     };
     let metrics = evaluate(&student, &data, &holdout, &base)?;
+    let baseline = baseline.map(|dir| Baseline {
+        version: package_label(dir),
+        metrics: evaluate_package(dir, &dataset, spec, cutoff).map_err(|e| e.to_string()),
+    });
 
     let objective: Vec<(&str, f64)> = if config.objective.is_empty() {
         vec![(base.heads[0].name.as_str(), 1.0)]
@@ -287,6 +326,7 @@ pub fn train_model(
     }
     Ok(Trained {
         metrics,
+        baseline,
         log,
         rows_train: fit.len(),
         rows_holdout: holdout.len(),
@@ -296,7 +336,7 @@ pub fn train_model(
     })
 }
 
-/// AUC and log loss of each task's served head on `rows`.
+/// Every holdout metric of each task's served head on `rows`.
 pub fn evaluate(
     student: &Student,
     data: &TrainingData,
@@ -304,14 +344,25 @@ pub fn evaluate(
     base: &TwoTower,
 ) -> Result<Vec<TaskMetrics>, TrainError> {
     let out = predict(student, data, rows)?;
+    let heads: Vec<(String, HeadKind)> = base.heads.iter().map(|h| (h.name.clone(), h.kind)).collect();
+    Ok(metrics_of(&out, data, rows, &heads))
+}
+
+/// The metrics of outputs `out` (per head, one logit or value per row of `rows`) against the
+/// labels of `data`, whose label `h` belongs to `heads[h]`.
+pub fn metrics_of(
+    out: &[Vec<f32>],
+    data: &TrainingData,
+    rows: &[usize],
+    heads: &[(String, HeadKind)],
+) -> Vec<TaskMetrics> {
     let groups = super::metrics::by_request(rows.iter().map(|&r| data.request_ids[r].as_str()));
-    Ok(base
-        .heads
+    heads
         .iter()
         .enumerate()
-        .map(|(h, head)| {
+        .map(|(h, (name, kind))| {
             let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
-            let binary = head.kind == HeadKind::Binary;
+            let binary = *kind == HeadKind::Binary;
             let log_loss = binary.then(|| {
                 out[h]
                     .iter()
@@ -326,7 +377,7 @@ pub fn evaluate(
             let truth: Option<Vec<f32>> =
                 data.truth.get(h).and_then(|t| t.as_ref()).map(|t| rows.iter().map(|&r| t[r]).collect());
             TaskMetrics {
-                task: head.name.clone(),
+                task: name.clone(),
                 auc: if binary { auc(&out[h], &labels) } else { None },
                 log_loss,
                 gauc: if binary { super::metrics::gauc(&out[h], &labels, &groups) } else { None },
@@ -335,11 +386,11 @@ pub fn evaluate(
                 truth_mae: truth.filter(|_| binary).and_then(|t| super::metrics::truth_mae(&out[h], &t)),
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Publishes a trained model under `models_dir`.
 pub fn publish(models_dir: &Path, trained: &Trained) -> Result<PathBuf, TrainError> {
     package::write(models_dir, &trained.manifest, &trained.graph)
-        .map_err(|e| TrainError::Store(e.to_string()))
+        .map_err(|e| TrainError::Publish(e.to_string()))
 }

@@ -14,7 +14,7 @@ use super::spec::DataSpec;
 use super::store::LabelFileInfo;
 use super::student::Student;
 use crate::model::encode::{EncodeError, Encoded, Encoder, FeatureSource, Value};
-use crate::model::manifest::ContextRows;
+use crate::model::manifest::{ContextRows, Feature};
 use crate::model::two_tower::TwoTower;
 use crate::rng::SplitMix64;
 
@@ -61,6 +61,8 @@ pub enum TrainError {
     NoLabels { dir: String },
     #[error("label store: {0}")]
     Store(String),
+    #[error("publishing: {0}")]
+    Publish(String),
     #[error("distillation config: {0}")]
     Config(String),
     #[error(transparent)]
@@ -101,25 +103,34 @@ impl TrainingData {
     /// Reads every partition, encoding the architecture's features (one context per row) and
     /// the label of each of its heads (a spec task of the same name).
     pub fn load(dataset: &Dataset, spec: &DataSpec, arch: &TwoTower) -> Result<TrainingData, TrainError> {
+        let heads: Vec<String> = arch.heads.iter().map(|h| h.name.clone()).collect();
+        TrainingData::load_for(dataset, spec, &arch.features, &heads)
+    }
+
+    /// Reads every partition, encoding `features` (one context per row; a feature the data
+    /// lacks gets its missing value) and the label of each task in `tasks`.
+    pub fn load_for(
+        dataset: &Dataset,
+        spec: &DataSpec,
+        features: &[Feature],
+        tasks: &[String],
+    ) -> Result<TrainingData, TrainError> {
         reuse_freed_memory();
-        let encoder = Encoder::for_features(&arch.features, ContextRows::PerCandidate);
-        let label_columns: Vec<String> = arch
-            .heads
-            .iter()
-            .map(|h| spec.task(&h.name).map_or(h.name.clone(), |t| t.column().to_string()))
-            .collect();
+        let encoder = Encoder::for_features(features, ContextRows::PerCandidate);
+        let label_columns: Vec<String> =
+            tasks.iter().map(|h| spec.task(h).map_or(h.clone(), |t| t.column().to_string())).collect();
         let truth_columns: Vec<Option<String>> =
-            arch.heads.iter().map(|h| spec.task(&h.name).and_then(|t| t.truth.clone())).collect();
+            tasks.iter().map(|h| spec.task(h).and_then(|t| t.truth.clone())).collect();
         let mut columns: Vec<&str> = vec![
             spec.columns.ts.as_str(),
             spec.columns.example_id.as_str(),
             spec.columns.request_id.as_str(),
         ];
         columns.extend(truth_columns.iter().flatten().map(String::as_str));
-        columns.extend(arch.features.iter().map(|f| f.name.as_str()));
+        columns.extend(features.iter().map(|f| f.name.as_str()));
         columns.extend(label_columns.iter().map(String::as_str));
         let mut parts: Vec<Encoded> = Vec::new();
-        let mut labels = vec![Vec::new(); arch.heads.len()];
+        let mut labels = vec![Vec::new(); tasks.len()];
         let mut ts = Vec::new();
         let mut example_ids = Vec::new();
         let mut request_ids = Vec::new();
@@ -129,7 +140,7 @@ impl TrainingData {
             let ex = p.read(spec, &columns)?;
             for b in 0..ex.batches.len() {
                 let cols: Vec<(String, super::dataset::Column<'_>)> =
-                    arch.features.iter().map(|f| (f.name.clone(), ex.column(b, &f.name))).collect();
+                    features.iter().map(|f| (f.name.clone(), ex.column(b, &f.name))).collect();
                 let n = ex.batches[b].num_rows();
                 let rows: Vec<Row<'_>> = (0..n).map(|row| Row { columns: &cols, row }).collect();
                 parts.push(

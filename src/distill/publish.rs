@@ -1,0 +1,246 @@
+//! Publishing a trained student: the gate that keeps a worse model from replacing the serving
+//! one, and the notice that asks a running server to load what was published.
+//!
+//! The gate scores the version being served (the newest published version of the model's
+//! name) on the new model's holdout, through its own package (its manifest's features, its ONNX
+//! graph, tract), so both are judged on the same rows. It compares one metric, averaged over the
+//! tasks both models serve, and refuses when the new model is worse by more than the tolerance.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::Dataset;
+use super::run::{TaskMetrics, metrics_of};
+use super::spec::DataSpec;
+use super::train::{TrainError, TrainingData};
+use crate::model::Model;
+use crate::model::engine::EngineKind;
+use crate::model::manifest::HeadKind;
+
+/// The holdout metric the gate compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMetric {
+    /// Ranking across the holdout: what serving needs most.
+    #[default]
+    Auc,
+    /// Ranking within requests.
+    Gauc,
+    /// Calibration and ranking; lower is better.
+    LogLoss,
+}
+
+impl GateMetric {
+    fn of(self, m: &TaskMetrics) -> Option<f64> {
+        match self {
+            GateMetric::Auc => m.auc,
+            GateMetric::Gauc => m.gauc,
+            GateMetric::LogLoss => m.log_loss,
+        }
+    }
+
+    fn higher_is_better(self) -> bool {
+        !matches!(self, GateMetric::LogLoss)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            GateMetric::Auc => "AUC",
+            GateMetric::Gauc => "GAUC",
+            GateMetric::LogLoss => "log loss",
+        }
+    }
+}
+
+/// `[publish]` of a training config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    pub metric: GateMetric,
+    /// How much worse (in the metric's units, averaged over tasks) the new model may be and
+    /// still be published: retraining on new data moves holdout metrics by noise alone.
+    pub tolerance: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig { metric: GateMetric::Auc, tolerance: 0.0 }
+    }
+}
+
+/// The serving version, scored on the new model's holdout.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// `name/version`.
+    pub version: String,
+    /// Its metrics, or why it could not be scored.
+    pub metrics: Result<Vec<TaskMetrics>, String>,
+}
+
+/// `name/version` of the package in `dir` (`<models>/<name>/<version>`).
+pub fn package_label(dir: &Path) -> String {
+    let part = |p: Option<&Path>| {
+        p.and_then(Path::file_name).map_or("?".into(), |n| n.to_string_lossy().into_owned())
+    };
+    format!("{}/{}", part(dir.parent()), part(Some(dir)))
+}
+
+/// Scores the package in `dir` on the rows of `dataset` from `cutoff` on, through the package
+/// itself (its features and graph), for each of its serving heads that is a task of `spec`.
+pub fn evaluate_package(
+    dir: &Path,
+    dataset: &Dataset,
+    spec: &DataSpec,
+    cutoff: i64,
+) -> Result<Vec<TaskMetrics>, TrainError> {
+    let package = |e: &dyn std::fmt::Display| TrainError::Config(format!("{}: {e}", dir.display()));
+    let model = Model::load_per_row(dir, EngineKind::Tract).map_err(|e| package(&e))?;
+    let heads: Vec<(usize, String, HeadKind)> = model
+        .serving_heads()
+        .filter(|(_, name)| spec.task(name).is_some())
+        .map(|(i, name)| (i, name.to_string(), model.manifest.heads[i].kind))
+        .collect();
+    if heads.is_empty() {
+        return Err(package(&"none of its serving heads is a task of this data"));
+    }
+    let tasks: Vec<String> = heads.iter().map(|(_, n, _)| n.clone()).collect();
+    let data = TrainingData::load_for(dataset, spec, &model.manifest.features, &tasks)?;
+    let (_, holdout) = data.split_at(cutoff);
+    let mut out = vec![Vec::with_capacity(holdout.len()); heads.len()];
+    for chunk in holdout.chunks(2048) {
+        let values = model.infer_logits(data.subset(chunk)).map_err(|e| package(&e))?;
+        for (k, (i, _, _)) in heads.iter().enumerate() {
+            out[k].extend_from_slice(values.head(*i));
+        }
+    }
+    let kinds: Vec<(String, HeadKind)> = heads.into_iter().map(|(_, n, k)| (n, k)).collect();
+    Ok(metrics_of(&out, &data, &holdout, &kinds))
+}
+
+/// What the gate decided, with the comparison behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateReport {
+    /// Per task both models serve: (task, new, serving).
+    pub tasks: Vec<(String, f64, f64)>,
+    pub metric: GateMetric,
+    /// `name/version` of the serving model, when there is one.
+    pub against: Option<String>,
+    /// `None` when the new model may be published, else why not.
+    pub refusal: Option<String>,
+}
+
+impl GateReport {
+    pub fn passed(&self) -> bool {
+        self.refusal.is_none()
+    }
+
+    /// A Markdown table of the comparison and the verdict.
+    pub fn render(&self) -> String {
+        let Some(against) = &self.against else {
+            return "publish gate: no version is serving yet; nothing to compare against\n".into();
+        };
+        let mut s = format!(
+            "publish gate: against {against} on the same holdout ({})\n\n| task | new | serving | Δ |\n| --- | ---: | ---: | ---: |\n",
+            self.metric.name()
+        );
+        for (task, new, old) in &self.tasks {
+            s += &format!("| {task} | {new:.4} | {old:.4} | {:+.4} |\n", new - old);
+        }
+        s += &match &self.refusal {
+            None => "\npassed\n".to_string(),
+            Some(r) => format!("\nrefused: {r}\n"),
+        };
+        s
+    }
+}
+
+/// Compares the new model's holdout metrics with the serving version's.
+pub fn gate(new: &[TaskMetrics], baseline: Option<&Baseline>, config: &GateConfig) -> GateReport {
+    let metric = config.metric;
+    let Some(baseline) = baseline else {
+        return GateReport { tasks: Vec::new(), metric, against: None, refusal: None };
+    };
+    let report =
+        |tasks, refusal| GateReport { tasks, metric, against: Some(baseline.version.clone()), refusal };
+    let old = match &baseline.metrics {
+        Ok(m) => m,
+        Err(e) => return report(Vec::new(), Some(format!("the serving version could not be scored: {e}"))),
+    };
+    let tasks: Vec<(String, f64, f64)> = new
+        .iter()
+        .filter_map(|n| {
+            let o = old.iter().find(|o| o.task == n.task)?;
+            Some((n.task.clone(), metric.of(n)?, metric.of(o)?))
+        })
+        .collect();
+    if tasks.is_empty() {
+        return report(tasks, Some(format!("the two models share no task with a holdout {}", metric.name())));
+    }
+    let mean = |f: fn(&(String, f64, f64)) -> f64| tasks.iter().map(f).sum::<f64>() / tasks.len() as f64;
+    let (new_mean, old_mean) = (mean(|t| t.1), mean(|t| t.2));
+    let shortfall = if metric.higher_is_better() { old_mean - new_mean } else { new_mean - old_mean };
+    let refusal = (shortfall > config.tolerance).then(|| {
+        format!(
+            "mean holdout {} over {} task(s) is {new_mean:.4} against the serving version's {old_mean:.4}, \
+             worse by {shortfall:.4} (tolerance {})",
+            metric.name(),
+            tasks.len(),
+            config.tolerance
+        )
+    });
+    report(tasks, refusal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(task: &str, auc: f64, log_loss: f64) -> TaskMetrics {
+        TaskMetrics {
+            task: task.into(),
+            auc: Some(auc),
+            log_loss: Some(log_loss),
+            gauc: None,
+            ndcg_10: None,
+            ece: None,
+            truth_mae: None,
+        }
+    }
+
+    fn serving(metrics: Vec<TaskMetrics>) -> Baseline {
+        Baseline { version: "music-ranker/3".into(), metrics: Ok(metrics) }
+    }
+
+    #[test]
+    fn refuses_a_worse_mean_over_shared_tasks_and_passes_within_tolerance() {
+        let new = [m("play", 0.70, 0.60), m("like", 0.64, 0.50), m("only_new", 0.99, 0.1)];
+        let old = serving(vec![m("play", 0.72, 0.61), m("like", 0.64, 0.52), m("only_old", 0.5, 0.7)]);
+        let strict = gate(&new, Some(&old), &GateConfig::default());
+        assert_eq!(strict.tasks.len(), 2, "only shared tasks count");
+        let why = strict.refusal.as_deref().expect("AUC is worse by 0.01");
+        assert!(why.contains("0.6700") && why.contains("0.6800") && why.contains("0.0100"), "{why}");
+        assert!(strict.render().contains("| play | 0.7000 | 0.7200 | -0.0200 |"));
+
+        let lenient = gate(&new, Some(&old), &GateConfig { tolerance: 0.02, ..Default::default() });
+        assert!(lenient.passed());
+
+        // Lower log loss is better: the new model wins on it.
+        let by_log_loss = gate(&new, Some(&old), &GateConfig { metric: GateMetric::LogLoss, tolerance: 0.0 });
+        assert!(by_log_loss.passed(), "{:?}", by_log_loss.refusal);
+    }
+
+    #[test]
+    fn passes_with_no_serving_version_and_refuses_when_it_cannot_compare() {
+        let new = [m("play", 0.7, 0.6)];
+        assert!(gate(&new, None, &GateConfig::default()).passed());
+        let broken =
+            Baseline { version: "music-ranker/3".into(), metrics: Err("model.onnx: truncated".into()) };
+        let r = gate(&new, Some(&broken), &GateConfig::default());
+        assert!(r.refusal.unwrap().contains("truncated"));
+        let disjoint = serving(vec![m("skip", 0.6, 0.3)]);
+        assert!(
+            gate(&new, Some(&disjoint), &GateConfig::default()).refusal.unwrap().contains("share no task")
+        );
+    }
+}
