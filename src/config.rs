@@ -32,6 +32,12 @@ pub struct Config {
     pub log_format: LogFormat,
     /// After a shutdown signal, how long in-flight requests get to finish, in milliseconds.
     pub drain_timeout_ms: u64,
+    /// Bearer token the admin API (`/v1/models...`) requires. Without one the admin API
+    /// refuses every call, unless `admin_open_on_loopback` is set.
+    pub admin_token: Option<String>,
+    /// With no admin token: open the admin API to anyone who can reach the server, allowed
+    /// only when it listens on a loopback address (a developer's machine, a sidecar's pod).
+    pub admin_open_on_loopback: bool,
 }
 
 impl Default for Config {
@@ -47,6 +53,8 @@ impl Default for Config {
             default_model: None,
             log_format: LogFormat::Text,
             drain_timeout_ms: 30_000,
+            admin_token: None,
+            admin_open_on_loopback: false,
         }
     }
 }
@@ -95,6 +103,12 @@ pub struct ServeArgs {
     /// Milliseconds in-flight requests get to finish after a shutdown signal [default: 30000]
     #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
+    /// Bearer token for the admin API (the environment keeps it out of `ps`)
+    #[arg(long, env = "RETORT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Open the admin API without a token; refused unless listening on loopback
+    #[arg(long, env = "RETORT_ADMIN_OPEN_ON_LOOPBACK")]
+    pub admin_open_on_loopback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +147,10 @@ impl Config {
         if args.default_model.is_some() {
             c.default_model = args.default_model.clone();
         }
+        if args.admin_token.is_some() {
+            c.admin_token = args.admin_token.clone();
+        }
+        c.admin_open_on_loopback |= args.admin_open_on_loopback;
         c.validate()?;
         if !c.models_dir.is_dir() {
             return Err(ConfigError::Invalid(format!(
@@ -150,6 +168,15 @@ impl Config {
         }
         if self.max_body_bytes == 0 || self.max_candidates == 0 {
             return bad("max_body_bytes and max_candidates must be at least 1");
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return bad("admin_token is empty; set a real token or leave it unset");
+        }
+        if self.admin_open_on_loopback && self.admin_token.is_none() && !self.listen.ip().is_loopback() {
+            return bad(&format!(
+                "admin_open_on_loopback needs a loopback listen address, not {}; set an admin token",
+                self.listen
+            ));
         }
         Ok(())
     }
@@ -190,6 +217,18 @@ mod tests {
         assert_eq!(c.max_candidates, 10);
         assert_eq!(c.queue_capacity, 3);
         assert_eq!(c.max_body_bytes, Config::default().max_body_bytes);
+    }
+
+    #[test]
+    fn an_open_admin_api_needs_loopback_and_a_token_must_not_be_blank() {
+        let open = Config { admin_open_on_loopback: true, ..Config::default() };
+        assert!(open.validate().is_ok());
+        let exposed = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..open.clone() };
+        assert!(exposed.validate().unwrap_err().to_string().contains("0.0.0.0:8080"));
+        let with_token = Config { admin_token: Some("t".into()), ..exposed };
+        assert!(with_token.validate().is_ok());
+        let blank = Config { admin_token: Some("  ".into()), ..Config::default() };
+        assert!(blank.validate().unwrap_err().to_string().contains("admin_token"));
     }
 
     #[test]

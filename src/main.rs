@@ -108,6 +108,10 @@ enum Command {
         /// Publish even when the gate finds the new model worse than the serving version.
         #[arg(long)]
         force: bool,
+        /// After publishing, ask the retort server at this URL (`http://host:port`) to load and
+        /// serve the new version; its admin token comes from RETORT_ADMIN_TOKEN.
+        #[arg(long, value_name = "URL")]
+        notify: Option<String>,
     },
     /// Compare a control student with its distilled twins (direct, aux) over paired seeds, on a
     /// time holdout, in the shape of Paper A's table.
@@ -272,7 +276,7 @@ fn main() -> anyhow::Result<()> {
             println!("labels: {}", report.store.display());
             Ok(())
         }
-        Command::Train { data, spec, config, labels, models_dir, name, version, force } => {
+        Command::Train { data, spec, config, labels, models_dir, name, version, force, notify } => {
             init_tracing(LogFormat::Text);
             let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
             let config = match config {
@@ -323,6 +327,11 @@ fn main() -> anyhow::Result<()> {
             }
             let dir = run::publish(&models_dir, &trained)?;
             println!("published {}", dir.display());
+            if let Some(url) = notify {
+                let token = std::env::var("RETORT_ADMIN_TOKEN").ok();
+                let answer = publish::notify(&url, &name, &version, token.as_deref())?;
+                println!("notified {url}: {answer}");
+            }
             Ok(())
         }
         Command::Distill { data, spec, labels, config, seeds, out } => {

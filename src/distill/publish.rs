@@ -192,6 +192,74 @@ pub fn gate(new: &[TaskMetrics], baseline: Option<&Baseline>, config: &GateConfi
     report(tasks, refusal)
 }
 
+/// Why a running server could not be told about a new version.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("--notify {url}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("--notify: cannot reach {authority}: {reason}")]
+    Connect { authority: String, reason: String },
+    #[error("--notify: the server answered {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+/// Asks the retort server at `base_url` (`http://host:port`) to load `name/version` from its
+/// models directory (`POST /v1/models/{name}/versions/{version}/load`), which it validates,
+/// warms and promotes. `token` is the server's admin token. Returns the server's JSON answer.
+pub fn notify(
+    base_url: &str,
+    name: &str,
+    version: &str,
+    token: Option<&str>,
+) -> Result<serde_json::Value, NotifyError> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let url = format!("{}/v1/models/{name}/versions/{version}/load", base_url.trim_end_matches('/'));
+    let bad = |reason: &str| NotifyError::Url { url: base_url.to_string(), reason: reason.to_string() };
+    let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("only http:// URLs are supported (a server on the same host or pod)"));
+    }
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
+    let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let connect = |reason: String| NotifyError::Connect { authority: authority.to_string(), reason };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| connect(e.to_string()))?;
+    runtime.block_on(async {
+        let timeout = std::time::Duration::from_secs(120);
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&address))
+            .await
+            .map_err(|_| connect("timed out".into()))?
+            .map_err(|e| connect(e.to_string()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+        tokio::spawn(connection);
+        let mut request = hyper::Request::post(uri.clone()).header(hyper::header::HOST, authority.as_str());
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| bad(&e.to_string()))?;
+        // Loading compiles and warms the model: give it time, but not forever.
+        let response = tokio::time::timeout(timeout, sender.send_request(request))
+            .await
+            .map_err(|_| connect("no answer within 120 s".into()))?
+            .map_err(|e| connect(e.to_string()))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| connect(e.to_string()))?.to_bytes();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if !status.is_success() {
+            return Err(NotifyError::Refused { status: status.as_u16(), body: text });
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| NotifyError::Refused { status: status.as_u16(), body: e.to_string() })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,17 @@ pub enum ApiError {
     Inference(#[from] InferError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the admin API needs `Authorization: Bearer <token>` with the server's admin token")]
+    Unauthorized,
+    #[error(
+        "the admin API is off: no admin token is configured (set RETORT_ADMIN_TOKEN, or \
+         --admin-open-on-loopback on a loopback address)"
+    )]
+    AdminDisabled,
+    #[error("no package {name}/{version} in the models directory")]
+    UnknownVersion { name: String, version: String },
+    #[error("{package} cannot be served: {reason}")]
+    InvalidModel { package: String, reason: String },
 }
 
 #[derive(Serialize)]
@@ -69,6 +80,10 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::Inference(_) => "inference_failed",
             ApiError::Internal(_) => "internal",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::AdminDisabled => "admin_disabled",
+            ApiError::UnknownVersion { .. } => "unknown_version",
+            ApiError::InvalidModel { .. } => "invalid_model",
         }
     }
 
@@ -82,7 +97,10 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::TooManyCandidates { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            ApiError::UnknownModel { .. } | ApiError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            ApiError::InvalidModel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Inference(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -118,6 +136,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if matches!(self, ApiError::Overloaded | ApiError::NotReady) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`rank`]: `POST /v1/rank`, the request path read top to bottom.
+//! - [`admin`]: the token-protected admin API (served versions, loading a version).
 //! - [`request`]: decoding the rank request body.
 //! - [`error`]: every failure and its HTTP status, in one place.
 //! - [`catalog`]: the served models and how a request picks one.
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+pub mod admin;
 pub mod catalog;
 pub mod error;
 pub mod metrics;
@@ -70,6 +72,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(admin::routes())
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .with_state(app)
 }

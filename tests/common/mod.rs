@@ -96,7 +96,7 @@ impl TestServer {
         self.post("/v1/rank", serde_json::to_vec(body).unwrap()).await
     }
 
-    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Reply {
+    pub async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Reply {
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
             .expect("request timed out")

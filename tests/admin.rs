@@ -1,0 +1,135 @@
+//! The admin API against a real server on loopback: token checks, loading a published version
+//! into service, and `retort train --notify` publishing then asking the server to serve it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Reply, TestServer, request, write_model};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use retort::config::Config;
+use retort::model::manifest::ContextRows;
+
+const TOKEN: &str = "test-admin-token";
+
+async fn admin(server: &TestServer, method: &str, path: &str, token: Option<&str>) -> Reply {
+    let mut req = hyper::Request::builder().method(method).uri(server.url(path));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    server.send(req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+fn config(models: &Path, token: Option<&str>) -> Config {
+    Config { models_dir: models.to_path_buf(), admin_token: token.map(String::from), ..Config::default() }
+}
+
+#[tokio::test]
+async fn without_a_token_the_admin_api_is_off_unless_opened_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m", 1, ContextRows::Once);
+    let server = TestServer::start(config(dir.path(), None)).await;
+    let r = admin(&server, "GET", "/v1/models", None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "admin_disabled");
+    assert_eq!(admin(&server, "POST", "/v1/models/m/versions/1/load", Some("guess")).await.status, 403);
+    // The ranking API never needs the token.
+    assert_eq!(server.rank(&request(5, 1)).await.status, 200);
+    server.stop().await.unwrap();
+
+    let open = Config { admin_open_on_loopback: true, ..config(dir.path(), None) };
+    let server = TestServer::start(open).await;
+    let r = admin(&server, "GET", "/v1/models", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["models"][0]["version"], "1");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn loading_a_version_swaps_it_in_and_a_bad_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "m", 1, ContextRows::Once);
+    let server = TestServer::start(config(dir.path(), Some(TOKEN))).await;
+
+    for token in [None, Some("wrong")] {
+        let r = admin(&server, "POST", "/v1/models/m/versions/1/load", token).await;
+        assert_eq!(r.status, 401, "{token:?}: {}", r.text());
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+    }
+
+    // Version 2 appears on disk; the server keeps serving 1 until told.
+    let (mut manifest, _) = retort::model::scaffold::seeded_package("m", "2", 2);
+    manifest.model.context_rows = ContextRows::Once;
+    let arch = retort::model::scaffold::music_architecture();
+    let graph = retort::model::onnx::to_bytes(&arch.to_onnx(&arch.random_weights(2), "m"));
+    retort::model::package::write(dir.path(), &manifest, &graph).unwrap();
+    assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "1");
+    let listed = admin(&server, "GET", "/v1/models", Some(TOKEN)).await.json();
+    assert_eq!(listed["published"].as_array().unwrap().len(), 2, "{listed}");
+
+    let r = admin(&server, "POST", "/v1/models/m/versions/2/load", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!((body["version"].as_str(), body["previous"].as_str()), (Some("2"), Some("1")));
+    assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
+
+    let missing = admin(&server, "POST", "/v1/models/m/versions/9/load", Some(TOKEN)).await;
+    assert_eq!((missing.status, missing.json()["error"]["code"].as_str()), (404, Some("unknown_version")));
+    let hidden = admin(&server, "POST", "/v1/models/.m/versions/2/load", Some(TOKEN)).await;
+    assert_eq!(hidden.status, 422, "{}", hidden.text());
+
+    // A package whose graph is garbage is refused with the reason; version 2 keeps serving.
+    let broken = dir.path().join("m/3");
+    std::fs::create_dir_all(&broken).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("m/2/manifest.toml")).unwrap();
+    std::fs::write(broken.join("manifest.toml"), text.replace("version = \"2\"", "version = \"3\"")).unwrap();
+    std::fs::write(broken.join("model.onnx"), b"not an onnx graph").unwrap();
+    let r = admin(&server, "POST", "/v1/models/m/versions/3/load", Some(TOKEN)).await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("invalid_model")), "{}", r.text());
+    assert!(r.text().contains("m/3"), "{}", r.text());
+    assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn train_notify_publishes_and_the_server_serves_the_new_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, models) = (tmp.path().join("world"), tmp.path().join("models"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let bin = env!("CARGO_BIN_EXE_retort");
+    let generated = Command::new(bin)
+        .args(["demo-data", "--out", &s(&world), "--domains", "target", "--users", "300"])
+        .args(["--target-requests", "600"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+    let train = |extra: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(["train", "--data", &s(&world.join("target")), "--models", &s(&models), "--name", "music"]);
+        c.args(extra).env("RETORT_ADMIN_TOKEN", TOKEN).env("RUST_BACKTRACE", "0");
+        c
+    };
+    assert!(train(&[]).output().unwrap().status.success());
+    let server = TestServer::start(config(&models, Some(TOKEN))).await;
+    assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "1");
+
+    // The same config again passes the gate (equal metrics), publishes 2 and notifies.
+    let url = server.url("");
+    let mut cmd = train(&["--notify", &url]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("published") && said.contains("\"previous\":\"1\""), "{said}");
+    assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
+
+    // A wrong token: published, but the server refuses to load it, and the command says so.
+    let mut cmd = train(&["--notify", &url, "--force"]);
+    cmd.env("RETORT_ADMIN_TOKEN", "wrong");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
+    server.stop().await.unwrap();
+}
