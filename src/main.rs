@@ -7,12 +7,12 @@ use clap::{Parser, Subcommand};
 
 use retort::config::{Config, LogFormat, ServeArgs};
 use retort::distill::compare;
+use retort::distill::cycle::{Cycle, Round};
 use retort::distill::dataset::Dataset;
 use retort::distill::demo::{self, DemoConfig, Domain};
 use retort::distill::label::{LabelOptions, Labeller, Shard};
 use retort::distill::mapping::Mapping;
-use retort::distill::publish;
-use retort::distill::run::{self, RunConfig};
+use retort::distill::run::RunConfig;
 use retort::distill::spec::DataSpec;
 use retort::model::engine::EngineKind;
 use retort::model::manifest::HeadKind;
@@ -112,6 +112,17 @@ enum Command {
         /// serve the new version; its admin token comes from RETORT_ADMIN_TOKEN.
         #[arg(long, value_name = "URL")]
         notify: Option<String>,
+        /// Continue from the newest published version's checkpoint (weights and optimiser
+        /// state), training only on examples newer than it has seen.
+        #[arg(long)]
+        warm_start: bool,
+        /// Keep running: train, gate and publish again each time new partitions (and their
+        /// teacher labels) land, until ctrl-c or SIGTERM.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: how often to look for new partitions, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        poll_ms: u64,
     },
     /// Compare a control student with its distilled twins (direct, aux) over paired seeds, on a
     /// time holdout, in the shape of Paper A's table.
@@ -276,62 +287,58 @@ fn main() -> anyhow::Result<()> {
             println!("labels: {}", report.store.display());
             Ok(())
         }
-        Command::Train { data, spec, config, labels, models_dir, name, version, force, notify } => {
+        Command::Train {
+            data,
+            spec,
+            config,
+            labels,
+            models_dir,
+            name,
+            version,
+            force,
+            notify,
+            warm_start,
+            follow,
+            poll_ms,
+        } => {
             init_tracing(LogFormat::Text);
             let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
             let config = match config {
                 Some(path) => RunConfig::from_path(&path)?,
                 None => RunConfig::default(),
             };
-            let version = version.unwrap_or_else(|| next_version(&models_dir, &name));
-            // The version being served: the newest one published under this name.
-            let serving = package::latest(&models_dir).ok().and_then(|mut l| l.remove(&name)).map(|p| p.dir);
-            let started = std::time::Instant::now();
-            let job = run::TrainJob::new(&data, &spec, &config, &name, &version)
-                .labels(labels.as_deref())
-                .baseline(serving.as_deref());
-            let trained = run::train_model(&job)?;
-            println!(
-                "trained on {} rows ({} without a teacher label), held out {}, in {:.1} s \
-                 ({:.0} examples/s in training steps); epoch losses {:?}",
-                trained.rows_train,
-                trained.rows_without_teacher,
-                trained.rows_holdout,
-                started.elapsed().as_secs_f64(),
-                trained.log.examples_per_second(),
-                trained.log.train_losses.iter().map(|l| (l * 1e4).round() / 1e4).collect::<Vec<_>>()
-            );
-            println!(
-                "| task | AUC | log loss | GAUC | NDCG@10 | ECE | distance to truth |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-            );
-            for m in &trained.metrics {
-                let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
-                println!(
-                    "| {} | {} | {} | {} | {} | {} | {} |",
-                    m.task,
-                    f(m.auc),
-                    f(m.log_loss),
-                    f(m.gauc),
-                    f(m.ndcg_10),
-                    f(m.ece),
-                    f(m.truth_mae)
-                );
+            let cycle = Cycle {
+                data_dir: data,
+                spec,
+                config,
+                labels,
+                models_dir,
+                name,
+                version,
+                force,
+                warm_start,
+                notify,
+                admin_token: std::env::var("RETORT_ADMIN_TOKEN").ok(),
+            };
+            if !follow {
+                let round = cycle.run_once()?;
+                print_round(&round);
+                return match (&round.published, &round.gate.refusal) {
+                    (None, Some(why)) => {
+                        Err(anyhow::anyhow!("not published: {why} (--force publishes anyway)"))
+                    }
+                    _ => Ok(()),
+                };
             }
-            let report = publish::gate(&trained.metrics, trained.baseline.as_ref(), &config.publish);
-            print!("\n{}", report.render());
-            if let Some(why) = &report.refusal {
-                if !force {
-                    anyhow::bail!("not published: {why} (--force publishes anyway)");
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            stop_on_signal(stop.clone());
+            cycle.follow(std::time::Duration::from_millis(poll_ms), &stop, |new, round| {
+                println!("--- new partitions: {}", new.iter().cloned().collect::<Vec<_>>().join(", "));
+                match round {
+                    Ok(round) => print_round(&round),
+                    Err(e) => println!("round failed: {e}"),
                 }
-                println!("publishing anyway: --force");
-            }
-            let dir = run::publish(&models_dir, &trained)?;
-            println!("published {}", dir.display());
-            if let Some(url) = notify {
-                let token = std::env::var("RETORT_ADMIN_TOKEN").ok();
-                let answer = publish::notify(&url, &name, &version, token.as_deref())?;
-                println!("notified {url}: {answer}");
-            }
+            })?;
             Ok(())
         }
         Command::Distill { data, spec, labels, config, seeds, out } => {
@@ -355,7 +362,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing(LogFormat::Text);
             let version = match version {
                 Some(v) => v,
-                None => next_version(&models_dir, &name),
+                None => package::next_version(&models_dir, &name),
             };
             let started = std::time::Instant::now();
             let done = retort::distill::quickstart::run(
@@ -413,7 +420,6 @@ fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     });
 }
 
-/// One past the newest numeric version of `name` under `models_dir`, or "1".
 /// candle's CPU kernels read `RAYON_NUM_THREADS` on every matrix product. Unset, candle works
 /// the thread count out again on each call (reading `/proc/cpuinfo`), and with two threads it
 /// splits the student's and the teacher's small matrices at a loss: one thread trains 1.6x
@@ -425,14 +431,50 @@ fn one_kernel_thread_unless_told() {
     }
 }
 
-fn next_version(models_dir: &std::path::Path, name: &str) -> String {
-    let newest = package::discover(models_dir)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.name == name)
-        .filter_map(|p| p.version.parse::<u64>().ok())
-        .max();
-    newest.map_or(1, |v| v + 1).to_string()
+/// What `retort train` prints about one round: training, holdout metrics, the gate, and where
+/// the package went.
+fn print_round(round: &Round) {
+    let t = &round.trained;
+    println!(
+        "trained on {} rows ({} without a teacher label), held out {}, in {:.1} s \
+         ({:.0} examples/s in training steps); epoch losses {:?}",
+        t.rows_train,
+        t.rows_without_teacher,
+        t.rows_holdout,
+        round.seconds,
+        t.log.examples_per_second(),
+        t.log.train_losses.iter().map(|l| (l * 1e4).round() / 1e4).collect::<Vec<_>>()
+    );
+    if let Some(note) = t.manifest.provenance.notes.get("warm_start") {
+        println!("warm start: {note}");
+    }
+    println!(
+        "| task | AUC | log loss | GAUC | NDCG@10 | ECE | distance to truth |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for m in &t.metrics {
+        let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.task,
+            f(m.auc),
+            f(m.log_loss),
+            f(m.gauc),
+            f(m.ndcg_10),
+            f(m.ece),
+            f(m.truth_mae)
+        );
+    }
+    print!("\n{}", round.gate.render());
+    match &round.published {
+        Some(dir) if !round.gate.passed() => {
+            println!("publishing anyway (--force): published {}", dir.display())
+        }
+        Some(dir) => println!("published {}", dir.display()),
+        None => println!("not published"),
+    }
+    if let Some(answer) = &round.notified {
+        println!("notified: {answer}");
+    }
 }
 
 /// Serves `config` until ctrl-c or SIGTERM, then drains.

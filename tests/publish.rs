@@ -84,3 +84,163 @@ fn a_worse_student_is_refused_unless_forced() {
     assert!(text(&passed).contains("against m/2") && text(&passed).contains("passed"), "{}", text(&passed));
     assert!(models.join("m/3").is_dir());
 }
+
+/// A demo world of `days` days, and a stream directory holding its spec and its first `first`
+/// partitions (more are added as the test goes).
+fn stream_world(root: &Path, days: u32, first: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let world = root.join("world");
+    let out = retort(&[
+        "demo-data",
+        "--out",
+        &s(&world),
+        "--domains",
+        "target",
+        "--users",
+        "300",
+        "--target-requests",
+        "700",
+        "--days",
+        &days.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stream = root.join("stream");
+    std::fs::create_dir_all(&stream).unwrap();
+    std::fs::copy(world.join("target/features.toml"), stream.join("features.toml")).unwrap();
+    for d in 0..first {
+        land(&world, &stream, d);
+    }
+    (world, stream)
+}
+
+/// Day `d`'s partition arrives in the stream, written aside and renamed as a producer would.
+fn land(world: &Path, stream: &Path, d: usize) {
+    let name = format!("day-{d:03}.parquet");
+    std::fs::copy(world.join("target").join(&name), stream.join(format!(".{name}.tmp"))).unwrap();
+    std::fs::rename(stream.join(format!(".{name}.tmp")), stream.join(&name)).unwrap();
+}
+
+fn checkpoint(dir: &Path) -> retort::distill::checkpoint::Checkpoint {
+    retort::distill::checkpoint::Checkpoint::read(&dir.join(retort::distill::checkpoint::CHECKPOINT)).unwrap()
+}
+
+#[test]
+fn a_warm_start_continues_the_checkpoint_on_newer_rows_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, stream) = stream_world(tmp.path(), 5, 3);
+    let models = tmp.path().join("models");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let train = |extra: &[&str]| {
+        let mut args =
+            vec!["train", "--data", stream.to_str().unwrap(), "--models", models.to_str().unwrap()];
+        args.extend(["--name", "m"]);
+        args.extend(extra);
+        retort(&args)
+    };
+    assert!(train(&[]).status.success());
+    let first = checkpoint(&models.join("m/1"));
+    // Trained on days 0 and 1 (day 2 held out): up to the end of day 1.
+    let day = |d: i64| retort::distill::demo::EPOCH + d * 86_400;
+    assert!(first.trained_through >= day(1) && first.trained_through < day(2), "{}", first.trained_through);
+
+    // No new partition: nothing to train on.
+    let idle = train(&["--warm-start"]);
+    assert!(!idle.status.success() && text(&idle).contains("nothing to train on"), "{}", text(&idle));
+
+    land(&world, &stream, 3);
+    let warm = train(&["--warm-start", "--force"]);
+    let said = text(&warm);
+    assert!(warm.status.success(), "{said}");
+    assert!(said.contains("warm start: continued from m/1"), "{said}");
+    let second = checkpoint(&models.join("m/2"));
+    // Only day 2 (the old holdout) was new; the optimiser went on counting its steps.
+    assert!(second.trained_through >= day(2) && second.trained_through < day(3));
+    let rows: usize = said
+        .lines()
+        .find_map(|l| l.strip_prefix("trained on "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let steps_per_epoch = rows.div_ceil(512) as u64;
+    assert_eq!(
+        second.optimizer.step,
+        first.optimizer.step + 3 * steps_per_epoch,
+        "3 epochs over {rows} rows"
+    );
+    assert_ne!(second.params, first.params);
+    let manifest = std::fs::read_to_string(models.join("m/2/manifest.toml")).unwrap();
+    assert!(manifest.contains("continued from m/1"), "{manifest}");
+
+    // A different architecture cannot continue this checkpoint.
+    let wider = tmp.path().join("wider.toml");
+    std::fs::write(&wider, "[model]\nembedding_dim = 8\n").unwrap();
+    land(&world, &stream, 4);
+    let refused = train(&["--warm-start", "--config", &s(&wider)]);
+    assert!(text(&refused).contains("another architecture"), "{}", text(&refused));
+}
+
+#[test]
+fn follow_trains_and_publishes_as_partitions_land() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let (world, stream) = stream_world(tmp.path(), 5, 3);
+    let models = tmp.path().join("models");
+    // Every round publishes: this test is about the loop, not the gate.
+    let config = tmp.path().join("lenient.toml");
+    std::fs::write(&config, "[publish]\ntolerance = 1.0\n").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["train", "--data", stream.to_str().unwrap(), "--models", models.to_str().unwrap()])
+        .args(["--name", "m", "--follow", "--warm-start", "--poll-ms", "100"])
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                let hit = line.contains(what);
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+        }
+        panic!("no `{what}` within 60 s: {seen:#?}");
+    };
+    // The first round trains from scratch on what is there.
+    wait_for("published");
+    assert!(models.join("m/1").is_dir());
+    land(&world, &stream, 3);
+    let round = wait_for("published");
+    assert!(round.iter().any(|l| l.contains("new partitions: day-003.parquet")), "{round:#?}");
+    assert!(round.iter().any(|l| l.contains("warm start: continued from m/1")), "{round:#?}");
+    land(&world, &stream, 4);
+    let round = wait_for("published");
+    assert!(round.iter().any(|l| l.contains("continued from m/2")), "{round:#?}");
+    assert!(models.join("m/3").is_dir());
+
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "retort train --follow did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -15,15 +15,19 @@
 //! - [`kd`]: distillation modes (none, direct, aux, aux-new) and each head's loss.
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`adamw`]: AdamW fused into one in-place pass per parameter, with a savable state.
+//! - [`checkpoint`]: weights and optimiser state beside a package, for warm starts.
 //! - [`train`]: training data in memory, the AdamW minibatch loop, AUC.
 //! - [`metrics`]: AUC, GAUC, NDCG@10, calibration, distance to the truth.
 //! - [`run`]: `retort train`: config file, time holdout, evaluation, publishing.
 //! - [`publish`]: the publish gate against the serving version, and notifying a server.
 //! - [`quickstart`]: `retort quickstart`, the whole loop on the demo world.
+//! - [`cycle`]: `retort train`'s train → gate → publish → notify round, and `--follow`.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 
 pub mod adamw;
+pub mod checkpoint;
 pub mod compare;
+pub mod cycle;
 pub mod dataset;
 pub mod demo;
 pub mod kd;

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::{CHECKPOINT, Checkpoint};
 use super::dataset::Dataset;
 use super::kd::{DistillConfig, Plan};
 use super::publish::{Baseline, GateConfig, evaluate_package, package_label};
 use super::spec::DataSpec;
 use super::student::Student;
-use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_validated};
+use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_resuming};
 use crate::model::manifest::{HeadKind, Manifest};
 use crate::model::two_tower::{HeadSpec, TwoTower};
 use crate::model::{package, scaffold};
@@ -177,6 +178,8 @@ pub struct Trained {
     pub metrics: Vec<TaskMetrics>,
     /// The serving version scored on the same holdout, when the job named one.
     pub baseline: Option<Baseline>,
+    /// Weights, optimiser state and data reach, written beside the package for a warm start.
+    pub checkpoint: Option<Checkpoint>,
     /// Loss curves and training throughput.
     pub log: TrainLog,
     pub rows_train: usize,
@@ -199,6 +202,9 @@ pub struct TrainJob<'a> {
     pub labels: Option<&'a Path>,
     /// The serving version's package, scored on the same holdout for the publish gate.
     pub baseline: Option<&'a Path>,
+    /// A package whose checkpoint to continue from: its weights and optimiser state, trained
+    /// further on the examples newer than it has seen.
+    pub warm_start: Option<&'a Path>,
 }
 
 impl<'a> TrainJob<'a> {
@@ -209,7 +215,7 @@ impl<'a> TrainJob<'a> {
         name: &'a str,
         version: &'a str,
     ) -> TrainJob<'a> {
-        TrainJob { data_dir, spec, config, name, version, labels: None, baseline: None }
+        TrainJob { data_dir, spec, config, name, version, labels: None, baseline: None, warm_start: None }
     }
 
     pub fn labels(self, labels: Option<&'a Path>) -> TrainJob<'a> {
@@ -219,12 +225,17 @@ impl<'a> TrainJob<'a> {
     pub fn baseline(self, baseline: Option<&'a Path>) -> TrainJob<'a> {
         TrainJob { baseline, ..self }
     }
+
+    pub fn warm_start(self, warm_start: Option<&'a Path>) -> TrainJob<'a> {
+        TrainJob { warm_start, ..self }
+    }
 }
 
 /// Trains one model as `job` says; distils from its labels when the config asks; scores the
 /// baseline, if any, on the same holdout.
 pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
-    let TrainJob { data_dir, spec, config, name, version, labels, baseline } = *job;
+    let TrainJob { data_dir, spec, config, name, version, labels, baseline, warm_start } = *job;
+    let resume = warm_start.map(|dir| Checkpoint::read(&dir.join(CHECKPOINT))).transpose()?;
     let base = config.architecture(spec)?;
     let plan = Plan::new(&base, &config.distill).map_err(TrainError::Config)?;
     let dataset = Dataset::open(data_dir)?;
@@ -249,8 +260,28 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
             holdout.len()
         )));
     }
+    let mut train_config = config.train_config();
+    let mut fit = fit;
+    if let Some(ck) = &resume {
+        // Only what the checkpoint has not seen; a new batch order each round.
+        fit.retain(|&r| data.ts[r] > ck.trained_through);
+        if fit.is_empty() {
+            return Err(TrainError::Config(format!(
+                "nothing to train on: the checkpoint has seen every example before the holdout \
+                 (through {}); a warm start waits for newer data",
+                super::store::rfc3339(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(ck.trained_through.max(0) as u64)
+                )
+            )));
+        }
+        train_config.seed = train_config.seed.wrapping_add(ck.optimizer.step);
+    }
     let student = Student::new(&plan.arch, config.train.seed, &Device::Cpu)?;
-    let log = if config.train.patience > 0 {
+    if let Some(ck) = &resume {
+        ck.restore(&student)?;
+    }
+    let optimizer = resume.as_ref().map(|ck| ck.optimizer.clone());
+    let (log, optimizer) = if config.train.patience > 0 {
         // Early stopping judges on the last training days, never on the holdout.
         let (inner, validation): (Vec<usize>, Vec<usize>) =
             fit.iter().partition(|&&r| data.ts[r] < config.validation_cutoff(cutoff));
@@ -260,10 +291,12 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
                 config.train.validation_days
             )));
         }
-        train_validated(&student, &data, &inner, &validation, &config.train_config(), &plan)?
+        train_resuming(&student, &data, &inner, &validation, &train_config, &plan, optimizer)?
     } else {
-        train_validated(&student, &data, &fit, &[], &config.train_config(), &plan)?
+        train_resuming(&student, &data, &fit, &[], &train_config, &plan, optimizer)?
     };
+    let trained_through = fit.iter().map(|&r| data.ts[r]).max().unwrap_or(0);
+    let checkpoint = Checkpoint::capture(&student, optimizer, trained_through)?;
     let metrics = evaluate(&student, &data, &holdout, &base)?;
     let baseline = baseline.map(|dir| Baseline {
         version: package_label(dir),
@@ -308,6 +341,19 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         manifest.provenance.teacher = format!("{teacher} (labels {})", labels.display());
     }
     manifest.provenance.notes.insert("distill".into(), toml::to_string(&config.distill).unwrap_or_default());
+    if let (Some(dir), Some(ck)) = (warm_start, &resume) {
+        let through = super::store::rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(ck.trained_through.max(0) as u64),
+        );
+        manifest.provenance.notes.insert(
+            "warm_start".into(),
+            format!(
+                "continued from {} (trained through {through}) on {} newer rows",
+                package_label(dir),
+                fit.len()
+            ),
+        );
+    }
     for m in &metrics {
         if let Some(a) = m.auc {
             manifest.provenance.metrics.insert(format!("{}_auc", m.task), (a * 1e6).round() / 1e6);
@@ -327,6 +373,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
     Ok(Trained {
         metrics,
         baseline,
+        checkpoint: Some(checkpoint),
         log,
         rows_train: fit.len(),
         rows_holdout: holdout.len(),
@@ -389,8 +436,11 @@ pub fn metrics_of(
         .collect()
 }
 
-/// Publishes a trained model under `models_dir`.
+/// Publishes a trained model under `models_dir`, with its checkpoint when it has one.
 pub fn publish(models_dir: &Path, trained: &Trained) -> Result<PathBuf, TrainError> {
-    package::write(models_dir, &trained.manifest, &trained.graph)
-        .map_err(|e| TrainError::Publish(e.to_string()))
+    package::write_with(models_dir, &trained.manifest, &trained.graph, |dir| match &trained.checkpoint {
+        Some(ck) => ck.write(&dir.join(CHECKPOINT)).map_err(|e| std::io::Error::other(e.to_string())),
+        None => Ok(()),
+    })
+    .map_err(|e| TrainError::Publish(e.to_string()))
 }

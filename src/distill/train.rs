@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::adamw::{AdamW, AdamWParams};
+use super::adamw::{AdamW, AdamWParams, OptimizerState};
 use super::dataset::{DataError, Dataset};
 use super::kd::{BatchTargets, DistillConfig, Plan, head_losses};
 use super::parquet_io;
@@ -63,8 +63,10 @@ pub enum TrainError {
     Store(String),
     #[error("publishing: {0}")]
     Publish(String),
-    #[error("distillation config: {0}")]
+    #[error("{0}")]
     Config(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
     #[error(transparent)]
     Spec(#[from] super::spec::SpecError),
 }
@@ -367,6 +369,21 @@ pub fn train_validated(
     config: &TrainConfig,
     plan: &Plan,
 ) -> Result<TrainLog, TrainError> {
+    Ok(train_resuming(student, data, rows, validation, config, plan, None)?.0)
+}
+
+/// [`train_validated`] continuing from an optimiser state (a warm start: `student` already
+/// holds the checkpoint's weights), returning the optimiser's state at the end for the next
+/// checkpoint.
+pub fn train_resuming(
+    student: &Student,
+    data: &TrainingData,
+    rows: &[usize],
+    validation: &[usize],
+    config: &TrainConfig,
+    plan: &Plan,
+    resume: Option<OptimizerState>,
+) -> Result<(TrainLog, OptimizerState), TrainError> {
     reuse_freed_memory();
     if plan.uses_teacher() && data.teacher.len() != plan.teacher_labels.len() {
         return Err(TrainError::Config("the plan needs teacher labels the data does not carry".into()));
@@ -376,7 +393,10 @@ pub fn train_validated(
         weight_decay: config.weight_decay,
         ..Default::default()
     };
-    let mut optimizer = AdamW::new(student.vars(), params);
+    let mut optimizer = match resume {
+        None => AdamW::new(student.vars(), params),
+        Some(state) => AdamW::resume(student.vars(), params, state)?,
+    };
     let mut rng = SplitMix64::new(config.seed ^ 0xba7c4);
     // Its own stream, so masking never changes the batch order.
     let mut mask_rng = SplitMix64::new(config.seed ^ 0x3a5c);
@@ -463,7 +483,7 @@ pub fn train_validated(
     {
         student.set_weights(&weights)?;
     }
-    Ok(log)
+    Ok((log, optimizer.state()))
 }
 
 /// Keeps large freed blocks in the process instead of handing them back to the kernel.

@@ -63,6 +63,17 @@ pub fn latest(models_dir: &Path) -> Result<BTreeMap<String, PackageRef>, Package
     Ok(latest)
 }
 
+/// One past the newest numeric version of `name` under `models_dir`, or "1".
+pub fn next_version(models_dir: &Path, name: &str) -> String {
+    let newest = discover(models_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.name == name)
+        .filter_map(|p| p.version.parse::<u64>().ok())
+        .max();
+    newest.map_or(1, |v| v + 1).to_string()
+}
+
 fn read_dir_sorted(dir: &Path) -> Result<Vec<String>, PackageError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -96,6 +107,17 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 /// The files are written and synced in a hidden temporary directory, which is then renamed
 /// into place: a crash leaves either no package or a whole one.
 pub fn write(models_dir: &Path, manifest: &Manifest, graph: &[u8]) -> Result<PathBuf, PackageError> {
+    write_with(models_dir, manifest, graph, |_| Ok(()))
+}
+
+/// [`write`], with `extra` adding files (e.g. a training checkpoint) to the hidden directory
+/// before the rename, so they appear together with the package or not at all.
+pub fn write_with(
+    models_dir: &Path,
+    manifest: &Manifest,
+    graph: &[u8],
+    extra: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<PathBuf, PackageError> {
     let name_dir = models_dir.join(&manifest.model.name);
     std::fs::create_dir_all(&name_dir).map_err(io_err(&name_dir))?;
     let target = name_dir.join(&manifest.model.version);
@@ -110,6 +132,7 @@ pub fn write(models_dir: &Path, manifest: &Manifest, graph: &[u8]) -> Result<Pat
     let result = (|| {
         write_synced(&tmp.join(GRAPH), graph)?;
         write_synced(&tmp.join(MANIFEST), manifest.to_toml().as_bytes())?;
+        extra(&tmp).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
         // The rename is durable only once the parent directory is synced.
         std::fs::File::open(&name_dir).and_then(|d| d.sync_all()).map_err(io_err(&name_dir))

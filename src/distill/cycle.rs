@@ -1,0 +1,154 @@
+//! `retort train`'s whole cycle: train (from scratch, or continuing the serving version's
+//! checkpoint), evaluate, pass the publish gate, publish, and notify a server; and `--follow`,
+//! which runs that cycle again each time new partitions (and, for a distilled student, their
+//! teacher labels) land: the continuous training loop of Paper B.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::dataset::Dataset;
+use super::publish::{self, GateReport};
+use super::run::{self, RunConfig, TrainJob, Trained};
+use super::spec::DataSpec;
+use super::store;
+use super::train::TrainError;
+use crate::model::package;
+
+/// What a cycle trains and where it publishes.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    pub data_dir: PathBuf,
+    pub spec: DataSpec,
+    pub config: RunConfig,
+    pub labels: Option<PathBuf>,
+    pub models_dir: PathBuf,
+    pub name: String,
+    /// Version to publish; the next numeric one when `None`.
+    pub version: Option<String>,
+    /// Publish even when the gate refuses.
+    pub force: bool,
+    /// Continue from the serving version's checkpoint, on the examples it has not seen.
+    pub warm_start: bool,
+    /// A server to ask to load what was published, and its admin token.
+    pub notify: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+/// How one cycle ended.
+pub struct Round {
+    pub trained: Trained,
+    pub gate: GateReport,
+    pub seconds: f64,
+    /// Where the package went, unless the gate refused it.
+    pub published: Option<PathBuf>,
+    /// The server's answer to `--notify`.
+    pub notified: Option<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("published {published}, but {source}")]
+    Notify { published: String, source: publish::NotifyError },
+}
+
+impl Cycle {
+    /// Trains, gates, publishes and notifies once. A refusal by the gate is not an error: the
+    /// round says so and publishes nothing.
+    pub fn run_once(&self) -> Result<Round, CycleError> {
+        let started = Instant::now();
+        let version =
+            self.version.clone().unwrap_or_else(|| package::next_version(&self.models_dir, &self.name));
+        // The version being served: the newest one published under this name.
+        let serving =
+            package::latest(&self.models_dir).ok().and_then(|mut l| l.remove(&self.name)).map(|p| p.dir);
+        let warm = match (&serving, self.warm_start) {
+            (Some(dir), true) => Some(dir.as_path()),
+            _ => None,
+        };
+        let job = TrainJob::new(&self.data_dir, &self.spec, &self.config, &self.name, &version)
+            .labels(self.labels.as_deref())
+            .baseline(serving.as_deref())
+            .warm_start(warm);
+        let trained = run::train_model(&job)?;
+        let gate = publish::gate(&trained.metrics, trained.baseline.as_ref(), &self.config.publish);
+        let seconds = started.elapsed().as_secs_f64();
+        if !gate.passed() && !self.force {
+            return Ok(Round { trained, gate, seconds, published: None, notified: None });
+        }
+        let dir = run::publish(&self.models_dir, &trained)?;
+        let notified = match &self.notify {
+            None => None,
+            Some(url) => Some(
+                publish::notify(url, &self.name, &version, self.admin_token.as_deref())
+                    .map_err(|source| CycleError::Notify { published: dir.display().to_string(), source })?,
+            ),
+        };
+        Ok(Round { trained, gate, seconds, published: Some(dir), notified })
+    }
+
+    /// Partitions of the data whose teacher labels (when the config distils) are in place.
+    fn ready_partitions(&self) -> Result<BTreeSet<String>, TrainError> {
+        let dataset = Dataset::open(&self.data_dir)?;
+        let distils = !self.config.distill.tasks.is_empty() || !self.config.distill.new_heads.is_empty();
+        Ok(dataset
+            .partitions
+            .iter()
+            .filter(|p| match (&self.labels, distils) {
+                (Some(labels), true) => store::label_path(labels, &p.name).is_file(),
+                _ => true,
+            })
+            .map(|p| p.name.clone())
+            .collect())
+    }
+
+    /// Runs a cycle now, then again each time new ready partitions appear, until `stop`.
+    /// `on_round` hears of every round (or its error: a later round's failure, such as a bad
+    /// partition, is reported and the loop waits for the data to change).
+    pub fn follow(
+        &self,
+        poll: Duration,
+        stop: &AtomicBool,
+        mut on_round: impl FnMut(&BTreeSet<String>, Result<Round, CycleError>),
+    ) -> Result<(), CycleError> {
+        if self.version.is_some() {
+            return Err(TrainError::Config(
+                "--follow publishes a new version each round; drop --version".into(),
+            )
+            .into());
+        }
+        let mut done: Option<BTreeSet<String>> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let ready = self.ready_partitions()?;
+            if done.as_ref() != Some(&ready) && !ready.is_empty() {
+                let new: BTreeSet<String> = match &done {
+                    Some(d) => ready.difference(d).cloned().collect(),
+                    None => ready.clone(),
+                };
+                let round = self.run_once();
+                // A warm start with nothing new is waiting, not failing.
+                let waiting = matches!(&round, Err(CycleError::Train(TrainError::Config(m))) if m.starts_with("nothing to train on"));
+                if !waiting {
+                    on_round(&new, round);
+                }
+                done = Some(ready);
+            }
+            sleep_unless_stopped(poll, stop);
+        }
+        Ok(())
+    }
+}
+
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
