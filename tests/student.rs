@@ -409,3 +409,96 @@ fn label_with_stand_in_teacher(
     labeller.label_dataset(&Dataset::open(target).unwrap()).unwrap();
     labeller
 }
+
+#[test]
+fn multiply_adds_count_the_dense_layers_with_the_context_once() {
+    use retort::distill::run::RunConfig;
+    let spec = demo::spec(Domain::Target);
+    let student = RunConfig::default().architecture(&spec).unwrap();
+    // Context once: (4 ids·16 + 1)·64 + 64·32 + join 32·64 = 8256. Per candidate: item
+    // (3·16 + 2 + 8)·64 + 64·32 + join 32·64 = 7808, interaction 64·32, four task towers 32·16
+    // and four heads 16·1: 11968.
+    assert_eq!(student.macs(1), 8256 + 11968);
+    assert_eq!(student.macs(500), 8256 + 500 * 11968);
+    // The quickstart teacher costs over 50x the student per labelled example.
+    let teacher: RunConfig = toml::from_str(retort::distill::quickstart::TEACHER_CONFIG).unwrap();
+    let teacher = teacher.architecture(&demo::spec(Domain::Source)).unwrap();
+    let ratio = teacher.macs(1) as f64 / student.macs(1) as f64;
+    eprintln!("teacher/student multiply-adds per labelled example: {ratio:.1}");
+    assert!(ratio >= 50.0, "teacher/student multiply-adds {ratio:.1}");
+}
+
+#[test]
+fn a_mixture_of_experts_student_learns_and_exports_exactly() {
+    use retort::distill::run::RunConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 300,
+        days: 4,
+        target_requests: 1500,
+        tracks: 300,
+        artists: 30,
+        ..DemoConfig::default()
+    };
+    let (target, spec) = target_world(dir.path(), &config);
+    let run: RunConfig = toml::from_str("[model]\nexperts = 3\ninteraction_hidden = [32, 24, 16]\n").unwrap();
+    let arch = run.architecture(&spec).unwrap();
+    assert_eq!(arch.experts, 3);
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    let (fit, holdout) = data.split_at(EPOCH + 3 * 86_400);
+    let student = Student::new(&arch, 5, &Device::Cpu).unwrap();
+    let weights = student.weights().unwrap();
+    assert_eq!((weights.experts.len(), weights.gates.len()), (3, 4));
+    assert!(weights.interaction_layers.is_empty());
+    let losses = train(&student, &data, &fit, &TrainConfig { epochs: 2, ..TrainConfig::default() }).unwrap();
+    assert!(losses[1] < losses[0], "{losses:?}");
+    // The gates learned something: they moved from their initial weights.
+    assert_ne!(student.weights().unwrap().gates, weights.gates);
+
+    // candle, the plain-Rust reference, tract (and ort) agree on the exported graph.
+    let weights = student.weights().unwrap();
+    let (mut manifest, graph) = scaffold::package(
+        "moe",
+        "1",
+        &arch,
+        &weights,
+        &[("play", 1.0)],
+        "test MMoE student",
+        "tests/student.rs",
+        scaffold::golden_for(&arch.features),
+    );
+    // As served (context once), the golden examples reproduce the reference forward pass.
+    let served =
+        Model::from_parts(manifest.clone(), &graph, Path::new("moe.onnx"), EngineKind::Tract).unwrap();
+    assert_eq!(served.manifest.model.context_rows, ContextRows::Once);
+    served.check_golden().unwrap();
+    manifest.model.context_rows = ContextRows::PerCandidate;
+    let sample: Vec<usize> = holdout.iter().copied().step_by(11).collect();
+    let candle = predict(&student, &data, &sample).unwrap();
+    // The reference runs one request (its context once): each sampled row on its own.
+    let reference: Vec<Vec<f32>> = {
+        let per_row: Vec<Vec<Vec<f32>>> = sample
+            .iter()
+            .map(|&r| arch.reference_forward(&weights, data.encoder.inputs(), &data.subset(&[r])))
+            .collect();
+        (0..arch.heads.len()).map(|h| per_row.iter().map(|row| row[h][0]).collect()).collect()
+    };
+    let engines: Vec<EngineKind> = if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        vec![EngineKind::Tract, EngineKind::Ort]
+    } else {
+        vec![EngineKind::Tract]
+    };
+    for engine in engines {
+        let model = Model::from_parts(manifest.clone(), &graph, Path::new("moe.onnx"), engine).unwrap();
+        model.check_golden().unwrap();
+        let exported = model.infer(data.subset(&sample)).unwrap();
+        let mut worst = 0f32;
+        for (h, logits) in candle.iter().enumerate() {
+            for (i, z) in logits.iter().enumerate() {
+                let p = 1.0 / (1.0 + (-z).exp());
+                worst = worst.max((p - exported.head(h)[i]).abs()).max((p - reference[h][i]).abs());
+            }
+        }
+        assert!(worst <= 1e-5, "{engine}: candle, reference and the export differ by {worst}");
+    }
+}

@@ -27,6 +27,9 @@ pub struct ArchConfig {
     pub context_hidden: Vec<usize>,
     pub item_hidden: Vec<usize>,
     pub interaction_hidden: Vec<usize>,
+    /// Multi-gate mixture of experts: this many expert MLPs (`interaction_hidden[1..]` each)
+    /// with a softmax gate per task; 0 for a shared bottom.
+    pub experts: usize,
     pub task_hidden: Vec<usize>,
     /// Export binary heads as logits (teachers do).
     pub logit_outputs: bool,
@@ -41,6 +44,7 @@ impl Default for ArchConfig {
             context_hidden: vec![64, 32],
             item_hidden: vec![64, 32],
             interaction_hidden: vec![64, 32],
+            experts: 0,
             task_hidden: vec![16],
             logit_outputs: false,
             tasks: Vec::new(),
@@ -138,6 +142,7 @@ impl RunConfig {
         arch.context_hidden = self.model.context_hidden.clone();
         arch.item_hidden = self.model.item_hidden.clone();
         arch.interaction_hidden = self.model.interaction_hidden.clone();
+        arch.experts = self.model.experts;
         arch.task_hidden = self.model.task_hidden.clone();
         if !self.model.tasks.is_empty() {
             let mut heads = Vec::new();
@@ -341,6 +346,13 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         manifest.provenance.teacher = format!("{teacher} (labels {})", labels.display());
     }
     manifest.provenance.notes.insert("distill".into(), toml::to_string(&config.distill).unwrap_or_default());
+    // The inference cost, for comparing teachers and students (and budgets): the context once
+    // plus the per-candidate part, in dense-layer multiply-adds.
+    let (one, two) = (plan.arch.macs(1), plan.arch.macs(2));
+    manifest.provenance.notes.insert(
+        "multiply_adds".into(),
+        format!("{} for the context, {} per candidate", one - (two - one), two - one),
+    );
     if let (Some(dir), Some(ck)) = (warm_start, &resume) {
         let through = super::store::rfc3339(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(ck.trained_through.max(0) as u64),

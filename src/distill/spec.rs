@@ -120,6 +120,7 @@ impl DataSpec {
             context_hidden: vec![64, 32],
             item_hidden: vec![64, 32],
             interaction_hidden: vec![64, 32],
+            experts: 0,
             task_hidden: Vec::new(),
             heads: self
                 .tasks

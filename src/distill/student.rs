@@ -72,6 +72,9 @@ pub struct Student {
     join_context: Layer,
     join_item: Layer,
     interaction: Vec<Layer>,
+    /// MMoE: per expert its layers, per task tower its gate (empty for a shared bottom).
+    experts: Vec<Vec<Layer>>,
+    gates: Vec<Layer>,
     task_towers: Vec<Vec<Layer>>,
     heads: Vec<Layer>,
     /// Per side: each id column's row offset in the stacked table.
@@ -121,6 +124,8 @@ impl Student {
             join_context: Layer::new(&w.join_context, true, device)?,
             join_item: Layer::new(&w.join_item, false, device)?,
             interaction: layers(&w.interaction_layers)?,
+            experts: w.experts.iter().map(|e| layers(e)).collect::<Result<_>>()?,
+            gates: layers(&w.gates)?,
             task_towers: w.task_towers.iter().map(|t| layers(t)).collect::<Result<_>>()?,
             heads: layers(&w.heads)?,
             context_offsets: offsets(arch, Side::Context),
@@ -139,6 +144,8 @@ impl Student {
             .chain(&self.item_layers)
             .chain([&self.join_context, &self.join_item])
             .chain(&self.interaction)
+            .chain(self.experts.iter().flatten())
+            .chain(&self.gates)
             .chain(self.task_towers.iter().flatten())
             .chain(&self.heads)
         {
@@ -158,6 +165,8 @@ impl Student {
             join_context: self.join_context.dense()?,
             join_item: self.join_item.dense()?,
             interaction_layers: dense(&self.interaction)?,
+            experts: self.experts.iter().map(|e| dense(e)).collect::<Result<_>>()?,
+            gates: dense(&self.gates)?,
             task_towers: self.task_towers.iter().map(|t| dense(t)).collect::<Result<_>>()?,
             heads: dense(&self.heads)?,
         })
@@ -248,15 +257,34 @@ impl Student {
             &self.item_layers,
             b.rows,
         )?;
-        let mut h = (self.join_context.forward(&c)? + self.join_item.forward(&i)?)?.relu()?;
-        for layer in &self.interaction {
-            h = layer.forward(&h)?.relu()?;
-        }
+        let joined = (self.join_context.forward(&c)? + self.join_item.forward(&i)?)?.relu()?;
+        let mlp = |x: &Tensor, layers: &[Layer]| -> Result<Tensor> {
+            let mut x = x.clone();
+            for layer in layers {
+                x = layer.forward(&x)?.relu()?;
+            }
+            Ok(x)
+        };
+        let shared = mlp(&joined, &self.interaction)?;
+        // MMoE: experts stacked `[rows, experts, width]`, each tower mixing them by its gate.
+        let experts = if self.experts.is_empty() {
+            None
+        } else {
+            let outs = self.experts.iter().map(|e| mlp(&joined, e)).collect::<Result<Vec<_>>>()?;
+            Some(Tensor::stack(&outs, 1)?)
+        };
         let towers: Vec<Tensor> = self
             .task_towers
             .iter()
-            .map(|layers| {
-                let mut x = h.clone();
+            .enumerate()
+            .map(|(t, layers)| {
+                let mut x = match &experts {
+                    None => shared.clone(),
+                    Some(stacked) => {
+                        let weights = candle_nn::ops::softmax(&self.gates[t].forward(&joined)?, 1)?;
+                        weights.unsqueeze(1)?.matmul(stacked)?.squeeze(1)?
+                    }
+                };
                 for layer in layers {
                     x = layer.forward(&x)?.relu()?;
                 }

@@ -52,6 +52,7 @@ pub fn music_architecture() -> TwoTower {
         context_hidden: vec![64, 32],
         item_hidden: vec![64, 32],
         interaction_hidden: vec![64, 32],
+        experts: 0,
         task_hidden: Vec::new(),
         heads: ["play", "like", "skip", "long_listen"]
             .iter()

@@ -1,6 +1,11 @@
 //! The student architecture retort exports: a context tower run once per request, an item tower
 //! run per candidate, an interaction MLP and one output layer per head.
 //!
+//! The interaction part is either a shared bottom (one MLP every task tower reads) or a
+//! multi-gate mixture of experts (MMoE: several expert MLPs, and per task tower a softmax gate
+//! over them that picks its own mixture), so tasks that pull in different directions need not
+//! share one representation.
+//!
 //! Context-once: the first interaction layer acting on `[context, item]` is split into its
 //! context half and its item half, `W·[c; i] + b = (W_c·c + b) + W_i·i`. The context half is
 //! computed on the single context row and added to every candidate row by ONNX broadcasting, so
@@ -28,6 +33,9 @@ pub struct TwoTower {
     pub item_hidden: Vec<usize>,
     /// At least one layer: the first joins the towers.
     pub interaction_hidden: Vec<usize>,
+    /// Experts of a multi-gate mixture of experts, each an MLP of `interaction_hidden[1..]`
+    /// over the joining layer; 0 for a shared bottom (one MLP).
+    pub experts: usize,
     /// Layers of each task tower, between the shared interaction MLP and a task's heads (empty:
     /// heads read the shared layers directly).
     pub task_hidden: Vec<usize>,
@@ -102,7 +110,12 @@ pub struct TwoTowerWeights {
     /// The joining layer's context half (with the bias) and item half (no bias).
     pub join_context: Dense,
     pub join_item: Dense,
+    /// The shared bottom's layers after the join (empty with experts).
     pub interaction_layers: Vec<Dense>,
+    /// MMoE: per expert, its layers after the join.
+    pub experts: Vec<Vec<Dense>>,
+    /// MMoE: per task tower, its gate `[experts, join width]` (softmax over experts).
+    pub gates: Vec<Dense>,
     /// Per task tower, its layers.
     pub task_towers: Vec<Vec<Dense>>,
     /// One `[1, tower output]` layer per head, in head order.
@@ -173,6 +186,39 @@ impl TwoTower {
         hidden.last().copied().unwrap_or_else(|| self.tower_input_width(side))
     }
 
+    /// Multiply-adds of the dense layers, for one request of `candidates` candidates with the
+    /// context run once (as served) and for one labelled example (context and candidate one
+    /// row each, as a teacher labels). Embedding lookups are free; only serving heads count.
+    pub fn macs(&self, candidates: usize) -> u64 {
+        let stack = |input: usize, widths: &[usize]| -> u64 {
+            let mut w = input;
+            widths.iter().map(|&o| std::mem::replace(&mut w, o) as u64 * o as u64).sum()
+        };
+        let context = stack(self.tower_input_width(Side::Context), &self.context_hidden);
+        let join = self.interaction_hidden[0] as u64;
+        let item = stack(self.tower_input_width(Side::Item), &self.item_hidden)
+            + self.tower_output_width(Side::Item) as u64 * join;
+        let last = *self.interaction_hidden.last().expect("validated non-empty");
+        let interaction = match self.experts {
+            0 => stack(self.interaction_hidden[0], &self.interaction_hidden[1..]),
+            // Each expert's MLP, then per task tower its gate and its weighted sum.
+            n => {
+                n as u64 * stack(self.interaction_hidden[0], &self.interaction_hidden[1..])
+                    + self.towers() as u64 * n as u64 * (join + last as u64)
+            }
+        };
+        let tower_out = self.task_hidden.last().copied().unwrap_or(last) as u64;
+        let serving: Vec<&HeadSpec> = self.heads.iter().filter(|h| h.serving).collect();
+        let mut towers: Vec<usize> = serving.iter().map(|h| h.tower).collect();
+        towers.sort_unstable();
+        towers.dedup();
+        let per_candidate = item
+            + interaction
+            + towers.len() as u64 * stack(last, &self.task_hidden)
+            + serving.len() as u64 * tower_out;
+        context + self.tower_output_width(Side::Context) as u64 * join + candidates as u64 * per_candidate
+    }
+
     /// Checks the description is buildable, naming what is not.
     pub fn validate(&self) -> Result<(), String> {
         if self.interaction_hidden.is_empty() {
@@ -180,6 +226,11 @@ impl TwoTower {
         }
         if !self.heads.iter().any(|h| h.serving) {
             return Err("a model needs at least one serving head".into());
+        }
+        if self.experts > 0 && self.interaction_hidden.len() < 2 {
+            return Err("experts need interaction_hidden of two layers or more: the first joins the \
+                        towers, the rest make each expert"
+                .into());
         }
         for t in 0..self.towers() {
             if !self.heads.iter().any(|h| h.tower == t) {
@@ -240,9 +291,20 @@ impl TwoTower {
             &[join_width],
         )
         .remove(0);
-        let interaction_layers = stack(&mut shared, join_width, &self.interaction_hidden[1..]);
         let last = *self.interaction_hidden.last().expect("validated non-empty");
         let stream = |tag: u64| SplitMix64::new(seed ^ tag.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let (interaction_layers, experts, gates) = match self.experts {
+            0 => (stack(&mut shared, join_width, &self.interaction_hidden[1..]), Vec::new(), Vec::new()),
+            n => (
+                Vec::new(),
+                (0..n)
+                    .map(|k| stack(&mut stream(0x6000 + k as u64), join_width, &self.interaction_hidden[1..]))
+                    .collect(),
+                (0..self.towers())
+                    .map(|t| stack(&mut stream(0x6800 + t as u64), join_width, &[n]).remove(0))
+                    .collect(),
+            ),
+        };
         let task_towers: Vec<Vec<Dense>> = (0..self.towers())
             .map(|t| stack(&mut stream(0x7000 + t as u64), last, &self.task_hidden))
             .collect();
@@ -264,6 +326,8 @@ impl TwoTower {
             join_context,
             join_item,
             interaction_layers,
+            experts,
+            gates,
             task_towers,
             heads,
         }
@@ -292,18 +356,45 @@ impl TwoTower {
         );
         let joined_item = g.matmul_t(&item, &w.join_item.weight, w.join_item.inputs, w.join_item.outputs);
         let sum = g.add(&joined_context, &joined_item);
-        let mut h = g.relu(&sum);
-        for layer in &w.interaction_layers {
-            let y = g.linear(&h, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
-            h = g.relu(&y);
-        }
+        let joined = g.relu(&sum);
+        let mlp = |g: &mut GraphBuilder, x: &str, layers: &[Dense]| -> String {
+            let mut x = x.to_string();
+            for layer in layers {
+                let y = g.linear(&x, &layer.weight, &layer.bias, layer.inputs, layer.outputs);
+                x = g.relu(&y);
+            }
+            x
+        };
+        let shared = (self.experts == 0).then(|| mlp(&mut g, &joined, &w.interaction_layers));
+        // MMoE: the experts stacked `[batch, experts, width]`, mixed per tower by its gate.
+        let stacked = (self.experts > 0).then(|| {
+            let mut outs = Vec::new();
+            for layers in &w.experts {
+                let e = mlp(&mut g, &joined, layers);
+                outs.push(g.reshape(&e, &[0, 1, -1]));
+            }
+            g.concat(&outs.iter().map(String::as_str).collect::<Vec<_>>(), 1)
+        });
         // Only serving heads are exported, and only the towers they read.
         let mut towers: Vec<Option<String>> = vec![None; self.towers()];
         for (head, layer) in self.heads.iter().zip(&w.heads).filter(|(h, _)| h.serving) {
             let x = match &towers[head.tower] {
                 Some(x) => x.clone(),
                 None => {
-                    let mut x = h.clone();
+                    let mut x = match (&shared, &stacked) {
+                        (Some(h), _) => h.clone(),
+                        (None, Some(experts)) => {
+                            let gate = &w.gates[head.tower];
+                            let logits =
+                                g.linear(&joined, &gate.weight, &gate.bias, gate.inputs, gate.outputs);
+                            let weights =
+                                g.node("Softmax", &[&logits], vec![super::onnx::attr_int("axis", 1)]);
+                            let weights = g.reshape(&weights, &[0, 1, -1]);
+                            let mixed = g.node("MatMul", &[&weights, experts], Vec::new());
+                            g.reshape(&mixed, &[0, -1])
+                        }
+                        (None, None) => unreachable!("a shared bottom or experts. This is a bug."),
+                    };
                     for l in &w.task_towers[head.tower] {
                         let y = g.linear(&x, &l.weight, &l.bias, l.inputs, l.outputs);
                         x = g.relu(&y);
@@ -411,15 +502,41 @@ impl TwoTower {
         let jc = w.join_context.forward(&c, 1);
         let ji = w.join_item.forward(&i, rows);
         let width = w.join_item.outputs;
-        let mut h: Vec<f32> = (0..rows * width).map(|k| (jc[k % width] + ji[k]).max(0.0)).collect();
-        for layer in &w.interaction_layers {
-            h = layer.forward(&h, rows).into_iter().map(|v| v.max(0.0)).collect();
-        }
+        let joined: Vec<f32> = (0..rows * width).map(|k| (jc[k % width] + ji[k]).max(0.0)).collect();
+        let mlp = |x: &[f32], layers: &[Dense]| {
+            let mut x = x.to_vec();
+            for layer in layers {
+                x = layer.forward(&x, rows).into_iter().map(|v| v.max(0.0)).collect();
+            }
+            x
+        };
+        let shared = mlp(&joined, &w.interaction_layers);
+        let experts: Vec<Vec<f32>> = w.experts.iter().map(|layers| mlp(&joined, layers)).collect();
         let towers: Vec<Vec<f32>> = w
             .task_towers
             .iter()
-            .map(|layers| {
-                let mut x = h.clone();
+            .enumerate()
+            .map(|(t, layers)| {
+                let mut x = if experts.is_empty() {
+                    shared.clone()
+                } else {
+                    let logits = w.gates[t].forward(&joined, rows);
+                    let n = experts.len();
+                    let d = experts[0].len() / rows.max(1);
+                    let mut mixed = vec![0.0f32; rows * d];
+                    for r in 0..rows {
+                        let z = &logits[r * n..(r + 1) * n];
+                        let top = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let e: Vec<f32> = z.iter().map(|v| (v - top).exp()).collect();
+                        let total: f32 = e.iter().sum();
+                        for (k, expert) in experts.iter().enumerate() {
+                            for j in 0..d {
+                                mixed[r * d + j] += e[k] / total * expert[r * d + j];
+                            }
+                        }
+                    }
+                    mixed
+                };
                 for layer in layers {
                     x = layer.forward(&x, rows).into_iter().map(|v| v.max(0.0)).collect();
                 }
