@@ -376,8 +376,9 @@ fn main() -> anyhow::Result<()> {
             )?;
             print!("\n{}", done.comparison.markdown());
             println!(
-                "\npublished {} in {:.0} s (teacher {}, labels {})",
+                "\npublished {} with its fallback {} in {:.0} s (teacher {}, labels {})",
                 done.published.display(),
+                done.fallback.display(),
                 started.elapsed().as_secs_f64(),
                 done.teacher.display(),
                 done.labels.display()

@@ -287,9 +287,15 @@ async fn health_and_readiness() {
     assert_eq!((health.status, health.text().trim()), (200, "ok"));
     let ready = server.get("/readyz").await;
     assert_eq!(ready.status, 200);
-    assert_eq!(ready.json()["models"], json!(["music-ranker/1"]));
-    // With one model served, a request may leave the model out.
-    assert_eq!(server.rank(&request(3, 9)).await.status, 200);
+    assert_eq!(ready.json()["models"], json!(["music-ranker/1", "music-ranker-fallback/1"]));
+    // The fallback stands in for the student, so the student is the one a request without a
+    // model name gets; the fallback answers when named.
+    let r = server.rank(&request(3, 9)).await;
+    assert_eq!((r.status, r.json()["model"].as_str()), (200, Some("music-ranker")));
+    let mut named = request(3, 9);
+    named["model"] = json!("music-ranker-fallback");
+    let r = server.rank(&named).await;
+    assert_eq!((r.status, r.json()["model"].as_str()), (200, Some("music-ranker-fallback")));
     server.stop().await.unwrap();
 }
 

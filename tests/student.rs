@@ -363,6 +363,19 @@ fn quickstart_runs_the_whole_loop_and_resumes() {
         "{}",
         model.manifest.provenance.teacher
     );
+    // The tiny fallback: declared by the student, the same serving heads, far cheaper.
+    assert_eq!(model.manifest.model.fallback.as_deref(), Some("music-ranker-fallback"));
+    let tiny = Model::load(&done.fallback, EngineKind::Tract).unwrap();
+    assert_eq!(tiny.name(), "music-ranker-fallback");
+    assert_eq!(
+        tiny.serving_heads().map(|(_, h)| h.to_string()).collect::<Vec<_>>(),
+        ["play", "skip", "long_listen", "like"]
+    );
+    let cost = |m: &Model| -> u64 {
+        let note = &m.manifest.provenance.notes["multiply_adds"];
+        note.split(", ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(cost(&model) >= 10 * cost(&tiny), "per candidate: {} against {}", cost(&model), cost(&tiny));
 
     // A rerun reuses the world, the teacher and the labels.
     let mut again = Vec::new();

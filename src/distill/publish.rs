@@ -53,19 +53,23 @@ impl GateMetric {
     }
 }
 
-/// `[publish]` of a training config.
+/// `[publish]` of a training config: the gate, and what the published manifest declares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GateConfig {
+pub struct PublishConfig {
     pub metric: GateMetric,
     /// How much worse (in the metric's units, averaged over tasks) the new model may be and
     /// still be published: retraining on new data moves holdout metrics by noise alone.
     pub tolerance: f64,
+    /// The model (by name, served from the same directory) that stands in for this one when a
+    /// request's latency budget cannot afford it: recorded as `[model] fallback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
-impl Default for GateConfig {
+impl Default for PublishConfig {
     fn default() -> Self {
-        GateConfig { metric: GateMetric::Auc, tolerance: 0.0 }
+        PublishConfig { metric: GateMetric::Auc, tolerance: 0.0, fallback: None }
     }
 }
 
@@ -156,7 +160,7 @@ impl GateReport {
 }
 
 /// Compares the new model's holdout metrics with the serving version's.
-pub fn gate(new: &[TaskMetrics], baseline: Option<&Baseline>, config: &GateConfig) -> GateReport {
+pub fn gate(new: &[TaskMetrics], baseline: Option<&Baseline>, config: &PublishConfig) -> GateReport {
     let metric = config.metric;
     let Some(baseline) = baseline else {
         return GateReport { tasks: Vec::new(), metric, against: None, refusal: None };
@@ -284,31 +288,32 @@ mod tests {
     fn refuses_a_worse_mean_over_shared_tasks_and_passes_within_tolerance() {
         let new = [m("play", 0.70, 0.60), m("like", 0.64, 0.50), m("only_new", 0.99, 0.1)];
         let old = serving(vec![m("play", 0.72, 0.61), m("like", 0.64, 0.52), m("only_old", 0.5, 0.7)]);
-        let strict = gate(&new, Some(&old), &GateConfig::default());
+        let strict = gate(&new, Some(&old), &PublishConfig::default());
         assert_eq!(strict.tasks.len(), 2, "only shared tasks count");
         let why = strict.refusal.as_deref().expect("AUC is worse by 0.01");
         assert!(why.contains("0.6700") && why.contains("0.6800") && why.contains("0.0100"), "{why}");
         assert!(strict.render().contains("| play | 0.7000 | 0.7200 | -0.0200 |"));
 
-        let lenient = gate(&new, Some(&old), &GateConfig { tolerance: 0.02, ..Default::default() });
+        let lenient = gate(&new, Some(&old), &PublishConfig { tolerance: 0.02, ..Default::default() });
         assert!(lenient.passed());
 
         // Lower log loss is better: the new model wins on it.
-        let by_log_loss = gate(&new, Some(&old), &GateConfig { metric: GateMetric::LogLoss, tolerance: 0.0 });
+        let by_log_loss =
+            gate(&new, Some(&old), &PublishConfig { metric: GateMetric::LogLoss, ..Default::default() });
         assert!(by_log_loss.passed(), "{:?}", by_log_loss.refusal);
     }
 
     #[test]
     fn passes_with_no_serving_version_and_refuses_when_it_cannot_compare() {
         let new = [m("play", 0.7, 0.6)];
-        assert!(gate(&new, None, &GateConfig::default()).passed());
+        assert!(gate(&new, None, &PublishConfig::default()).passed());
         let broken =
             Baseline { version: "music-ranker/3".into(), metrics: Err("model.onnx: truncated".into()) };
-        let r = gate(&new, Some(&broken), &GateConfig::default());
+        let r = gate(&new, Some(&broken), &PublishConfig::default());
         assert!(r.refusal.unwrap().contains("truncated"));
         let disjoint = serving(vec![m("skip", 0.6, 0.3)]);
         assert!(
-            gate(&new, Some(&disjoint), &GateConfig::default()).refusal.unwrap().contains("share no task")
+            gate(&new, Some(&disjoint), &PublishConfig::default()).refusal.unwrap().contains("share no task")
         );
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{CHECKPOINT, Checkpoint};
 use super::dataset::Dataset;
 use super::kd::{DistillConfig, Plan};
-use super::publish::{Baseline, GateConfig, evaluate_package, package_label};
+use super::publish::{Baseline, PublishConfig, evaluate_package, package_label};
 use super::spec::DataSpec;
 use super::student::Student;
 use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_resuming};
@@ -101,7 +101,7 @@ pub struct RunConfig {
     /// Hyperparameter grid `retort distill` searches for every variant alike.
     pub tune: TuneConfig,
     /// The gate a new version must pass to replace the serving one.
-    pub publish: GateConfig,
+    pub publish: PublishConfig,
 }
 
 /// A grid of learning rates and weight decays. Each variant of a comparison (the control
@@ -335,6 +335,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         &day(cutoff / 86_400)[..10]
     );
     manifest.provenance.created_at = super::store::rfc3339(std::time::SystemTime::now());
+    manifest.model.fallback = config.publish.fallback.clone();
     if let Some(labels) = labels.filter(|_| plan.uses_teacher()) {
         // The teacher's name and version, as the label files record them.
         let teacher = Dataset::open(labels)

@@ -38,6 +38,10 @@ pub struct ModelInfo {
     /// may then pad and split batches, which lets engines run precompiled fixed-size plans.
     #[serde(default)]
     pub independent_candidates: bool,
+    /// A smaller model (by name, in the same models directory) that can stand in for this one
+    /// when a request's latency budget cannot afford it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,6 +433,11 @@ impl Manifest {
                     "`{part}` cannot be a directory name (no slashes, no leading dot)"
                 )));
             }
+        }
+        if let Some(f) = &self.model.fallback
+            && (f == &self.model.name || f.is_empty() || f.contains(['/', '\\']) || f.starts_with('.'))
+        {
+            return Err(invalid(format!("fallback `{f}` must name another model of the models directory")));
         }
         if self.features.is_empty() {
             return Err(invalid("declares no features".into()));

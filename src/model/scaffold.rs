@@ -199,6 +199,7 @@ pub fn package(
             context_rows: ContextRows::Once,
             // The two-tower graph is row-wise after the context broadcast.
             independent_candidates: true,
+            fallback: None,
         },
         features: arch.features.clone(),
         // The graph exports serving heads only; auxiliary heads stay with the trainer.

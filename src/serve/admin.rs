@@ -78,6 +78,11 @@ async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respons
                 "version": m.version(),
                 "state": "serving",
                 "engine": m.engine_kind().to_string(),
+                "fallback": m.manifest.model.fallback,
+                "is_fallback_of": snapshot.models.values()
+                    .filter(|o| o.manifest.model.fallback.as_deref() == Some(m.name()))
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>(),
                 "heads": m.serving_heads().map(|(_, h)| h).collect::<Vec<_>>(),
             })
         })

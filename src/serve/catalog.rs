@@ -22,15 +22,25 @@ impl Catalog {
         let name = match (name, &self.default_model) {
             (Some(n), _) => n,
             (None, Some(d)) => d.as_str(),
-            (None, None) if self.models.len() == 1 => {
-                return Ok(self.models.values().next().expect("one model"));
-            }
             (None, None) if self.models.is_empty() => return Err(ApiError::NotReady),
-            (None, None) => return Err(ApiError::ModelRequired { serving: self.names() }),
+            (None, None) => {
+                // A model that only stands in for another (its declared fallback) is never the
+                // default: with a student and its fallback served, the student answers.
+                let mut primary = self.models.values().filter(|m| !self.is_fallback(m.name()));
+                return match (primary.next(), primary.next()) {
+                    (Some(m), None) => Ok(m),
+                    _ => Err(ApiError::ModelRequired { serving: self.names() }),
+                };
+            }
         };
         self.models
             .get(name)
             .ok_or_else(|| ApiError::UnknownModel { name: name.to_string(), serving: self.names() })
+    }
+
+    /// Whether another served model declares `name` as its fallback.
+    pub fn is_fallback(&self, name: &str) -> bool {
+        self.models.values().any(|m| m.name() != name && m.manifest.model.fallback.as_deref() == Some(name))
     }
 
     fn names(&self) -> String {
