@@ -515,3 +515,32 @@ fn a_mixture_of_experts_student_learns_and_exports_exactly() {
         assert!(worst <= 1e-5, "{engine}: candle, reference and the export differ by {worst}");
     }
 }
+
+#[test]
+fn training_can_count_in_steps_instead_of_epochs() {
+    use retort::distill::kd::{DistillConfig, Plan};
+    use retort::distill::train::train_resuming;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 100,
+        days: 2,
+        target_requests: 200,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    let (target, spec) = target_world(dir.path(), &config);
+    let arch = spec.two_tower(false);
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let plan = Plan::new(&arch, &DistillConfig::default()).unwrap();
+    let batches_per_epoch = rows.len().div_ceil(256);
+    // More steps than one epoch holds: the second epoch is cut short.
+    let steps = batches_per_epoch + 2;
+    let student = Student::new(&arch, 1, &Device::Cpu).unwrap();
+    let train = TrainConfig { batch_size: 256, epochs: 99, steps, ..TrainConfig::default() };
+    let (log, state) = train_resuming(&student, &data, &rows, &[], &train, &plan, None).unwrap();
+    assert_eq!(state.step, steps as u64);
+    assert_eq!(log.train_losses.len(), 2);
+    assert_eq!(log.examples, rows.len() + 2 * 256);
+}

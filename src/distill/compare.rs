@@ -223,6 +223,7 @@ fn train_config(c: &RunConfig) -> super::train::TrainConfig {
         seed: c.train.seed,
         mask_probability: c.train.mask_probability,
         patience: 0,
+        steps: c.train.steps,
     }
 }
 

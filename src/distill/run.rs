@@ -70,6 +70,8 @@ pub struct TrainSection {
     /// Early stopping: hold out the last `validation_days` training days and stop after this many
     /// epochs without a better validation loss (0: off, every epoch on all training days).
     pub patience: usize,
+    /// Train for this many minibatch steps instead of `epochs` (0: count in epochs).
+    pub steps: usize,
 }
 
 impl Default for TrainSection {
@@ -85,6 +87,7 @@ impl Default for TrainSection {
             validation_days: 1,
             mask_probability: 0.0,
             patience: 0,
+            steps: 0,
         }
     }
 }
@@ -132,6 +135,7 @@ impl RunConfig {
             seed: self.train.seed,
             mask_probability: self.train.mask_probability,
             patience: self.train.patience,
+            steps: self.train.steps,
         }
     }
 

@@ -31,6 +31,9 @@ pub struct TrainConfig {
     /// Stop after this many epochs without a better validation loss, keeping the best epoch's
     /// weights; 0 trains every epoch.
     pub patience: usize,
+    /// Train for exactly this many minibatch steps (as many epochs as that takes, the last one
+    /// cut short) instead of `epochs`; 0 counts in epochs.
+    pub steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -43,6 +46,7 @@ impl Default for TrainConfig {
             seed: 1,
             mask_probability: 0.0,
             patience: 0,
+            steps: 0,
         }
     }
 }
@@ -410,15 +414,23 @@ pub fn train_resuming(
         data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { *x }).collect()).collect();
     let present: Vec<Vec<f32>> =
         data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { 1.0 }).collect()).collect();
-    for epoch in 0..config.epochs {
+    let epochs = match config.steps {
+        0 => config.epochs,
+        steps => steps.div_ceil(batches_per_epoch.max(1)),
+    };
+    let mut steps_done = 0usize;
+    for epoch in 0..epochs {
         // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
         // control and a distilled student with one seed see the same batches.
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
-        let (mut total, mut batches) = (0.0, 0usize);
+        let (mut total, mut batches, mut examples) = (0.0, 0usize, 0usize);
         let epoch_started = std::time::Instant::now();
         for chunk in order.chunks(config.batch_size.max(1)) {
+            if config.steps > 0 && steps_done == config.steps {
+                break;
+            }
             let batch = if config.mask_probability > 0.0 {
                 let mut rows = data.subset(chunk);
                 data.encoder.mask_missing(&mut rows, config.mask_probability, || mask_rng.next_f64());
@@ -446,11 +458,13 @@ pub fn train_resuming(
             optimizer.backward_step(&loss)?;
             total += loss.to_scalar::<f32>()? as f64;
             batches += 1;
+            steps_done += 1;
+            examples += chunk.len();
             if progress && batches % 20 == 0 {
                 eprint!(
                     "\r\x1b[Ktraining: epoch {}/{}, batch {batches}/{batches_per_epoch}, loss {:.4}",
                     epoch + 1,
-                    config.epochs,
+                    epochs,
                     total / batches as f64
                 );
             }
@@ -459,7 +473,7 @@ pub fn train_resuming(
             eprint!("\r\x1b[K");
         }
         log.train_seconds += epoch_started.elapsed().as_secs_f64();
-        log.examples += order.len();
+        log.examples += examples;
         let train_loss = total / batches.max(1) as f64;
         log.train_losses.push(train_loss);
         if validation.is_empty() {
