@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::engine::EngineKind;
+use crate::rollout::Policy;
+use crate::rollout::watch::CanaryRules;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +40,16 @@ pub struct Config {
     /// With no admin token: open the admin API to anyone who can reach the server, allowed
     /// only when it listens on a loopback address (a developer's machine, a sidecar's pod).
     pub admin_open_on_loopback: bool,
+    /// How often to look for new versions in the models directory, in milliseconds (0: never;
+    /// versions then arrive only through the admin API).
+    pub poll_interval_ms: u64,
+    /// What a new version does once loaded, validated and warm: `auto` promotes it, `manual`
+    /// waits for an operator.
+    pub rollout_policy: Policy,
+    /// Per-model policies overriding `rollout_policy` (file only: `[model_policies]`).
+    pub model_policies: std::collections::BTreeMap<String, Policy>,
+    /// When a canary is retired as failed (file only: `[canary]`).
+    pub canary: CanaryRules,
 }
 
 impl Default for Config {
@@ -55,6 +67,10 @@ impl Default for Config {
             drain_timeout_ms: 30_000,
             admin_token: None,
             admin_open_on_loopback: false,
+            poll_interval_ms: 10_000,
+            rollout_policy: Policy::Auto,
+            model_policies: Default::default(),
+            canary: CanaryRules::default(),
         }
     }
 }
@@ -109,6 +125,12 @@ pub struct ServeArgs {
     /// Open the admin API without a token; refused unless listening on loopback
     #[arg(long, env = "RETORT_ADMIN_OPEN_ON_LOOPBACK")]
     pub admin_open_on_loopback: bool,
+    /// How often to look for new model versions, in milliseconds; 0 never [default: 10000]
+    #[arg(long, env = "RETORT_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// What a new version does once validated: auto (promote) or manual [default: auto]
+    #[arg(long, env = "RETORT_ROLLOUT_POLICY")]
+    pub rollout_policy: Option<Policy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +164,9 @@ impl Config {
             max_body_bytes,
             max_candidates,
             log_format,
-            drain_timeout_ms
+            drain_timeout_ms,
+            poll_interval_ms,
+            rollout_policy
         );
         if args.default_model.is_some() {
             c.default_model = args.default_model.clone();

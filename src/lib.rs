@@ -18,6 +18,7 @@ pub mod config;
 pub mod distill;
 pub mod model;
 pub mod rng;
+pub mod rollout;
 pub mod serve;
 pub mod shutdown;
 pub mod toml_file;

@@ -23,7 +23,12 @@ async fn admin(server: &TestServer, method: &str, path: &str, token: Option<&str
 }
 
 fn config(models: &Path, token: Option<&str>) -> Config {
-    Config { models_dir: models.to_path_buf(), admin_token: token.map(String::from), ..Config::default() }
+    Config {
+        models_dir: models.to_path_buf(),
+        admin_token: token.map(String::from),
+        poll_interval_ms: 0,
+        ..Config::default()
+    }
 }
 
 #[tokio::test]
@@ -72,8 +77,13 @@ async fn loading_a_version_swaps_it_in_and_a_bad_one_changes_nothing() {
     let r = admin(&server, "POST", "/v1/models/m/versions/2/load", Some(TOKEN)).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
-    assert_eq!((body["version"].as_str(), body["previous"].as_str()), (Some("2"), Some("1")));
+    assert_eq!((body["version"].as_str(), body["state"].as_str()), (Some("2"), Some("serving")));
     assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
+    let listed = admin(&server, "GET", "/v1/models", Some(TOKEN)).await.json();
+    let state = |v: &str| {
+        listed["models"].as_array().unwrap().iter().find(|m| m["version"] == v).unwrap()["state"].clone()
+    };
+    assert_eq!((state("1"), state("2")), (serde_json::json!("previous"), serde_json::json!("serving")));
 
     let missing = admin(&server, "POST", "/v1/models/m/versions/9/load", Some(TOKEN)).await;
     assert_eq!((missing.status, missing.json()["error"]["code"].as_str()), (404, Some("unknown_version")));
@@ -81,6 +91,7 @@ async fn loading_a_version_swaps_it_in_and_a_bad_one_changes_nothing() {
     assert_eq!(hidden.status, 422, "{}", hidden.text());
 
     // A package whose graph is garbage is refused with the reason; version 2 keeps serving.
+    // (Directory polling is off in these tests' config, so only the admin API loads it.)
     let broken = dir.path().join("m/3");
     std::fs::create_dir_all(&broken).unwrap();
     let text = std::fs::read_to_string(dir.path().join("m/2/manifest.toml")).unwrap();
@@ -121,7 +132,7 @@ async fn train_notify_publishes_and_the_server_serves_the_new_version() {
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("published") && said.contains("\"previous\":\"1\""), "{said}");
+    assert!(said.contains("published") && said.contains("\"state\":\"serving\""), "{said}");
     assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
 
     // A wrong token: published, but the server refuses to load it, and the command says so.

@@ -4,12 +4,11 @@
 //! API refuses every call (403), unless the operator opened it with `admin_open_on_loopback`
 //! on a loopback listen address. The ranking API never needs the token.
 //!
-//! `POST /v1/models/{name}/versions/{version}/load` loads the package, checks its golden
-//! examples, warms it, and swaps it in for the model's current version in one atomic step:
-//! requests already running finish on the version they started with.
+//! The operations are [`crate::rollout::Rollout`]'s: `load` (then the model's policy), `promote`,
+//! `canary {"percent": N}`, `shadow {"percent": N}` and `rollback`; each change of what serves
+//! is one atomic swap, and requests already running finish on the version they started with.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -19,14 +18,17 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::App;
-use super::catalog::{self, Catalog};
 use super::error::ApiError;
-use crate::model::{Model, package};
+use crate::model::package;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/models", get(list))
         .route("/v1/models/{name}/versions/{version}/load", post(load))
+        .route("/v1/models/{name}/versions/{version}/promote", post(promote))
+        .route("/v1/models/{name}/versions/{version}/canary", post(canary))
+        .route("/v1/models/{name}/versions/{version}/shadow", post(shadow))
+        .route("/v1/models/{name}/rollback", post(rollback))
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -65,81 +67,115 @@ fn segment(s: &str) -> Result<&str, ApiError> {
     Ok(s)
 }
 
-/// `GET /v1/models`: the version of each model being served, and every package on disk.
+/// `GET /v1/models`: every version the server has seen, with its state, why it is in it, when
+/// it loaded, and what it has served; and every package published in the models directory.
 async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let snapshot = app.catalog.load_full();
-    let serving: Vec<Value> = snapshot
-        .models
-        .values()
-        .map(|m| {
-            json!({
-                "name": m.name(),
-                "version": m.version(),
-                "state": "serving",
-                "engine": m.engine_kind().to_string(),
-                "fallback": m.manifest.model.fallback,
-                "is_fallback_of": snapshot.models.values()
-                    .filter(|o| o.manifest.model.fallback.as_deref() == Some(m.name()))
-                    .map(|o| o.name())
-                    .collect::<Vec<_>>(),
-                "heads": m.serving_heads().map(|(_, h)| h).collect::<Vec<_>>(),
-            })
+    let rollout = app.rollout.clone();
+    let (versions, published) =
+        tokio::task::spawn_blocking(move || (rollout.versions(), package::discover(rollout.models_dir())))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let published = published.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let catalog = app.rollout.catalog.load_full();
+    let models: Vec<Value> = versions
+        .iter()
+        .map(|v| {
+            let mut entry = serde_json::to_value(v).unwrap_or(Value::Null);
+            if let (Some(obj), Some(route)) = (entry.as_object_mut(), catalog.routes.get(&v.name))
+                && route.serving.version() == v.version
+            {
+                obj.insert("fallback".into(), json!(route.serving.model.manifest.model.fallback));
+                obj.insert("is_fallback".into(), json!(catalog.is_fallback(&v.name)));
+            }
+            entry
         })
         .collect();
-    let dir = app.config.models_dir.clone();
-    let on_disk = tokio::task::spawn_blocking(move || package::discover(&dir))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let published: Vec<Value> =
-        on_disk.iter().map(|p| json!({ "name": p.name, "version": p.version })).collect();
-    Ok(json_response(json!({ "models": serving, "published": published })))
+        published.iter().map(|p| json!({ "name": p.name, "version": p.version })).collect();
+    Ok(json_response(json!({ "models": models, "published": published })))
 }
 
-/// `POST /v1/models/{name}/versions/{version}/load`: load, validate, warm, promote.
+/// The state a version is in, as the operation's answer.
+fn answer(app: &App, name: &str, version: &str) -> Response {
+    let info = app.rollout.versions().into_iter().find(|v| v.name == name && v.version == version);
+    json_response(serde_json::to_value(info).unwrap_or(Value::Null))
+}
+
+/// `POST .../load`: load, validate and warm off the serving path; then the model's policy
+/// promotes it (`auto`) or leaves it staged (`manual`).
 async fn load(
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers)?;
-    let dir = app.config.models_dir.join(segment(&name)?).join(segment(&version)?);
-    if !dir.join(package::MANIFEST).is_file() || !dir.join(package::GRAPH).is_file() {
-        return Err(ApiError::UnknownVersion { name, version });
-    }
-    let started = Instant::now();
-    let engine = app.config.engine;
-    // Loading compiles the graph and warming runs it: both off the async workers.
-    let model = tokio::task::spawn_blocking(move || Model::load(&dir, engine).inspect(catalog::warm_up))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::InvalidModel {
-            package: format!("{name}/{version}"),
-            reason: e.to_string(),
-        })?;
-    if model.name() != name || model.version() != version {
-        return Err(ApiError::InvalidModel {
-            package: format!("{name}/{version}"),
-            reason: format!("its manifest says it is {}/{}", model.name(), model.version()),
-        });
-    }
-    let model = Arc::new(model);
-    let mut previous = None;
-    app.catalog.rcu(|current| {
-        let mut models = current.models.clone();
-        previous = models.insert(name.clone(), model.clone()).map(|m| m.version().to_string());
-        Catalog { models, default_model: current.default_model.clone() }
-    });
-    let load_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(model = %name, %version, previous = ?previous, load_ms, "model version loaded and serving");
-    Ok(json_response(json!({
-        "model": name,
-        "version": version,
-        "state": "serving",
-        "previous": previous,
-        "load_ms": load_ms,
-    })))
+    segment(&name)?;
+    segment(&version)?;
+    let (done, result) = tokio::sync::oneshot::channel();
+    let (rollout, n, v) = (app.rollout.clone(), name.clone(), version.clone());
+    // Its own thread, like the directory watcher's: compiling a graph never runs on the async
+    // workers or the inference pool.
+    std::thread::Builder::new()
+        .name("retort-load".into())
+        .spawn(move || {
+            let _ = done.send(rollout.load(&n, &v));
+        })
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    result.await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(answer(&app, &name, &version))
+}
+
+async fn promote(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    app.rollout.promote(&name, &version)?;
+    Ok(answer(&app, &name, &version))
+}
+
+/// The `{"percent": N}` body of canary and shadow.
+fn percent(body: &[u8]) -> Result<u32, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    v.get("percent")
+        .and_then(Value::as_u64)
+        .map(|p| p.min(u64::from(u32::MAX)) as u32)
+        .ok_or_else(|| ApiError::InvalidRequest("the body must be {\"percent\": 0..100}".into()))
+}
+
+async fn canary(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    app.rollout.canary(&name, &version, percent(&body)?)?;
+    Ok(answer(&app, &name, &version))
+}
+
+async fn shadow(
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    app.rollout.shadow(&name, &version, percent(&body)?)?;
+    Ok(answer(&app, &name, &version))
+}
+
+/// `POST /v1/models/{name}/rollback`: the previous version serves again, in one swap.
+async fn rollback(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers)?;
+    let version = app.rollout.rollback(&name, "rolled back by an operator")?;
+    Ok(answer(&app, &name, &version))
 }
 
 #[cfg(test)]

@@ -1,91 +1,114 @@
 //! The models being served, by name, and how a request's `model` field picks one.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
-use crate::model::engine::EngineKind;
-use crate::model::{Model, package};
+use crate::model::Model;
+use crate::rollout::stats::VersionStats;
 
 use super::error::ApiError;
 
-/// An immutable snapshot of the served models; replaced whole, never mutated.
-#[derive(Default)]
+/// A loaded model version with the record of what it has served.
+pub struct Served {
+    pub model: Arc<Model>,
+    pub stats: Arc<VersionStats>,
+}
+
+impl Served {
+    pub fn new(model: Model) -> Arc<Served> {
+        Arc::new(Served { model: Arc::new(model), stats: Arc::new(VersionStats::default()) })
+    }
+
+    pub fn version(&self) -> &str {
+        self.model.version()
+    }
+}
+
+/// A share of traffic sent to (canary) or copied to (shadow) a candidate version.
+#[derive(Clone)]
+pub struct Split {
+    pub to: Arc<Served>,
+    /// 1..=100.
+    pub percent: u8,
+}
+
+/// Where one model's requests go.
+#[derive(Clone)]
+pub struct Route {
+    pub serving: Arc<Served>,
+    /// Answers `percent` of users (by a hash of their id) instead of `serving`.
+    pub canary: Option<Split>,
+    /// Also scores `percent` of requests, off the critical path, for comparison.
+    pub shadow: Option<Split>,
+}
+
+impl Route {
+    pub fn serving(serving: Arc<Served>) -> Route {
+        Route { serving, canary: None, shadow: None }
+    }
+
+    /// The version that answers a request whose sticky key is `key` (a hash of the user id):
+    /// the same user always lands on the same side of a canary.
+    pub fn pick(&self, key: u64) -> &Arc<Served> {
+        match &self.canary {
+            Some(c) if key % 100 < u64::from(c.percent) => &c.to,
+            _ => &self.serving,
+        }
+    }
+
+    /// The shadow version, when request `key` is in its share.
+    pub fn shadow_for(&self, key: u64) -> Option<&Arc<Served>> {
+        // A different cut of the key space than the canary's, so the two samples are independent.
+        self.shadow.as_ref().filter(|s| (key / 100) % 100 < u64::from(s.percent)).map(|s| &s.to)
+    }
+}
+
+/// An immutable snapshot of the served models; replaced whole, never mutated. A request takes
+/// one snapshot and is answered entirely by the versions in it.
+#[derive(Default, Clone)]
 pub struct Catalog {
-    pub models: BTreeMap<String, Arc<Model>>,
+    pub routes: BTreeMap<String, Route>,
     /// Used when a request names no model.
     pub default_model: Option<String>,
 }
 
 impl Catalog {
-    pub fn resolve(&self, name: Option<&str>) -> Result<&Arc<Model>, ApiError> {
+    pub fn resolve(&self, name: Option<&str>) -> Result<&Route, ApiError> {
         let name = match (name, &self.default_model) {
             (Some(n), _) => n,
             (None, Some(d)) => d.as_str(),
-            (None, None) if self.models.is_empty() => return Err(ApiError::NotReady),
+            (None, None) if self.routes.is_empty() => return Err(ApiError::NotReady),
             (None, None) => {
                 // A model that only stands in for another (its declared fallback) is never the
                 // default: with a student and its fallback served, the student answers.
-                let mut primary = self.models.values().filter(|m| !self.is_fallback(m.name()));
+                let mut primary =
+                    self.routes.iter().filter(|(name, _)| !self.is_fallback(name)).map(|(_, r)| r);
                 return match (primary.next(), primary.next()) {
-                    (Some(m), None) => Ok(m),
+                    (Some(r), None) => Ok(r),
                     _ => Err(ApiError::ModelRequired { serving: self.names() }),
                 };
             }
         };
-        self.models
+        self.routes
             .get(name)
             .ok_or_else(|| ApiError::UnknownModel { name: name.to_string(), serving: self.names() })
     }
 
     /// Whether another served model declares `name` as its fallback.
     pub fn is_fallback(&self, name: &str) -> bool {
-        self.models.values().any(|m| m.name() != name && m.manifest.model.fallback.as_deref() == Some(name))
+        self.routes
+            .iter()
+            .any(|(n, r)| n != name && r.serving.model.manifest.model.fallback.as_deref() == Some(name))
+    }
+
+    /// `name/version` of every serving version.
+    pub fn serving(&self) -> Vec<String> {
+        self.routes.iter().map(|(n, r)| format!("{n}/{}", r.serving.version())).collect()
     }
 
     fn names(&self) -> String {
-        self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+        self.routes.keys().cloned().collect::<Vec<_>>().join(", ")
     }
-}
-
-/// Models that loaded, by name.
-pub type Loaded = BTreeMap<String, Arc<Model>>;
-
-/// A package that failed to load, with the reason.
-#[derive(Debug)]
-pub struct LoadFailure {
-    pub dir: String,
-    pub reason: String,
-}
-
-/// Loads and warms the newest version of every model under `models_dir`. Packages that fail
-/// are reported and skipped; the caller decides whether what loaded is enough.
-pub fn load_latest(
-    models_dir: &Path,
-    engine: EngineKind,
-) -> Result<(Loaded, Vec<LoadFailure>), package::PackageError> {
-    let mut models = BTreeMap::new();
-    let mut failures = Vec::new();
-    for (name, p) in package::latest(models_dir)? {
-        let started = std::time::Instant::now();
-        match Model::load(&p.dir, engine).inspect(warm_up) {
-            Ok(model) => {
-                tracing::info!(
-                    model = %name,
-                    version = %p.version,
-                    engine = %engine,
-                    load_ms = started.elapsed().as_millis() as u64,
-                    "model loaded and warmed"
-                );
-                models.insert(name, Arc::new(model));
-            }
-            Err(e) => {
-                tracing::error!(dir = %p.dir.display(), error = %e, "model failed to load");
-                failures.push(LoadFailure { dir: p.dir.display().to_string(), reason: e.to_string() });
-            }
-        }
-    }
-    Ok((models, failures))
 }
 
 /// Runs the golden examples at a few batch sizes so the engine has sized its buffers before

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::model::encode::{EncodeError, Location};
 use crate::model::{InferError, ObjectiveError};
+use crate::rollout::RolloutError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -41,10 +42,8 @@ pub enum ApiError {
          --admin-open-on-loopback on a loopback address)"
     )]
     AdminDisabled,
-    #[error("no package {name}/{version} in the models directory")]
-    UnknownVersion { name: String, version: String },
-    #[error("{package} cannot be served: {reason}")]
-    InvalidModel { package: String, reason: String },
+    #[error(transparent)]
+    Rollout(#[from] crate::rollout::RolloutError),
 }
 
 #[derive(Serialize)]
@@ -82,8 +81,13 @@ impl ApiError {
             ApiError::Internal(_) => "internal",
             ApiError::Unauthorized => "unauthorized",
             ApiError::AdminDisabled => "admin_disabled",
-            ApiError::UnknownVersion { .. } => "unknown_version",
-            ApiError::InvalidModel { .. } => "invalid_model",
+            ApiError::Rollout(e) => match e {
+                RolloutError::Unknown { .. } => "unknown_version",
+                RolloutError::Invalid { .. } => "invalid_model",
+                RolloutError::WrongState { .. } => "wrong_state",
+                RolloutError::NothingToRollBack { .. } => "nothing_to_roll_back",
+                RolloutError::Percent(_) => "invalid_request",
+            },
         }
     }
 
@@ -97,8 +101,15 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } | ApiError::TooManyCandidates { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::UnknownModel { .. } | ApiError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
-            ApiError::InvalidModel { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnknownModel { .. } | ApiError::Rollout(RolloutError::Unknown { .. }) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Rollout(RolloutError::Invalid { .. } | RolloutError::Percent(_)) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Rollout(RolloutError::WrongState { .. } | RolloutError::NothingToRollBack { .. }) => {
+                StatusCode::CONFLICT
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,

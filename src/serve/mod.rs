@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
@@ -32,37 +31,48 @@ pub mod rank;
 pub mod request;
 
 use crate::config::Config;
-use catalog::Catalog;
+use crate::rollout::Rollout;
 use metrics::Metrics;
 use pool::InferencePool;
 
 /// State shared by every request.
 pub struct App {
     pub config: Config,
-    /// The served models. Requests take a snapshot (`load`) and keep it for their whole life, so
-    /// replacing the catalog never changes a request's model midway.
-    pub catalog: ArcSwap<Catalog>,
+    /// The model versions and what serves. Requests take a snapshot of its catalog and keep it
+    /// for their whole life, so a swap never changes a request's model midway.
+    pub rollout: Arc<Rollout>,
     pub pool: InferencePool,
     pub metrics: Metrics,
     /// Numbers requests that arrive without a `request_id`.
     request_ids: AtomicU64,
+    /// Set once the models found at start have all been loaded (or have failed).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
         let pool = InferencePool::new(config.threads(), config.queue_capacity);
+        let rollout = Rollout::new(
+            &config.models_dir,
+            config.engine,
+            config.rollout_policy,
+            config.model_policies.clone(),
+            config.default_model.clone(),
+        );
         Arc::new(App {
-            catalog: ArcSwap::from_pointee(Catalog::default()),
+            rollout: Arc::new(rollout),
             pool,
             metrics: Metrics::new(),
             request_ids: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
             config,
         })
     }
 
-    /// True once at least one model is loaded and warmed.
+    /// True once the models found at start are loaded and warmed, and at least one serves.
     pub fn ready(&self) -> bool {
-        !self.catalog.load().models.is_empty()
+        self.started.load(std::sync::atomic::Ordering::Acquire)
+            && !self.rollout.catalog.load().routes.is_empty()
     }
 }
 
@@ -82,17 +92,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let catalog = app.catalog.load();
-    let models: Vec<String> =
-        catalog.models.values().map(|m| format!("{}/{}", m.name(), m.version())).collect();
-    let body = serde_json::json!({ "ready": !models.is_empty(), "models": models });
-    let status = if models.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let models = app.rollout.catalog.load().serving();
+    let ready = app.ready();
+    let body = serde_json::json!({ "ready": ready, "models": models });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     app.metrics.queue_depth.set(app.pool.queued() as i64);
-    app.metrics.models_loaded.set(app.catalog.load().models.len() as i64);
+    app.metrics.models_loaded.set(app.rollout.catalog.load().routes.len() as i64);
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         app.metrics.render(),
@@ -128,9 +137,22 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, models_dir = %app.config.models_dir.display(), engine = %app.config.engine, "listening");
 
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = {
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || load_models(&app))
+        let (app, watching) = (app.clone(), watching.clone());
+        // Loading compiles graphs: on a thread of its own, never on the async workers. Once the
+        // first versions serve, the same thread watches for new ones until shutdown.
+        let (done, loaded) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new().name("retort-rollout".into()).spawn(move || {
+            let result = load_models(&app);
+            let ok = result.is_ok();
+            let _ = done.send(result);
+            if ok {
+                let poll = Duration::from_millis(app.config.poll_interval_ms);
+                crate::rollout::watch::run(app.rollout.clone(), poll, app.config.canary.clone(), watching);
+            }
+        })?;
+        loaded
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
@@ -148,9 +170,10 @@ pub async fn serve(
                 None
             }
             Ok(Err(e)) => Some(e),
-            Err(join) => Some(ServeError::Io(std::io::Error::other(join.to_string()))),
+            Err(_) => Some(ServeError::Io(std::io::Error::other("the model loader stopped"))),
         },
     };
+    watching.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop.send(true);
     match tokio::time::timeout(drain, server).await {
         Ok(Ok(result)) => result?,
@@ -160,17 +183,28 @@ pub async fn serve(
     failure.map_or(Ok(()), Err)
 }
 
+/// Loads, validates and warms the newest version of every model and makes it serve (whatever
+/// the rollout policy: nothing serves yet). Packages that fail are reported and skipped; it is
+/// an error only when none loads.
 fn load_models(app: &App) -> Result<(), ServeError> {
     let dir = &app.config.models_dir;
-    let (models, failures) = catalog::load_latest(dir, app.config.engine)?;
-    if models.is_empty() {
+    let mut failures = Vec::new();
+    for (name, p) in crate::model::package::latest(dir)? {
+        let staged =
+            app.rollout.stage(&name, &p.version).and_then(|()| app.rollout.promote(&name, &p.version));
+        if let Err(e) = staged {
+            tracing::error!(dir = %p.dir.display(), error = %e, "model failed to load");
+            failures.push(format!("{}: {e}", p.dir.display()));
+        }
+    }
+    app.started.store(true, std::sync::atomic::Ordering::Release);
+    if app.rollout.catalog.load().routes.is_empty() {
         let reasons = if failures.is_empty() {
             "it holds no model package (<name>/<version>/{model.onnx, manifest.toml})".to_string()
         } else {
-            failures.iter().map(|f| format!("{}: {}", f.dir, f.reason)).collect::<Vec<_>>().join("; ")
+            failures.join("; ")
         };
         return Err(ServeError::NoModels { dir: dir.display().to_string(), reasons });
     }
-    app.catalog.store(Arc::new(Catalog { models, default_model: app.config.default_model.clone() }));
     Ok(())
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::App;
+use super::catalog::Served;
 use super::error::ApiError;
 use super::metrics::{FeatureLabels, ModelLabels, RankLabels, StageLabels};
 use super::pool::PoolError;
@@ -24,17 +25,23 @@ use crate::model::{HeadValues, Model};
 
 pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
-    let mut served: Option<Arc<Model>> = None;
+    let mut served: Option<Arc<Served>> = None;
     let result = handle(&app, body, started, &mut served).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),
     };
+    let elapsed = started.elapsed();
+    // Overload says nothing about the version; everything else counts for or against it.
+    if let Some(s) = &served
+        && !matches!(result, Err(ApiError::Overloaded | ApiError::NotReady))
+    {
+        s.stats.record(elapsed, result.is_ok());
+    }
     let (model, version) = match &served {
-        Some(m) => (m.name().to_string(), m.version().to_string()),
+        Some(s) => (s.model.name().to_string(), s.version().to_string()),
         None => (String::new(), String::new()),
     };
-    let elapsed = started.elapsed();
     if let Err(e) = &result {
         if e.status().is_client_error() {
             tracing::debug!(%model, %version, outcome, error = %e, "rank request refused");
@@ -94,7 +101,7 @@ async fn handle(
     app: &App,
     body: Result<Bytes, BytesRejection>,
     started: Instant,
-    served: &mut Option<Arc<Model>>,
+    served: &mut Option<Arc<Served>>,
 ) -> Result<Response, ApiError> {
     let mut timing = Timing::default();
     let body = body.map_err(|rejection| match rejection.status() {
@@ -113,9 +120,11 @@ async fn handle(
             limit: app.config.max_candidates,
         });
     }
-    let catalog = app.catalog.load();
-    let model = catalog.resolve(req.model.as_deref())?.clone();
-    *served = Some(model.clone());
+    let catalog = app.rollout.catalog.load();
+    let route = catalog.resolve(req.model.as_deref())?;
+    let version = route.pick(sticky_key(&req)).clone();
+    let model = version.model.clone();
+    *served = Some(version);
     timing.decode = micros(started.elapsed());
 
     // 2. Validate and encode; the objective is checked before any inference is spent.
@@ -181,6 +190,17 @@ async fn handle(
         headers.insert("server-timing", v);
     }
     Ok(response)
+}
+
+/// What keeps one user on one side of a canary: a hash of the context's `user_id`, or of the
+/// request id when there is none.
+fn sticky_key(req: &request::RankRequest<'_>) -> u64 {
+    use crate::model::encode::{Value, fnv1a64};
+    match req.context.get("user_id") {
+        Value::Str(s) => fnv1a64(s.as_bytes()),
+        Value::Int(i) => fnv1a64(i.to_string().as_bytes()),
+        _ => req.request_id.as_ref().map_or(0, |id| fnv1a64(id.0.as_bytes())),
+    }
 }
 
 /// Row indices of the `k` best scores, best first; ties keep the caller's order.

@@ -1,0 +1,23 @@
+//! Rolling model versions in and out while serving: every version the server has seen and its
+//! state, the staged load that brings a new version up off the serving path, and the
+//! operations that change what serves (promote, canary, shadow, rollback), each one atomic
+//! swap of the routing [`Catalog`].
+//!
+//! A version moves through
+//! `loading → staged → (shadow | canary) → serving → previous → retired`, or ends `failed`
+//! with the reason. `previous` is the last known-good version, kept loaded so that a rollback
+//! is one swap; the version before it is retired and its memory is freed once the last request
+//! that started on it finishes.
+//!
+//! # Layout
+//! - [`stats`]: per-version request counts and latency quantiles.
+//! - [`registry`]: the versions, their states and the operations.
+//! - [`watch`]: the models-directory poller and the canary judge.
+
+pub mod registry;
+pub mod stats;
+pub mod watch;
+
+pub use registry::{Policy, Rollout, RolloutError, State, VersionInfo};
+
+pub use crate::serve::catalog::Catalog;

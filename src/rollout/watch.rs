@@ -1,0 +1,152 @@
+//! The rollout's background thread: it watches the models directory for new versions (loading
+//! them off the serving path, at low priority) and judges running canaries against the
+//! serving version, retiring a canary that errs or slows down more than the rules allow.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::registry::Rollout;
+use crate::model::package;
+
+/// When a canary is retired as failed: judged once it has served `min_requests`, comparing it
+/// with the serving version over the same period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryRules {
+    pub min_requests: u64,
+    /// The canary's p99 may be at most this multiple of the serving version's.
+    pub max_p99_ratio: f64,
+    /// The canary's error rate may exceed the serving version's by at most this much.
+    pub max_error_rate_increase: f64,
+}
+
+impl Default for CanaryRules {
+    fn default() -> Self {
+        CanaryRules { min_requests: 200, max_p99_ratio: 1.5, max_error_rate_increase: 0.01 }
+    }
+}
+
+impl CanaryRules {
+    /// Why the canary fails, judged on (requests, errors, p99) of the canary and of the
+    /// serving version over the same period; `None` while it passes or has too few requests.
+    pub fn judge(
+        &self,
+        canary: (u64, u64, Option<Duration>),
+        serving: (u64, u64, Option<Duration>),
+    ) -> Option<String> {
+        let (requests, _, p99) = canary;
+        if requests < self.min_requests {
+            return None;
+        }
+        let rate = |(r, e, _): (u64, u64, Option<Duration>)| e as f64 / r.max(1) as f64;
+        let (canary_rate, serving_rate) = (rate(canary), rate(serving));
+        if canary_rate - serving_rate > self.max_error_rate_increase {
+            return Some(format!(
+                "canary error rate {:.2}% over {requests} requests against {:.2}% serving (allowed +{:.2}%)",
+                canary_rate * 100.0,
+                serving_rate * 100.0,
+                self.max_error_rate_increase * 100.0
+            ));
+        }
+        if let (Some(c), Some(s)) = (p99, serving.2)
+            && serving.0 >= self.min_requests / 4
+            && c.as_secs_f64() > s.as_secs_f64() * self.max_p99_ratio
+        {
+            return Some(format!(
+                "canary p99 {:.2} ms against {:.2} ms serving (allowed {}x)",
+                c.as_secs_f64() * 1e3,
+                s.as_secs_f64() * 1e3,
+                self.max_p99_ratio
+            ));
+        }
+        None
+    }
+}
+
+/// Runs until `stop`: every `poll` (never when zero) looks for new versions, every 250 ms
+/// judges canaries.
+pub fn run(rollout: Arc<Rollout>, poll: Duration, rules: CanaryRules, stop: Arc<AtomicBool>) {
+    lower_priority();
+    let mut last_poll = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if !poll.is_zero() && last_poll.elapsed() >= poll {
+            last_poll = Instant::now();
+            discover(&rollout);
+        }
+        judge_canaries(&rollout, &rules);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Loads the newest version of each model if it is newer than what serves and not seen yet.
+pub fn discover(rollout: &Rollout) {
+    let latest = match package::latest(rollout.models_dir()) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the models directory");
+            return;
+        }
+    };
+    let catalog = rollout.catalog.load_full();
+    for (name, p) in latest {
+        let newer = catalog
+            .routes
+            .get(&name)
+            .is_none_or(|r| package::compare_versions(&p.version, r.serving.version()).is_gt());
+        if newer && !rollout.knows(&name, &p.version) {
+            tracing::info!(model = %name, version = %p.version, policy = ?rollout.policy_of(&name), "new version found");
+            if let Err(e) = rollout.load(&name, &p.version) {
+                tracing::error!(model = %name, version = %p.version, error = %e, "new version not taken");
+            }
+        }
+    }
+}
+
+fn judge_canaries(rollout: &Rollout, rules: &CanaryRules) {
+    let catalog = rollout.catalog.load_full();
+    for (name, route) in &catalog.routes {
+        let Some(canary) = &route.canary else { continue };
+        let snapshot =
+            |s: &crate::rollout::stats::VersionStats| (s.requests(), s.errors(), s.latency.quantile(0.99));
+        if let Some(reason) = rules.judge(snapshot(&canary.to.stats), snapshot(&route.serving.stats)) {
+            rollout.fail_canary(name, canary.to.version(), reason);
+        }
+    }
+}
+
+/// Loading and compiling a model competes with serving for the CPU: this thread yields to it.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+        }
+        const PRIO_PROCESS: i32 = 0;
+        // SAFETY: setpriority only changes this thread's nice value (who = 0 on Linux is the
+        // calling thread); a failure leaves the priority as it was, which is harmless.
+        unsafe {
+            setpriority(PRIO_PROCESS, 0, 10);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canary_fails_on_errors_or_slowness_once_it_has_enough_requests() {
+        let rules = CanaryRules { min_requests: 100, max_p99_ratio: 1.5, max_error_rate_increase: 0.01 };
+        let ms = |m: u64| Some(Duration::from_millis(m));
+        assert_eq!(rules.judge((50, 50, ms(9)), (1000, 0, ms(1))), None, "too few requests to judge");
+        assert_eq!(rules.judge((200, 2, ms(1)), (1000, 10, ms(1))), None, "same error rate");
+        let errs = rules.judge((200, 10, ms(1)), (1000, 10, ms(1))).unwrap();
+        assert!(errs.contains("5.00%") && errs.contains("1.00%"), "{errs}");
+        let slow = rules.judge((200, 0, ms(4)), (1000, 0, ms(2))).unwrap();
+        assert!(slow.contains("4.00 ms") && slow.contains("2.00 ms"), "{slow}");
+        assert_eq!(rules.judge((200, 0, ms(2)), (1000, 0, ms(2))), None);
+    }
+}

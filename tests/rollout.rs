@@ -1,0 +1,273 @@
+//! Rolling versions in and out of a real server on loopback: the directory watcher and the
+//! policies, promote and rollback, a sticky canary and its judge, validation against the
+//! serving version, and no failed request across swaps under load.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Reply, TestServer, request};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use retort::config::Config;
+use retort::model::manifest::{FeatureKind, Manifest};
+use retort::model::two_tower::TwoTower;
+use retort::model::{package, scaffold};
+use retort::rollout::Policy;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "rollout-token";
+
+fn write_version(dir: &Path, version: &str, seed: u64) {
+    let (manifest, graph) = scaffold::seeded_package("m", version, seed);
+    package::write(dir, &manifest, &graph).unwrap();
+}
+
+/// A version of `arch` (the music features, maybe altered, maybe wider).
+fn write_arch(dir: &Path, version: &str, arch: &TwoTower) {
+    let (manifest, graph): (Manifest, Vec<u8>) =
+        scaffold::random_package("m", version, 9, arch, &[("play", 1.0), ("like", 0.5)]);
+    package::write(dir, &manifest, &graph).unwrap();
+}
+
+fn config(dir: &Path, policy: Policy, poll_ms: u64) -> Config {
+    Config {
+        models_dir: dir.to_path_buf(),
+        admin_token: Some(TOKEN.into()),
+        poll_interval_ms: poll_ms,
+        rollout_policy: policy,
+        ..Config::default()
+    }
+}
+
+async fn admin(server: &TestServer, path: &str, body: Option<Value>) -> Reply {
+    let method = if body.is_some()
+        || path.ends_with("/load")
+        || path.ends_with("/promote")
+        || path.ends_with("/rollback")
+    {
+        "POST"
+    } else {
+        "GET"
+    };
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(server.url(path))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+        .unwrap();
+    server.send(req).await
+}
+
+async fn state(server: &TestServer, version: &str) -> Option<Value> {
+    let listed = admin(server, "/v1/models", None).await.json();
+    listed["models"].as_array().unwrap().iter().find(|m| m["version"] == version).cloned()
+}
+
+/// Waits (at most 15 s) until `version` is in `wanted` state.
+async fn wait_state(server: &TestServer, version: &str, wanted: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = state(server, version).await
+            && v["state"] == wanted
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never became {wanted}: {:?}",
+            state(server, version).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn version_for(server: &TestServer, user: &str) -> String {
+    let mut body = request(20, 3);
+    body["context"]["user_id"] = json!(user);
+    let r = server.rank(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["version"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_policy_stages_what_the_watcher_finds_until_promoted_and_rollback_swaps_back() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let server = TestServer::start(config(dir.path(), Policy::Manual, 100)).await;
+    write_version(dir.path(), "2", 2);
+    let staged = wait_state(&server, "2", "staged").await;
+    assert!(staged["load_ms"].as_u64().is_some(), "{staged}");
+    assert_eq!(version_for(&server, "u1").await, "1", "a staged version serves nothing");
+
+    let r = admin(&server, "/v1/models/m/versions/2/promote", None).await;
+    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("serving")));
+    assert_eq!(version_for(&server, "u1").await, "2");
+    assert_eq!(state(&server, "1").await.unwrap()["state"], "previous");
+
+    let r = admin(&server, "/v1/models/m/rollback", None).await;
+    assert_eq!((r.status, r.json()["version"].as_str()), (200, Some("1")));
+    assert_eq!(version_for(&server, "u1").await, "1");
+    let retired = state(&server, "2").await.unwrap();
+    assert_eq!(
+        (retired["state"].as_str(), retired["reason"].as_str()),
+        (Some("retired"), Some("rolled back by an operator"))
+    );
+    let again = admin(&server, "/v1/models/m/rollback", None).await;
+    assert_eq!((again.status, again.json()["error"]["code"].as_str()), (409, Some("nothing_to_roll_back")));
+    // Per-version counts: version 1 answered twice, version 2 once.
+    assert_eq!(state(&server, "1").await.unwrap()["requests"], 2);
+    assert_eq!(retired["requests"], 1);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_policy_promotes_a_new_version_once_it_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let server = TestServer::start(config(dir.path(), Policy::Auto, 100)).await;
+    write_version(dir.path(), "2", 2);
+    wait_state(&server, "2", "serving").await;
+    assert_eq!(version_for(&server, "u1").await, "2");
+
+    // A version whose feature changed kind would break callers: refused, with the reason.
+    let mut arch = scaffold::music_architecture();
+    let duration = arch.features.iter_mut().find(|f| f.name == "duration_s").unwrap();
+    duration.kind = FeatureKind::Categorical { buckets: 64, default: None };
+    duration.input = TwoTower::input_for(duration.side, &duration.kind).to_string();
+    write_arch(dir.path(), "3", &arch);
+    let failed = wait_state(&server, "3", "failed").await;
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`duration_s` changed from item number to item categorical"),
+        "{failed}"
+    );
+    assert_eq!(version_for(&server, "u1").await, "2");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_a_sticky_share_of_users() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    write_version(dir.path(), "2", 2);
+    // Version 2 is not the newest-at-start... both exist: the server serves 2. Make 1 the canary.
+    let server = TestServer::start(config(dir.path(), Policy::Manual, 0)).await;
+    assert_eq!(version_for(&server, "u").await, "2");
+    let r = admin(&server, "/v1/models/m/versions/1/load", None).await;
+    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("staged")), "{}", r.text());
+    let bad = admin(&server, "/v1/models/m/versions/1/canary", Some(json!({"percent": 101}))).await;
+    assert_eq!(bad.status, 422);
+    let r = admin(&server, "/v1/models/m/versions/1/canary", Some(json!({"percent": 30}))).await;
+    assert_eq!(
+        (r.status, r.json()["state"].as_str(), r.json()["percent"].as_u64()),
+        (200, Some("canary"), Some(30))
+    );
+
+    let mut on_canary = 0;
+    for u in 0..200 {
+        let user = format!("user-{u}");
+        let first = version_for(&server, &user).await;
+        assert_eq!(version_for(&server, &user).await, first, "{user} switched versions");
+        on_canary += usize::from(first == "1");
+    }
+    assert!((30..=90).contains(&on_canary), "{on_canary} of 200 users on a 30% canary");
+    let canary = state(&server, "1").await.unwrap();
+    assert_eq!(canary["requests"].as_u64(), Some(2 * on_canary as u64));
+    assert!(canary["p99_us"].as_u64().is_some());
+
+    // Ending the canary sends everyone back.
+    let r = admin(&server, "/v1/models/m/versions/1/canary", Some(json!({"percent": 0}))).await;
+    assert_eq!(r.json()["state"], "staged");
+    for u in 0..20 {
+        assert_eq!(version_for(&server, &format!("user-{u}")).await, "2");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_slower_than_the_rules_allow_is_retired_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let mut config = config(dir.path(), Policy::Manual, 0);
+    config.canary.min_requests = 40;
+    config.canary.max_p99_ratio = 2.0;
+    let server = TestServer::start(config).await;
+    // Far wider layers: many times the serving version's work per candidate.
+    let mut wide = scaffold::music_architecture();
+    wide.item_hidden = vec![1024, 512];
+    wide.interaction_hidden = vec![512, 256];
+    write_arch(dir.path(), "2", &wide);
+    assert_eq!(admin(&server, "/v1/models/m/versions/2/load", None).await.json()["state"], "staged");
+    admin(&server, "/v1/models/m/versions/2/canary", Some(json!({"percent": 50}))).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut u = 0;
+    let failed = loop {
+        u += 1;
+        let mut body = request(400, u);
+        body["context"]["user_id"] = json!(format!("user-{u}"));
+        assert_eq!(server.rank(&body).await.status, 200);
+        if let Some(v) = state(&server, "2").await
+            && v["state"] == "failed"
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow canary was never failed: {:?}",
+            state(&server, "2").await
+        );
+    };
+    assert!(failed["reason"].as_str().unwrap().contains("p99"), "{failed}");
+    for u in 0..20 {
+        assert_eq!(version_for(&server, &format!("again-{u}")).await, "1");
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_fails_while_versions_are_promoted_and_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    write_version(dir.path(), "2", 2);
+    let server = std::sync::Arc::new(TestServer::start(config(dir.path(), Policy::Manual, 0)).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (server, stop) = (server.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut versions) = (0u32, std::collections::BTreeSet::new());
+            for i in 0..2000u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let r = server.rank(&request(50, c * 10_000 + i)).await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                versions.insert(r.json()["version"].as_str().unwrap().to_string());
+                ok += 1;
+            }
+            (ok, versions)
+        }));
+    }
+    for _ in 0..10 {
+        // A rolled-back version is retired and unloaded: each round loads it again.
+        assert_eq!(admin(&server, "/v1/models/m/versions/1/load", None).await.json()["state"], "staged");
+        assert_eq!(admin(&server, "/v1/models/m/versions/1/promote", None).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(admin(&server, "/v1/models/m/rollback", None).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for c in clients {
+        let (ok, versions) = c.await.unwrap();
+        total += ok;
+        seen.extend(versions);
+    }
+    assert!(total > 40, "{total} requests");
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["1", "2"], "both versions answered");
+}
