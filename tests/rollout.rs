@@ -271,3 +271,59 @@ async fn no_request_fails_while_versions_are_promoted_and_rolled_back() {
     assert!(total > 40, "{total} requests");
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["1", "2"], "both versions answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_scores_requests_after_the_response_and_reports_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let server = TestServer::start(config(dir.path(), Policy::Manual, 0)).await;
+    // Version 2 has version 1's weights: it must agree completely. Version 3 is another model.
+    write_version(dir.path(), "2", 1);
+    write_version(dir.path(), "3", 3);
+    for v in ["2", "3"] {
+        assert_eq!(
+            admin(&server, &format!("/v1/models/m/versions/{v}/load"), None).await.json()["state"],
+            "staged"
+        );
+    }
+    let r = admin(&server, "/v1/models/m/versions/2/shadow", Some(json!({"percent": 100}))).await;
+    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("shadow")));
+    let agreement = |v: Value| v["shadow"].clone();
+    for u in 0..30 {
+        assert_eq!(version_for(&server, &format!("u{u}")).await, "1", "a shadow never answers");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let same = loop {
+        let a = agreement(state(&server, "2").await.unwrap());
+        if a["requests"].as_u64().unwrap_or(0) + a["skipped"].as_u64().unwrap_or(0) >= 30 {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "shadow scoring did not keep up: {a}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(same["requests"].as_u64().unwrap() > 0, "{same}");
+    assert_eq!(
+        (same["kendall_tau"].as_f64(), same["top10_overlap"].as_f64()),
+        (Some(1.0), Some(1.0)),
+        "{same}"
+    );
+    assert_eq!(same["score_shift"].as_f64(), Some(0.0));
+
+    // Another model in the shadow: it replaces 2 (back to staged) and disagrees.
+    admin(&server, "/v1/models/m/versions/3/shadow", Some(json!({"percent": 100}))).await;
+    assert_eq!(state(&server, "2").await.unwrap()["state"], "staged");
+    for u in 0..30 {
+        version_for(&server, &format!("u{u}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let other = loop {
+        let a = agreement(state(&server, "3").await.unwrap());
+        if a["requests"].as_u64().unwrap_or(0) >= 10 {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no shadow comparisons for version 3: {a}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(other["kendall_tau"].as_f64().unwrap() < 0.99, "{other}");
+    server.stop().await.unwrap();
+}

@@ -63,6 +63,9 @@ pub struct VersionInfo {
     pub p50_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_us: Option<u64>,
+    /// As a shadow: agreement with the serving version's rankings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::serve::shadow::AgreementSummary>,
 }
 
 struct Record {
@@ -413,6 +416,7 @@ impl Rollout {
                     errors: stats.as_ref().map_or(0, |s| s.errors()),
                     p50_us: quantile(0.5),
                     p99_us: quantile(0.99),
+                    shadow: stats.as_ref().and_then(|s| s.shadow.summary()),
                 }
             })
             .collect()

@@ -64,6 +64,8 @@ pub struct VersionStats {
     /// Requests this version failed (not counting overload sheds, which say nothing of it).
     pub errors: AtomicU64,
     pub latency: LatencyHistogram,
+    /// As a shadow: its agreement with the serving version.
+    pub shadow: crate::serve::shadow::ShadowAgreement,
 }
 
 impl VersionStats {

@@ -8,6 +8,7 @@
 //! - [`catalog`]: the served models and how a request picks one.
 //! - [`pool`]: the inference thread pool and its bounded queue.
 //! - [`metrics`]: Prometheus metric names and buckets.
+//! - [`shadow`]: scoring a share of requests with a shadow version, after the response.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod pool;
 pub mod rank;
 pub mod request;
+pub mod shadow;
 
 use crate::config::Config;
 use crate::rollout::Rollout;

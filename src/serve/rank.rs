@@ -26,7 +26,12 @@ use crate::model::{HeadValues, Model};
 pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
     let started = Instant::now();
     let mut served: Option<Arc<Served>> = None;
-    let result = handle(&app, body, started, &mut served).await;
+    let mut shadow_job: Option<(Arc<Served>, Vec<f32>)> = None;
+    let raw = body.as_ref().ok().cloned();
+    let result = handle(&app, body, started, &mut served, &mut shadow_job).await;
+    if let (Ok(_), Some((shadow, scores)), Some(raw)) = (&result, shadow_job, raw) {
+        super::shadow::spawn(app.clone(), shadow, raw, scores);
+    }
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),
@@ -102,6 +107,7 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
     started: Instant,
     served: &mut Option<Arc<Served>>,
+    shadow_job: &mut Option<(Arc<Served>, Vec<f32>)>,
 ) -> Result<Response, ApiError> {
     let mut timing = Timing::default();
     let body = body.map_err(|rejection| match rejection.status() {
@@ -122,7 +128,9 @@ async fn handle(
     }
     let catalog = app.rollout.catalog.load();
     let route = catalog.resolve(req.model.as_deref())?;
-    let version = route.pick(sticky_key(&req)).clone();
+    let key = sticky_key(&req);
+    let version = route.pick(key).clone();
+    let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
     let model = version.model.clone();
     *served = Some(version);
     timing.decode = micros(started.elapsed());
@@ -156,6 +164,9 @@ async fn handle(
     let scores = model.combine(&values, &weights);
     let order = top_k(&scores, req.top_k);
     timing.rank = micros(t.elapsed());
+    if let Some(shadow) = shadow {
+        *shadow_job = Some((shadow, scores.clone()));
+    }
 
     // 5. Respond.
     let request_id = match &req.request_id {
@@ -193,13 +204,17 @@ async fn handle(
 }
 
 /// What keeps one user on one side of a canary: a hash of the context's `user_id`, or of the
-/// request id when there is none.
+/// request id when there is none; a request with neither lands anywhere.
 fn sticky_key(req: &request::RankRequest<'_>) -> u64 {
     use crate::model::encode::{Value, fnv1a64};
-    match req.context.get("user_id") {
-        Value::Str(s) => fnv1a64(s.as_bytes()),
-        Value::Int(i) => fnv1a64(i.to_string().as_bytes()),
-        _ => req.request_id.as_ref().map_or(0, |id| fnv1a64(id.0.as_bytes())),
+    match (req.context.get("user_id"), &req.request_id) {
+        (Value::Str(s), _) => fnv1a64(s.as_bytes()),
+        (Value::Int(i), _) => fnv1a64(i.to_string().as_bytes()),
+        (_, Some(id)) => fnv1a64(id.0.as_bytes()),
+        _ => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            fnv1a64(&now.as_nanos().to_le_bytes())
+        }
     }
 }
 
