@@ -50,6 +50,11 @@ pub struct Config {
     pub model_policies: std::collections::BTreeMap<String, Policy>,
     /// When a canary is retired as failed (file only: `[canary]`).
     pub canary: CanaryRules,
+    /// A new version whose median time on the replayed warm-up requests exceeds this multiple
+    /// of the serving version's on the same requests is refused.
+    pub warmup_latency_factor: f64,
+    /// Keep the recent requests used for warm-up in `<models>/.warmup/` across restarts.
+    pub persist_warmup: bool,
 }
 
 impl Default for Config {
@@ -71,6 +76,8 @@ impl Default for Config {
             rollout_policy: Policy::Auto,
             model_policies: Default::default(),
             canary: CanaryRules::default(),
+            warmup_latency_factor: 3.0,
+            persist_warmup: true,
         }
     }
 }

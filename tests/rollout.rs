@@ -229,7 +229,7 @@ async fn a_canary_slower_than_the_rules_allow_is_retired_as_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_request_fails_while_versions_are_promoted_and_rolled_back() {
+async fn no_request_fails_across_twenty_promotions_and_rollbacks() {
     let dir = tempfile::tempdir().unwrap();
     write_version(dir.path(), "1", 1);
     write_version(dir.path(), "2", 2);
@@ -256,8 +256,15 @@ async fn no_request_fails_while_versions_are_promoted_and_rolled_back() {
         // A rolled-back version is retired and unloaded: each round loads it again.
         assert_eq!(admin(&server, "/v1/models/m/versions/1/load", None).await.json()["state"], "staged");
         assert_eq!(admin(&server, "/v1/models/m/versions/1/promote", None).await.status, 200);
+        // Once a swap has returned, every new request gets the new version.
+        for u in 0..5 {
+            assert_eq!(version_for(&server, &format!("after-promote-{u}")).await, "1");
+        }
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(admin(&server, "/v1/models/m/rollback", None).await.status, 200);
+        for u in 0..5 {
+            assert_eq!(version_for(&server, &format!("after-rollback-{u}")).await, "2");
+        }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -325,5 +332,67 @@ async fn a_shadow_scores_requests_after_the_response_and_reports_agreement() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(other["kendall_tau"].as_f64().unwrap() < 0.99, "{other}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_versions_warm_on_recent_traffic_and_a_much_slower_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let mut config = config(dir.path(), Policy::Manual, 0);
+    config.warmup_latency_factor = 2.0;
+    let server = TestServer::start(config).await;
+    for u in 0..20 {
+        let mut body = request(300, u);
+        body["context"]["user_id"] = json!(format!("u{u}"));
+        assert_eq!(server.rank(&body).await.status, 200);
+    }
+    // A version like the serving one warms on those requests and stages.
+    write_version(dir.path(), "2", 2);
+    assert_eq!(admin(&server, "/v1/models/m/versions/2/load", None).await.json()["state"], "staged");
+    // One many times slower on the same requests is refused before it can take any traffic.
+    let mut wide = scaffold::music_architecture();
+    wide.item_hidden = vec![1024, 512];
+    wide.interaction_hidden = vec![512, 256];
+    write_arch(dir.path(), "3", &wide);
+    let r = admin(&server, "/v1/models/m/versions/3/load", None).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    let failed = state(&server, "3").await.unwrap();
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["reason"].as_str().unwrap().contains("median warm-up time"), "{failed}");
+    server.stop().await.unwrap();
+
+    // The recent requests outlive the process.
+    let kept = std::fs::read_to_string(dir.path().join(".warmup/m.jsonl")).unwrap();
+    assert_eq!(kept.lines().count(), 20);
+    assert!(kept.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_packages_are_refused_with_their_reason_while_the_serving_version_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let server = TestServer::start(config(dir.path(), Policy::Auto, 100)).await;
+    let (manifest, graph) = scaffold::seeded_package("m", "2", 2);
+    // Half-copied: the graph cut short (as a copy in progress looks, had it not been renamed in).
+    let half = dir.path().join("m/2");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("manifest.toml"), manifest.to_toml()).unwrap();
+    std::fs::write(half.join("model.onnx"), &graph[..graph.len() / 2]).unwrap();
+    let failed = wait_state(&server, "2", "failed").await;
+    assert!(failed["reason"].as_str().unwrap().contains("model.onnx"), "{failed}");
+    assert_eq!(version_for(&server, "u").await, "1");
+
+    // Golden examples that do not reproduce: the manifest promises other outputs.
+    let (mut manifest, graph) = scaffold::seeded_package("m", "3", 3);
+    for c in &mut manifest.golden.examples[0].candidates {
+        for v in c.expected.values_mut() {
+            *v += 0.25;
+        }
+    }
+    package::write(dir.path(), &manifest, &graph).unwrap();
+    let failed = wait_state(&server, "3", "failed").await;
+    assert!(failed["reason"].as_str().unwrap().contains("golden"), "{failed}");
+    assert_eq!(version_for(&server, "u").await, "1");
     server.stop().await.unwrap();
 }

@@ -12,10 +12,12 @@
 //! # Layout
 //! - [`stats`]: per-version request counts and latency quantiles.
 //! - [`registry`]: the versions, their states and the operations.
+//! - [`warmup`]: recent requests kept per model and replayed to new versions.
 //! - [`watch`]: the models-directory poller and the canary judge.
 
 pub mod registry;
 pub mod stats;
+pub mod warmup;
 pub mod watch;
 
 pub use registry::{Policy, Rollout, RolloutError, State, VersionInfo};

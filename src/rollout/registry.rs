@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use super::stats::VersionStats;
+use super::warmup::{WarmupRing, replay};
+use crate::config::Config;
 use crate::model::engine::EngineKind;
 use crate::model::manifest::Manifest;
 use crate::model::{Model, package};
@@ -112,6 +114,9 @@ pub enum RolloutError {
 pub struct Rollout {
     /// What requests read: one atomic load per request.
     pub catalog: ArcSwap<Catalog>,
+    /// Recent requests per model, replayed to new versions.
+    pub warmup: WarmupRing,
+    latency_factor: f64,
     models_dir: PathBuf,
     engine: EngineKind,
     policy: Policy,
@@ -128,19 +133,22 @@ fn key(name: &str, version: &str) -> Key {
 }
 
 impl Rollout {
-    pub fn new(
-        models_dir: &Path,
-        engine: EngineKind,
-        policy: Policy,
-        policies: BTreeMap<String, Policy>,
-        default_model: Option<String>,
-    ) -> Rollout {
+    pub fn new(config: &Config) -> Rollout {
         Rollout {
-            catalog: ArcSwap::from_pointee(Catalog { routes: BTreeMap::new(), default_model }),
-            models_dir: models_dir.to_path_buf(),
-            engine,
-            policy,
-            policies,
+            catalog: ArcSwap::from_pointee(Catalog {
+                routes: BTreeMap::new(),
+                default_model: config.default_model.clone(),
+            }),
+            warmup: if config.persist_warmup {
+                WarmupRing::load(&config.models_dir)
+            } else {
+                WarmupRing::default()
+            },
+            models_dir: config.models_dir.clone(),
+            engine: config.engine,
+            policy: config.rollout_policy,
+            policies: config.model_policies.clone(),
+            latency_factor: config.warmup_latency_factor,
             records: Mutex::new(BTreeMap::new()),
             ops: Mutex::new(()),
         }
@@ -192,7 +200,11 @@ impl Rollout {
         let started = Instant::now();
         let serving = self.catalog.load().routes.get(name).map(|r| r.serving.model.clone());
         let loaded =
-            load_and_validate(&dir, self.engine, name, version, serving.as_deref().map(|m| &m.manifest));
+            load_and_validate(&dir, self.engine, name, version, serving.as_deref().map(|m| &m.manifest))
+                .and_then(|(model, notes)| {
+                    self.warm_on_traffic(&model, name, serving.as_deref())?;
+                    Ok((model, notes))
+                });
         let mut records = self.records();
         let record = records.get_mut(&key(name, version)).expect("inserted above");
         match loaded {
@@ -219,6 +231,32 @@ impl Rollout {
                 Err(RolloutError::Invalid { name: name.into(), version: version.into(), reason })
             }
         }
+    }
+
+    /// Replays the recent requests of `name` to `model`: its outputs must be finite (and
+    /// probabilities where its heads say so), and its median time on them within the
+    /// configured factor of the serving version's on the same requests.
+    fn warm_on_traffic(&self, model: &Model, name: &str, serving: Option<&Model>) -> Result<(), String> {
+        let requests = self.warmup.requests(name);
+        if requests.is_empty() {
+            // No history yet: the golden examples warmed it.
+            return Ok(());
+        }
+        let new = replay(model, &requests)?;
+        let old = serving.and_then(|s| replay(s, &requests).ok().flatten());
+        if let (Some(new), Some(old)) = (new, old)
+            && new.as_secs_f64() > old.as_secs_f64() * self.latency_factor
+        {
+            return Err(format!(
+                "median warm-up time {:.2} ms on {} recent requests against {:.2} ms for the serving version \
+                 (allowed {}x)",
+                new.as_secs_f64() * 1e3,
+                requests.len(),
+                old.as_secs_f64() * 1e3,
+                self.latency_factor
+            ));
+        }
+        Ok(())
     }
 
     /// Stages `name/version`, then applies the model's policy: `auto` promotes it, `manual`

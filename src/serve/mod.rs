@@ -54,13 +54,7 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Arc<App> {
         let pool = InferencePool::new(config.threads(), config.queue_capacity);
-        let rollout = Rollout::new(
-            &config.models_dir,
-            config.engine,
-            config.rollout_policy,
-            config.model_policies.clone(),
-            config.default_model.clone(),
-        );
+        let rollout = Rollout::new(&config);
         Arc::new(App {
             rollout: Arc::new(rollout),
             pool,
@@ -177,6 +171,11 @@ pub async fn serve(
     };
     watching.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop.send(true);
+    if app.config.persist_warmup
+        && let Err(e) = app.rollout.warmup.save(&app.config.models_dir)
+    {
+        tracing::warn!(error = %e, "could not keep the warm-up requests for the next start");
+    }
     match tokio::time::timeout(drain, server).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => return Err(ServeError::Io(std::io::Error::other(join.to_string()))),

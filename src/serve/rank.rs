@@ -29,6 +29,9 @@ pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
     let mut shadow_job: Option<(Arc<Served>, Vec<f32>)> = None;
     let raw = body.as_ref().ok().cloned();
     let result = handle(&app, body, started, &mut served, &mut shadow_job).await;
+    if let (Ok(_), Some(raw), Some(s)) = (&result, &raw, &served) {
+        app.rollout.warmup.record(s.model.name(), raw.clone());
+    }
     if let (Ok(_), Some((shadow, scores)), Some(raw)) = (&result, shadow_job, raw) {
         super::shadow::spawn(app.clone(), shadow, raw, scores);
     }
