@@ -128,6 +128,9 @@ pub struct Rollout {
 
 type Key = (String, String);
 
+/// Recent requests replayed to a new version (and to the serving one, for the time).
+const REPLAYED: usize = 16;
+
 fn key(name: &str, version: &str) -> Key {
     (name.to_string(), version.to_string())
 }
@@ -237,7 +240,10 @@ impl Rollout {
     /// probabilities where its heads say so), and its median time on them within the
     /// configured factor of the serving version's on the same requests.
     fn warm_on_traffic(&self, model: &Model, name: &str, serving: Option<&Model>) -> Result<(), String> {
-        let requests = self.warmup.requests(name);
+        // The newest few: enough to size buffers and time both versions, cheap enough to run
+        // beside serving without moving its latency.
+        let mut requests = self.warmup.requests(name);
+        requests.drain(..requests.len().saturating_sub(REPLAYED));
         if requests.is_empty() {
             // No history yet: the golden examples warmed it.
             return Ok(());

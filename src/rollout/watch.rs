@@ -117,8 +117,9 @@ fn judge_canaries(rollout: &Rollout, rules: &CanaryRules) {
     }
 }
 
-/// Loading and compiling a model competes with serving for the CPU: this thread yields to it.
-fn lower_priority() {
+/// Loading and compiling a model competes with serving for the CPU: the calling thread yields
+/// to it.
+pub fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
         unsafe extern "C" {

@@ -119,6 +119,7 @@ async fn load(
     std::thread::Builder::new()
         .name("retort-load".into())
         .spawn(move || {
+            crate::rollout::watch::lower_priority();
             let _ = done.send(rollout.load(&n, &v));
         })
         .map_err(|e| ApiError::Internal(e.to_string()))?;
