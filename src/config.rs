@@ -55,6 +55,16 @@ pub struct Config {
     pub warmup_latency_factor: f64,
     /// Keep the recent requests used for warm-up in `<models>/.warmup/` across restarts.
     pub persist_warmup: bool,
+    /// Latency budget of a request that sets none, in milliseconds (none: no deadline).
+    pub default_budget_ms: Option<f64>,
+    /// Per-model default budgets overriding `default_budget_ms` (file only: `[model_budgets_ms]`).
+    pub model_budgets_ms: std::collections::BTreeMap<String, f64>,
+    /// The largest budget a request may ask for; larger ones are cut to it.
+    pub max_budget_ms: f64,
+    /// Test hooks only: every model's inference sleeps this long first.
+    #[cfg(feature = "test-hooks")]
+    #[serde(skip)]
+    pub test_inference_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -78,6 +88,11 @@ impl Default for Config {
             canary: CanaryRules::default(),
             warmup_latency_factor: 3.0,
             persist_warmup: true,
+            default_budget_ms: None,
+            model_budgets_ms: Default::default(),
+            max_budget_ms: 10_000.0,
+            #[cfg(feature = "test-hooks")]
+            test_inference_delay_ms: 0,
         }
     }
 }
@@ -199,6 +214,10 @@ impl Config {
         }
         if self.max_body_bytes == 0 || self.max_candidates == 0 {
             return bad("max_body_bytes and max_candidates must be at least 1");
+        }
+        let budgets = self.default_budget_ms.iter().chain(self.model_budgets_ms.values());
+        if let Some(b) = budgets.chain([&self.max_budget_ms]).find(|b| !(b.is_finite() && **b > 0.0)) {
+            return bad(&format!("budgets must be positive milliseconds, not {b}"));
         }
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return bad("admin_token is empty; set a real token or leave it unset");

@@ -101,7 +101,41 @@ pub enum ObjectiveError {
     NonFinite(String),
 }
 
+/// Inference runs through [`Model::delay_inference`]'s engine wrapper since the process started
+/// (test hooks only).
+#[cfg(feature = "test-hooks")]
+pub static DELAYED_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An engine that sleeps before each run: integration tests of budgets and cancellation need a
+/// model slower than any real one (test hooks only).
+#[cfg(feature = "test-hooks")]
+struct Delayed {
+    inner: Box<dyn Engine>,
+    delay: std::time::Duration,
+}
+
+#[cfg(feature = "test-hooks")]
+impl Engine for Delayed {
+    fn kind(&self) -> EngineKind {
+        self.inner.kind()
+    }
+
+    fn run(&self, inputs: Vec<encode::Tensor>) -> Result<Vec<Output>, EngineError> {
+        std::thread::sleep(self.delay);
+        DELAYED_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.run(inputs)
+    }
+}
+
 impl Model {
+    /// Makes every inference sleep `delay` first (test hooks only).
+    #[cfg(feature = "test-hooks")]
+    pub fn delay_inference(&mut self, delay: std::time::Duration) {
+        let inner =
+            std::mem::replace(&mut self.engine, Box::new(Delayed { inner: Box::new(Nothing), delay }));
+        self.engine = Box::new(Delayed { inner, delay });
+    }
+
     /// Loads the package in `dir`, and checks that it reproduces its golden examples.
     pub fn load(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
         Model::load_with(dir, engine, None)
@@ -344,5 +378,20 @@ impl Model {
     /// Graph outputs read, for diagnostics.
     pub fn outputs(&self) -> &[String] {
         &self.outputs
+    }
+}
+
+/// A placeholder engine, only ever seen for the instant [`Model::delay_inference`] swaps.
+#[cfg(feature = "test-hooks")]
+struct Nothing;
+
+#[cfg(feature = "test-hooks")]
+impl Engine for Nothing {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Tract
+    }
+
+    fn run(&self, _: Vec<encode::Tensor>) -> Result<Vec<Output>, EngineError> {
+        Ok(Vec::new())
     }
 }

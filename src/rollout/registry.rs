@@ -117,16 +117,29 @@ pub struct Rollout {
     /// Recent requests per model, replayed to new versions.
     pub warmup: WarmupRing,
     latency_factor: f64,
+    #[cfg(feature = "test-hooks")]
+    inference_delay: std::time::Duration,
     models_dir: PathBuf,
     engine: EngineKind,
     policy: Policy,
     policies: BTreeMap<String, Policy>,
     records: Mutex<BTreeMap<(String, String), Record>>,
+    /// Versions retired so far: the watcher hands memory back to the system when it moves.
+    pub retirements: std::sync::atomic::AtomicU64,
+    /// Loads asked for through the admin API, run by the rollout's own thread.
+    loads: (crossbeam_channel::Sender<LoadRequest>, crossbeam_channel::Receiver<LoadRequest>),
     /// Serialises the operations that change the catalog, so each reads the state it changes.
     ops: Mutex<()>,
 }
 
 type Key = (String, String);
+
+/// A load for the rollout's thread, and where to send its outcome.
+pub struct LoadRequest {
+    pub name: String,
+    pub version: String,
+    pub reply: tokio::sync::oneshot::Sender<Result<State, RolloutError>>,
+}
 
 /// Recent requests replayed to a new version (and to the serving one, for the time).
 const REPLAYED: usize = 16;
@@ -152,7 +165,11 @@ impl Rollout {
             policy: config.rollout_policy,
             policies: config.model_policies.clone(),
             latency_factor: config.warmup_latency_factor,
+            #[cfg(feature = "test-hooks")]
+            inference_delay: std::time::Duration::from_millis(config.test_inference_delay_ms),
             records: Mutex::new(BTreeMap::new()),
+            retirements: std::sync::atomic::AtomicU64::new(0),
+            loads: crossbeam_channel::unbounded(),
             ops: Mutex::new(()),
         }
     }
@@ -212,6 +229,14 @@ impl Rollout {
         let record = records.get_mut(&key(name, version)).expect("inserted above");
         match loaded {
             Ok((model, notes)) => {
+                #[cfg(feature = "test-hooks")]
+                let model = {
+                    let mut model = model;
+                    if !self.inference_delay.is_zero() {
+                        model.delay_inference(self.inference_delay);
+                    }
+                    model
+                };
                 record.state = State::Staged;
                 record.reason = notes;
                 record.loaded_at = Some(SystemTime::now());
@@ -275,6 +300,23 @@ impl Rollout {
         Ok(self.state(name, version).expect("staged above"))
     }
 
+    /// Asks the rollout's thread to [`Rollout::load`] `name/version`; the answer comes on the
+    /// returned channel. One long-lived thread does every load, at low priority.
+    pub fn request_load(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> tokio::sync::oneshot::Receiver<Result<State, RolloutError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let _ = self.loads.0.send(LoadRequest { name: name.into(), version: version.into(), reply });
+        answer
+    }
+
+    /// The next load asked for, waiting at most `wait`.
+    pub fn next_load(&self, wait: std::time::Duration) -> Option<LoadRequest> {
+        self.loads.1.recv_timeout(wait).ok()
+    }
+
     fn loaded(&self, name: &str, version: &str, wanted: &'static str) -> Result<Arc<Served>, RolloutError> {
         let records = self.records();
         let r = records
@@ -298,6 +340,7 @@ impl Rollout {
             if matches!(state, State::Retired | State::Failed) {
                 // The catalog no longer holds it either: its memory goes with the last request.
                 r.served = None;
+                self.retirements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

@@ -112,18 +112,10 @@ async fn load(
     authorize(&app, &headers)?;
     segment(&name)?;
     segment(&version)?;
-    let (done, result) = tokio::sync::oneshot::channel();
-    let (rollout, n, v) = (app.rollout.clone(), name.clone(), version.clone());
-    // Its own thread, like the directory watcher's: compiling a graph never runs on the async
-    // workers or the inference pool.
-    std::thread::Builder::new()
-        .name("retort-load".into())
-        .spawn(move || {
-            crate::rollout::watch::lower_priority();
-            let _ = done.send(rollout.load(&n, &v));
-        })
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    result.await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    // The rollout's own thread loads it: compiling a graph never runs on the async workers or
+    // the inference pool.
+    let loaded = app.rollout.request_load(&name, &version);
+    loaded.await.map_err(|_| ApiError::NotReady)??;
     Ok(answer(&app, &name, &version))
 }
 

@@ -31,6 +31,8 @@ pub enum ApiError {
     NotReady,
     #[error("the inference queue is full; retry shortly")]
     Overloaded,
+    #[error("the request's budget of {budget_ms} ms ran out before inference could start")]
+    DeadlineExceeded { budget_ms: f64 },
     #[error("inference failed: {0}")]
     Inference(#[from] InferError),
     #[error("internal error: {0}")]
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::ModelRequired { .. } => "model_required",
             ApiError::NotReady => "not_ready",
             ApiError::Overloaded => "overloaded",
+            ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
             ApiError::Inference(_) => "inference_failed",
             ApiError::Internal(_) => "internal",
             ApiError::Unauthorized => "unauthorized",
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::DeadlineExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Inference(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,7 +149,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, json).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if matches!(self, ApiError::Overloaded | ApiError::NotReady) {
+        if matches!(self, ApiError::Overloaded | ApiError::NotReady | ApiError::DeadlineExceeded { .. }) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::Unauthorized) {

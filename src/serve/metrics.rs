@@ -15,6 +15,18 @@ pub const RANK_CANDIDATES: &str = "retort_rank_candidates";
 pub const MISSING_FEATURES: &str = "retort_missing_features";
 pub const INFERENCE_QUEUE_DEPTH: &str = "retort_inference_queue_depth";
 pub const MODELS_LOADED: &str = "retort_models_loaded";
+/// Registered without `_total`: the client appends it to counters.
+pub const RANK_OUTCOMES: &str = "retort_rank_outcomes";
+
+/// What became of a rank request, as far as its budget goes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub model: String,
+    pub version: String,
+    /// `full` (answered by the model in full), `expired` (its deadline passed before inference
+    /// began), `cancelled` (its client went away), `shed` (refused for overload), `error`.
+    pub outcome: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RankLabels {
@@ -69,6 +81,7 @@ pub struct Metrics {
     pub missing_features: Family<FeatureLabels, Counter>,
     pub queue_depth: Gauge,
     pub models_loaded: Gauge,
+    pub outcomes: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +99,12 @@ impl Metrics {
         let missing_features = Family::<FeatureLabels, Counter>::default();
         let queue_depth = Gauge::default();
         let models_loaded = Gauge::default();
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            RANK_OUTCOMES,
+            "Rank requests by what became of them: full, expired, cancelled, shed or error",
+            outcomes.clone(),
+        );
         registry.register(
             RANK_DURATION_SECONDS,
             "Time from receiving a rank request to its response, by model, version and outcome",
@@ -116,6 +135,7 @@ impl Metrics {
             missing_features,
             queue_depth,
             models_loaded,
+            outcomes,
         }
     }
 

@@ -4,6 +4,8 @@
 //! an immediate refusal instead of an ever-growing backlog.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,10 @@ pub enum PoolError {
     Stopped,
     #[error("the inference job panicked")]
     Panicked,
+    #[error("the request's deadline passed while it waited")]
+    Expired,
+    #[error("the client went away while the request waited")]
+    Cancelled,
 }
 
 pub struct InferencePool {
@@ -60,18 +66,41 @@ impl InferencePool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        self.run_until(None, Arc::new(AtomicBool::new(false)), f).await
+    }
+
+    /// [`InferencePool::run`] for a request with a deadline: when a thread picks the job up
+    /// after `deadline`, or after `cancelled` was set (its client went away), `f` never runs
+    /// and the thread moves on to the next job.
+    pub async fn run_until<T, F>(
+        &self,
+        deadline: Option<Instant>,
+        cancelled: Arc<AtomicBool>,
+        f: F,
+    ) -> Result<(T, Duration), PoolError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let sender = self.sender.as_ref().ok_or(PoolError::Stopped)?;
         let (reply, result) = tokio::sync::oneshot::channel();
         let enqueued = Instant::now();
         let job: Job = Box::new(move || {
-            let waited = enqueued.elapsed();
-            let _ = reply.send((f(), waited));
+            let picked = Instant::now();
+            let outcome = if cancelled.load(Ordering::Relaxed) {
+                Err(PoolError::Cancelled)
+            } else if deadline.is_some_and(|d| picked >= d) {
+                Err(PoolError::Expired)
+            } else {
+                Ok((f(), picked - enqueued))
+            };
+            let _ = reply.send(outcome);
         });
         sender.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => PoolError::Full,
             TrySendError::Disconnected(_) => PoolError::Stopped,
         })?;
-        result.await.map_err(|_| PoolError::Panicked)
+        result.await.map_err(|_| PoolError::Panicked)?
     }
 }
 
@@ -87,7 +116,7 @@ impl Drop for InferencePool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Barrier};
+    use std::sync::Barrier;
 
     #[tokio::test]
     async fn runs_jobs_off_the_runtime_and_survives_panics() {
@@ -132,5 +161,35 @@ mod tests {
         gate.wait();
         busy.await.unwrap().unwrap();
         assert_eq!(queued.await.unwrap().unwrap().0, 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_past_its_deadline_or_cancelled_never_runs() {
+        let pool = Arc::new(InferencePool::new(1, 4));
+        let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        // Hold the only thread for 100 ms.
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(|| std::thread::sleep(Duration::from_millis(100))).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (r1, r2) = (ran.clone(), ran.clone());
+        let expired = pool.run_until(
+            Some(Instant::now() + Duration::from_millis(20)),
+            Arc::new(AtomicBool::new(false)),
+            move || {
+                r1.fetch_add(1, Ordering::Relaxed);
+            },
+        );
+        let gone = Arc::new(AtomicBool::new(false));
+        let cancelled = pool.run_until(None, gone.clone(), move || {
+            r2.fetch_add(1, Ordering::Relaxed);
+        });
+        gone.store(true, Ordering::Relaxed);
+        let (expired, cancelled) = tokio::join!(expired, cancelled);
+        assert_eq!(expired.unwrap_err(), PoolError::Expired);
+        assert_eq!(cancelled.unwrap_err(), PoolError::Cancelled);
+        assert_eq!(ran.load(Ordering::Relaxed), 0);
+        busy.await.unwrap().unwrap();
     }
 }

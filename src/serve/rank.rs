@@ -4,13 +4,13 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -18,17 +18,26 @@ use serde::ser::SerializeMap;
 use super::App;
 use super::catalog::Served;
 use super::error::ApiError;
-use super::metrics::{FeatureLabels, ModelLabels, RankLabels, StageLabels};
+use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
 use super::pool::PoolError;
 use super::request::{self, CandidateId, DecodeError};
 use crate::model::{HeadValues, Model};
 
-pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn rank(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let mut served: Option<Arc<Served>> = None;
     let mut shadow_job: Option<(Arc<Served>, Vec<f32>)> = None;
     let raw = body.as_ref().ok().cloned();
-    let result = handle(&app, body, started, &mut served, &mut shadow_job).await;
+    // If the client goes away, hyper drops this future: the guard then marks the request
+    // cancelled, so an inference thread that has not started it yet never will.
+    let guard = CancelGuard { app: app.clone(), flag: Arc::new(AtomicBool::new(false)), finished: false };
+    let result = handle(&app, &headers, body, started, &mut served, &mut shadow_job, &guard.flag).await;
+    let mut guard = guard;
+    guard.finished = true;
     if let (Ok(_), Some(raw), Some(s)) = (&result, &raw, &served) {
         app.rollout.warmup.record(s.model.name(), raw.clone());
     }
@@ -42,7 +51,10 @@ pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
     let elapsed = started.elapsed();
     // Overload says nothing about the version; everything else counts for or against it.
     if let Some(s) = &served
-        && !matches!(result, Err(ApiError::Overloaded | ApiError::NotReady))
+        && !matches!(
+            result,
+            Err(ApiError::Overloaded | ApiError::NotReady | ApiError::DeadlineExceeded { .. })
+        )
     {
         s.stats.record(elapsed, result.is_ok());
     }
@@ -50,6 +62,20 @@ pub async fn rank(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
         Some(s) => (s.model.name().to_string(), s.version().to_string()),
         None => (String::new(), String::new()),
     };
+    let budget_outcome = match &result {
+        Ok(_) => "full",
+        Err(ApiError::DeadlineExceeded { .. }) => "expired",
+        Err(ApiError::Overloaded) => "shed",
+        Err(_) => "error",
+    };
+    app.metrics
+        .outcomes
+        .get_or_create(&OutcomeLabels {
+            model: model.clone(),
+            version: version.clone(),
+            outcome: budget_outcome,
+        })
+        .inc();
     if let Err(e) = &result {
         if e.status().is_client_error() {
             tracing::debug!(%model, %version, outcome, error = %e, "rank request refused");
@@ -105,12 +131,66 @@ fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
+/// Marks a request cancelled when its handler is dropped before it finished (the client went
+/// away), and counts it.
+struct CancelGuard {
+    app: Arc<App>,
+    flag: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.flag.store(true, Ordering::Relaxed);
+            self.app
+                .metrics
+                .outcomes
+                .get_or_create(&OutcomeLabels {
+                    model: String::new(),
+                    version: String::new(),
+                    outcome: "cancelled",
+                })
+                .inc();
+        }
+    }
+}
+
+/// The request's latency budget in milliseconds: the `x-retort-budget-ms` header, else the
+/// body's `budget_ms`, else the model's configured default; cut to the configured ceiling.
+fn budget_ms(
+    app: &App,
+    headers: &HeaderMap,
+    body: Option<f64>,
+    model: &str,
+) -> Result<Option<f64>, ApiError> {
+    let header = match headers.get(BUDGET_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("{BUDGET_HEADER}: {v:?} is not a number of milliseconds"))
+        })?),
+    };
+    let asked = header.or(body);
+    if let Some(b) = asked
+        && !(b.is_finite() && b > 0.0)
+    {
+        return Err(ApiError::InvalidRequest(format!("budget_ms must be a positive number, not {b}")));
+    }
+    let configured = app.config.model_budgets_ms.get(model).copied().or(app.config.default_budget_ms);
+    Ok(asked.or(configured).map(|b| b.min(app.config.max_budget_ms)))
+}
+
+const BUDGET_HEADER: &str = "x-retort-budget-ms";
+
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     app: &App,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     started: Instant,
     served: &mut Option<Arc<Served>>,
     shadow_job: &mut Option<(Arc<Served>, Vec<f32>)>,
+    cancelled: &Arc<AtomicBool>,
 ) -> Result<Response, ApiError> {
     let mut timing = Timing::default();
     let body = body.map_err(|rejection| match rejection.status() {
@@ -136,6 +216,9 @@ async fn handle(
     let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
     let model = version.model.clone();
     *served = Some(version);
+    // The deadline is fixed on arrival; every later stage sees it.
+    let budget = budget_ms(app, headers, req.budget_ms, model.name())?;
+    let deadline = budget.map(|b| started + Duration::from_secs_f64(b / 1e3));
     timing.decode = micros(started.elapsed());
 
     // 2. Validate and encode; the objective is checked before any inference is spent.
@@ -152,10 +235,17 @@ async fn handle(
     } else {
         let m = model.clone();
         let queued = Instant::now();
-        let (result, waited) = app.pool.run(move || m.infer(encoded)).await.map_err(|e| match e {
+        let expired = || ApiError::DeadlineExceeded { budget_ms: budget.unwrap_or_default() };
+        if deadline.is_some_and(|d| queued >= d) {
+            return Err(expired());
+        }
+        let job = app.pool.run_until(deadline, cancelled.clone(), move || m.infer(encoded));
+        let (result, waited) = job.await.map_err(|e| match e {
             PoolError::Full => ApiError::Overloaded,
             PoolError::Stopped => ApiError::NotReady,
             PoolError::Panicked => ApiError::Internal("inference panicked".into()),
+            PoolError::Expired => expired(),
+            PoolError::Cancelled => ApiError::Internal("cancelled while its client waited".into()),
         })?;
         timing.queue = micros(waited);
         timing.infer = micros(queued.elapsed().saturating_sub(waited));
