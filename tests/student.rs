@@ -198,14 +198,7 @@ fn distilled_students_join_teacher_labels_by_example_id() {
 fn train_publishes_a_package_the_server_loads_with_its_metrics() {
     use retort::distill::run::{self, RunConfig};
     let dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        users: 100,
-        days: 3,
-        target_requests: 300,
-        tracks: 100,
-        artists: 10,
-        ..DemoConfig::default()
-    };
+    let config = small_world();
     let (target, spec) = target_world(dir.path(), &config);
     let run: RunConfig =
         toml::from_str("[train]\nepochs = 1\n[objective]\nplay = 1.0\nskip = -0.5\n").unwrap();
@@ -257,14 +250,7 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
     use retort::distill::compare;
     use retort::distill::run::RunConfig;
     let dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        users: 100,
-        days: 3,
-        target_requests: 300,
-        tracks: 100,
-        artists: 10,
-        ..DemoConfig::default()
-    };
+    let config = small_world();
     let (target, spec) = target_world(dir.path(), &config);
     let labeller = label_with_stand_in_teacher(dir.path(), &spec, &target);
     let run: RunConfig =
@@ -390,6 +376,18 @@ fn quickstart_runs_the_whole_loop_and_resumes() {
     )
     .unwrap();
     assert!(again[1].contains("reusing"), "{again:?}");
+}
+
+/// A demo world small enough to train on in a moment: 3 days, 100 users, 300 requests.
+fn small_world() -> DemoConfig {
+    DemoConfig {
+        users: 100,
+        days: 3,
+        target_requests: 300,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    }
 }
 
 /// A demo world's target domain under `dir`: its directory and spec.
