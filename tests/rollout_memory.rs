@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use common::{Reply, TestServer, request};
 use http_body_util::Full;
@@ -14,6 +16,35 @@ use retort::rollout::Policy;
 use serde_json::json;
 
 const TOKEN: &str = "rollout-token";
+
+/// The system allocator, counting the bytes it holds for the program: the resident size also
+/// moves with the allocator's free lists, this only with what the program keeps.
+struct Counting;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call forwards to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 async fn admin(server: &TestServer, path: &str) -> Reply {
     let method = if path == "/v1/models" { "GET" } else { "POST" };
@@ -37,11 +68,23 @@ fn write_version(dir: &Path, version: &str, seed: u64) {
     package::write(dir, &manifest, &graph).unwrap();
 }
 
-/// Resident memory once the rollout's thread has handed retired versions' memory back (it
-/// looks every 250 ms).
-async fn settled_resident_bytes() -> u64 {
+/// Resident and program-held memory once the rollout's thread and the inference threads have
+/// let go of retired versions (they look every 250 ms).
+async fn settled() -> Memory {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    resident_bytes()
+    Memory { resident: resident_bytes(), live: LIVE_BYTES.load(Ordering::Relaxed) }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Memory {
+    resident: u64,
+    live: i64,
+}
+
+impl std::fmt::Display for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} KiB resident, {} KiB held", self.resident / 1024, self.live / 1024)
+    }
 }
 
 /// Resident memory of this process, in bytes (Linux).
@@ -64,7 +107,7 @@ async fn memory_comes_back_after_many_load_promote_retire_cycles() {
     };
     let server = TestServer::start(config).await;
     let cycles: usize = std::env::var("RETORT_MEMORY_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
-    let (mut after_first, mut warmed) = (0, 0);
+    let (mut after_first, mut warmed) = (Memory::default(), Memory::default());
     for cycle in 1..=cycles {
         // Load 1, promote it (2 becomes previous), roll back (1 retired, unloaded).
         assert_eq!(admin(&server, "/v1/models/m/versions/1/load").await.json()["state"], "staged");
@@ -73,25 +116,27 @@ async fn memory_comes_back_after_many_load_promote_retire_cycles() {
         assert_eq!(admin(&server, "/v1/models/m/rollback").await.status, 200);
         assert_eq!(version_for(&server, "u").await, "2");
         match cycle {
-            1 => after_first = settled_resident_bytes().await,
-            10 => warmed = settled_resident_bytes().await,
+            1 => after_first = settled().await,
+            10 => warmed = settled().await,
             _ => {}
         }
     }
-    let after_last = settled_resident_bytes().await;
-    let kib = |b: u64| b / 1024;
+    let after_last = settled().await;
     eprintln!(
-        "resident memory after cycle 1: {} KiB, after cycle 10: {} KiB, after cycle {cycles}: {} KiB",
-        kib(after_first),
-        kib(warmed),
-        kib(after_last)
+        "memory after cycle 1: {after_first}; after cycle 10: {warmed}; after cycle {cycles}: {after_last}"
     );
-    // A retired version that stayed in memory would add its graph and compiled plans (several
-    // MiB) every cycle: hundreds of MiB over 50. What remains is allocator growth of a few MiB
-    // (BENCHMARKS.md: the rollout issue's 10% target is not met yet).
+    // A version is a few MiB of weights and compiled plans. What the program may keep beyond
+    // the first cycle is the warm-up ring filling up (64 requests) and tables reaching their
+    // size; a retired version's run states left on an inference thread kept 60 KiB a cycle.
     assert!(
-        after_last < after_first + 16 * 1024 * 1024,
-        "resident memory grew from {after_first} bytes after cycle 1 to {after_last} after cycle {cycles}"
+        after_last.live < after_first.live + 1024 * 1024,
+        "held memory grew from {after_first} after cycle 1 to {after_last} after cycle {cycles}"
+    );
+    // The target is 10% (measured 5-7%, BENCHMARKS.md); the bound leaves room for the
+    // allocator's free lists, which vary from run to run by a MiB or two.
+    assert!(
+        after_last.resident * 100 < after_first.resident * 115,
+        "resident memory grew from {after_first} after cycle 1 to {after_last} after cycle {cycles}"
     );
     server.stop().await.unwrap();
 }

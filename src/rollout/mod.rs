@@ -10,11 +10,13 @@
 //! that started on it finishes.
 //!
 //! # Layout
+//! - [`memory`]: handing retired versions' memory back to the system.
 //! - [`stats`]: per-version request counts and latency quantiles.
 //! - [`registry`]: the versions, their states and the operations.
 //! - [`warmup`]: recent requests kept per model and replayed to new versions.
 //! - [`watch`]: the models-directory poller and the canary judge.
 
+pub mod memory;
 pub mod registry;
 pub mod stats;
 pub mod warmup;

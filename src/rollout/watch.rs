@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::memory;
 use super::registry::Rollout;
-use crate::model::package;
+use crate::model::{engine, package};
 
 /// When a canary is retired as failed: judged once it has served `min_requests`, comparing it
 /// with the serving version over the same period.
@@ -71,17 +72,21 @@ impl CanaryRules {
 pub fn run(rollout: Arc<Rollout>, poll: Duration, rules: CanaryRules, stop: Arc<AtomicBool>) {
     lower_priority();
     let mut last_poll = Instant::now();
-    let mut retired = 0;
+    // Retirements seen, and whether every thread had let go of their run states then.
+    let mut released = (0, true);
     while !stop.load(Ordering::Relaxed) {
         if !poll.is_zero() && last_poll.elapsed() >= poll {
             last_poll = Instant::now();
             discover(&rollout);
         }
         judge_canaries(&rollout, &rules);
-        let now = rollout.retirements.load(Ordering::Relaxed);
-        if now != retired {
-            retired = now;
-            release_freed_memory();
+        engine::release_retired_states();
+        // Trimmed once when a version retires and again when the inference threads have
+        // dropped its run states, which hold its compiled plans until then.
+        let now = (rollout.retirements.load(Ordering::Relaxed), engine::retired_states_pending() == 0);
+        if now != released {
+            released = now;
+            memory::release_freed();
         }
         // Loads asked for through the admin API, as they come; otherwise a pause.
         if let Some(load) = rollout.next_load(Duration::from_millis(250)) {
@@ -122,23 +127,6 @@ fn judge_canaries(rollout: &Rollout, rules: &CanaryRules) {
             |s: &crate::rollout::stats::VersionStats| (s.requests(), s.errors(), s.latency.quantile(0.99));
         if let Some(reason) = rules.judge(snapshot(&canary.to.stats), snapshot(&route.serving.stats)) {
             rollout.fail_canary(name, canary.to.version(), reason);
-        }
-    }
-}
-
-/// Hands the memory of retired versions back to the system. glibc keeps freed blocks in the
-/// arena of the thread that allocated them (loader threads, inference threads), where a model's
-/// compiled plans leave holes that later, smaller allocations do not fill; without this the
-/// resident size crept up with every load/retire cycle (BENCHMARKS.md).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only returns free memory to the system; it is thread-safe.
-        unsafe {
-            malloc_trim(0);
         }
     }
 }

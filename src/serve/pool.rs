@@ -9,7 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{RecvTimeoutError, Sender, TrySendError};
+
+use crate::model::engine;
+
+/// How long an idle worker waits before it lets go of retired versions' run states.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -42,10 +47,16 @@ impl InferencePool {
                 std::thread::Builder::new()
                     .name(format!("retort-infer-{i}"))
                     .spawn(move || {
-                        for job in receiver {
-                            // A panicking job drops its reply channel (the caller sees
-                            // `Panicked`); the worker lives on for the next request.
-                            let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                        loop {
+                            match receiver.recv_timeout(IDLE_CHECK) {
+                                // A panicking job drops its reply channel (the caller sees
+                                // `Panicked`); the worker lives on for the next request.
+                                Ok(job) => drop(std::panic::catch_unwind(AssertUnwindSafe(job))),
+                                // Versions may retire while this thread waits; their run
+                                // states (and so their plans) go once it lets them go.
+                                Err(RecvTimeoutError::Timeout) => engine::release_retired_states(),
+                                Err(RecvTimeoutError::Disconnected) => break,
+                            }
                         }
                     })
                     .expect("cannot start an inference thread")

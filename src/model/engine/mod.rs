@@ -76,6 +76,8 @@ pub enum EngineError {
     Unavailable(EngineKind),
 }
 
+pub use tract::{release_retired_states, retired_states_pending};
+
 /// Loads an ONNX graph (its protobuf bytes; `path` names it in errors) with the chosen engine.
 pub fn load(
     kind: EngineKind,

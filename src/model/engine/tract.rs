@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::ThreadId;
 
 use tract_onnx::prelude::*;
 
@@ -36,11 +38,62 @@ pub fn batch_ladder() -> Vec<usize> {
 
 /// A runnable plan and the run states kept for it: spawning a state allocates every
 /// intermediate buffer, and a ranking server runs the same graph thousands of times a second.
+///
+/// A state is only ever run by the thread that spawned it. tract's matrix products keep scratch
+/// space per run state in a thread-local table that only the thread dropping the state clears:
+/// a state that moved between threads, or was dropped on another thread when its model retired,
+/// would leave scratch space behind on every thread it ran on, for good.
 struct Compiled {
     /// Fixed batch of this plan; `None` for the symbolic plan.
     rows: Option<usize>,
     plan: Arc<Plan>,
-    states: Mutex<Vec<State>>,
+    states: Mutex<Vec<Owned>>,
+}
+
+/// A run state and the thread that owns it.
+struct Owned {
+    owner: ThreadId,
+    /// Dead once the owner has exited (its thread-local tables are gone with it).
+    owner_alive: Weak<()>,
+    state: State,
+}
+
+impl Owned {
+    /// Whether dropping the state on this thread clears everything it left behind.
+    fn droppable_here(&self, here: ThreadId) -> bool {
+        self.owner == here || self.owner_alive.strong_count() == 0
+    }
+}
+
+thread_local! {
+    static THREAD_ALIVE: Arc<()> = Arc::new(());
+}
+
+/// States of dropped plans waiting for their owner thread to drop them.
+static ORPHANS: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
+static ORPHAN_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Drops the run states of retired plans that this thread owns. Every run does it first; a
+/// thread that may sit idle while versions retire (an inference worker, the rollout thread)
+/// calls it when idle, since the states hold their plan's memory until then.
+pub fn release_retired_states() {
+    if retired_states_pending() == 0 {
+        return;
+    }
+    let here = std::thread::current().id();
+    let mine: Vec<Owned> = {
+        let mut orphans = ORPHANS.lock().unwrap_or_else(|p| p.into_inner());
+        let (mine, rest) = orphans.drain(..).partition(|o| o.droppable_here(here));
+        *orphans = rest;
+        ORPHAN_COUNT.store(orphans.len(), Ordering::Release);
+        mine
+    };
+    drop(mine);
+}
+
+/// Run states of retired plans not yet dropped by their owner thread.
+pub fn retired_states_pending() -> usize {
+    ORPHAN_COUNT.load(Ordering::Acquire)
 }
 
 impl Compiled {
@@ -49,15 +102,39 @@ impl Compiled {
     }
 
     fn run(&self, values: TVec<TValue>) -> Result<TVec<TValue>, EngineError> {
+        release_retired_states();
         let run_err = |e: TractError| EngineError::Run(format!("{e:#}"));
-        let cached = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut state = match cached {
-            Some(state) => state,
-            None => self.plan.spawn().map_err(run_err)?,
+        let here = std::thread::current().id();
+        let cached = {
+            let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            states.iter().position(|o| o.owner == here).map(|i| states.swap_remove(i))
         };
-        let outputs = state.run(values).map_err(run_err)?;
-        self.states.lock().unwrap_or_else(|p| p.into_inner()).push(state);
+        let mut owned = match cached {
+            Some(owned) => owned,
+            None => Owned {
+                owner: here,
+                owner_alive: THREAD_ALIVE.with(Arc::downgrade),
+                state: self.plan.spawn().map_err(run_err)?,
+            },
+        };
+        let outputs = owned.state.run(values).map_err(run_err)?;
+        self.states.lock().unwrap_or_else(|p| p.into_inner()).push(owned);
         Ok(outputs)
+    }
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        let states = std::mem::take(self.states.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let here = std::thread::current().id();
+        let (here_now, elsewhere): (Vec<Owned>, Vec<Owned>) =
+            states.into_iter().partition(|o| o.droppable_here(here));
+        drop(here_now);
+        if !elsewhere.is_empty() {
+            let mut orphans = ORPHANS.lock().unwrap_or_else(|p| p.into_inner());
+            orphans.extend(elsewhere);
+            ORPHAN_COUNT.store(orphans.len(), Ordering::Release);
+        }
     }
 }
 
@@ -240,5 +317,56 @@ mod tests {
         assert_eq!(&ladder[..8], &[1, 2, 3, 4, 6, 8, 12, 16]);
         assert_eq!(*ladder.last().unwrap(), 2048);
         assert!(ladder.windows(2).all(|w| w[1] > w[0] && w[1] * 2 <= w[0] * 3 + 2), "{ladder:?}");
+    }
+
+    /// `x + x` over a 2x2 input.
+    fn doubling_plan() -> Arc<Plan> {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([2, 2])).unwrap();
+        let y = model.wire_node("y", tract_onnx::tract_core::ops::math::add(), &[x, x]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model.into_optimized().unwrap().into_runnable().unwrap()
+    }
+
+    fn input() -> TVec<TValue> {
+        tvec![tract_ndarray::arr2(&[[1f32, 2.], [3., 4.]]).into_tensor().into_tvalue()]
+    }
+
+    #[test]
+    fn a_thread_runs_only_the_states_it_spawned() {
+        let compiled = Arc::new(Compiled::new(Some(2), doubling_plan()));
+        compiled.run(input()).unwrap();
+        let elsewhere = compiled.clone();
+        std::thread::spawn(move || elsewhere.run(input()).unwrap()).join().unwrap();
+        compiled.run(input()).unwrap();
+        let states = compiled.states.lock().unwrap();
+        assert_eq!(states.len(), 2, "one state per thread, each reused by its own thread");
+        assert_ne!(states[0].owner, states[1].owner);
+    }
+
+    #[test]
+    fn a_plan_dropped_elsewhere_is_freed_once_its_threads_let_go() {
+        let compiled = Compiled::new(Some(2), doubling_plan());
+        let plan = Arc::downgrade(&compiled.plan);
+        let (give, take) = std::sync::mpsc::channel::<Compiled>();
+        let (ran, wait_run) = std::sync::mpsc::channel();
+        let (retired, wait_retired) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let compiled = take.recv().unwrap();
+            let outputs = compiled.run(input()).unwrap();
+            assert_eq!(outputs[0].to_plain_array_view::<f32>().unwrap()[[1, 1]], 8.0);
+            ran.send(compiled).unwrap();
+            wait_retired.recv().unwrap();
+            // What an idle inference thread does.
+            release_retired_states();
+        });
+        give.send(compiled).unwrap();
+        // Retired on this thread: the worker's state still holds the plan, and must be dropped
+        // by the worker, not here.
+        drop(wait_run.recv().unwrap());
+        assert!(plan.upgrade().is_some(), "the worker's run state keeps the plan until it lets go");
+        retired.send(()).unwrap();
+        worker.join().unwrap();
+        assert!(plan.upgrade().is_none(), "the plan outlived the thread that ran it");
     }
 }
