@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::engine::EngineKind;
 use crate::rollout::Policy;
 use crate::rollout::watch::CanaryRules;
+use crate::serve::degrade::DegradationRules;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -61,10 +62,13 @@ pub struct Config {
     pub model_budgets_ms: std::collections::BTreeMap<String, f64>,
     /// The largest budget a request may ask for; larger ones are cut to it.
     pub max_budget_ms: f64,
-    /// Test hooks only: every model's inference sleeps this long first.
+    /// What a request gets when the full answer cannot make its deadline (file only:
+    /// `[degradation]`).
+    pub degradation: DegradationRules,
+    /// Test hooks only: the named models' inference sleeps this long first.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
-    pub test_inference_delay_ms: u64,
+    pub test_inference_delays: std::collections::BTreeMap<String, crate::model::InferenceDelay>,
 }
 
 impl Default for Config {
@@ -91,8 +95,9 @@ impl Default for Config {
             default_budget_ms: None,
             model_budgets_ms: Default::default(),
             max_budget_ms: 10_000.0,
+            degradation: DegradationRules::default(),
             #[cfg(feature = "test-hooks")]
-            test_inference_delay_ms: 0,
+            test_inference_delays: Default::default(),
         }
     }
 }
@@ -218,6 +223,12 @@ impl Config {
         let budgets = self.default_budget_ms.iter().chain(self.model_budgets_ms.values());
         if let Some(b) = budgets.chain([&self.max_budget_ms]).find(|b| !(b.is_finite() && **b > 0.0)) {
             return bad(&format!("budgets must be positive milliseconds, not {b}"));
+        }
+        if !(self.degradation.margin_ms.is_finite() && self.degradation.margin_ms >= 0.0) {
+            return bad(&format!(
+                "degradation.margin_ms must be zero or more, not {}",
+                self.degradation.margin_ms
+            ));
         }
         if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return bad("admin_token is empty; set a real token or leave it unset");

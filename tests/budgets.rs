@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{TestServer, request, write_model};
 use retort::config::Config;
-use retort::model::DELAYED_RUNS;
 use retort::model::manifest::ContextRows;
+use retort::model::{DELAYED_RUNS, InferenceDelay};
 use std::sync::atomic::Ordering;
 
 /// The slow engine's run counter is one per process: these tests take turns.
@@ -24,7 +24,12 @@ async fn slow_server(dir: &std::path::Path, delay_ms: u64) -> TestServer {
         poll_interval_ms: 0,
         ..Config::default()
     };
-    config.test_inference_delay_ms = delay_ms;
+    config.test_inference_delays.insert(
+        "m".into(),
+        InferenceDelay { fixed: Duration::from_millis(delay_ms), per_candidate: Duration::ZERO },
+    );
+    // No degradation: these tests are about requests that wait past their deadline.
+    config.degradation.ladder = Vec::new();
     config.persist_warmup = false;
     TestServer::start(config).await
 }
@@ -126,4 +131,142 @@ async fn the_budget_header_wins_and_bad_budgets_are_named() {
     let r = server.send(post(Some("soon"), request(3, 1))).await;
     assert_eq!(r.status, 422);
     assert!(r.text().contains("x-retort-budget-ms"), "{}", r.text());
+}
+
+/// A server whose models `(name, fixed, per_candidate)` sleep that long per run; `m` declares
+/// `m-small` as its fallback when `with_fallback`.
+async fn degrading_server(
+    dir: &std::path::Path,
+    delays: &[(&str, f64, f64)],
+    with_fallback: bool,
+) -> TestServer {
+    write_model(dir, "m", 1, ContextRows::Once);
+    if with_fallback {
+        write_model(dir, "m-small", 2, ContextRows::Once);
+        let path = dir.join("m/1/manifest.toml");
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        let manifest = manifest.replacen("[model]\n", "[model]\nfallback = \"m-small\"\n", 1);
+        assert!(manifest.contains("fallback = \"m-small\""), "{manifest}");
+        std::fs::write(&path, manifest).unwrap();
+    }
+    let mut config = Config {
+        models_dir: dir.to_path_buf(),
+        inference_threads: 1,
+        poll_interval_ms: 0,
+        default_model: Some("m".into()),
+        persist_warmup: false,
+        ..Config::default()
+    };
+    for &(name, fixed_ms, per_candidate_us) in delays {
+        config.test_inference_delays.insert(
+            name.into(),
+            InferenceDelay {
+                fixed: Duration::from_secs_f64(fixed_ms / 1e3),
+                per_candidate: Duration::from_secs_f64(per_candidate_us / 1e6),
+            },
+        );
+    }
+    TestServer::start(config).await
+}
+
+/// `n` candidates whose priors put them in reverse order: `c{n-1}` first.
+fn with_priors(n: usize, budget_ms: f64) -> serde_json::Value {
+    let mut body = request(n, 7);
+    for (i, c) in body["candidates"].as_array_mut().unwrap().iter_mut().enumerate() {
+        c["prior"] = serde_json::json!(i as f64 / n as f64);
+    }
+    body["budget_ms"] = serde_json::json!(budget_ms);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_the_full_model_cannot_meet_gets_the_best_prefix_it_can_afford() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 400 candidates take 1 ms + 400 × 100 µs = 41 ms.
+    let server = degrading_server(dir.path(), &[("m", 1.0, 100.0)], false).await;
+    let before = DELAYED_RUNS.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    let r = server.rank(&with_priors(400, 25.0)).await;
+    let took = sent.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let degraded = &body["degraded"];
+    assert_eq!(
+        (degraded["reason"].as_str(), degraded["mode"].as_str()),
+        (Some("budget"), Some("truncated")),
+        "{degraded}"
+    );
+    let scored = degraded["scored"].as_u64().unwrap() as usize;
+    assert!((120..240).contains(&scored), "scored {scored} of 400 in 25 ms at 100 µs each");
+    assert!(took < Duration::from_millis(25 + 10), "answered in {took:?} for a 25 ms budget");
+    assert_eq!(DELAYED_RUNS.load(Ordering::Relaxed) - before, 1);
+
+    // The scored ones are the `scored` highest priors, ranked by the model; the rest follow
+    // unscored, in prior order.
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 400);
+    let index = |item: &serde_json::Value| item["id"].as_str().unwrap()[1..].parse::<usize>().unwrap();
+    let mut top: Vec<usize> = items[..scored].iter().map(index).collect();
+    assert!(items[..scored].iter().all(|i| i["score"].is_f64() && i["heads"]["play"].is_f64()));
+    let scores: Vec<f64> = items[..scored].iter().map(|i| i["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "scored candidates best first");
+    top.sort_unstable();
+    assert_eq!(top, (400 - scored..400).collect::<Vec<_>>());
+    let rest: Vec<usize> = items[scored..].iter().map(index).collect();
+    assert_eq!(rest, (0..400 - scored).rev().collect::<Vec<_>>());
+    assert!(items[scored..].iter().all(|i| i["score"].is_null() && i["heads"] == serde_json::json!({})));
+
+    // With room to spare, nothing is degraded.
+    let r = server.rank(&with_priors(400, 500.0)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["degraded"].is_null(), "{}", r.text());
+    assert!(r.json()["items"].as_array().unwrap().iter().all(|i| i["score"].is_f64()));
+    let metrics = server.get("/metrics").await.text();
+    assert_eq!((metric(&metrics, "truncated"), metric(&metrics, "full")), (1, 1), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_fallback_answers_in_time_when_the_full_model_cannot() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = degrading_server(dir.path(), &[("m", 1.0, 100.0)], true).await;
+    let before = DELAYED_RUNS.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    let r = server.rank(&with_priors(400, 25.0)).await;
+    let took = sent.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["model"], "m-small");
+    assert_eq!(body["degraded"], serde_json::json!({"reason": "budget", "mode": "fallback", "scored": 400}));
+    assert!(body["items"].as_array().unwrap().iter().all(|i| i["score"].is_f64()));
+    assert!(took < Duration::from_millis(25 + 10), "answered in {took:?} for a 25 ms budget");
+    assert_eq!(DELAYED_RUNS.load(Ordering::Relaxed) - before, 0, "the slow model never ran");
+
+    // A request the full model can afford gets it.
+    let r = server.rank(&with_priors(20, 25.0)).await;
+    assert_eq!(
+        (r.json()["model"].as_str(), r.json()["degraded"].is_null()),
+        (Some("m"), true),
+        "{}",
+        r.text()
+    );
+    assert_eq!(metric(&server.get("/metrics").await.text(), "fallback"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_nothing_can_meet_is_shed_at_once() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = degrading_server(dir.path(), &[("m", 20.0, 0.0)], false).await;
+    let before = DELAYED_RUNS.load(Ordering::Relaxed);
+    let sent = Instant::now();
+    let r = server.rank(&with_priors(50, 5.0)).await;
+    let took = sent.elapsed();
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (429, Some("shed")), "{}", r.text());
+    assert_eq!(r.json()["error"]["reason"], "budget");
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(took < Duration::from_millis(15), "shed in {took:?}");
+    assert_eq!(DELAYED_RUNS.load(Ordering::Relaxed) - before, 0);
+    assert_eq!(metric(&server.get("/metrics").await.text(), "shed"), 1);
 }

@@ -39,6 +39,12 @@ pub trait FeatureSource {
     fn get(&self, name: &str) -> Value<'_>;
 }
 
+impl<T: FeatureSource + ?Sized> FeatureSource for &T {
+    fn get(&self, name: &str) -> Value<'_> {
+        (**self).get(name)
+    }
+}
+
 /// A dense row-major 2-D tensor, `[rows, width]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -60,6 +66,26 @@ pub struct Encoded {
     pub rows: usize,
     /// Per manifest feature: how many values took the default because they were missing.
     pub missing: Vec<u32>,
+}
+
+impl Encoded {
+    /// Keeps the first `rows` candidates (context rows shared by all candidates stay).
+    pub fn truncate(&mut self, rows: usize) {
+        if rows >= self.rows {
+            return;
+        }
+        for t in &mut self.tensors {
+            if t.shape[0] == self.rows {
+                let len = rows * t.shape[1];
+                match &mut t.data {
+                    TensorData::I64(d) => d.truncate(len),
+                    TensorData::F32(d) => d.truncate(len),
+                }
+                t.shape[0] = rows;
+            }
+        }
+        self.rows = rows;
+    }
 }
 
 /// One ONNX input as the encoder lays it out.

@@ -106,12 +106,20 @@ pub enum ObjectiveError {
 #[cfg(feature = "test-hooks")]
 pub static DELAYED_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// How long a slowed model sleeps before each run (test hooks only).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct InferenceDelay {
+    pub fixed: std::time::Duration,
+    pub per_candidate: std::time::Duration,
+}
+
 /// An engine that sleeps before each run: integration tests of budgets and cancellation need a
 /// model slower than any real one (test hooks only).
 #[cfg(feature = "test-hooks")]
 struct Delayed {
     inner: Box<dyn Engine>,
-    delay: std::time::Duration,
+    delay: InferenceDelay,
 }
 
 #[cfg(feature = "test-hooks")]
@@ -121,16 +129,17 @@ impl Engine for Delayed {
     }
 
     fn run(&self, inputs: Vec<encode::Tensor>) -> Result<Vec<Output>, EngineError> {
-        std::thread::sleep(self.delay);
+        let rows = inputs.iter().map(|t| t.shape[0]).max().unwrap_or(0) as u32;
+        std::thread::sleep(self.delay.fixed + self.delay.per_candidate * rows);
         DELAYED_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.run(inputs)
     }
 }
 
 impl Model {
-    /// Makes every inference sleep `delay` first (test hooks only).
+    /// Makes every inference sleep first (test hooks only).
     #[cfg(feature = "test-hooks")]
-    pub fn delay_inference(&mut self, delay: std::time::Duration) {
+    pub fn delay_inference(&mut self, delay: InferenceDelay) {
         let inner =
             std::mem::replace(&mut self.engine, Box::new(Delayed { inner: Box::new(Nothing), delay }));
         self.engine = Box::new(Delayed { inner, delay });

@@ -118,7 +118,7 @@ pub struct Rollout {
     pub warmup: WarmupRing,
     latency_factor: f64,
     #[cfg(feature = "test-hooks")]
-    inference_delay: std::time::Duration,
+    inference_delays: BTreeMap<String, crate::model::InferenceDelay>,
     models_dir: PathBuf,
     engine: EngineKind,
     policy: Policy,
@@ -166,7 +166,7 @@ impl Rollout {
             policies: config.model_policies.clone(),
             latency_factor: config.warmup_latency_factor,
             #[cfg(feature = "test-hooks")]
-            inference_delay: std::time::Duration::from_millis(config.test_inference_delay_ms),
+            inference_delays: config.test_inference_delays.clone(),
             records: Mutex::new(BTreeMap::new()),
             retirements: std::sync::atomic::AtomicU64::new(0),
             loads: crossbeam_channel::unbounded(),
@@ -232,8 +232,8 @@ impl Rollout {
                 #[cfg(feature = "test-hooks")]
                 let model = {
                     let mut model = model;
-                    if !self.inference_delay.is_zero() {
-                        model.delay_inference(self.inference_delay);
+                    if let Some(delay) = self.inference_delays.get(name) {
+                        model.delay_inference(*delay);
                     }
                     model
                 };

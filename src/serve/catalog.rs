@@ -6,17 +6,23 @@ use std::sync::Arc;
 use crate::model::Model;
 use crate::rollout::stats::VersionStats;
 
+use super::cost::CostModel;
 use super::error::ApiError;
 
 /// A loaded model version with the record of what it has served.
 pub struct Served {
     pub model: Arc<Model>,
     pub stats: Arc<VersionStats>,
+    /// How long this version takes per request, for admission control.
+    pub cost: CostModel,
 }
 
 impl Served {
+    /// Wraps a loaded model, timing it first so that admission can predict its first requests.
     pub fn new(model: Model) -> Arc<Served> {
-        Arc::new(Served { model: Arc::new(model), stats: Arc::new(VersionStats::default()) })
+        let cost = CostModel::default();
+        cost.calibrate(&model);
+        Arc::new(Served { model: Arc::new(model), stats: Arc::new(VersionStats::default()), cost })
     }
 
     pub fn version(&self) -> &str {
@@ -92,6 +98,12 @@ impl Catalog {
         self.routes
             .get(name)
             .ok_or_else(|| ApiError::UnknownModel { name: name.to_string(), serving: self.names() })
+    }
+
+    /// The serving version of the fallback `model` declares, when it is served.
+    pub fn fallback_for(&self, model: &Model) -> Option<&Arc<Served>> {
+        let name = model.manifest.model.fallback.as_deref().filter(|f| *f != model.name())?;
+        self.routes.get(name).map(|r| &r.serving)
     }
 
     /// Whether another served model declares `name` as its fallback.

@@ -9,6 +9,8 @@ use crate::model::encode::{EncodeError, Location};
 use crate::model::{InferError, ObjectiveError};
 use crate::rollout::RolloutError;
 
+use super::degrade::Reason;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("malformed JSON: {0}")]
@@ -33,6 +35,8 @@ pub enum ApiError {
     Overloaded,
     #[error("the request's budget of {budget_ms} ms ran out before inference could start")]
     DeadlineExceeded { budget_ms: f64 },
+    #[error("the request's budget of {budget_ms} ms cannot be met ({}), and the model's degradation ladder sheds it", reason.as_str())]
+    Shed { reason: Reason, budget_ms: f64 },
     #[error("inference failed: {0}")]
     Inference(#[from] InferError),
     #[error("internal error: {0}")]
@@ -63,6 +67,9 @@ struct Detail<'a> {
     feature: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     head: Option<&'a str>,
+    /// Why a request was shed: `budget` or `overload`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -80,6 +87,7 @@ impl ApiError {
             ApiError::NotReady => "not_ready",
             ApiError::Overloaded => "overloaded",
             ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ApiError::Shed { .. } => "shed",
             ApiError::Inference(_) => "inference_failed",
             ApiError::Internal(_) => "internal",
             ApiError::Unauthorized => "unauthorized",
@@ -92,6 +100,18 @@ impl ApiError {
                 RolloutError::Percent(_) => "invalid_request",
             },
         }
+    }
+
+    /// Refused for want of time or capacity, not for anything the request or the model did:
+    /// the client may retry (`Retry-After`), and the version's error rate does not count it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Overloaded
+                | ApiError::NotReady
+                | ApiError::DeadlineExceeded { .. }
+                | ApiError::Shed { .. }
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -116,7 +136,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded | ApiError::Shed { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::DeadlineExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Inference(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -126,6 +146,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let reason = match &self {
+            ApiError::Shed { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        };
         let (candidate, feature, head) = match &self {
             ApiError::InvalidFeature(e) => {
                 let candidate = match e.location {
@@ -142,14 +166,15 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code = self.code(), error = %self, "request failed");
         }
-        let body =
-            Body { error: Detail { code: self.code(), message: self.to_string(), candidate, feature, head } };
+        let body = Body {
+            error: Detail { code: self.code(), message: self.to_string(), candidate, feature, head, reason },
+        };
         let json =
             serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal\"}}".to_vec());
         let mut response = (status, json).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if matches!(self, ApiError::Overloaded | ApiError::NotReady | ApiError::DeadlineExceeded { .. }) {
+        if self.is_refusal() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::Unauthorized) {

@@ -17,14 +17,17 @@ pub const INFERENCE_QUEUE_DEPTH: &str = "retort_inference_queue_depth";
 pub const MODELS_LOADED: &str = "retort_models_loaded";
 /// Registered without `_total`: the client appends it to counters.
 pub const RANK_OUTCOMES: &str = "retort_rank_outcomes";
+pub const COST_PREDICTION_RATIO: &str = "retort_cost_prediction_ratio";
 
 /// What became of a rank request, as far as its budget goes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub model: String,
     pub version: String,
-    /// `full` (answered by the model in full), `expired` (its deadline passed before inference
-    /// began), `cancelled` (its client went away), `shed` (refused for overload), `error`.
+    /// `full` (answered by the model in full); degraded to fit its deadline: `fallback`,
+    /// `truncated`, `fallback_truncated`; `shed` (refused: queue full, or the ladder shed it);
+    /// `expired` (its deadline passed before inference began); `cancelled` (its client went
+    /// away); `error`.
     pub outcome: &'static str,
 }
 
@@ -69,6 +72,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS_US.iter().map(|&us| us as f64 / 1e6))
 }
 
+/// Actual over predicted: 1 is a perfect prediction.
+fn ratio_histogram() -> Histogram {
+    Histogram::new([0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0])
+}
+
 fn candidates_histogram() -> Histogram {
     Histogram::new([1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0])
 }
@@ -82,6 +90,7 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub models_loaded: Gauge,
     pub outcomes: Family<OutcomeLabels, Counter>,
+    pub cost_prediction: Histograms<ModelLabels>,
 }
 
 impl Default for Metrics {
@@ -100,10 +109,17 @@ impl Metrics {
         let queue_depth = Gauge::default();
         let models_loaded = Gauge::default();
         let outcomes = Family::<OutcomeLabels, Counter>::default();
+        let cost_prediction: Histograms<ModelLabels> = Family::new_with_constructor(ratio_histogram);
         registry.register(
             RANK_OUTCOMES,
-            "Rank requests by what became of them: full, expired, cancelled, shed or error",
+            "Rank requests by what became of them: full, fallback, truncated, fallback_truncated, shed, \
+             expired, cancelled or error",
             outcomes.clone(),
+        );
+        registry.register(
+            COST_PREDICTION_RATIO,
+            "A request's service time (encoding and inference) over the time admission control predicted",
+            cost_prediction.clone(),
         );
         registry.register(
             RANK_DURATION_SECONDS,
@@ -136,6 +152,7 @@ impl Metrics {
             queue_depth,
             models_loaded,
             outcomes,
+            cost_prediction,
         }
     }
 

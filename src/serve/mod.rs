@@ -25,6 +25,8 @@ use tokio::net::TcpListener;
 
 pub mod admin;
 pub mod catalog;
+pub mod cost;
+pub mod degrade;
 pub mod error;
 pub mod metrics;
 pub mod pool;

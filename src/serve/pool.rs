@@ -5,7 +5,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,11 +36,50 @@ pub struct InferencePool {
     /// Dropped on shutdown, which ends each worker's receive loop once the queue drains.
     sender: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    load: Arc<Load>,
+}
+
+/// What the workers are doing, for predicting how long a new job will wait.
+#[derive(Debug, Default)]
+struct Load {
+    /// Workers running a job now.
+    busy: AtomicUsize,
+    /// Exponentially weighted mean time of a job, in seconds (`f64` bits).
+    job_seconds: AtomicU64,
+}
+
+/// Counts a worker busy until dropped, even when its job panics.
+struct Busy<'a>(&'a Load);
+
+impl<'a> Busy<'a> {
+    fn enter(load: &'a Load) -> Busy<'a> {
+        load.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(load)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Load {
+    fn finished(&self, took: Duration) {
+        const DECAY: f64 = 0.05;
+        let _ = self.job_seconds.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+            let mean = f64::from_bits(bits);
+            let next =
+                if mean == 0.0 { took.as_secs_f64() } else { mean + DECAY * (took.as_secs_f64() - mean) };
+            Some(next.to_bits())
+        });
+    }
 }
 
 impl InferencePool {
     pub fn new(threads: usize, capacity: usize) -> InferencePool {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
+        let load = Arc::new(Load::default());
         let workers = (0..threads.max(1))
             .map(|i| {
                 let receiver = receiver.clone();
@@ -62,12 +101,30 @@ impl InferencePool {
                     .expect("cannot start an inference thread")
             })
             .collect();
-        InferencePool { sender: Some(sender), workers }
+        InferencePool { sender: Some(sender), workers, load }
     }
 
     /// Jobs waiting for a thread.
     pub fn queued(&self) -> usize {
         self.sender.as_ref().map_or(0, Sender::len)
+    }
+
+    /// Whether a new job would be refused for want of room in the queue.
+    pub fn is_full(&self) -> bool {
+        self.sender.as_ref().is_none_or(Sender::is_full)
+    }
+
+    /// How long a job submitted now is expected to wait for a thread: nothing while a thread is
+    /// free; otherwise half a job for the soonest thread to free up, plus the jobs ahead of it
+    /// shared among the threads.
+    pub fn predicted_wait(&self) -> Duration {
+        let threads = self.workers.len().max(1);
+        let queued = self.queued();
+        if queued == 0 && self.load.busy.load(Ordering::Relaxed) < threads {
+            return Duration::ZERO;
+        }
+        let job = f64::from_bits(self.load.job_seconds.load(Ordering::Relaxed));
+        Duration::from_secs_f64(job * (0.5 + queued as f64 / threads as f64))
     }
 
     /// Runs `f` on a pool thread and returns its result with the time it waited in the queue.
@@ -96,6 +153,7 @@ impl InferencePool {
         let sender = self.sender.as_ref().ok_or(PoolError::Stopped)?;
         let (reply, result) = tokio::sync::oneshot::channel();
         let enqueued = Instant::now();
+        let load = self.load.clone();
         let job: Job = Box::new(move || {
             let picked = Instant::now();
             let outcome = if cancelled.load(Ordering::Relaxed) {
@@ -103,7 +161,11 @@ impl InferencePool {
             } else if deadline.is_some_and(|d| picked >= d) {
                 Err(PoolError::Expired)
             } else {
-                Ok((f(), picked - enqueued))
+                let busy = Busy::enter(&load);
+                let result = f();
+                drop(busy);
+                load.finished(picked.elapsed());
+                Ok((result, picked - enqueued))
             };
             let _ = reply.send(outcome);
         });
@@ -202,5 +264,46 @@ mod tests {
         assert_eq!(cancelled.unwrap_err(), PoolError::Cancelled);
         assert_eq!(ran.load(Ordering::Relaxed), 0);
         busy.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn predicts_the_wait_from_the_jobs_ahead() {
+        let pool = Arc::new(InferencePool::new(1, 8));
+        assert_eq!(pool.predicted_wait(), Duration::ZERO, "an idle thread takes a job at once");
+        pool.run(|| std::thread::sleep(Duration::from_millis(40))).await.unwrap();
+        let gate = Arc::new(Barrier::new(2));
+        let (started, is_started) = tokio::sync::oneshot::channel();
+        let g = gate.clone();
+        let busy = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.run(move || {
+                    let _ = started.send(());
+                    g.wait();
+                })
+                .await
+            }
+        });
+        is_started.await.unwrap();
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.run(|| ()).await })
+            })
+            .collect();
+        for _ in 0..200 {
+            if pool.queued() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Jobs take 40 ms: half of one for the busy thread, then the two queued ahead.
+        let wait = pool.predicted_wait().as_secs_f64();
+        assert!((wait - 0.100).abs() < 0.015, "{wait}");
+        gate.wait();
+        busy.await.unwrap().unwrap();
+        for q in queued {
+            q.await.unwrap().unwrap();
+        }
     }
 }

@@ -17,10 +17,12 @@ use serde::ser::SerializeMap;
 
 use super::App;
 use super::catalog::Served;
+use super::degrade::{self, Admission, Pickup, Reason, Situation};
 use super::error::ApiError;
 use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
 use super::pool::PoolError;
 use super::request::{self, CandidateId, DecodeError};
+use crate::model::encode::{Encoded, Location};
 use crate::model::{HeadValues, Model};
 
 pub async fn rank(
@@ -51,10 +53,7 @@ pub async fn rank(
     let elapsed = started.elapsed();
     // Overload says nothing about the version; everything else counts for or against it.
     if let Some(s) = &served
-        && !matches!(
-            result,
-            Err(ApiError::Overloaded | ApiError::NotReady | ApiError::DeadlineExceeded { .. })
-        )
+        && !result.as_ref().is_err_and(ApiError::is_refusal)
     {
         s.stats.record(elapsed, result.is_ok());
     }
@@ -63,9 +62,9 @@ pub async fn rank(
         None => (String::new(), String::new()),
     };
     let budget_outcome = match &result {
-        Ok(_) => "full",
+        Ok(ranked) => ranked.degraded.map_or("full", |d| d.mode.as_str()),
         Err(ApiError::DeadlineExceeded { .. }) => "expired",
-        Err(ApiError::Overloaded) => "shed",
+        Err(ApiError::Overloaded | ApiError::Shed { .. }) => "shed",
         Err(_) => "error",
     };
     app.metrics
@@ -88,7 +87,7 @@ pub async fn rank(
         .get_or_create(&RankLabels { model, version, outcome })
         .observe(elapsed.as_secs_f64());
     match result {
-        Ok(response) => response,
+        Ok(ranked) => ranked.response,
         Err(e) => e.into_response(),
     }
 }
@@ -191,8 +190,12 @@ async fn handle(
     served: &mut Option<Arc<Served>>,
     shadow_job: &mut Option<(Arc<Served>, Vec<f32>)>,
     cancelled: &Arc<AtomicBool>,
-) -> Result<Response, ApiError> {
+) -> Result<Ranked, ApiError> {
     let mut timing = Timing::default();
+    // Under overload, refuse before spending anything on the request.
+    if app.pool.is_full() {
+        return Err(ApiError::Overloaded);
+    }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.max_body_bytes },
         _ => ApiError::InvalidRequest(rejection.body_text()),
@@ -214,66 +217,164 @@ async fn handle(
     let key = sticky_key(&req);
     let version = route.pick(key).clone();
     let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
-    let model = version.model.clone();
-    *served = Some(version);
+    *served = Some(version.clone());
     // The deadline is fixed on arrival; every later stage sees it.
-    let budget = budget_ms(app, headers, req.budget_ms, model.name())?;
+    let budget = budget_ms(app, headers, req.budget_ms, version.model.name())?;
     let deadline = budget.map(|b| started + Duration::from_secs_f64(b / 1e3));
     timing.decode = micros(started.elapsed());
 
-    // 2. Validate and encode; the objective is checked before any inference is spent.
-    let t = Instant::now();
-    let weights =
-        model.objective(req.objective.as_ref().map(|o| o.0.iter().map(|(k, w)| (k.as_ref(), *w))))?;
-    let encoded = model.encode(&req.context, &req.candidates)?;
-    record_missing(app, &model, &encoded.missing);
-    timing.encode = micros(t.elapsed());
+    // 2. Admission: the full answer if it can make the deadline, else the first step of the
+    //    model's degradation ladder that can.
+    let rules = &app.config.degradation;
+    let ladder = rules.ladder(version.model.name());
+    let objective = || req.objective.as_ref().map(|o| o.0.iter().map(|(k, w)| (k.as_ref(), *w)));
+    let fallback = catalog.fallback_for(&version.model).filter(|fb| fb.model.objective(objective()).is_ok());
+    let n = req.candidates.len();
+    let admission = match deadline {
+        Some(deadline) if n > 0 => degrade::admit(
+            ladder,
+            rules.min_scored,
+            &Situation {
+                remaining: deadline.saturating_duration_since(Instant::now()).saturating_sub(rules.margin()),
+                wait: app.pool.predicted_wait(),
+                candidates: n,
+                full: version.cost.estimate(),
+                fallback: fallback.and_then(|fb| fb.cost.estimate()),
+            },
+        ),
+        _ => Admission::Full,
+    };
+    let (answering, scored, mut degraded) = match (admission, fallback) {
+        (Admission::Fallback(reason), Some(fb)) => {
+            (fb.clone(), n, Some(Degraded { reason, mode: Mode::Fallback, scored: n }))
+        }
+        (Admission::Truncate(k, reason), _) => {
+            (version, k, Some(Degraded { reason, mode: Mode::Truncated, scored: k }))
+        }
+        (Admission::Shed(reason), _) => {
+            return Err(ApiError::Shed { reason, budget_ms: budget.unwrap_or_default() });
+        }
+        _ => (version, n, None),
+    };
+    let model = answering.model.clone();
+    *served = Some(answering.clone());
 
-    // 3. Infer on the pool, off the async workers.
+    // 3. Validate and encode the candidates to score, in the order they are scored; the
+    //    objective is checked before any inference is spent.
+    let t = Instant::now();
+    let weights = model.objective(objective())?;
+    let order = scoring_order(&req.candidates);
+    let encoded = encode_in_order(&model, &req, order.as_deref(), scored)?;
+    record_missing(app, &model, &encoded.missing);
+    let encode_time = t.elapsed();
+    timing.encode = micros(encode_time);
+
+    // 4. Infer on the pool, off the async workers. The thread that picks the request up checks
+    //    the deadline again with the time actually left.
     let values = if encoded.rows == 0 {
         HeadValues { rows: 0, values: Vec::new() }
     } else {
-        let m = model.clone();
         let queued = Instant::now();
         let expired = || ApiError::DeadlineExceeded { budget_ms: budget.unwrap_or_default() };
         if deadline.is_some_and(|d| queued >= d) {
             return Err(expired());
         }
-        let job = app.pool.run_until(deadline, cancelled.clone(), move || m.infer(encoded));
-        let (result, waited) = job.await.map_err(|e| match e {
-            PoolError::Full => ApiError::Overloaded,
-            PoolError::Stopped => ApiError::NotReady,
-            PoolError::Panicked => ApiError::Internal("inference panicked".into()),
-            PoolError::Expired => expired(),
-            PoolError::Cancelled => ApiError::Internal("cancelled while its client waited".into()),
-        })?;
+        let job = {
+            let (answering, ladder, min_scored, margin) =
+                (answering.clone(), ladder.to_vec(), rules.min_scored, rules.margin());
+            move || {
+                let mut encoded = encoded;
+                if let Some(deadline) = deadline {
+                    let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(margin);
+                    match degrade::at_pickup(
+                        &ladder,
+                        min_scored,
+                        left,
+                        encoded.rows,
+                        answering.cost.estimate(),
+                    ) {
+                        Pickup::Run => {}
+                        Pickup::Truncate(k) => encoded.truncate(k),
+                        Pickup::Shed => return None,
+                    }
+                }
+                let rows = encoded.rows;
+                let predicted = answering.cost.estimate().map(|e| e.predict(rows));
+                let ran = Instant::now();
+                let values = answering.model.infer(encoded);
+                Some((values, predicted, ran.elapsed()))
+            }
+        };
+        let (picked, waited) =
+            app.pool.run_until(deadline, cancelled.clone(), job).await.map_err(|e| match e {
+                PoolError::Full => ApiError::Overloaded,
+                PoolError::Stopped => ApiError::NotReady,
+                PoolError::Panicked => ApiError::Internal("inference panicked".into()),
+                PoolError::Expired => expired(),
+                PoolError::Cancelled => ApiError::Internal("cancelled while its client waited".into()),
+            })?;
         timing.queue = micros(waited);
         timing.infer = micros(queued.elapsed().saturating_sub(waited));
-        result?
+        let Some((values, predicted, infer_time)) = picked else {
+            let reason = degraded.map_or(Reason::Overload, |d| d.reason);
+            return Err(ApiError::Shed { reason, budget_ms: budget.unwrap_or_default() });
+        };
+        let values = values?;
+        // What this request cost outside the queue: encoding (its share for the rows run)
+        // and inference.
+        let share = values.rows as f64 / scored as f64;
+        let took = encode_time.mul_f64(share) + infer_time;
+        if let Some(predicted) = predicted {
+            record_prediction(app, &model, predicted + encode_time.mul_f64(share), took);
+        }
+        answering.cost.observe(values.rows, took);
+        if values.rows < scored {
+            degraded = Some(Degraded {
+                reason: degraded.map_or(Reason::Overload, |d| d.reason),
+                mode: if degraded.is_some_and(|d| d.mode == Mode::Fallback) {
+                    Mode::FallbackTruncated
+                } else {
+                    Mode::Truncated
+                },
+                scored: values.rows,
+            });
+        }
+        values
     };
 
-    // 4. Combine heads into one score, keep the best `top_k`, best first.
+    // 5. Combine heads into one score, keep the best `top_k`, best first; candidates left
+    //    unscored follow in the order they would have been scored.
     let t = Instant::now();
     let scores = model.combine(&values, &weights);
-    let order = top_k(&scores, req.top_k);
+    let best = top_k(&scores, req.top_k);
+    let limit = req.top_k.unwrap_or(n).min(n);
+    let candidate = |row: usize| order.as_ref().map_or(row, |o| o[row]);
     timing.rank = micros(t.elapsed());
-    if let Some(shadow) = shadow {
+    if let Some(shadow) = shadow
+        && degraded.is_none()
+    {
         *shadow_job = Some((shadow, scores.clone()));
     }
 
-    // 5. Respond.
+    // 6. Respond.
     let request_id = match &req.request_id {
         Some(id) => id.0.clone(),
         None => Cow::Owned(format!("retort-{:x}", app.request_ids.fetch_add(1, Ordering::Relaxed))),
     };
     let serving: Vec<(usize, &str)> = model.serving_heads().collect();
-    let items: Vec<Item<'_>> = order
+    let unscored = (values.rows..n).take(limit.saturating_sub(best.len()));
+    let items: Vec<Item<'_>> = best
         .iter()
         .map(|&row| Item {
-            id: &req.candidates[row].id,
-            score: scores[row],
-            heads: Heads { serving: &serving, values: &values, row },
+            id: &req.candidates[candidate(row)].id,
+            score: Some(scores[row]),
+            heads: Heads { serving: &serving, values: &values, row: Some(row) },
         })
+        .chain(unscored.map(|row| Item {
+            id: &req.candidates[candidate(row)].id,
+            score: None,
+            heads: Heads { serving: &serving, values: &values, row: None },
+        }))
         .collect();
     timing.total = micros(started.elapsed());
     let response = RankResponse {
@@ -281,7 +382,7 @@ async fn handle(
         model: model.name(),
         version: model.version(),
         items,
-        degraded: None,
+        degraded,
         timing_us: &timing,
     };
     let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -293,7 +394,7 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&timing.server_timing()) {
         headers.insert("server-timing", v);
     }
-    Ok(response)
+    Ok(Ranked { response, degraded })
 }
 
 /// What keeps one user on one side of a canary: a hash of the context's `user_id`, or of the
@@ -309,6 +410,37 @@ fn sticky_key(req: &request::RankRequest<'_>) -> u64 {
             fnv1a64(&now.as_nanos().to_le_bytes())
         }
     }
+}
+
+/// The order candidates are scored in, and in which a truncated answer lists those it did not
+/// score: by the caller's `prior`, highest first (candidates without one last, ties in the
+/// order sent); `None` when no candidate has a prior, meaning the order sent.
+fn scoring_order(candidates: &[request::Candidate<'_>]) -> Option<Vec<usize>> {
+    if candidates.iter().all(|c| c.prior.is_none()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    let prior = |i: usize| candidates[i].prior.unwrap_or(f64::NEG_INFINITY);
+    order.sort_by(|&a, &b| prior(b).total_cmp(&prior(a)));
+    Some(order)
+}
+
+/// Encodes the first `count` candidates of `order` (the order sent when `None`); an error
+/// names the candidate by its index in the request.
+fn encode_in_order(
+    model: &Model,
+    req: &request::RankRequest<'_>,
+    order: Option<&[usize]>,
+    count: usize,
+) -> Result<Encoded, ApiError> {
+    let Some(order) = order else { return Ok(model.encode(&req.context, &req.candidates[..count])?) };
+    let picked: Vec<&request::Candidate<'_>> = order[..count].iter().map(|&i| &req.candidates[i]).collect();
+    model.encode(&req.context, &picked).map_err(|mut e| {
+        if let Location::Candidate(row) = e.location {
+            e.location = Location::Candidate(order[row]);
+        }
+        ApiError::from(e)
+    })
 }
 
 /// Row indices of the `k` best scores, best first; ties keep the caller's order.
@@ -342,6 +474,17 @@ fn record_missing(app: &App, model: &Model, missing: &[u32]) {
     }
 }
 
+/// How far the cost model's prediction was from the time a request took.
+fn record_prediction(app: &App, model: &Model, predicted: Duration, took: Duration) {
+    if predicted.is_zero() {
+        return;
+    }
+    app.metrics
+        .cost_prediction
+        .get_or_create(&ModelLabels { model: model.name().to_string(), version: model.version().to_string() })
+        .observe(took.as_secs_f64() / predicted.as_secs_f64());
+}
+
 fn record_success(app: &App, model: &Model, timing: &Timing, candidates: usize) {
     for (stage, us) in timing.stages() {
         app.metrics
@@ -355,35 +498,75 @@ fn record_success(app: &App, model: &Model, timing: &Timing, candidates: usize) 
         .observe(candidates as f64);
 }
 
+/// An answered request: its response, and how it was degraded if it was.
+struct Ranked {
+    response: Response,
+    degraded: Option<Degraded>,
+}
+
+/// What the response says when it is not the full model's answer.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Degraded {
+    reason: Reason,
+    mode: Mode,
+    /// Candidates scored; the others follow them unscored.
+    scored: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    /// Scored by the model's declared fallback.
+    Fallback,
+    /// The first `scored` candidates in prior order, scored by the full model.
+    Truncated,
+    /// The first `scored` candidates, scored by the fallback.
+    FallbackTruncated,
+}
+
+impl Mode {
+    /// The outcome metric's label.
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fallback => "fallback",
+            Mode::Truncated => "truncated",
+            Mode::FallbackTruncated => "fallback_truncated",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct RankResponse<'a> {
     request_id: &'a str,
     model: &'a str,
     version: &'a str,
     items: Vec<Item<'a>>,
-    degraded: Option<()>,
+    degraded: Option<Degraded>,
     timing_us: &'a Timing,
 }
 
 #[derive(Serialize)]
 struct Item<'a> {
     id: &'a CandidateId<'a>,
-    score: f32,
+    /// `null` for a candidate a degraded answer did not score.
+    score: Option<f32>,
     heads: Heads<'a>,
 }
 
-/// One candidate's serving-head values, written as a JSON object without building a map.
+/// One candidate's serving-head values, written as a JSON object without building a map;
+/// empty for a candidate left unscored.
 struct Heads<'a> {
     serving: &'a [(usize, &'a str)],
     values: &'a HeadValues,
-    row: usize,
+    row: Option<usize>,
 }
 
 impl Serialize for Heads<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Some(row) = self.row else { return s.serialize_map(Some(0))?.end() };
         let mut map = s.serialize_map(Some(self.serving.len()))?;
         for &(h, name) in self.serving {
-            map.serialize_entry(name, &self.values.head(h)[self.row])?;
+            map.serialize_entry(name, &self.values.head(h)[row])?;
         }
         map.end()
     }
