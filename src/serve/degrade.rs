@@ -45,7 +45,7 @@ impl Default for DegradationRules {
             ladder: vec![Step::Fallback, Step::Truncate, Step::Shed],
             models: BTreeMap::new(),
             min_scored: 1,
-            margin_ms: 1.0,
+            margin_ms: 2.0,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,50 +36,32 @@ pub struct InferencePool {
     /// Dropped on shutdown, which ends each worker's receive loop once the queue drains.
     sender: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
-    load: Arc<Load>,
+    backlog: Arc<Backlog>,
 }
 
-/// What the workers are doing, for predicting how long a new job will wait.
+/// Work admitted and not yet done, as predicted when it was admitted: what a new job waits for.
 #[derive(Debug, Default)]
-struct Load {
-    /// Workers running a job now.
-    busy: AtomicUsize,
-    /// Exponentially weighted mean time of a job, in seconds (`f64` bits).
-    job_seconds: AtomicU64,
+struct Backlog {
+    nanos: AtomicU64,
 }
 
-/// Counts a worker busy until dropped, even when its job panics.
-struct Busy<'a>(&'a Load);
-
-impl<'a> Busy<'a> {
-    fn enter(load: &'a Load) -> Busy<'a> {
-        load.busy.fetch_add(1, Ordering::Relaxed);
-        Busy(load)
-    }
+/// A job's predicted service time, counted in the backlog from admission until the job is done
+/// (or dropped unrun): requests admitted a moment apart see each other's work at once.
+pub struct Reservation {
+    backlog: Arc<Backlog>,
+    nanos: u64,
 }
 
-impl Drop for Busy<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Load {
-    fn finished(&self, took: Duration) {
-        const DECAY: f64 = 0.05;
-        let _ = self.job_seconds.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-            let mean = f64::from_bits(bits);
-            let next =
-                if mean == 0.0 { took.as_secs_f64() } else { mean + DECAY * (took.as_secs_f64() - mean) };
-            Some(next.to_bits())
-        });
+        self.backlog.nanos.fetch_sub(self.nanos, Ordering::Relaxed);
     }
 }
 
 impl InferencePool {
     pub fn new(threads: usize, capacity: usize) -> InferencePool {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(capacity);
-        let load = Arc::new(Load::default());
+        let backlog = Arc::new(Backlog::default());
         let workers = (0..threads.max(1))
             .map(|i| {
                 let receiver = receiver.clone();
@@ -101,7 +83,7 @@ impl InferencePool {
                     .expect("cannot start an inference thread")
             })
             .collect();
-        InferencePool { sender: Some(sender), workers, load }
+        InferencePool { sender: Some(sender), workers, backlog }
     }
 
     /// Jobs waiting for a thread.
@@ -114,17 +96,20 @@ impl InferencePool {
         self.sender.as_ref().is_none_or(Sender::is_full)
     }
 
-    /// How long a job submitted now is expected to wait for a thread: nothing while a thread is
-    /// free; otherwise half a job for the soonest thread to free up, plus the jobs ahead of it
-    /// shared among the threads.
+    /// Counts `predicted` in the backlog until the reservation is dropped; pass it to
+    /// [`InferencePool::run_until`], whose job drops it when done.
+    pub fn reserve(&self, predicted: Duration) -> Reservation {
+        let nanos = predicted.as_nanos().min(u64::MAX as u128) as u64;
+        self.backlog.nanos.fetch_add(nanos, Ordering::Relaxed);
+        Reservation { backlog: self.backlog.clone(), nanos }
+    }
+
+    /// How long a job submitted now is expected to wait for a thread: the work reserved ahead
+    /// of it, shared among the threads. It counts running jobs whole, erring on the safe side
+    /// by up to one job.
     pub fn predicted_wait(&self) -> Duration {
-        let threads = self.workers.len().max(1);
-        let queued = self.queued();
-        if queued == 0 && self.load.busy.load(Ordering::Relaxed) < threads {
-            return Duration::ZERO;
-        }
-        let job = f64::from_bits(self.load.job_seconds.load(Ordering::Relaxed));
-        Duration::from_secs_f64(job * (0.5 + queued as f64 / threads as f64))
+        let threads = self.workers.len().max(1) as u64;
+        Duration::from_nanos(self.backlog.nanos.load(Ordering::Relaxed) / threads)
     }
 
     /// Runs `f` on a pool thread and returns its result with the time it waited in the queue.
@@ -134,16 +119,17 @@ impl InferencePool {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        self.run_until(None, Arc::new(AtomicBool::new(false)), f).await
+        self.run_until(None, Arc::new(AtomicBool::new(false)), None, f).await
     }
 
     /// [`InferencePool::run`] for a request with a deadline: when a thread picks the job up
     /// after `deadline`, or after `cancelled` was set (its client went away), `f` never runs
-    /// and the thread moves on to the next job.
+    /// and the thread moves on to the next job. `reservation` leaves the backlog with the job.
     pub async fn run_until<T, F>(
         &self,
         deadline: Option<Instant>,
         cancelled: Arc<AtomicBool>,
+        reservation: Option<Reservation>,
         f: F,
     ) -> Result<(T, Duration), PoolError>
     where
@@ -153,19 +139,15 @@ impl InferencePool {
         let sender = self.sender.as_ref().ok_or(PoolError::Stopped)?;
         let (reply, result) = tokio::sync::oneshot::channel();
         let enqueued = Instant::now();
-        let load = self.load.clone();
         let job: Job = Box::new(move || {
+            let _reservation = reservation;
             let picked = Instant::now();
             let outcome = if cancelled.load(Ordering::Relaxed) {
                 Err(PoolError::Cancelled)
             } else if deadline.is_some_and(|d| picked >= d) {
                 Err(PoolError::Expired)
             } else {
-                let busy = Busy::enter(&load);
-                let result = f();
-                drop(busy);
-                load.finished(picked.elapsed());
-                Ok((result, picked - enqueued))
+                Ok((f(), picked - enqueued))
             };
             let _ = reply.send(outcome);
         });
@@ -250,12 +232,13 @@ mod tests {
         let expired = pool.run_until(
             Some(Instant::now() + Duration::from_millis(20)),
             Arc::new(AtomicBool::new(false)),
+            None,
             move || {
                 r1.fetch_add(1, Ordering::Relaxed);
             },
         );
         let gone = Arc::new(AtomicBool::new(false));
-        let cancelled = pool.run_until(None, gone.clone(), move || {
+        let cancelled = pool.run_until(None, gone.clone(), None, move || {
             r2.fetch_add(1, Ordering::Relaxed);
         });
         gone.store(true, Ordering::Relaxed);
@@ -267,43 +250,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn predicts_the_wait_from_the_jobs_ahead() {
-        let pool = Arc::new(InferencePool::new(1, 8));
-        assert_eq!(pool.predicted_wait(), Duration::ZERO, "an idle thread takes a job at once");
-        pool.run(|| std::thread::sleep(Duration::from_millis(40))).await.unwrap();
-        let gate = Arc::new(Barrier::new(2));
-        let (started, is_started) = tokio::sync::oneshot::channel();
-        let g = gate.clone();
-        let busy = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                pool.run(move || {
-                    let _ = started.send(());
-                    g.wait();
-                })
-                .await
-            }
-        });
-        is_started.await.unwrap();
-        let queued: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.run(|| ()).await })
-            })
-            .collect();
-        for _ in 0..200 {
-            if pool.queued() == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // Jobs take 40 ms: half of one for the busy thread, then the two queued ahead.
-        let wait = pool.predicted_wait().as_secs_f64();
-        assert!((wait - 0.100).abs() < 0.015, "{wait}");
-        gate.wait();
-        busy.await.unwrap().unwrap();
-        for q in queued {
-            q.await.unwrap().unwrap();
-        }
+    async fn predicts_the_wait_from_the_work_reserved_ahead() {
+        let pool = InferencePool::new(2, 8);
+        assert_eq!(pool.predicted_wait(), Duration::ZERO);
+        let first = pool.reserve(Duration::from_millis(30));
+        let second = pool.reserve(Duration::from_millis(10));
+        assert_eq!(pool.predicted_wait(), Duration::from_millis(20), "40 ms of work on two threads");
+        drop(first);
+        assert_eq!(pool.predicted_wait(), Duration::from_millis(5));
+        // A job carries its reservation and gives it back once done.
+        pool.run_until(None, Arc::new(AtomicBool::new(false)), Some(second), || ()).await.unwrap();
+        assert_eq!(pool.predicted_wait(), Duration::ZERO);
     }
 }

@@ -258,6 +258,9 @@ async fn handle(
     };
     let model = answering.model.clone();
     *served = Some(answering.clone());
+    // Counted in the queue's backlog from now, so that requests admitted next see this one.
+    let reservation =
+        app.pool.reserve(answering.cost.estimate().map_or(Duration::ZERO, |e| e.predict(scored)));
 
     // 3. Validate and encode the candidates to score, in the order they are scored; the
     //    objective is checked before any inference is spent.
@@ -305,14 +308,14 @@ async fn handle(
                 Some((values, predicted, ran.elapsed()))
             }
         };
-        let (picked, waited) =
-            app.pool.run_until(deadline, cancelled.clone(), job).await.map_err(|e| match e {
-                PoolError::Full => ApiError::Overloaded,
-                PoolError::Stopped => ApiError::NotReady,
-                PoolError::Panicked => ApiError::Internal("inference panicked".into()),
-                PoolError::Expired => expired(),
-                PoolError::Cancelled => ApiError::Internal("cancelled while its client waited".into()),
-            })?;
+        let submitted = app.pool.run_until(deadline, cancelled.clone(), Some(reservation), job);
+        let (picked, waited) = submitted.await.map_err(|e| match e {
+            PoolError::Full => ApiError::Overloaded,
+            PoolError::Stopped => ApiError::NotReady,
+            PoolError::Panicked => ApiError::Internal("inference panicked".into()),
+            PoolError::Expired => expired(),
+            PoolError::Cancelled => ApiError::Internal("cancelled while its client waited".into()),
+        })?;
         timing.queue = micros(waited);
         timing.infer = micros(queued.elapsed().saturating_sub(waited));
         let Some((values, predicted, infer_time)) = picked else {
