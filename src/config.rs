@@ -293,6 +293,25 @@ mod tests {
     }
 
     #[test]
+    fn degradation_ladders_come_from_the_file_per_model() {
+        use crate::serve::degrade::Step;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retort.toml");
+        std::fs::write(
+            &path,
+            "[degradation]\nmargin_ms = 3.5\n[degradation.models]\nmusic-ranker = [\"truncate\", \"shed\"]\n",
+        )
+        .unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.degradation.ladder("music-ranker"), [Step::Truncate, Step::Shed]);
+        assert_eq!(c.degradation.ladder("other"), [Step::Fallback, Step::Truncate, Step::Shed]);
+        assert_eq!(c.degradation.margin(), std::time::Duration::from_micros(3500));
+        std::fs::write(&path, "[degradation]\nladder = [\"retry\"]\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("retry"), "{err}");
+    }
+
+    #[test]
     fn a_misspelt_file_key_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("retort.toml");
