@@ -1,5 +1,6 @@
 //! Criterion benches on the shipped model: engine inference by candidate count (tract, and ort
-//! where `ORT_DYLIB_PATH` is set and the `ort` feature is built), and request decode + encode.
+//! where `ORT_DYLIB_PATH` is set and the `ort` feature is built), request decode + encode, and
+//! the whole `POST /v1/rank` handler in-process (router to response body, no network).
 //!
 //! `cargo bench --features ort --bench rank`
 
@@ -56,5 +57,56 @@ fn decode_encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, inference, decode_encode);
+/// The whole handler through the router, in-process: decode, encode, the inference pool,
+/// ranking and the JSON response, without a socket.
+fn handler(c: &mut Criterion) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut group = c.benchmark_group("handler");
+    for kind in engines() {
+        let config = retort::config::Config {
+            models_dir: common::shipped_models(),
+            engine: kind,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            poll_interval_ms: 0,
+            persist_warmup: false,
+            ..retort::config::Config::default()
+        };
+        // A server started the usual way loads the models; the bench then calls its router.
+        let (app, stop) = runtime.block_on(async {
+            let listener = retort::serve::bind(&config).await.unwrap();
+            let app = retort::serve::App::new(config);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(retort::serve::serve(listener, app.clone(), async move {
+                let _ = stopped.await;
+            }));
+            while !app.ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            (app, stop)
+        });
+        let router = retort::serve::router(app);
+        let body = hyper::body::Bytes::from(serde_json::to_vec(&common::request(500, 11)).unwrap());
+        group.throughput(Throughput::Elements(500));
+        group.bench_function(BenchmarkId::new(kind.as_str(), 500), |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let req = axum::http::Request::post("/v1/rank")
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(body.clone()))
+                        .unwrap();
+                    let response = router.clone().oneshot(req).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    response.into_body().collect().await.unwrap().to_bytes()
+                })
+            })
+        });
+        let _ = stop.send(());
+    }
+    group.finish();
+}
+
+criterion_group!(benches, inference, decode_encode, handler);
 criterion_main!(benches);

@@ -22,3 +22,11 @@ pub mod rollout;
 pub mod serve;
 pub mod shutdown;
 pub mod toml_file;
+
+/// jemalloc for everything that links retort (the server, its tests and benches). With glibc's
+/// allocator, a retired version's memory came back only by forcing every allocation over
+/// 128 KiB into its own mapping, which made each inference map, fault in and unmap its
+/// intermediate buffers (+70% inference time); jemalloc reuses those buffers and hands freed
+/// memory back when asked (BENCHMARKS.md, "Rollout: memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use common::{Reply, TestServer, request};
 use http_body_util::Full;
@@ -16,35 +14,6 @@ use retort::rollout::Policy;
 use serde_json::json;
 
 const TOKEN: &str = "rollout-token";
-
-/// The system allocator, counting the bytes it holds for the program: the resident size also
-/// moves with the allocator's free lists, this only with what the program keeps.
-struct Counting;
-
-static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
-
-// SAFETY: every call forwards to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 async fn admin(server: &TestServer, path: &str) -> Reply {
     let method = if path == "/v1/models" { "GET" } else { "POST" };
@@ -72,7 +41,7 @@ fn write_version(dir: &Path, version: &str, seed: u64) {
 /// let go of retired versions (they look every 250 ms).
 async fn settled() -> Memory {
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    Memory { resident: resident_bytes(), live: LIVE_BYTES.load(Ordering::Relaxed) }
+    Memory { resident: resident_bytes(), live: held_bytes() }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,6 +54,12 @@ impl std::fmt::Display for Memory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} KiB resident, {} KiB held", self.resident / 1024, self.live / 1024)
     }
+}
+
+/// Bytes the program holds from the allocator (jemalloc's count, refreshed first).
+fn held_bytes() -> i64 {
+    tikv_jemalloc_ctl::epoch::advance().unwrap();
+    tikv_jemalloc_ctl::stats::allocated::read().unwrap() as i64
 }
 
 /// Resident memory of this process, in bytes (Linux).

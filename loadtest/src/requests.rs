@@ -128,13 +128,23 @@ fn features(all: &[Feature], side: &str, rng: &mut Rng) -> Map<String, Value> {
                     json!(format!("{}-{}", f.name, (rng.unit().powi(3) * buckets as f64) as u64))
                 }
                 "number" => {
-                    json!(f.mean.unwrap_or(0.0) + f.std.unwrap_or(1.0) * (rng.unit() * 2.0 - 1.0) * 1.7)
+                    json!(round(
+                        f.mean.unwrap_or(0.0) + f.std.unwrap_or(1.0) * (rng.unit() * 2.0 - 1.0) * 1.7
+                    ))
                 }
-                _ => json!((0..f.dim.unwrap_or(1)).map(|_| rng.unit() * 2.0 - 1.0).collect::<Vec<f64>>()),
+                _ => json!(
+                    (0..f.dim.unwrap_or(1)).map(|_| round(rng.unit() * 2.0 - 1.0)).collect::<Vec<f64>>()
+                ),
             };
             (f.name.clone(), value)
         })
         .collect()
+}
+
+/// Four decimals, as a client sends a measurement; seventeen digits would make the body half
+/// digits nobody sends.
+fn round(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
 }
 
 /// SplitMix64: reproducible request bodies and arrival times from a seed.

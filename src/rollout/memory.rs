@@ -1,33 +1,24 @@
-//! Handing a retired version's memory back to the system. A version's compiled plans are tens
-//! of megabytes of buffers allocated on the loading thread and on every inference thread that
-//! ran it; with glibc's defaults, what they leave behind after retirement stayed resident and
-//! the process grew with every load/retire cycle (BENCHMARKS.md, "Rollout: memory").
+//! Handing a retired version's memory back to the system. A version's compiled plans are
+//! megabytes of buffers allocated on the loading thread and on every inference thread that ran
+//! it; allocators keep freed memory for reuse, so without asking, the process grew with every
+//! load/retire cycle (BENCHMARKS.md, "Rollout: memory").
 
-/// Allocations this large or larger are mapped on their own and unmapped when freed.
-const MMAP_THRESHOLD: i32 = 128 * 1024;
-
-/// Pins glibc's mmap threshold at its initial value. Left dynamic, glibc raises the threshold
-/// to the size of each mapped block freed (up to 32 MiB), so after the first retirement the
-/// next version's weights and plan buffers are carved out of the heap, where they fragment it
-/// and where freeing them returns nothing. Called once, before the first model loads.
-pub fn pin_mmap_threshold() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const M_MMAP_THRESHOLD: i32 = -3;
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        // SAFETY: mallopt sets an allocator tunable; it is thread-safe and has no other effect.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        }
-    }
-}
-
-/// Returns freed memory to the system. glibc keeps freed blocks in the arena of the thread that
-/// allocated them, and only gives back the top of a heap unless asked; this releases every
-/// whole free page of every arena.
+/// Returns freed memory to the system: jemalloc's (everything Rust allocates) by purging every
+/// arena's unused pages, and glibc's (what ONNX Runtime allocates) by trimming every arena.
 pub fn release_freed() {
+    // `arena.<MALLCTL_ARENAS_ALL>.purge`: a void control, called with no old or new value.
+    const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
+    // SAFETY: the name is NUL-terminated and the control takes and returns nothing; jemalloc
+    // purges under its own locks.
+    unsafe {
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL_ARENAS.as_ptr().cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {

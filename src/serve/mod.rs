@@ -135,7 +135,6 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, models_dir = %app.config.models_dir.display(), engine = %app.config.engine, "listening");
 
-    crate::rollout::memory::pin_mmap_threshold();
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = {
         let (app, watching) = (app.clone(), watching.clone());

@@ -1,0 +1,68 @@
+//! The limit a server's latency is measured against: the shipped model's own time per request
+//! in-process, on one thread, with nothing else running, as percentiles (criterion reports
+//! means). `loadtest/compare.sh` sets the server's end-to-end p50/p99 beside these.
+//!
+//!     cargo bench --features ort --bench limit [-- CANDIDATES RUNS]      (defaults 500 3000)
+//!
+//! Prints a table, and writes target/compare/limit.json.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use retort::model::Model;
+use retort::model::engine::EngineKind;
+use retort::serve::request::decode;
+use serde_json::json;
+
+fn quantile(sorted: &[Duration], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let candidates: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(500);
+    let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3000);
+    let mut kinds = vec![EngineKind::Tract];
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        kinds.push(EngineKind::Ort);
+    }
+    let dir = common::shipped_models().join("music-ranker/1");
+    let bodies: Vec<Vec<u8>> =
+        (0..16).map(|s| serde_json::to_vec(&common::request(candidates, s)).unwrap()).collect();
+    let mut rows = Vec::new();
+    println!("shipped student, {candidates} candidates, {runs} runs on one thread");
+    println!("| engine | stage | p50 ms | p99 ms | max ms |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for kind in kinds {
+        let model = Model::load(&dir, kind).expect("load the shipped model");
+        let (mut infer, mut whole) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+        for i in 0..runs + runs / 10 {
+            let body = &bodies[i % bodies.len()];
+            let started = Instant::now();
+            let req = decode(body).unwrap();
+            let encoded = model.encode(&req.context, &req.candidates).unwrap();
+            let inferred = Instant::now();
+            std::hint::black_box(model.infer(encoded).unwrap());
+            // The first tenth warms caches and buffers and is not counted.
+            if i >= runs / 10 {
+                infer.push(inferred.elapsed());
+                whole.push(started.elapsed());
+            }
+        }
+        infer.sort();
+        whole.sort();
+        for (stage, times) in [("infer", &infer), ("decode+encode+infer", &whole)] {
+            let (p50, p99, max) = (quantile(times, 0.5), quantile(times, 0.99), quantile(times, 1.0));
+            println!("| {} | {stage} | {p50:.3} | {p99:.3} | {max:.3} |", kind.as_str());
+            rows.push(
+                json!({"engine": kind.as_str(), "stage": stage, "p50_ms": p50, "p99_ms": p99, "max_ms": max}),
+            );
+        }
+    }
+    let out = std::path::Path::new("target/compare");
+    std::fs::create_dir_all(out).unwrap();
+    let report = json!({"candidates": candidates, "runs": runs, "rows": rows});
+    std::fs::write(out.join("limit.json"), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+}
