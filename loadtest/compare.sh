@@ -89,8 +89,15 @@ for s in "${servers[@]}"; do
     from="$(python3 -c "print(max(20, $(held "$out/$s-find-max-$slo")))")"
     load "$s" 18181 --rate "$from" --slo-p99-ms "$loose" --out "$out/$s-find-max-$loose" find-max --step 1.25 | tee "$out/$s-find-max-$loose.txt" || true
     max_rate[$s]="$(held "$out/$s-find-max-$loose")"
+    # The server's own overhead: end-to-end latency at half the rate it sustains at the SLO,
+    # against the model's in-process time (benches/limit.rs, below).
+    if [ "$s" != peer ]; then
+        half="$(python3 -c "print(max(5, round($(held "$out/$s-find-max-$slo") / 2)))")"
+        load "$s" 18181 --rate "$half" --out "$out/$s-half" steady | tee "$out/$s-half.txt"
+    fi
     stop
 done
+cargo bench --quiet "${features[@]}" --bench limit -- "$candidates" 3000 | tee "$out/limit.txt"
 
 peer_max="${max_rate[peer]}"
 rates=()
@@ -117,6 +124,15 @@ def ratio(s, x):
     return f"{held[(s, x)] / held[('peer', x)]:.2f}x" if held[("peer", x)] else "peer holds none"
 for s in servers:
     print(f"| {s} | {held[(s, slo)]:.0f}/s | {ratio(s, slo)} | {held[(s, loose)]:.0f}/s | {ratio(s, loose)} |")
+limit = {(r["engine"], r["stage"]): r for r in json.load(open(f"{out}/limit.json"))["rows"]}
+print("\n| server | rate (half its max at the SLO) | end-to-end p50 / p99 ms | in-process infer p50 / p99 ms | e2e p99 / infer p99 | in-process decode+encode+infer p99 ms | e2e p99 / that |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for s in servers[1:]:
+    p = report(f"{s}-half")["phases"][0]
+    engine = s.removeprefix("retort-")
+    infer, whole = limit[(engine, "infer")], limit[(engine, "decode+encode+infer")]
+    e2e = p["latency_ms"]
+    print(f"| {s} | {p['rate']:.0f}/s | {e2e['p50']:.2f} / {e2e['p99']:.2f} | {infer['p50_ms']:.3f} / {infer['p99_ms']:.3f} | {e2e['p99'] / infer['p99_ms']:.1f}x | {whole['p99_ms']:.3f} | {e2e['p99'] / whole['p99_ms']:.1f}x |")
 print("\n| server | rate | p50 ms | p99 ms | p99.9 ms | non-200 | peer p99 / this p99 |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for r in rates:

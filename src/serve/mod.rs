@@ -21,6 +21,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub mod admin;
@@ -153,6 +154,11 @@ pub async fn serve(
         loaded
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    // Responses are written in one go; Nagle's algorithm would hold their last segment back
+    // until the client acknowledges the rest.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
         let _ = stopped.wait_for(|s| *s).await;
     });
