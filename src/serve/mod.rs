@@ -29,6 +29,7 @@ pub mod catalog;
 pub mod cost;
 pub mod degrade;
 pub mod error;
+pub mod lag;
 pub mod metrics;
 pub mod pool;
 pub mod rank;
@@ -48,6 +49,8 @@ pub struct App {
     pub rollout: Arc<Rollout>,
     pub pool: InferencePool,
     pub metrics: Metrics,
+    /// How long requests wait for the async workers before a handler sees them.
+    pub lag: Arc<lag::Lag>,
     /// Numbers requests that arrive without a `request_id`.
     request_ids: AtomicU64,
     /// Set once the models found at start have all been loaded (or have failed).
@@ -62,6 +65,7 @@ impl App {
             rollout: Arc::new(rollout),
             pool,
             metrics: Metrics::new(),
+            lag: Arc::new(lag::Lag::default()),
             request_ids: AtomicU64::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
             config,
@@ -163,6 +167,7 @@ pub async fn serve(
         let _ = stopped.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(async move { server.await });
+    lag::spawn_probe(app.lag.clone());
 
     let drain = Duration::from_millis(app.config.drain_timeout_ms);
     tokio::pin!(shutdown);

@@ -181,6 +181,15 @@ fn budget_ms(
 
 const BUDGET_HEADER: &str = "x-retort-budget-ms";
 
+/// Share of a request's budget that waiting for the async workers may take before new
+/// requests are shed unread.
+const LAG_SHARE: f64 = 0.5;
+
+/// The header's budget, when it is a number (a bad one is named later, with the body).
+fn header_budget(headers: &HeaderMap) -> Option<f64> {
+    headers.get(BUDGET_HEADER)?.to_str().ok()?.trim().parse().ok()
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     app: &App,
@@ -192,9 +201,17 @@ async fn handle(
     cancelled: &Arc<AtomicBool>,
 ) -> Result<Ranked, ApiError> {
     let mut timing = Timing::default();
-    // Under overload, refuse before spending anything on the request.
+    // Under overload, refuse before spending anything on the request: when the inference
+    // queue is full, or when requests wait so long for the async workers that half the budget
+    // is gone before a handler sees them.
     if app.pool.is_full() {
         return Err(ApiError::Overloaded);
+    }
+    let lag = app.lag.current();
+    if let Some(budget_ms) = header_budget(headers).or(app.config.default_budget_ms)
+        && lag.as_secs_f64() * 1e3 >= budget_ms * LAG_SHARE
+    {
+        return Err(ApiError::Shed { reason: Reason::Overload, budget_ms });
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.max_body_bytes },
@@ -220,7 +237,9 @@ async fn handle(
     *served = Some(version.clone());
     // The deadline is fixed on arrival; every later stage sees it.
     let budget = budget_ms(app, headers, req.budget_ms, version.model.name())?;
-    let deadline = budget.map(|b| started + Duration::from_secs_f64(b / 1e3));
+    // It arrived about `lag` before this handler ran.
+    let arrived = started.checked_sub(lag).unwrap_or(started);
+    let deadline = budget.map(|b| arrived + Duration::from_secs_f64(b / 1e3));
     timing.decode = micros(started.elapsed());
 
     // 2. Admission: the full answer if it can make the deadline, else the first step of the
