@@ -23,6 +23,7 @@
 //! - [`quickstart`]: `retort quickstart`, the whole loop on the demo world.
 //! - [`cycle`]: `retort train`'s train → gate → publish → notify round, and `--follow`.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
+//! - [`halving`]: successive halving within a budget, the teacher search's schedule.
 
 pub mod adamw;
 pub mod checkpoint;
@@ -30,6 +31,7 @@ pub mod compare;
 pub mod cycle;
 pub mod dataset;
 pub mod demo;
+pub mod halving;
 pub mod kd;
 pub mod label;
 pub mod losses;

@@ -1,0 +1,230 @@
+//! Successive halving within a budget: the schedule of the teacher search (Paper B's "optimal
+//! teacher configurations within time and budgetary constraints").
+//!
+//! Many candidates get a little resource (a short teacher run on a subsample, a short proxy
+//! student); the best `1 / eta` of them go on with `eta` times as much, and so on until one
+//! is left or the budget is spent. Each evaluation's cost is predicted before it starts (from
+//! what the same candidate cost at the rung below, scaled by the resource, or from the rung's
+//! costs so far) and an evaluation that would not fit in what is left of the budget is not
+//! started: the budget is never exceeded by more than a misprediction, and the objective is
+//! told the deadline too.
+//!
+//! The schedule knows nothing of teachers: an [`Objective`] evaluates a candidate at a resource
+//! level and says what it scored and what it cost, so the schedule is tested with a fast fake.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Evaluates candidates; the teacher search's objective trains a teacher and a proxy student.
+pub trait Objective {
+    /// Evaluates candidate `index` with `resource` (1 at the lowest rung, `eta`× per rung up),
+    /// within `allowed`.
+    fn evaluate(&mut self, index: usize, resource: f64, allowed: Duration) -> Result<Evaluation, String>;
+}
+
+/// What one evaluation found.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Higher is better (the proxy student's gain over the control).
+    pub score: f64,
+    /// What it took: wall-clock time for the real search, a simulated clock for a fake.
+    pub cost: Duration,
+}
+
+/// One row of the search's record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trial {
+    pub candidate: usize,
+    pub rung: usize,
+    pub resource: f64,
+    pub score: Option<f64>,
+    pub cost_s: f64,
+    /// Why the candidate has no score at this rung (failed, or skipped for the budget).
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub trials: Vec<Trial>,
+    /// The candidate that reached the highest rung with the best score there.
+    pub best: Option<usize>,
+    pub spent_s: f64,
+    pub budget_s: f64,
+}
+
+/// Successive halving of `candidates` with factor `eta` (≥ 2) and at most `rungs` rungs.
+pub fn run(
+    objective: &mut dyn Objective,
+    candidates: usize,
+    eta: usize,
+    rungs: usize,
+    budget: Duration,
+) -> Outcome {
+    let eta = eta.max(2);
+    let mut trials = Vec::new();
+    let mut spent = Duration::ZERO;
+    let mut alive: Vec<usize> = (0..candidates).collect();
+    // Cost per unit of resource, per candidate, from its last evaluation.
+    let mut unit_cost: Vec<Option<f64>> = vec![None; candidates];
+    let mut best = None;
+    for rung in 0..rungs.max(1) {
+        let resource = (eta as f64).powi(rung as i32);
+        let mut scored: Vec<(usize, f64)> = Vec::new();
+        for &c in &alive {
+            let left = budget.saturating_sub(spent);
+            // Unknown candidates are predicted from the mean unit cost seen so far.
+            let known: Vec<f64> = unit_cost.iter().flatten().copied().collect();
+            let unit = unit_cost[c]
+                .or_else(|| (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64));
+            let predicted = unit.map(|u| Duration::from_secs_f64(u * resource));
+            if predicted.is_some_and(|p| p > left) || left.is_zero() {
+                trials.push(Trial {
+                    candidate: c,
+                    rung,
+                    resource,
+                    score: None,
+                    cost_s: 0.0,
+                    note: Some(format!(
+                        "skipped: predicted {:.1} s, {:.1} s of budget left",
+                        predicted.unwrap_or_default().as_secs_f64(),
+                        left.as_secs_f64()
+                    )),
+                });
+                continue;
+            }
+            match objective.evaluate(c, resource, left) {
+                Ok(e) => {
+                    spent += e.cost;
+                    unit_cost[c] = Some(e.cost.as_secs_f64() / resource);
+                    scored.push((c, e.score));
+                    trials.push(Trial {
+                        candidate: c,
+                        rung,
+                        resource,
+                        score: Some(e.score),
+                        cost_s: e.cost.as_secs_f64(),
+                        note: None,
+                    });
+                }
+                Err(why) => trials.push(Trial {
+                    candidate: c,
+                    rung,
+                    resource,
+                    score: None,
+                    cost_s: 0.0,
+                    note: Some(format!("failed: {why}")),
+                }),
+            }
+        }
+        if scored.is_empty() {
+            break;
+        }
+        // Best first; ties by candidate index, so the schedule is deterministic.
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        best = Some(scored[0].0);
+        let keep = scored.len().div_ceil(eta);
+        if scored.len() == 1 {
+            break;
+        }
+        alive = scored.into_iter().take(keep).map(|(c, _)| c).collect();
+    }
+    Outcome { trials, best, spent_s: spent.as_secs_f64(), budget_s: budget.as_secs_f64() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Candidate `i` scores `truth[i]` (plus a rung-dependent bias that shrinks with resource)
+    /// and costs `unit[i] × resource` seconds on a simulated clock.
+    struct Fake {
+        truth: Vec<f64>,
+        unit: Vec<f64>,
+        calls: Vec<(usize, f64)>,
+    }
+
+    impl Objective for Fake {
+        fn evaluate(
+            &mut self,
+            index: usize,
+            resource: f64,
+            _allowed: Duration,
+        ) -> Result<Evaluation, String> {
+            self.calls.push((index, resource));
+            if self.truth[index].is_nan() {
+                return Err("diverged".into());
+            }
+            Ok(Evaluation {
+                score: self.truth[index] - 0.01 / resource,
+                cost: Duration::from_secs_f64(self.unit[index] * resource),
+            })
+        }
+    }
+
+    fn fake(truth: &[f64]) -> Fake {
+        Fake { truth: truth.to_vec(), unit: vec![1.0; truth.len()], calls: Vec::new() }
+    }
+
+    #[test]
+    fn halving_keeps_the_best_half_each_rung_and_finds_the_best() {
+        let truth = [0.1, 0.7, 0.3, 0.9, 0.5, 0.2, 0.8, 0.4];
+        let mut f = fake(&truth);
+        let out = run(&mut f, 8, 2, 4, Duration::from_secs(1000));
+        let at = |r: f64| {
+            let mut v: Vec<usize> = f.calls.iter().filter(|c| c.1 == r).map(|c| c.0).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(at(1.0), (0..8).collect::<Vec<_>>());
+        assert_eq!(at(2.0), [1, 3, 4, 6], "the best four of eight");
+        assert_eq!(at(4.0), [3, 6]);
+        assert_eq!(at(8.0), [3]);
+        assert_eq!(out.best, Some(3));
+        // 8×1 + 4×2 + 2×4 + 1×8 units.
+        assert_eq!(out.spent_s, 32.0);
+        assert_eq!(out.trials.len(), 15);
+    }
+
+    #[test]
+    fn never_starts_what_the_budget_cannot_pay_for() {
+        let truth = [0.1, 0.7, 0.3, 0.9, 0.5, 0.2, 0.8, 0.4];
+        for budget in [3.0, 9.0, 15.0, 20.0, 31.0] {
+            let mut f = fake(&truth);
+            let out = run(&mut f, 8, 2, 4, Duration::from_secs_f64(budget));
+            assert!(out.spent_s <= budget, "spent {} of {budget}", out.spent_s);
+            let skipped = out
+                .trials
+                .iter()
+                .filter(|t| t.note.as_deref().is_some_and(|n| n.starts_with("skipped")))
+                .count();
+            assert!(skipped > 0, "a budget of {budget} cannot pay for all 32 units");
+            // With the first rung paid for, the best so far is the best of what was seen.
+            if budget >= 8.0 {
+                assert_eq!(out.best, Some(3), "budget {budget}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_candidate_is_recorded_and_dropped() {
+        let mut f = fake(&[0.5, f64::NAN, 0.6, 0.4]);
+        let out = run(&mut f, 4, 2, 3, Duration::from_secs(100));
+        let failed = out.trials.iter().find(|t| t.candidate == 1).unwrap();
+        assert_eq!(failed.note.as_deref(), Some("failed: diverged"));
+        assert_eq!(out.best, Some(2));
+        assert!(!f.calls.iter().any(|&(c, r)| c == 1 && r > 1.0));
+    }
+
+    #[test]
+    fn expensive_candidates_are_predicted_from_their_own_cost() {
+        let mut f = fake(&[0.9, 0.8, 0.1, 0.2]);
+        f.unit = vec![10.0, 1.0, 1.0, 1.0];
+        // 13 units for rung 0; rung 1 would need 20 for candidate 0 (skipped) and 2 for 1.
+        let out = run(&mut f, 4, 2, 3, Duration::from_secs(20));
+        assert!(out.spent_s <= 20.0);
+        let c0 = out.trials.iter().find(|t| t.candidate == 0 && t.rung == 1).unwrap();
+        assert!(c0.note.as_deref().unwrap().starts_with("skipped: predicted 20.0 s"), "{c0:?}");
+        assert!(f.calls.contains(&(1, 2.0)));
+    }
+}
