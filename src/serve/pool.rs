@@ -140,7 +140,7 @@ impl InferencePool {
         let (reply, result) = tokio::sync::oneshot::channel();
         let enqueued = Instant::now();
         let job: Job = Box::new(move || {
-            let _reservation = reservation;
+            let reservation = reservation;
             let picked = Instant::now();
             let outcome = if cancelled.load(Ordering::Relaxed) {
                 Err(PoolError::Cancelled)
@@ -149,6 +149,8 @@ impl InferencePool {
             } else {
                 Ok((f(), picked - enqueued))
             };
+            // Released before the reply, so that whoever awaits the job sees the backlog without it.
+            drop(reservation);
             let _ = reply.send(outcome);
         });
         sender.try_send(job).map_err(|e| match e {
