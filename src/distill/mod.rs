@@ -24,6 +24,7 @@
 //! - [`cycle`]: `retort train`'s train → gate → publish → notify round, and `--follow`.
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 //! - [`halving`]: successive halving within a budget, the teacher search's schedule.
+//! - [`search_space`]: the teacher search's space and the candidates drawn from it.
 
 pub mod adamw;
 pub mod checkpoint;
@@ -42,6 +43,7 @@ pub mod parquet_io;
 pub mod publish;
 pub mod quickstart;
 pub mod run;
+pub mod search_space;
 pub mod spec;
 pub mod store;
 pub mod student;

@@ -1,0 +1,251 @@
+//! The teacher search's space: the choices that make a teacher, each a list of values to try,
+//! and the candidates drawn from their product. A candidate renders as a teacher config file
+//! (the `[model]` and `[train]` tables `retort train` reads), plus the teacher heads its proxy
+//! students distil.
+//!
+//! ```toml
+//! [space]
+//! embedding_dim = [16, 64]
+//! towers = [[128], [512, 256]]            # context and item towers alike
+//! interaction = [[128], [512, 512, 128]]
+//! mask_probability = [0.0, 0.3]           # how often features were masked to their defaults
+//! epochs = [1, 2]
+//! distilled_heads = [["play"], ["play", "like", "long_listen"]]
+//! candidates = 16                         # drawn without replacement; all when fewer
+//! seed = 1
+//! ```
+
+use serde::Deserialize;
+
+/// The search space as a file gives it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceFile {
+    pub space: Space,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Space {
+    pub embedding_dim: Vec<usize>,
+    pub towers: Vec<Vec<usize>>,
+    pub interaction: Vec<Vec<usize>>,
+    #[serde(default = "no_masking")]
+    pub mask_probability: Vec<f64>,
+    #[serde(default = "one_epoch")]
+    pub epochs: Vec<usize>,
+    pub distilled_heads: Vec<Vec<String>>,
+    /// How many candidates to draw; every one when the product is no larger.
+    pub candidates: usize,
+    #[serde(default = "seed_one")]
+    pub seed: u64,
+}
+
+fn no_masking() -> Vec<f64> {
+    vec![0.0]
+}
+
+fn one_epoch() -> Vec<usize> {
+    vec![1]
+}
+
+fn seed_one() -> u64 {
+    1
+}
+
+/// One teacher configuration to try.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Candidate {
+    pub embedding_dim: usize,
+    pub towers: Vec<usize>,
+    pub interaction: Vec<usize>,
+    pub mask_probability: f64,
+    pub epochs: usize,
+    pub distilled_heads: Vec<String>,
+}
+
+impl Space {
+    /// Checks every dimension has at least one value and every value is usable, naming the
+    /// first that is not.
+    pub fn validate(&self) -> Result<(), String> {
+        let empty = [
+            ("embedding_dim", self.embedding_dim.is_empty()),
+            ("towers", self.towers.is_empty()),
+            ("interaction", self.interaction.is_empty()),
+            ("mask_probability", self.mask_probability.is_empty()),
+            ("epochs", self.epochs.is_empty()),
+            ("distilled_heads", self.distilled_heads.is_empty()),
+        ];
+        if let Some((name, _)) = empty.iter().find(|(_, e)| *e) {
+            return Err(format!("space.{name} lists no values"));
+        }
+        if self.embedding_dim.contains(&0) || self.epochs.contains(&0) {
+            return Err("space.embedding_dim and space.epochs must be at least 1".into());
+        }
+        if let Some(layers) =
+            self.towers.iter().chain(&self.interaction).find(|l| l.is_empty() || l.contains(&0))
+        {
+            return Err(format!("a layer list must have positive widths, not {layers:?}"));
+        }
+        if let Some(p) = self.mask_probability.iter().find(|p| !(0.0..1.0).contains(*p)) {
+            return Err(format!("space.mask_probability must be in [0, 1), not {p}"));
+        }
+        if let Some(h) = self.distilled_heads.iter().find(|h| h.is_empty()) {
+            return Err(format!("space.distilled_heads: a choice must name at least one head, not {h:?}"));
+        }
+        if self.candidates == 0 {
+            return Err("space.candidates must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Size of the product of every dimension.
+    pub fn size(&self) -> usize {
+        [
+            self.embedding_dim.len(),
+            self.towers.len(),
+            self.interaction.len(),
+            self.mask_probability.len(),
+            self.epochs.len(),
+            self.distilled_heads.len(),
+        ]
+        .iter()
+        .product()
+    }
+
+    /// The `index`th point of the product, the last dimension varying fastest.
+    pub fn point(&self, index: usize) -> Candidate {
+        let mut i = index;
+        let mut pick = |len: usize| {
+            let k = i % len;
+            i /= len;
+            k
+        };
+        let heads = pick(self.distilled_heads.len());
+        let epochs = pick(self.epochs.len());
+        let mask = pick(self.mask_probability.len());
+        let interaction = pick(self.interaction.len());
+        let towers = pick(self.towers.len());
+        let embedding = pick(self.embedding_dim.len());
+        Candidate {
+            embedding_dim: self.embedding_dim[embedding],
+            towers: self.towers[towers].clone(),
+            interaction: self.interaction[interaction].clone(),
+            mask_probability: self.mask_probability[mask],
+            epochs: self.epochs[epochs],
+            distilled_heads: self.distilled_heads[heads].clone(),
+        }
+    }
+
+    /// `candidates` distinct points drawn with the seed (a partial Fisher–Yates shuffle of the
+    /// indices), or every point in order when there are no more than that.
+    pub fn draw(&self) -> Vec<Candidate> {
+        let size = self.size();
+        if self.candidates >= size {
+            return (0..size).map(|i| self.point(i)).collect();
+        }
+        let mut rng = crate::rng::SplitMix64::new(self.seed);
+        let mut indices: Vec<usize> = (0..size).collect();
+        for k in 0..self.candidates {
+            let j = k + rng.below((size - k) as u64) as usize;
+            indices.swap(k, j);
+        }
+        indices[..self.candidates].iter().map(|&i| self.point(i)).collect()
+    }
+}
+
+impl Candidate {
+    /// The teacher config file `retort train` reads for this candidate, with the batch size and
+    /// learning rate the search trains every teacher with.
+    pub fn teacher_config(&self, batch_size: usize, learning_rate: f64) -> String {
+        let list =
+            |v: &[usize]| format!("[{}]", v.iter().map(usize::to_string).collect::<Vec<_>>().join(", "));
+        format!(
+            "[model]\nembedding_dim = {}\ncontext_hidden = {}\nitem_hidden = {}\ninteraction_hidden = {}\n\
+             task_hidden = [64]\nlogit_outputs = true\n\n[train]\nepochs = {}\nbatch_size = {batch_size}\n\
+             learning_rate = {learning_rate}\nmask_probability = {}\n",
+            self.embedding_dim,
+            list(&self.towers),
+            list(&self.towers),
+            list(&self.interaction),
+            self.epochs,
+            self.mask_probability,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPACE: &str = r#"
+[space]
+embedding_dim = [16, 64]
+towers = [[128], [512, 256]]
+interaction = [[128], [512, 512, 128]]
+mask_probability = [0.0, 0.3]
+epochs = [1]
+distilled_heads = [["play"], ["play", "like", "long_listen"]]
+candidates = 5
+seed = 7
+"#;
+
+    fn space() -> Space {
+        toml::from_str::<SpaceFile>(SPACE).unwrap().space
+    }
+
+    #[test]
+    fn every_point_of_the_product_once() {
+        let s = space();
+        assert_eq!(s.size(), 2 * 2 * 2 * 2 * 2);
+        let all: Vec<Candidate> = (0..s.size()).map(|i| s.point(i)).collect();
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| b != a), "point {i} repeats");
+        }
+        assert_eq!(all[0].distilled_heads, ["play"]);
+        assert_eq!(
+            all[1].distilled_heads,
+            ["play", "like", "long_listen"],
+            "the last dimension varies fastest"
+        );
+        assert_eq!(all[31].embedding_dim, 64);
+    }
+
+    #[test]
+    fn draws_distinct_candidates_reproducibly() {
+        let s = space();
+        let a = s.draw();
+        assert_eq!(a.len(), 5);
+        for (i, c) in a.iter().enumerate() {
+            assert!(a[i + 1..].iter().all(|d| d != c));
+        }
+        assert_eq!(a, s.draw(), "same seed, same candidates");
+        assert_ne!(a, Space { seed: 8, ..s.clone() }.draw());
+        assert_eq!(Space { candidates: 100, ..s }.draw().len(), 32, "all of a small space");
+    }
+
+    #[test]
+    fn a_candidate_renders_as_a_teacher_config_the_trainer_reads() {
+        let c = space().point(31);
+        let text = c.teacher_config(1024, 0.002);
+        let parsed: crate::distill::run::RunConfig = toml::from_str(&text).unwrap();
+        let as_toml: toml::Table = toml::from_str(&toml::to_string(&parsed).unwrap()).unwrap();
+        assert_eq!(as_toml["model"]["embedding_dim"].as_integer(), Some(64));
+        assert_eq!(as_toml["model"]["interaction_hidden"].as_array().unwrap().len(), 3);
+        assert_eq!(as_toml["train"]["mask_probability"].as_float(), Some(0.3));
+        assert_eq!(as_toml["train"]["batch_size"].as_integer(), Some(1024));
+    }
+
+    #[test]
+    fn a_bad_space_is_named() {
+        let mut s = space();
+        s.towers.push(vec![]);
+        assert!(s.validate().unwrap_err().contains("positive widths"));
+        let s = Space { mask_probability: vec![1.5], ..space() };
+        assert!(s.validate().unwrap_err().contains("1.5"));
+        let s = Space { distilled_heads: vec![], ..space() };
+        assert!(s.validate().unwrap_err().contains("distilled_heads"));
+        assert!(space().validate().is_ok());
+        assert!(toml::from_str::<SpaceFile>("[space]\nwidth = [1]\n").is_err(), "unknown keys are refused");
+    }
+}
