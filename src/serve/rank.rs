@@ -306,22 +306,17 @@ async fn handle(
                 (answering.clone(), ladder.to_vec(), rules.min_scored, rules.margin());
             move || {
                 let mut encoded = encoded;
+                let estimate = answering.cost.estimate();
                 if let Some(deadline) = deadline {
                     let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(margin);
-                    match degrade::at_pickup(
-                        &ladder,
-                        min_scored,
-                        left,
-                        encoded.rows,
-                        answering.cost.estimate(),
-                    ) {
+                    match degrade::at_pickup(&ladder, min_scored, left, encoded.rows, estimate) {
                         Pickup::Run => {}
                         Pickup::Truncate(k) => encoded.truncate(k),
                         Pickup::Shed => return None,
                     }
                 }
                 let rows = encoded.rows;
-                let predicted = answering.cost.estimate().map(|e| e.predict(rows));
+                let predicted = estimate.map(|e| e.predict(rows));
                 let ran = Instant::now();
                 let values = answering.model.infer(encoded);
                 Some((values, predicted, ran.elapsed()))
