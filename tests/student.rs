@@ -542,3 +542,56 @@ fn training_can_count_in_steps_instead_of_epochs() {
     assert_eq!(log.train_losses.len(), 2);
     assert_eq!(log.examples, rows.len() + 2 * 256);
 }
+
+#[test]
+fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
+    use retort::distill::kd::{DistillConfig, Plan};
+    use retort::distill::train::train_resuming;
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 100,
+        days: 2,
+        target_requests: 200,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    let (target, spec) = target_world(dir.path(), &config);
+    let arch = spec.two_tower(false);
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let plan = Plan::new(&arch, &DistillConfig::default()).unwrap();
+    let per_epoch = rows.len().div_ceil(256);
+    // Masking on, so the continued run must mask each batch as the whole run did; the cut
+    // falls inside the second epoch.
+    let whole = TrainConfig {
+        batch_size: 256,
+        steps: 2 * per_epoch + 1,
+        mask_probability: 0.3,
+        ..TrainConfig::default()
+    };
+    let cut = per_epoch + 3;
+
+    let uninterrupted = Student::new(&arch, 5, &Device::Cpu).unwrap();
+    train_resuming(&uninterrupted, &data, &rows, &[], &whole, &plan, None).unwrap();
+
+    let continued = Student::new(&arch, 5, &Device::Cpu).unwrap();
+    let first = TrainConfig { steps: cut, ..whole.clone() };
+    let (_, state) = train_resuming(&continued, &data, &rows, &[], &first, &plan, None).unwrap();
+    assert_eq!(state.step, cut as u64);
+    let rest = TrainConfig { start_step: cut, ..whole.clone() };
+    let (log, state) = train_resuming(&continued, &data, &rows, &[], &rest, &plan, Some(state)).unwrap();
+    assert_eq!(state.step, whole.steps as u64);
+    assert_eq!(
+        log.examples,
+        rows.len() - (cut - per_epoch) * 256 + 256,
+        "only the steps after the cut train"
+    );
+
+    let a = uninterrupted.weights().unwrap();
+    let b = continued.weights().unwrap();
+    assert!(a == b, "the continued run's weights differ from the uninterrupted run's");
+    let restarted = Student::new(&arch, 5, &Device::Cpu).unwrap();
+    train_resuming(&restarted, &data, &rows, &[], &TrainConfig { seed: 6, ..whole }, &plan, None).unwrap();
+    assert!(a != restarted.weights().unwrap(), "another seed trains other weights: the check can fail");
+}

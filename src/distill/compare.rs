@@ -19,6 +19,7 @@ use super::run::{RunConfig, TaskMetrics, evaluate};
 use super::spec::DataSpec;
 use super::student::Student;
 use super::train::{TrainError, TrainingData, auc, train_plan};
+use crate::model::two_tower::TwoTower;
 
 /// The variants compared, in table order.
 pub const VARIANTS: [&str; 3] = ["control", "direct", "aux"];
@@ -138,12 +139,7 @@ pub fn compare(
 
     // The same search for every variant: grid on the first seed, trained on all but the last
     // training days (`validation_days`), judged on them by the mean AUC over tasks.
-    let grid: Vec<(f64, f64)> = config
-        .tune
-        .learning_rates
-        .iter()
-        .flat_map(|&lr| config.tune.weight_decays.iter().map(move |&wd| (lr, wd)))
-        .collect();
+    let grid = grid(config);
     let validation_cutoff = config.validation_cutoff(cutoff);
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < validation_cutoff);
@@ -153,16 +149,10 @@ pub fn compare(
     } else {
         Vec::new()
     };
+    let first_seed = seeds.first().copied().unwrap_or(1);
     let scores = parallel::map(trials.clone(), 0, |(v, lr, wd)| {
-        let mut c = config.clone();
-        c.train.learning_rate = lr;
-        c.train.weight_decay = wd;
-        c.train.seed = seeds.first().copied().unwrap_or(1);
-        let student = Student::new(&plans[v].arch, c.train.seed, &Device::Cpu)?;
-        train_plan(&student, data, &inner, &train_config(&c), &plans[v])?;
-        let m = evaluate(&student, data, &validation, &base)?;
-        let aucs: Vec<f64> = m.iter().filter_map(|t| t.auc).collect();
-        Ok::<_, TrainError>(aucs.iter().sum::<f64>() / aucs.len().max(1) as f64)
+        let student = Trial { data, base: &base, plan: &plans[v], config, seed: first_seed };
+        Ok::<_, TrainError>(mean_auc(&student.run((lr, wd), &inner, &validation)?))
     })?;
     let chosen: Vec<Chosen> = VARIANTS
         .iter()
@@ -193,13 +183,8 @@ pub fn compare(
         seeds.iter().flat_map(|&seed| (0..VARIANTS.len()).map(move |v| (seed, v))).collect();
     let runs = parallel::map(jobs, 0, |(seed, v)| {
         let (variant, hp) = (VARIANTS[v], &chosen[v]);
-        let student = Student::new(&plans[v].arch, seed, &Device::Cpu)?;
-        let mut train = config.clone();
-        train.train.seed = seed;
-        train.train.learning_rate = hp.learning_rate;
-        train.train.weight_decay = hp.weight_decay;
-        train_plan(&student, data, &fit, &train_config(&train), &plans[v])?;
-        let metrics = evaluate(&student, data, &holdout, &base)?;
+        let student = Trial { data, base: &base, plan: &plans[v], config, seed };
+        let metrics = student.run((hp.learning_rate, hp.weight_decay), &fit, &holdout)?;
         tracing::info!(variant, seed, "trained");
         Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
     })?;
@@ -214,6 +199,51 @@ pub fn compare(
     })
 }
 
+/// Every (learning rate, weight decay) of `config`'s `[tune]` grid, learning rate outermost.
+pub fn grid(config: &RunConfig) -> Vec<(f64, f64)> {
+    config
+        .tune
+        .learning_rates
+        .iter()
+        .flat_map(|&lr| config.tune.weight_decays.iter().map(move |&wd| (lr, wd)))
+        .collect()
+}
+
+/// One student of a comparison: its data, plan and seed (initial weights and batch order).
+#[derive(Clone, Copy)]
+pub struct Trial<'a> {
+    pub data: &'a TrainingData,
+    /// The served heads, which the metrics are of.
+    pub base: &'a TwoTower,
+    pub plan: &'a Plan,
+    /// Everything but the learning rate, weight decay and seed.
+    pub config: &'a RunConfig,
+    pub seed: u64,
+}
+
+impl Trial<'_> {
+    /// Trains on `train` with learning rate and weight decay `hp`; the metrics on `judge`.
+    pub fn run(
+        &self,
+        hp: (f64, f64),
+        train: &[usize],
+        judge: &[usize],
+    ) -> Result<Vec<TaskMetrics>, TrainError> {
+        let student = Student::new(&self.plan.arch, self.seed, &Device::Cpu)?;
+        let mut c = self.config.clone();
+        c.train.seed = self.seed;
+        (c.train.learning_rate, c.train.weight_decay) = hp;
+        train_plan(&student, self.data, train, &train_config(&c), self.plan)?;
+        evaluate(&student, self.data, judge, self.base)
+    }
+}
+
+/// Mean AUC over the tasks that have one: what a `[tune]` search maximises.
+pub fn mean_auc(metrics: &[TaskMetrics]) -> f64 {
+    let aucs: Vec<f64> = metrics.iter().filter_map(|t| t.auc).collect();
+    aucs.iter().sum::<f64>() / aucs.len().max(1) as f64
+}
+
 fn train_config(c: &RunConfig) -> super::train::TrainConfig {
     super::train::TrainConfig {
         learning_rate: c.train.learning_rate,
@@ -224,11 +254,12 @@ fn train_config(c: &RunConfig) -> super::train::TrainConfig {
         mask_probability: c.train.mask_probability,
         patience: 0,
         steps: c.train.steps,
+        start_step: 0,
     }
 }
 
 /// Mean and sample standard deviation.
-fn mean_std(xs: &[f64]) -> (f64, f64) {
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n.max(1.0);
     let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };

@@ -9,6 +9,9 @@
 //! started: the budget is never exceeded by more than a misprediction, and the objective is
 //! told the deadline too.
 //!
+//! Up to `workers` evaluations of a rung run side by side (a teacher trains on one core); a
+//! batch of them costs what its slowest member cost, as the wall clock sees it.
+//!
 //! The schedule knows nothing of teachers: an [`Objective`] evaluates a candidate at a resource
 //! level and says what it scored and what it cost, so the schedule is tested with a fast fake.
 
@@ -17,10 +20,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// Evaluates candidates; the teacher search's objective trains a teacher and a proxy student.
-pub trait Objective {
+pub trait Objective: Sync {
     /// Evaluates candidate `index` with `resource` (1 at the lowest rung, `eta`× per rung up),
-    /// within `allowed`.
-    fn evaluate(&mut self, index: usize, resource: f64, allowed: Duration) -> Result<Evaluation, String>;
+    /// within `allowed`. Called from several threads at once when the search has workers.
+    fn evaluate(&self, index: usize, resource: f64, allowed: Duration) -> Result<Evaluation, String>;
 }
 
 /// What one evaluation found.
@@ -53,15 +56,22 @@ pub struct Outcome {
     pub budget_s: f64,
 }
 
-/// Successive halving of `candidates` with factor `eta` (≥ 2) and at most `rungs` rungs.
-pub fn run(
-    objective: &mut dyn Objective,
-    candidates: usize,
-    eta: usize,
-    rungs: usize,
-    budget: Duration,
-) -> Outcome {
-    let eta = eta.max(2);
+/// The schedule's shape: halving factor, rungs, and how many evaluations run at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// Keep the best `1 / eta` of each rung (at least 2).
+    pub eta: usize,
+    /// At most this many rungs; the top one has `eta^(rungs - 1)` times the lowest's resource.
+    pub rungs: usize,
+    /// Evaluations side by side (at least 1).
+    pub workers: usize,
+    pub budget: Duration,
+}
+
+/// Successive halving of `candidates` as `schedule` says.
+pub fn run(objective: &dyn Objective, candidates: usize, schedule: Schedule) -> Outcome {
+    let Schedule { eta, rungs, workers, budget } = schedule;
+    let (eta, workers) = (eta.max(2), workers.max(1));
     let mut trials = Vec::new();
     let mut spent = Duration::ZERO;
     let mut alive: Vec<usize> = (0..candidates).collect();
@@ -71,51 +81,75 @@ pub fn run(
     for rung in 0..rungs.max(1) {
         let resource = (eta as f64).powi(rung as i32);
         let mut scored: Vec<(usize, f64)> = Vec::new();
-        for &c in &alive {
+        let mut queue = alive.iter().copied().peekable();
+        while queue.peek().is_some() {
             let left = budget.saturating_sub(spent);
             // Unknown candidates are predicted from the mean unit cost seen so far.
             let known: Vec<f64> = unit_cost.iter().flatten().copied().collect();
-            let unit = unit_cost[c]
-                .or_else(|| (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64));
-            let predicted = unit.map(|u| Duration::from_secs_f64(u * resource));
-            if predicted.is_some_and(|p| p > left) || left.is_zero() {
-                trials.push(Trial {
-                    candidate: c,
-                    rung,
-                    resource,
-                    score: None,
-                    cost_s: 0.0,
-                    note: Some(format!(
-                        "skipped: predicted {:.1} s, {:.1} s of budget left",
-                        predicted.unwrap_or_default().as_secs_f64(),
-                        left.as_secs_f64()
-                    )),
-                });
-                continue;
-            }
-            match objective.evaluate(c, resource, left) {
-                Ok(e) => {
-                    spent += e.cost;
-                    unit_cost[c] = Some(e.cost.as_secs_f64() / resource);
-                    scored.push((c, e.score));
+            let mean = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+            // A batch of up to `workers` that each fit in what is left: side by side, the batch
+            // costs its slowest, so each must fit on its own.
+            let mut batch = Vec::new();
+            while batch.len() < workers
+                && let Some(c) = queue.next()
+            {
+                let predicted = unit_cost[c].or(mean).map(|u| Duration::from_secs_f64(u * resource));
+                if predicted.is_some_and(|p| p > left) || left.is_zero() {
                     trials.push(Trial {
                         candidate: c,
                         rung,
                         resource,
-                        score: Some(e.score),
-                        cost_s: e.cost.as_secs_f64(),
-                        note: None,
+                        score: None,
+                        cost_s: 0.0,
+                        note: Some(format!(
+                            "skipped: predicted {:.1} s, {:.1} s of budget left",
+                            predicted.unwrap_or_default().as_secs_f64(),
+                            left.as_secs_f64()
+                        )),
                     });
+                    continue;
                 }
-                Err(why) => trials.push(Trial {
-                    candidate: c,
-                    rung,
-                    resource,
-                    score: None,
-                    cost_s: 0.0,
-                    note: Some(format!("failed: {why}")),
-                }),
+                batch.push(c);
+                // Nothing is known of an unknown's cost until one finishes: it runs alone.
+                if predicted.is_none() {
+                    break;
+                }
             }
+            let results: Vec<Result<Evaluation, String>> = std::thread::scope(|s| {
+                let running: Vec<_> =
+                    batch.iter().map(|&c| s.spawn(move || objective.evaluate(c, resource, left))).collect();
+                running
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err("the evaluation panicked".into())))
+                    .collect()
+            });
+            let mut slowest = Duration::ZERO;
+            for (&c, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(e) => {
+                        slowest = slowest.max(e.cost);
+                        unit_cost[c] = Some(e.cost.as_secs_f64() / resource);
+                        scored.push((c, e.score));
+                        trials.push(Trial {
+                            candidate: c,
+                            rung,
+                            resource,
+                            score: Some(e.score),
+                            cost_s: e.cost.as_secs_f64(),
+                            note: None,
+                        });
+                    }
+                    Err(why) => trials.push(Trial {
+                        candidate: c,
+                        rung,
+                        resource,
+                        score: None,
+                        cost_s: 0.0,
+                        note: Some(format!("failed: {why}")),
+                    }),
+                }
+            }
+            spent += slowest;
         }
         if scored.is_empty() {
             break;
@@ -141,17 +175,18 @@ mod tests {
     struct Fake {
         truth: Vec<f64>,
         unit: Vec<f64>,
-        calls: Vec<(usize, f64)>,
+        calls: std::sync::Mutex<Vec<(usize, f64)>>,
+    }
+
+    impl Fake {
+        fn calls(&self) -> Vec<(usize, f64)> {
+            self.calls.lock().unwrap().clone()
+        }
     }
 
     impl Objective for Fake {
-        fn evaluate(
-            &mut self,
-            index: usize,
-            resource: f64,
-            _allowed: Duration,
-        ) -> Result<Evaluation, String> {
-            self.calls.push((index, resource));
+        fn evaluate(&self, index: usize, resource: f64, _allowed: Duration) -> Result<Evaluation, String> {
+            self.calls.lock().unwrap().push((index, resource));
             if self.truth[index].is_nan() {
                 return Err("diverged".into());
             }
@@ -163,16 +198,20 @@ mod tests {
     }
 
     fn fake(truth: &[f64]) -> Fake {
-        Fake { truth: truth.to_vec(), unit: vec![1.0; truth.len()], calls: Vec::new() }
+        Fake { truth: truth.to_vec(), unit: vec![1.0; truth.len()], calls: Default::default() }
+    }
+
+    fn schedule(eta: usize, rungs: usize, budget: f64) -> Schedule {
+        Schedule { eta, rungs, workers: 1, budget: Duration::from_secs_f64(budget) }
     }
 
     #[test]
     fn halving_keeps_the_best_half_each_rung_and_finds_the_best() {
         let truth = [0.1, 0.7, 0.3, 0.9, 0.5, 0.2, 0.8, 0.4];
-        let mut f = fake(&truth);
-        let out = run(&mut f, 8, 2, 4, Duration::from_secs(1000));
+        let f = fake(&truth);
+        let out = run(&f, 8, schedule(2, 4, 1000.0));
         let at = |r: f64| {
-            let mut v: Vec<usize> = f.calls.iter().filter(|c| c.1 == r).map(|c| c.0).collect();
+            let mut v: Vec<usize> = f.calls().iter().filter(|c| c.1 == r).map(|c| c.0).collect();
             v.sort();
             v
         };
@@ -190,8 +229,8 @@ mod tests {
     fn never_starts_what_the_budget_cannot_pay_for() {
         let truth = [0.1, 0.7, 0.3, 0.9, 0.5, 0.2, 0.8, 0.4];
         for budget in [3.0, 9.0, 15.0, 20.0, 31.0] {
-            let mut f = fake(&truth);
-            let out = run(&mut f, 8, 2, 4, Duration::from_secs_f64(budget));
+            let f = fake(&truth);
+            let out = run(&f, 8, schedule(2, 4, budget));
             assert!(out.spent_s <= budget, "spent {} of {budget}", out.spent_s);
             let skipped = out
                 .trials
@@ -208,12 +247,12 @@ mod tests {
 
     #[test]
     fn a_failing_candidate_is_recorded_and_dropped() {
-        let mut f = fake(&[0.5, f64::NAN, 0.6, 0.4]);
-        let out = run(&mut f, 4, 2, 3, Duration::from_secs(100));
+        let f = fake(&[0.5, f64::NAN, 0.6, 0.4]);
+        let out = run(&f, 4, schedule(2, 3, 100.0));
         let failed = out.trials.iter().find(|t| t.candidate == 1).unwrap();
         assert_eq!(failed.note.as_deref(), Some("failed: diverged"));
         assert_eq!(out.best, Some(2));
-        assert!(!f.calls.iter().any(|&(c, r)| c == 1 && r > 1.0));
+        assert!(!f.calls().iter().any(|&(c, r)| c == 1 && r > 1.0));
     }
 
     #[test]
@@ -221,10 +260,27 @@ mod tests {
         let mut f = fake(&[0.9, 0.8, 0.1, 0.2]);
         f.unit = vec![10.0, 1.0, 1.0, 1.0];
         // 13 units for rung 0; rung 1 would need 20 for candidate 0 (skipped) and 2 for 1.
-        let out = run(&mut f, 4, 2, 3, Duration::from_secs(20));
+        let out = run(&f, 4, schedule(2, 3, 20.0));
         assert!(out.spent_s <= 20.0);
         let c0 = out.trials.iter().find(|t| t.candidate == 0 && t.rung == 1).unwrap();
         assert!(c0.note.as_deref().unwrap().starts_with("skipped: predicted 20.0 s"), "{c0:?}");
-        assert!(f.calls.contains(&(1, 2.0)));
+        assert!(f.calls().contains(&(1, 2.0)));
+    }
+
+    #[test]
+    fn side_by_side_a_batch_costs_its_slowest_and_the_budget_holds() {
+        let truth = [0.1, 0.7, 0.3, 0.9, 0.5, 0.2, 0.8, 0.4];
+        let mut f = fake(&truth);
+        f.unit = vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0];
+        let out = run(&f, 8, Schedule { workers: 2, ..schedule(2, 4, 1000.0) });
+        assert_eq!(out.best, Some(3), "the same winner as one at a time");
+        // Rung 0: the first runs alone (nothing known yet), then pairs (1,2) (3,4) (5,6) and 7
+        // alone: 1 + 2 + 2 + 2 + 2 = 9. Rung 1, best first at 2x: (3,6) (1,4): 4 + 4 = 8.
+        // Rung 2: (3,6) at 4x: max(8, 4) = 8. Rung 3: 3 at 8x: 16.
+        assert_eq!(out.spent_s, 41.0);
+        for budget in [5.0, 12.0, 20.0, 30.0] {
+            let out = run(&f, 8, Schedule { workers: 2, ..schedule(2, 4, budget) });
+            assert!(out.spent_s <= budget, "spent {} of {budget}", out.spent_s);
+        }
     }
 }

@@ -136,6 +136,7 @@ impl RunConfig {
             mask_probability: self.train.mask_probability,
             patience: self.train.patience,
             steps: self.train.steps,
+            start_step: 0,
         }
     }
 

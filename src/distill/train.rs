@@ -34,6 +34,10 @@ pub struct TrainConfig {
     /// Train for exactly this many minibatch steps (as many epochs as that takes, the last one
     /// cut short) instead of `epochs`; 0 counts in epochs.
     pub steps: usize,
+    /// Steps of this schedule the student and optimiser already took: the run replays the
+    /// batch order up to there and trains on from it, exactly as one uninterrupted run would
+    /// (the teacher search continues a short teacher run into a longer one this way).
+    pub start_step: usize,
 }
 
 impl Default for TrainConfig {
@@ -47,6 +51,7 @@ impl Default for TrainConfig {
             mask_probability: 0.0,
             patience: 0,
             steps: 0,
+            start_step: 0,
         }
     }
 }
@@ -402,8 +407,6 @@ pub fn train_resuming(
         Some(state) => AdamW::resume(student.vars(), params, state)?,
     };
     let mut rng = SplitMix64::new(config.seed ^ 0xba7c4);
-    // Its own stream, so masking never changes the batch order.
-    let mut mask_rng = SplitMix64::new(config.seed ^ 0x3a5c);
     let mut order = rows.to_vec();
     let mut log = TrainLog::default();
     let mut best: Option<(f64, crate::model::two_tower::TwoTowerWeights)> = None;
@@ -418,7 +421,8 @@ pub fn train_resuming(
         0 => config.epochs,
         steps => steps.div_ceil(batches_per_epoch.max(1)),
     };
-    let mut steps_done = 0usize;
+    // Counts the schedule's steps from its start, replayed ones included.
+    let mut step = 0usize;
     for epoch in 0..epochs {
         // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
         // control and a distilled student with one seed see the same batches.
@@ -428,10 +432,18 @@ pub fn train_resuming(
         let (mut total, mut batches, mut examples) = (0.0, 0usize, 0usize);
         let epoch_started = std::time::Instant::now();
         for chunk in order.chunks(config.batch_size.max(1)) {
-            if config.steps > 0 && steps_done == config.steps {
+            if config.steps > 0 && step == config.steps {
                 break;
             }
+            if step < config.start_step {
+                step += 1;
+                continue;
+            }
             let batch = if config.mask_probability > 0.0 {
+                // A stream per step, apart from the batch order's: a continued run masks each
+                // batch as the uninterrupted run would.
+                let mut mask_rng =
+                    SplitMix64::new(config.seed ^ 0x3a5c ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 let mut rows = data.subset(chunk);
                 data.encoder.mask_missing(&mut rows, config.mask_probability, || mask_rng.next_f64());
                 student.batch(data.encoder.inputs(), &rows, &(0..chunk.len()).collect::<Vec<_>>())?
@@ -458,7 +470,7 @@ pub fn train_resuming(
             optimizer.backward_step(&loss)?;
             total += loss.to_scalar::<f32>()? as f64;
             batches += 1;
-            steps_done += 1;
+            step += 1;
             examples += chunk.len();
             if progress && batches % 20 == 0 {
                 eprint!(
@@ -471,6 +483,10 @@ pub fn train_resuming(
         }
         if progress {
             eprint!("\r\x1b[K");
+        }
+        if batches == 0 {
+            // An epoch replayed whole by a continued run: nothing trained, nothing to log.
+            continue;
         }
         log.train_seconds += epoch_started.elapsed().as_secs_f64();
         log.examples += examples;
