@@ -10,10 +10,12 @@
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`toml_file`]: reading TOML files with errors that name them.
 //! - [`rng`]: the seeded generator behind reproducible weights and test data.
+//! - [`allocator`]: jemalloc, with zeroed allocations zeroed by writing.
 //!
 //! The server never links training code paths at request time; the model package is the only
 //! contract between the distillation sidecar and the server.
 
+pub mod allocator;
 pub mod config;
 pub mod distill;
 pub mod model;
@@ -27,6 +29,7 @@ pub mod toml_file;
 /// allocator, a retired version's memory came back only by forcing every allocation over
 /// 128 KiB into its own mapping, which made each inference map, fault in and unmap its
 /// intermediate buffers (+70% inference time); jemalloc reuses those buffers and hands freed
-/// memory back when asked (BENCHMARKS.md, "Rollout: memory").
+/// memory back when asked (BENCHMARKS.md, "Rollout: memory"). Zeroed allocations are zeroed
+/// by writing (see [`allocator`]).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;

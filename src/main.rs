@@ -146,6 +146,43 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Search teacher configurations for the one whose labels make the student best, within a
+    /// wall-clock budget (successive halving over cheap proxies), and write the ranked report
+    /// and the winner's teacher config.
+    TeacherSearch {
+        /// The source product's examples (teachers train on them).
+        #[arg(long)]
+        source: PathBuf,
+        /// Feature spec of the source [default: <source>/features.toml]
+        #[arg(long)]
+        source_spec: Option<PathBuf>,
+        /// The target product's examples (students train on them, labelled by each teacher).
+        #[arg(long)]
+        target: PathBuf,
+        /// Feature spec of the target [default: <target>/features.toml]
+        #[arg(long)]
+        target_spec: Option<PathBuf>,
+        /// Mapping from the target's columns to the teachers' features.
+        #[arg(long)]
+        mapping: PathBuf,
+        /// Search file: [search] schedule and budget, [space] candidates, [student] proxy config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Working directory for teachers and labels (a rerun reuses them).
+        #[arg(long, default_value = "data/teacher-search")]
+        work: PathBuf,
+        /// Write report.md, report.json, report.svg, teacher.toml and student.toml here
+        /// [default: <work>/report, or <work>/sweep with --sweep]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override [search] budget_s: wall-clock seconds for the search.
+        #[arg(long)]
+        budget_s: Option<f64>,
+        /// Brute force instead: every point of the space, each teacher trained for its whole
+        /// schedule, every student measured on the holdout (the reference a search is judged by).
+        #[arg(long)]
+        sweep: bool,
+    },
     /// The whole loop on the demo world: generate it, train a teacher on the source product,
     /// label the target zero-shot, compare control/direct/aux over paired seeds, publish the aux
     /// student, and (with --serve) serve it.
@@ -356,6 +393,51 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(out.join("report.svg"), comparison.svg())?;
                 println!("wrote {}", out.display());
             }
+            Ok(())
+        }
+        Command::TeacherSearch {
+            source,
+            source_spec,
+            target,
+            target_spec,
+            mapping,
+            config,
+            work,
+            out,
+            budget_s,
+            sweep,
+        } => {
+            use retort::distill::{search_report, teacher_search};
+            init_tracing(LogFormat::Text);
+            let source_spec =
+                DataSpec::from_path(&source_spec.unwrap_or_else(|| source.join("features.toml")))?;
+            let target_spec =
+                DataSpec::from_path(&target_spec.unwrap_or_else(|| target.join("features.toml")))?;
+            let mapping = Mapping::from_path(&mapping)?;
+            let mut file = teacher_search::SearchFile::from_path(&config)?;
+            if let Some(b) = budget_s {
+                file.search.budget_s = b;
+            }
+            let inputs = teacher_search::Inputs {
+                source: &source,
+                source_spec: &source_spec,
+                target: &target,
+                target_spec: &target_spec,
+                mapping: &mapping,
+                work: &work,
+            };
+            let started = std::time::Instant::now();
+            let report = teacher_search::search(inputs, &file, sweep)?;
+            print!("{}", report.markdown());
+            let out = out.unwrap_or_else(|| work.join(if sweep { "sweep" } else { "report" }));
+            let written = search_report::write(&report, &file.student, &out)
+                .with_context(|| format!("writing the report into {}", out.display()))?;
+            println!(
+                "\nwrote {} files into {} ({:.0} s in all)",
+                written.len(),
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::Quickstart { work, models_dir, name, version, seeds, serve, listen } => {

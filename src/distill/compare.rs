@@ -151,7 +151,7 @@ pub fn compare(
     };
     let first_seed = seeds.first().copied().unwrap_or(1);
     let scores = parallel::map(trials.clone(), 0, |(v, lr, wd)| {
-        let student = Trial { data, base: &base, plan: &plans[v], config, seed: first_seed };
+        let student = Trial { data, base: &base, plan: &plans[v], config, seed: first_seed, deadline: None };
         Ok::<_, TrainError>(mean_auc(&student.run((lr, wd), &inner, &validation)?))
     })?;
     let chosen: Vec<Chosen> = VARIANTS
@@ -183,7 +183,7 @@ pub fn compare(
         seeds.iter().flat_map(|&seed| (0..VARIANTS.len()).map(move |v| (seed, v))).collect();
     let runs = parallel::map(jobs, 0, |(seed, v)| {
         let (variant, hp) = (VARIANTS[v], &chosen[v]);
-        let student = Trial { data, base: &base, plan: &plans[v], config, seed };
+        let student = Trial { data, base: &base, plan: &plans[v], config, seed, deadline: None };
         let metrics = student.run((hp.learning_rate, hp.weight_decay), &fit, &holdout)?;
         tracing::info!(variant, seed, "trained");
         Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
@@ -219,6 +219,8 @@ pub struct Trial<'a> {
     /// Everything but the learning rate, weight decay and seed.
     pub config: &'a RunConfig,
     pub seed: u64,
+    /// Training stops with [`TrainError::Deadline`] once this has passed.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Trial<'_> {
@@ -233,7 +235,8 @@ impl Trial<'_> {
         let mut c = self.config.clone();
         c.train.seed = self.seed;
         (c.train.learning_rate, c.train.weight_decay) = hp;
-        train_plan(&student, self.data, train, &train_config(&c), self.plan)?;
+        let config = super::train::TrainConfig { deadline: self.deadline, ..train_config(&c) };
+        train_plan(&student, self.data, train, &config, self.plan)?;
         evaluate(&student, self.data, judge, self.base)
     }
 }
@@ -255,6 +258,7 @@ fn train_config(c: &RunConfig) -> super::train::TrainConfig {
         patience: 0,
         steps: c.train.steps,
         start_step: 0,
+        deadline: None,
     }
 }
 

@@ -603,17 +603,17 @@ pub fn generate(out: &Path, config: &DemoConfig, domains: &[Domain]) -> Result<G
             return Err(DemoError::Different { path: out.display().to_string() });
         }
         Ok(_) => {}
-        Err(_) => write_text(&world_file, &world_toml).map_err(io(&world_file))?,
+        Err(_) => parquet_io::write_text(&world_file, &world_toml).map_err(io(&world_file))?,
     }
     let mapping_file = out.join("mapping.toml");
-    write_text(&mapping_file, &mapping().to_toml()).map_err(io(&mapping_file))?;
+    parquet_io::write_text(&mapping_file, &mapping().to_toml()).map_err(io(&mapping_file))?;
     let world = World::new(config.clone());
     let mut jobs = Vec::new();
     for &domain in domains {
         let dir = out.join(domain.as_str());
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let spec_file = dir.join("features.toml");
-        write_text(&spec_file, &spec(domain).to_toml()).map_err(io(&spec_file))?;
+        parquet_io::write_text(&spec_file, &spec(domain).to_toml()).map_err(io(&spec_file))?;
         for day in 0..config.days {
             jobs.push((domain, day, dir.join(format!("day-{day:03}.parquet"))));
         }
@@ -660,10 +660,4 @@ pub fn generate(out: &Path, config: &DemoConfig, domains: &[Domain]) -> Result<G
     generated.written.sort();
     generated.kept.sort();
     Ok(generated)
-}
-
-fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = parquet_io::temporary_path(path);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }

@@ -22,8 +22,22 @@ use serde::Serialize;
 /// Evaluates candidates; the teacher search's objective trains a teacher and a proxy student.
 pub trait Objective: Sync {
     /// Evaluates candidate `index` with `resource` (1 at the lowest rung, `eta`× per rung up),
-    /// within `allowed`. Called from several threads at once when the search has workers.
-    fn evaluate(&self, index: usize, resource: f64, allowed: Duration) -> Result<Evaluation, String>;
+    /// stopping when `allowed` has passed. Called from several threads at once when the search
+    /// has workers.
+    fn evaluate(&self, index: usize, resource: f64, allowed: Duration) -> Result<Evaluation, Failed>;
+
+    /// What evaluating `index` at `resource` will cost, when the objective knows better than
+    /// the schedule's own guess (the candidate's last cost per unit of resource, else the mean).
+    fn predict(&self, _index: usize, _resource: f64) -> Option<Duration> {
+        None
+    }
+}
+
+/// An evaluation that did not finish, and what it cost before it stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed {
+    pub why: String,
+    pub cost: Duration,
 }
 
 /// What one evaluation found.
@@ -93,7 +107,9 @@ pub fn run(objective: &dyn Objective, candidates: usize, schedule: Schedule) -> 
             while batch.len() < workers
                 && let Some(c) = queue.next()
             {
-                let predicted = unit_cost[c].or(mean).map(|u| Duration::from_secs_f64(u * resource));
+                let predicted = objective
+                    .predict(c, resource)
+                    .or_else(|| unit_cost[c].or(mean).map(|u| Duration::from_secs_f64(u * resource)));
                 if predicted.is_some_and(|p| p > left) || left.is_zero() {
                     trials.push(Trial {
                         candidate: c,
@@ -115,12 +131,17 @@ pub fn run(objective: &dyn Objective, candidates: usize, schedule: Schedule) -> 
                     break;
                 }
             }
-            let results: Vec<Result<Evaluation, String>> = std::thread::scope(|s| {
+            let started = std::time::Instant::now();
+            let results: Vec<Result<Evaluation, Failed>> = std::thread::scope(|s| {
                 let running: Vec<_> =
                     batch.iter().map(|&c| s.spawn(move || objective.evaluate(c, resource, left))).collect();
                 running
                     .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err("the evaluation panicked".into())))
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Failed { why: "the evaluation panicked".into(), cost: started.elapsed() })
+                        })
+                    })
                     .collect()
             });
             let mut slowest = Duration::ZERO;
@@ -139,14 +160,20 @@ pub fn run(objective: &dyn Objective, candidates: usize, schedule: Schedule) -> 
                             note: None,
                         });
                     }
-                    Err(why) => trials.push(Trial {
-                        candidate: c,
-                        rung,
-                        resource,
-                        score: None,
-                        cost_s: 0.0,
-                        note: Some(format!("failed: {why}")),
-                    }),
+                    Err(f) => {
+                        // What a failure cost is spent all the same, and is at least what the
+                        // candidate would cost: the next unknown one is predicted from it.
+                        slowest = slowest.max(f.cost);
+                        unit_cost[c] = Some(f.cost.as_secs_f64() / resource);
+                        trials.push(Trial {
+                            candidate: c,
+                            rung,
+                            resource,
+                            score: None,
+                            cost_s: f.cost.as_secs_f64(),
+                            note: Some(format!("failed: {}", f.why)),
+                        })
+                    }
                 }
             }
             spent += slowest;
@@ -185,10 +212,10 @@ mod tests {
     }
 
     impl Objective for Fake {
-        fn evaluate(&self, index: usize, resource: f64, _allowed: Duration) -> Result<Evaluation, String> {
+        fn evaluate(&self, index: usize, resource: f64, _allowed: Duration) -> Result<Evaluation, Failed> {
             self.calls.lock().unwrap().push((index, resource));
             if self.truth[index].is_nan() {
-                return Err("diverged".into());
+                return Err(Failed { why: "diverged".into(), cost: Duration::from_secs(1) });
             }
             Ok(Evaluation {
                 score: self.truth[index] - 0.01 / resource,
@@ -251,6 +278,8 @@ mod tests {
         let out = run(&f, 4, schedule(2, 3, 100.0));
         let failed = out.trials.iter().find(|t| t.candidate == 1).unwrap();
         assert_eq!(failed.note.as_deref(), Some("failed: diverged"));
+        assert_eq!(failed.cost_s, 1.0, "a failure's cost is charged");
+        assert_eq!(out.spent_s, 4.0 + 2.0 * 2.0 + 4.0, "rung 0: four units, failure included");
         assert_eq!(out.best, Some(2));
         assert!(!f.calls().iter().any(|&(c, r)| c == 1 && r > 1.0));
     }
@@ -265,6 +294,27 @@ mod tests {
         let c0 = out.trials.iter().find(|t| t.candidate == 0 && t.rung == 1).unwrap();
         assert!(c0.note.as_deref().unwrap().starts_with("skipped: predicted 20.0 s"), "{c0:?}");
         assert!(f.calls().contains(&(1, 2.0)));
+    }
+
+    #[test]
+    fn the_objectives_own_prediction_comes_first() {
+        struct Knows(Fake);
+        impl Objective for Knows {
+            fn evaluate(&self, i: usize, r: f64, a: Duration) -> Result<Evaluation, Failed> {
+                self.0.evaluate(i, r, a)
+            }
+            fn predict(&self, index: usize, resource: f64) -> Option<Duration> {
+                Some(Duration::from_secs_f64(self.0.unit[index] * resource))
+            }
+        }
+        // Candidate 3 costs 10 per unit: the schedule's own guess (the mean of what came
+        // before, 1) would start it and overspend; the objective's prediction skips it.
+        let mut f = fake(&[0.1, 0.2, 0.3, 0.9]);
+        f.unit = vec![1.0, 1.0, 1.0, 10.0];
+        let out = run(&Knows(f), 4, schedule(2, 2, 8.0));
+        assert!(out.spent_s <= 8.0, "spent {}", out.spent_s);
+        let c3 = out.trials.iter().find(|t| t.candidate == 3).unwrap();
+        assert!(c3.note.as_deref().unwrap().starts_with("skipped: predicted 10.0 s"), "{c3:?}");
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub struct TaskDistill {
     pub loss: AuxLoss,
 }
 
+impl TaskDistill {
+    /// An auxiliary head on the task's own teacher label, with the default weights.
+    pub fn aux() -> TaskDistill {
+        TaskDistill { mode: Mode::Aux, teacher: None, alpha: half(), beta: one(), loss: AuxLoss::default() }
+    }
+}
+
 fn half() -> f64 {
     0.5
 }

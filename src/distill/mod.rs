@@ -25,6 +25,8 @@
 //! - [`compare`]: `retort distill`: control against distilled twins over paired seeds.
 //! - [`halving`]: successive halving within a budget, the teacher search's schedule.
 //! - [`search_space`]: the teacher search's space and the candidates drawn from it.
+//! - [`search_report`]: the teacher search's ranked table, plot and disagreement counts.
+//! - [`teacher_search`]: `retort teacher-search`, the objective and the winner's measurement.
 
 pub mod adamw;
 pub mod checkpoint;
@@ -43,8 +45,10 @@ pub mod parquet_io;
 pub mod publish;
 pub mod quickstart;
 pub mod run;
+pub mod search_report;
 pub mod search_space;
 pub mod spec;
 pub mod store;
 pub mod student;
+pub mod teacher_search;
 pub mod train;

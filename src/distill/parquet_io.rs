@@ -83,3 +83,10 @@ pub fn read_metadata(path: &Path) -> Result<Vec<(String, String)>, WriteError> {
         .map(|kv| kv.iter().map(|e| (e.key.clone(), e.value.clone().unwrap_or_default())).collect())
         .unwrap_or_default())
 }
+
+/// Writes a text file whole or not at all: beside it first, then renamed into place.
+pub fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = temporary_path(path);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}

@@ -137,6 +137,7 @@ impl RunConfig {
             patience: self.train.patience,
             steps: self.train.steps,
             start_step: 0,
+            deadline: None,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct TrainConfig {
     /// batch order up to there and trains on from it, exactly as one uninterrupted run would
     /// (the teacher search continues a short teacher run into a longer one this way).
     pub start_step: usize,
+    /// Stop with [`TrainError::Deadline`] at the first step after this instant.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Default for TrainConfig {
@@ -52,6 +54,7 @@ impl Default for TrainConfig {
             patience: 0,
             steps: 0,
             start_step: 0,
+            deadline: None,
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum TrainError {
     Publish(String),
     #[error("{0}")]
     Config(String),
+    #[error("stopped at the deadline, after {steps} training steps")]
+    Deadline { steps: usize },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
     #[error(transparent)]
@@ -438,6 +443,9 @@ pub fn train_resuming(
             if step < config.start_step {
                 step += 1;
                 continue;
+            }
+            if config.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(TrainError::Deadline { steps: step - config.start_step });
             }
             let batch = if config.mask_probability > 0.0 {
                 // A stream per step, apart from the batch order's: a continued run masks each
