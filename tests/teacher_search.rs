@@ -27,6 +27,8 @@ embedding_dim = [8, 16]
 towers = [[32]]
 interaction = [[32]]
 mask_probability = [0.0, 0.3]
+left_out_features = [[], ["video_id", "channel_id", "category"]]
+source_tasks = [[], ["click", "like"]]
 epochs = [1, 2]
 distilled_heads = [["play"], ["play", "like"]]
 candidates = 6
@@ -133,11 +135,20 @@ fn a_small_search_end_to_end() {
     // trajectory's longer run continued from its shorter one.
     let used: BTreeSet<String> = report.evaluations.iter().map(|e| e.teacher.clone()).collect();
     assert_eq!(packages(&work), used);
-    let trajectories: BTreeSet<&String> = report.trajectory.iter().collect();
-    assert!(
-        trajectories.len() < report.candidates.len(),
-        "candidates differing in heads or epochs share a teacher"
-    );
+    for (i, a) in report.candidates.iter().enumerate() {
+        for (j, b) in report.candidates.iter().enumerate() {
+            let teacher = |c: &retort::distill::search_space::Candidate| {
+                let mut c = c.clone();
+                (c.epochs, c.distilled_heads) = (1, Vec::new());
+                c
+            };
+            assert_eq!(
+                report.trajectory[i] == report.trajectory[j],
+                teacher(a) == teacher(b),
+                "candidates share a trajectory exactly when only their epochs or heads differ: {a:?} {b:?}"
+            );
+        }
+    }
     let split = |teacher: &str| {
         let (name, step) = teacher.split_once('/').unwrap();
         (name.to_string(), step.parse::<usize>().unwrap())
@@ -210,6 +221,8 @@ fn a_sweep_evaluates_every_point_with_whole_teachers() {
     let mut file: SearchFile = toml::from_str(SEARCH).unwrap();
     file.space.embedding_dim = vec![8];
     file.space.mask_probability = vec![0.0];
+    file.space.left_out_features = vec![vec![]];
+    file.space.source_tasks = vec![vec![]];
     let report = run(&w, &file, &work, true);
     assert_eq!(report.candidates.len(), 4);
     assert_eq!(report.evaluations.len(), 4);

@@ -88,6 +88,25 @@ impl Mapping {
         Ok(())
     }
 
+    /// The part of the mapping `teacher` reads: the features it has and the targets whose head
+    /// it has (a teacher trained without some source features or tasks).
+    pub fn for_teacher(&self, teacher: &Manifest) -> Mapping {
+        Mapping {
+            features: self
+                .features
+                .iter()
+                .filter(|(name, _)| teacher.feature(name).is_some())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            targets: self
+                .targets
+                .iter()
+                .filter(|(_, head)| teacher.heads.iter().any(|h| &h.name == *head))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
     /// A short stable digest of the mapping: labels made under another mapping are other labels.
     pub fn fingerprint(&self) -> String {
         format!("{:016x}", fnv1a64(self.to_toml().as_bytes()))

@@ -35,6 +35,9 @@ pub struct ArchConfig {
     pub logit_outputs: bool,
     /// Tasks to learn; all of the spec's when empty.
     pub tasks: Vec<String>,
+    /// Features of the spec the model does not read: a teacher kept off what the target
+    /// product lacks, say.
+    pub leave_out: Vec<String>,
 }
 
 impl Default for ArchConfig {
@@ -48,6 +51,7 @@ impl Default for ArchConfig {
             task_hidden: vec![16],
             logit_outputs: false,
             tasks: Vec::new(),
+            leave_out: Vec::new(),
         }
     }
 }
@@ -150,6 +154,12 @@ impl RunConfig {
         arch.interaction_hidden = self.model.interaction_hidden.clone();
         arch.experts = self.model.experts;
         arch.task_hidden = self.model.task_hidden.clone();
+        if let Some(f) = self.model.leave_out.iter().find(|f| !arch.features.iter().any(|a| &a.name == *f)) {
+            return Err(TrainError::Config(format!(
+                "model.leave_out names `{f}`, which is not a feature of the spec"
+            )));
+        }
+        arch.features.retain(|f| !self.model.leave_out.contains(&f.name));
         if !self.model.tasks.is_empty() {
             let mut heads = Vec::new();
             for (i, name) in self.model.tasks.iter().enumerate() {

@@ -93,14 +93,28 @@ fn list(v: &[usize]) -> String {
 
 fn describe(c: &Candidate) -> String {
     format!(
-        "embeddings {}, towers {}, interaction {}, masked {}, {} epoch(s), distils {}",
+        "embeddings {}, towers {}, interaction {}, masked {}, reads {}, trains {}, {} epoch(s), distils {}",
         c.embedding_dim,
         list(&c.towers),
         list(&c.interaction),
         c.mask_probability,
+        left_out(c),
+        source_tasks(c),
         c.epochs,
         c.distilled_heads.join("+")
     )
+}
+
+fn left_out(c: &Candidate) -> String {
+    if c.left_out_features.is_empty() {
+        "every feature".into()
+    } else {
+        format!("all but {}", c.left_out_features.join("+"))
+    }
+}
+
+fn source_tasks(c: &Candidate) -> String {
+    if c.source_tasks.is_empty() { "every task".into() } else { c.source_tasks.join("+") }
 }
 
 impl SearchReport {
@@ -192,20 +206,24 @@ impl SearchReport {
         out.push_str(
             "\n## Candidates, ranked\n\nBy the highest rung reached, then the proxy gain there (mean validation AUC \
              over every task, minus the control's, ± paired standard error).\n\n\
-             | rank | # | embeddings | towers | interaction | masked | epochs | distils | rung | teacher | of its run | \
-             teacher train s | teacher multiply-adds | teacher source AUC | teacher zero-shot AUC | proxy gain | cost s |\n\
-             | ---: | ---: | ---: | --- | --- | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+             | rank | # | embeddings | towers | interaction | masked | reads | trains | epochs | distils | rung | teacher | \
+             of its run | teacher train s | teacher multiply-adds | teacher source AUC | teacher zero-shot AUC | \
+             proxy gain | cost s |\n\
+             | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | \
+             ---: | ---: | ---: |\n",
         );
         for (rank, e) in self.ranked().into_iter().enumerate() {
             let c = &self.candidates[e.candidate];
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.1} | {} | {:.4} | {:.4} | {:+.4} ± {:.4} | {:.1} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.1} | {} | {:.4} | {:.4} | {:+.4} ± {:.4} | {:.1} |\n",
                 rank + 1,
                 e.candidate,
                 c.embedding_dim,
                 list(&c.towers),
                 list(&c.interaction),
                 c.mask_probability,
+                left_out(c),
+                source_tasks(c),
                 c.epochs,
                 c.distilled_heads.join("+"),
                 e.rung,

@@ -9,6 +9,8 @@
 //! towers = [[128], [512, 256]]            # context and item towers alike
 //! interaction = [[128], [512, 512, 128]]
 //! mask_probability = [0.0, 0.3]           # how often features were masked to their defaults
+//! left_out_features = [[], ["video_id"]]  # source features the teacher does not read
+//! source_tasks = [[], ["click", "like"]]  # source tasks it trains on ([]: all)
 //! epochs = [1, 2]
 //! distilled_heads = [["play"], ["play", "like", "long_listen"]]
 //! candidates = 16                         # drawn without replacement; all when fewer
@@ -32,6 +34,12 @@ pub struct Space {
     pub interaction: Vec<Vec<usize>>,
     #[serde(default = "no_masking")]
     pub mask_probability: Vec<f64>,
+    /// Choices of source features the teacher does not read.
+    #[serde(default = "nothing")]
+    pub left_out_features: Vec<Vec<String>>,
+    /// Choices of source tasks the teacher trains on; an empty choice is all of them.
+    #[serde(default = "nothing")]
+    pub source_tasks: Vec<Vec<String>>,
     #[serde(default = "one_epoch")]
     pub epochs: Vec<usize>,
     pub distilled_heads: Vec<Vec<String>>,
@@ -43,6 +51,10 @@ pub struct Space {
 
 fn no_masking() -> Vec<f64> {
     vec![0.0]
+}
+
+fn nothing() -> Vec<Vec<String>> {
+    vec![Vec::new()]
 }
 
 fn one_epoch() -> Vec<usize> {
@@ -60,6 +72,8 @@ pub struct Candidate {
     pub towers: Vec<usize>,
     pub interaction: Vec<usize>,
     pub mask_probability: f64,
+    pub left_out_features: Vec<String>,
+    pub source_tasks: Vec<String>,
     pub epochs: usize,
     pub distilled_heads: Vec<String>,
 }
@@ -73,6 +87,8 @@ impl Space {
             ("towers", self.towers.is_empty()),
             ("interaction", self.interaction.is_empty()),
             ("mask_probability", self.mask_probability.is_empty()),
+            ("left_out_features", self.left_out_features.is_empty()),
+            ("source_tasks", self.source_tasks.is_empty()),
             ("epochs", self.epochs.is_empty()),
             ("distilled_heads", self.distilled_heads.is_empty()),
         ];
@@ -106,6 +122,8 @@ impl Space {
             self.towers.len(),
             self.interaction.len(),
             self.mask_probability.len(),
+            self.left_out_features.len(),
+            self.source_tasks.len(),
             self.epochs.len(),
             self.distilled_heads.len(),
         ]
@@ -123,6 +141,8 @@ impl Space {
         };
         let heads = pick(self.distilled_heads.len());
         let epochs = pick(self.epochs.len());
+        let tasks = pick(self.source_tasks.len());
+        let left_out = pick(self.left_out_features.len());
         let mask = pick(self.mask_probability.len());
         let interaction = pick(self.interaction.len());
         let towers = pick(self.towers.len());
@@ -132,6 +152,8 @@ impl Space {
             towers: self.towers[towers].clone(),
             interaction: self.interaction[interaction].clone(),
             mask_probability: self.mask_probability[mask],
+            left_out_features: self.left_out_features[left_out].clone(),
+            source_tasks: self.source_tasks[tasks].clone(),
             epochs: self.epochs[epochs],
             distilled_heads: self.distilled_heads[heads].clone(),
         }
@@ -160,9 +182,18 @@ impl Candidate {
     pub fn teacher_config(&self, batch_size: usize, learning_rate: f64) -> String {
         let list =
             |v: &[usize]| format!("[{}]", v.iter().map(usize::to_string).collect::<Vec<_>>().join(", "));
+        let names =
+            |v: &[String]| format!("[{}]", v.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "));
+        let mut chosen = String::new();
+        if !self.source_tasks.is_empty() {
+            chosen.push_str(&format!("tasks = {}\n", names(&self.source_tasks)));
+        }
+        if !self.left_out_features.is_empty() {
+            chosen.push_str(&format!("leave_out = {}\n", names(&self.left_out_features)));
+        }
         format!(
             "[model]\nembedding_dim = {}\ncontext_hidden = {}\nitem_hidden = {}\ninteraction_hidden = {}\n\
-             task_hidden = [64]\nlogit_outputs = true\n\n[train]\nepochs = {}\nbatch_size = {batch_size}\n\
+             task_hidden = [64]\nlogit_outputs = true\n{chosen}\n[train]\nepochs = {}\nbatch_size = {batch_size}\n\
              learning_rate = {learning_rate}\nmask_probability = {}\n",
             self.embedding_dim,
             list(&self.towers),
@@ -184,6 +215,7 @@ embedding_dim = [16, 64]
 towers = [[128], [512, 256]]
 interaction = [[128], [512, 512, 128]]
 mask_probability = [0.0, 0.3]
+left_out_features = [[], ["video_id", "channel_id"]]
 epochs = [1]
 distilled_heads = [["play"], ["play", "like", "long_listen"]]
 candidates = 5
@@ -197,7 +229,7 @@ seed = 7
     #[test]
     fn every_point_of_the_product_once() {
         let s = space();
-        assert_eq!(s.size(), 2 * 2 * 2 * 2 * 2);
+        assert_eq!(s.size(), 2 * 2 * 2 * 2 * 2 * 2);
         let all: Vec<Candidate> = (0..s.size()).map(|i| s.point(i)).collect();
         for (i, a) in all.iter().enumerate() {
             assert!(all[i + 1..].iter().all(|b| b != a), "point {i} repeats");
@@ -208,7 +240,9 @@ seed = 7
             ["play", "like", "long_listen"],
             "the last dimension varies fastest"
         );
-        assert_eq!(all[31].embedding_dim, 64);
+        assert_eq!(all[63].embedding_dim, 64);
+        assert_eq!(all[2].left_out_features, ["video_id", "channel_id"]);
+        assert!(all.iter().all(|c| c.source_tasks.is_empty()), "one choice by default: every task");
     }
 
     #[test]
@@ -221,12 +255,13 @@ seed = 7
         }
         assert_eq!(a, s.draw(), "same seed, same candidates");
         assert_ne!(a, Space { seed: 8, ..s.clone() }.draw());
-        assert_eq!(Space { candidates: 100, ..s }.draw().len(), 32, "all of a small space");
+        assert_eq!(Space { candidates: 100, ..s }.draw().len(), 64, "all of a small space");
     }
 
     #[test]
     fn a_candidate_renders_as_a_teacher_config_the_trainer_reads() {
-        let c = space().point(31);
+        let mut c = space().point(63);
+        c.source_tasks = vec!["click".into(), "like".into()];
         let text = c.teacher_config(1024, 0.002);
         let parsed: crate::distill::run::RunConfig = toml::from_str(&text).unwrap();
         let as_toml: toml::Table = toml::from_str(&toml::to_string(&parsed).unwrap()).unwrap();
@@ -234,6 +269,8 @@ seed = 7
         assert_eq!(as_toml["model"]["interaction_hidden"].as_array().unwrap().len(), 3);
         assert_eq!(as_toml["train"]["mask_probability"].as_float(), Some(0.3));
         assert_eq!(as_toml["train"]["batch_size"].as_integer(), Some(1024));
+        assert_eq!(parsed.model.leave_out, ["video_id", "channel_id"]);
+        assert_eq!(parsed.model.tasks, ["click", "like"]);
     }
 
     #[test]

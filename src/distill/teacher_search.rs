@@ -26,7 +26,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -272,6 +273,14 @@ struct Control {
     validation: Vec<Vec<TaskMetrics>>,
 }
 
+/// The control on the holdout over the final seeds, per seed.
+struct HoldoutControls {
+    /// Tuned by the grid.
+    tuned: Vec<Vec<TaskMetrics>>,
+    /// At the student config's own learning rate and weight decay.
+    untuned: Vec<Vec<TaskMetrics>>,
+}
+
 struct Search<'a> {
     inputs: Inputs<'a>,
     file: &'a SearchFile,
@@ -282,14 +291,14 @@ struct Search<'a> {
     batches_per_epoch: usize,
     /// The resource of the top rung: a resource of `top` trains the whole schedule.
     top: f64,
-    source: OnceLock<Result<Source, String>>,
-    /// The teachers' features and heads (their layers differ, not their inputs).
-    source_arch: TwoTower,
+    /// The source's examples by the features and tasks a teacher reads, loaded when first needed.
+    sources: Mutex<BTreeMap<String, Arc<Source>>>,
     base: TwoTower,
     split: Split,
     control: OnceLock<Result<Control, String>>,
-    /// Students' side-by-side trainings within one evaluation.
-    inner_workers: usize,
+    holdout_controls: OnceLock<Result<HoldoutControls, String>>,
+    /// Students' side-by-side trainings within one evaluation (or one holdout measurement).
+    inner_workers: AtomicUsize,
     evaluations: Mutex<Vec<Evaluated>>,
     /// Seconds each finished evaluation spent on its proxy students (everything but the
     /// teacher), for predicting the next.
@@ -359,7 +368,6 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
     let target = TrainingData::load(&Dataset::open(inputs.target)?, inputs.target_spec, &base)?;
     let split = split(&target, &file.student)?;
     let source_rows = source_training_rows(inputs)?;
-    let source_arch = trajectories[0].lock().expect("not poisoned").arch.clone();
     let search = Search {
         inputs,
         file,
@@ -367,12 +375,12 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
         trajectories,
         batches_per_epoch: source_rows.div_ceil(s.teacher_batch_size),
         top: if sweep { 1.0 } else { (s.eta as f64).powi(s.rungs as i32 - 1) },
-        source: OnceLock::new(),
-        source_arch,
+        sources: Mutex::new(BTreeMap::new()),
         base,
         split,
         control: OnceLock::new(),
-        inner_workers: (cores() / workers).max(1),
+        holdout_controls: OnceLock::new(),
+        inner_workers: AtomicUsize::new((cores() / workers).max(1)),
         evaluations: Mutex::new(Vec::new()),
         student_seconds: Mutex::new(Vec::new()),
         candidates,
@@ -397,14 +405,15 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
     let started = Instant::now();
     let measure: Vec<usize> =
         if sweep { (0..search.candidates.len()).collect() } else { outcome.best.into_iter().collect() };
-    let mut holdout = Vec::new();
-    for c in measure {
-        // At the highest rung the candidate reached: the teacher and hyperparameters it had.
-        let Some(e) = evaluations.iter().filter(|e| e.candidate == c).max_by_key(|e| e.rung) else {
-            continue;
-        };
-        holdout.push(search.holdout_gain(e).map_err(TrainError::Config)?);
-    }
+    // At the highest rung each candidate reached: the teacher and hyperparameters it had.
+    let measure: Vec<&Evaluated> = measure
+        .into_iter()
+        .filter_map(|c| evaluations.iter().filter(|e| e.candidate == c).max_by_key(|e| e.rung))
+        .collect();
+    let side_by_side = workers.min(measure.len()).max(1);
+    search.inner_workers.store((cores() / side_by_side).max(1), Ordering::Relaxed);
+    let holdout =
+        parallel::map(measure, side_by_side, |e| search.holdout_gain(e)).map_err(TrainError::Config)?;
     let control = search.control().map_err(TrainError::Config)?;
     Ok(SearchReport {
         search: file.search.clone(),
@@ -487,19 +496,27 @@ impl Search<'_> {
         ((whole as f64 * (resource / self.top).min(1.0)).ceil() as usize).clamp(1, whole)
     }
 
-    fn source(&self) -> Result<&Source, String> {
-        self.source
-            .get_or_init(|| {
-                let dataset = Dataset::open(self.inputs.source).map_err(say)?;
-                let data =
-                    TrainingData::load(&dataset, self.inputs.source_spec, &self.source_arch).map_err(say)?;
-                let (fit, holdout) = data.split_at(holdout_cutoff(&data, 1));
-                let every = holdout.len().div_ceil(self.file.search.source_check_rows.max(1)).max(1);
-                let check = holdout.iter().step_by(every).copied().collect();
-                Ok(Source { data, fit, check })
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+    /// The source's examples encoded for `arch`'s features and tasks.
+    fn source(&self, arch: &TwoTower) -> Result<Arc<Source>, String> {
+        let names =
+            |v: &mut dyn Iterator<Item = &String>| v.map(String::as_str).collect::<Vec<_>>().join(",");
+        let key = format!(
+            "{};{}",
+            names(&mut arch.features.iter().map(|f| &f.name)),
+            names(&mut arch.heads.iter().map(|h| &h.name))
+        );
+        let mut sources = self.sources.lock().expect("not poisoned");
+        if let Some(s) = sources.get(&key) {
+            return Ok(s.clone());
+        }
+        let dataset = Dataset::open(self.inputs.source).map_err(say)?;
+        let data = TrainingData::load(&dataset, self.inputs.source_spec, arch).map_err(say)?;
+        let (fit, holdout) = data.split_at(holdout_cutoff(&data, 1));
+        let every = holdout.len().div_ceil(self.file.search.source_check_rows.max(1)).max(1);
+        let check = holdout.iter().step_by(every).copied().collect();
+        let source = Arc::new(Source { data, fit, check });
+        sources.insert(key, source.clone());
+        Ok(source)
     }
 
     /// Trains trajectory `k` to `step` (from its furthest saved step before it) and labels the
@@ -533,13 +550,20 @@ impl Search<'_> {
         if let Some(labels) = t.labels.get(&step) {
             return Ok((saved, labels.clone()));
         }
+        // The mapping as far as this teacher reads: a teacher kept off a feature or a task has
+        // no input or head for it.
+        let manifest = Manifest::from_path(&saved.dir.join(package::MANIFEST)).map_err(say)?;
         let labeller = Labeller::new(
             &saved.dir,
             EngineKind::Tract,
-            self.inputs.mapping.clone(),
+            self.inputs.mapping.for_teacher(&manifest),
             self.inputs.target_spec.clone(),
             &self.inputs.work.join("labels"),
-            LabelOptions { progress: false, threads: self.inner_workers, ..LabelOptions::default() },
+            LabelOptions {
+                progress: false,
+                threads: self.inner_workers.load(Ordering::Relaxed),
+                ..LabelOptions::default()
+            },
         )
         .map_err(say)?;
         labeller.label_dataset(&Dataset::open(self.inputs.target).map_err(say)?).map_err(say)?;
@@ -554,7 +578,7 @@ impl Search<'_> {
     fn train_teacher(&self, t: &Trajectory, step: usize, deadline: Option<Instant>) -> Result<Saved, String> {
         let s = &self.file.search;
         let from = t.saved.range(..step).next_back().map(|(&k, v)| (k, v.clone()));
-        let source = self.source()?;
+        let source = self.source(&t.arch)?;
         let student = Student::new(&t.arch, s.seed, &Device::Cpu).map_err(say)?;
         let resume = match &from {
             Some((_, saved)) => {
@@ -639,7 +663,7 @@ impl Search<'_> {
         deadline: Option<Instant>,
     ) -> Result<(f64, f64), String> {
         let grid = grid(&self.file.student);
-        let scores = parallel::map(grid.clone(), self.inner_workers, |hp| {
+        let scores = parallel::map(grid.clone(), self.inner_workers.load(Ordering::Relaxed), |hp| {
             let trial = Trial { data, base: &self.base, plan, config: &self.file.student, seed: 1, deadline };
             trial.run(hp, &self.split.inner, &self.split.validation).map(|m| mean_auc(&m))
         })
@@ -666,7 +690,7 @@ impl Search<'_> {
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<TaskMetrics>>, String> {
         let config = &self.file.student;
-        parallel::map((1..=seeds).collect(), self.inner_workers, |seed| {
+        parallel::map((1..=seeds).collect(), self.inner_workers.load(Ordering::Relaxed), |seed| {
             Trial { data, base: &self.base, plan, config, seed, deadline }.run(hp, train, judge)
         })
         .map_err(say)
@@ -776,6 +800,24 @@ impl Search<'_> {
         Ok(e)
     }
 
+    /// The control on the holdout over the final seeds: tuned by the grid, and at the student
+    /// config's own hyperparameters; computed once.
+    fn holdout_controls(&self) -> Result<&HoldoutControls, String> {
+        self.holdout_controls
+            .get_or_init(|| {
+                let control = self.control()?;
+                let (seeds, s, student) = (self.file.search.final_seeds, &self.split, &self.file.student);
+                let plan = self.control_plan()?;
+                let plain = self.target(&plan, None)?;
+                let tuned = self.seeds(&plain, &plan, control.hp, seeds, &s.fit, &s.holdout, None)?;
+                let own = (student.train.learning_rate, student.train.weight_decay);
+                let untuned = self.seeds(&plain, &plan, own, seeds, &s.fit, &s.holdout, None)?;
+                Ok(HoldoutControls { tuned, untuned })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// A candidate's student on the holdout, over the final seeds, against the tuned control
     /// and the control at the config's own hyperparameters.
     fn holdout_gain(&self, e: &Evaluated) -> Result<HoldoutGain, String> {
@@ -783,15 +825,8 @@ impl Search<'_> {
         let (_, step) = e.teacher.rsplit_once('/').expect("name/step");
         let step: usize = step.parse().map_err(say)?;
         let (_, labels) = self.teacher_at(self.trajectory_of[c], step, None, None)?;
-        let control = self.control()?;
-        let seeds = self.file.search.final_seeds;
-        let s = &self.split;
-        let student = &self.file.student;
-        let control_plan = self.control_plan()?;
-        let plain = self.target(&control_plan, None)?;
-        let tuned = self.seeds(&plain, &control_plan, control.hp, seeds, &s.fit, &s.holdout, None)?;
-        let own = (student.train.learning_rate, student.train.weight_decay);
-        let untuned = self.seeds(&plain, &control_plan, own, seeds, &s.fit, &s.holdout, None)?;
+        let HoldoutControls { tuned, untuned } = self.holdout_controls()?;
+        let (seeds, s) = (self.file.search.final_seeds, &self.split);
         let plan = self.student_plan(&self.candidates[c].distilled_heads)?;
         let data = self.target(&plan, Some(&labels))?;
         let hp = (e.learning_rate, e.weight_decay);
@@ -812,11 +847,11 @@ impl Search<'_> {
                     let v: Vec<f64> = runs.iter().filter_map(|m| of(m)).collect();
                     mean_std(&v).0
                 };
-                let (gain, gain_se) = paired(&distilled, &tuned, &of);
+                let (gain, gain_se) = paired(&distilled, tuned, &of);
                 TaskGain {
                     task: h.name.clone(),
                     distilled: self.candidates[c].distilled_heads.contains(&h.name),
-                    control_auc: mean(&tuned),
+                    control_auc: mean(tuned),
                     student_auc: mean(&distilled),
                     gain,
                     gain_se,
@@ -824,8 +859,8 @@ impl Search<'_> {
             })
             .collect();
         let overall = |m: &[TaskMetrics]| Some(mean_auc(m));
-        let (gain, gain_se) = paired(&distilled, &tuned, &overall);
-        let (gain_untuned, gain_untuned_se) = paired(&distilled, &untuned, &overall);
+        let (gain, gain_se) = paired(&distilled, tuned, &overall);
+        let (gain_untuned, gain_untuned_se) = paired(&distilled, untuned, &overall);
         Ok(HoldoutGain {
             candidate: c,
             teacher: e.teacher.clone(),
