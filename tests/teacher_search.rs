@@ -232,6 +232,10 @@ fn a_sweep_evaluates_every_point_with_whole_teachers() {
     assert_eq!(packages(&work).len(), 2);
     let md = report.markdown();
     assert!(md.contains("Brute-force sweep") && md.contains("## Holdout gains"), "{md}");
+    // Teacher accuracy against the proxies' gain and against the holdout's, both accuracies.
+    let judged: Vec<String> = report.disagreements().iter().map(|d| d.accuracy.clone()).collect();
+    assert_eq!(judged.len(), 4, "{judged:?}");
+    assert!(judged.iter().any(|j| j.ends_with("against holdout gain")), "{judged:?}");
 }
 
 #[test]

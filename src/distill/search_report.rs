@@ -140,12 +140,33 @@ impl SearchReport {
         self.evaluations.iter().filter(|e| e.candidate == candidate).map(|e| e.cost_s).sum()
     }
 
+    /// Teacher accuracy against proxy gain; in a sweep, against holdout gain too.
     pub fn disagreements(&self) -> Vec<Disagreement> {
         let mut out = Vec::new();
-        out.extend(disagreement(&self.evaluations, "zero-shot AUC on the target", |e| {
-            e.teacher_zero_shot_auc
-        }));
-        out.extend(disagreement(&self.evaluations, "own AUC on the source", |e| e.teacher_source_auc));
+        let mut judged = vec![("proxy gain", self.evaluations.clone())];
+        if self.sweep && !self.holdout.is_empty() {
+            // The same teachers, each scored by its student's holdout gain.
+            let holdout = self
+                .evaluations
+                .iter()
+                .filter_map(|e| {
+                    let h = self.holdout.iter().find(|h| h.candidate == e.candidate)?;
+                    Some(Evaluated { gain: h.gain, gain_se: h.gain_se, ..e.clone() })
+                })
+                .collect();
+            judged.push(("holdout gain", holdout));
+        }
+        for (gain, evaluations) in judged {
+            for (accuracy, key) in [
+                (
+                    "zero-shot AUC on the target",
+                    (|e: &Evaluated| e.teacher_zero_shot_auc) as fn(&Evaluated) -> f64,
+                ),
+                ("own AUC on the source", |e: &Evaluated| e.teacher_source_auc),
+            ] {
+                out.extend(disagreement(&evaluations, &format!("{accuracy}, against {gain}"), key));
+            }
+        }
         out
     }
 
@@ -269,7 +290,7 @@ impl SearchReport {
         for d in ds {
             out.push_str(&format!(
                 "By the teacher's {}, over the {} candidates of rung {}: {} of {} pairs ({:.0}%) are ranked the other \
-                 way round by student gain, {} of them by more than twice the standard error of the difference \
+                 way round, {} of them by more than twice the standard error of the difference \
                  (Kendall's tau {:+.2}). The most accurate teacher (candidate {}) gives the {} best student gain; \
                  the best student gain (candidate {}) comes from the {} most accurate teacher.\n\n",
                 d.accuracy,

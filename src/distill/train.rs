@@ -131,7 +131,6 @@ impl TrainingData {
         features: &[Feature],
         tasks: &[String],
     ) -> Result<TrainingData, TrainError> {
-        reuse_freed_memory();
         let encoder = Encoder::for_features(features, ContextRows::PerCandidate);
         let label_columns: Vec<String> =
             tasks.iter().map(|h| spec.task(h).map_or(h.clone(), |t| t.column().to_string())).collect();
@@ -398,7 +397,6 @@ pub fn train_resuming(
     plan: &Plan,
     resume: Option<OptimizerState>,
 ) -> Result<(TrainLog, OptimizerState), TrainError> {
-    reuse_freed_memory();
     if plan.uses_teacher() && data.teacher.len() != plan.teacher_labels.len() {
         return Err(TrainError::Config("the plan needs teacher labels the data does not carry".into()));
     }
@@ -522,33 +520,6 @@ pub fn train_resuming(
         student.set_weights(&weights)?;
     }
     Ok((log, optimizer.state()))
-}
-
-/// Keeps large freed blocks in the process instead of handing them back to the kernel.
-///
-/// Every training step allocates gradients as large as the embedding tables (candle's
-/// embedding gradient is dense) and frees them again; above glibc's default 128 KiB mmap
-/// threshold, each of those is an `mmap`/`munmap` pair plus page faults on first touch. On the
-/// demo world that was over half the run's time, spent in the kernel (BENCHMARKS.md). Raising
-/// the thresholds makes the allocator reuse the blocks.
-pub fn reuse_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        ONCE.call_once(|| {
-            // SAFETY: mallopt only changes allocator tuning parameters; it is safe to call at
-            // any time from any thread, and these values are within glibc's accepted ranges.
-            unsafe {
-                mallopt(M_MMAP_THRESHOLD, 256 << 20);
-                mallopt(M_TRIM_THRESHOLD, 1 << 30);
-            }
-        });
-    }
 }
 
 /// The student's outputs (logits for binary heads) on `rows`, one `Vec` per head.
