@@ -516,22 +516,9 @@ fn a_mixture_of_experts_student_learns_and_exports_exactly() {
 
 #[test]
 fn training_can_count_in_steps_instead_of_epochs() {
-    use retort::distill::kd::{DistillConfig, Plan};
     use retort::distill::train::train_resuming;
-    let dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        users: 100,
-        days: 2,
-        target_requests: 200,
-        tracks: 100,
-        artists: 10,
-        ..DemoConfig::default()
-    };
-    let (target, spec) = target_world(dir.path(), &config);
-    let arch = spec.two_tower(false);
-    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    let (_dir, arch, data, plan) = small_training();
     let rows: Vec<usize> = (0..data.rows()).collect();
-    let plan = Plan::new(&arch, &DistillConfig::default()).unwrap();
     let batches_per_epoch = rows.len().div_ceil(256);
     // More steps than one epoch holds: the second epoch is cut short.
     let steps = batches_per_epoch + 2;
@@ -545,22 +532,9 @@ fn training_can_count_in_steps_instead_of_epochs() {
 
 #[test]
 fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
-    use retort::distill::kd::{DistillConfig, Plan};
     use retort::distill::train::train_resuming;
-    let dir = tempfile::tempdir().unwrap();
-    let config = DemoConfig {
-        users: 100,
-        days: 2,
-        target_requests: 200,
-        tracks: 100,
-        artists: 10,
-        ..DemoConfig::default()
-    };
-    let (target, spec) = target_world(dir.path(), &config);
-    let arch = spec.two_tower(false);
-    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    let (_dir, arch, data, plan) = small_training();
     let rows: Vec<usize> = (0..data.rows()).collect();
-    let plan = Plan::new(&arch, &DistillConfig::default()).unwrap();
     let per_epoch = rows.len().div_ceil(256);
     // Masking on, so the continued run must mask each batch as the whole run did; the cut
     // falls inside the second epoch.
@@ -594,4 +568,24 @@ fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
     let restarted = Student::new(&arch, 5, &Device::Cpu).unwrap();
     train_resuming(&restarted, &data, &rows, &[], &TrainConfig { seed: 6, ..whole }, &plan, None).unwrap();
     assert!(a != restarted.weights().unwrap(), "another seed trains other weights: the check can fail");
+}
+
+/// A small target world's training data for the default architecture, with a plain plan.
+fn small_training()
+-> (tempfile::TempDir, retort::model::two_tower::TwoTower, TrainingData, retort::distill::kd::Plan) {
+    use retort::distill::kd::{DistillConfig, Plan};
+    let dir = tempfile::tempdir().unwrap();
+    let config = DemoConfig {
+        users: 100,
+        days: 2,
+        target_requests: 200,
+        tracks: 100,
+        artists: 10,
+        ..DemoConfig::default()
+    };
+    let (target, spec) = target_world(dir.path(), &config);
+    let arch = spec.two_tower(false);
+    let data = TrainingData::load(&Dataset::open(&target).unwrap(), &spec, &arch).unwrap();
+    let plan = Plan::new(&arch, &DistillConfig::default()).unwrap();
+    (dir, arch, data, plan)
 }

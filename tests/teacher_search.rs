@@ -12,6 +12,7 @@ use retort::distill::run::RunConfig;
 use retort::distill::search_report;
 use retort::distill::spec::DataSpec;
 use retort::distill::teacher_search::{Inputs, SearchFile, SearchReport, search};
+use retort::distill::train::TrainError;
 
 const SEARCH: &str = r#"
 [search]
@@ -75,6 +76,10 @@ fn world() -> World {
 }
 
 fn run(w: &World, file: &SearchFile, work: &Path, sweep: bool) -> SearchReport {
+    try_run(w, file, work, sweep).unwrap()
+}
+
+fn try_run(w: &World, file: &SearchFile, work: &Path, sweep: bool) -> Result<SearchReport, TrainError> {
     let source = w.root.join("source");
     let target = w.root.join("target");
     let inputs = Inputs {
@@ -85,7 +90,7 @@ fn run(w: &World, file: &SearchFile, work: &Path, sweep: bool) -> SearchReport {
         mapping: &w.mapping,
         work,
     };
-    search(inputs, file, sweep).unwrap()
+    search(inputs, file, sweep)
 }
 
 /// Every teacher package under `work/teachers`, as `name/step`.
@@ -248,18 +253,8 @@ fn a_bad_search_file_is_named() {
     let bad = SEARCH.replace("[[\"play\"], [\"play\", \"like\"]]", "[[\"play\"], [\"dance\"]]");
     let w = world();
     let file: SearchFile = toml::from_str(&bad).unwrap();
-    let source = w.root.join("source");
-    let target = w.root.join("target");
     let work = w.root.join("work");
-    let inputs = Inputs {
-        source: &source,
-        source_spec: &w.source_spec,
-        target: &target,
-        target_spec: &w.target_spec,
-        mapping: &w.mapping,
-        work: &work,
-    };
-    let err = search(inputs, &file, false).unwrap_err().to_string();
+    let err = try_run(&w, &file, &work, false).unwrap_err().to_string();
     assert!(err.contains("`dance`"), "{err}");
     assert!(!work.join("teachers").exists(), "refused before any teacher trained");
 }

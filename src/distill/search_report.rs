@@ -91,18 +91,22 @@ fn list(v: &[usize]) -> String {
     v.iter().map(usize::to_string).collect::<Vec<_>>().join("-")
 }
 
+/// A candidate's choices, named as the ranked table's columns are.
+fn choices(c: &Candidate) -> [(&'static str, String); 8] {
+    [
+        ("embeddings", c.embedding_dim.to_string()),
+        ("towers", list(&c.towers)),
+        ("interaction", list(&c.interaction)),
+        ("masked", c.mask_probability.to_string()),
+        ("reads", left_out(c)),
+        ("trains", source_tasks(c)),
+        ("epochs", c.epochs.to_string()),
+        ("distils", c.distilled_heads.join("+")),
+    ]
+}
+
 fn describe(c: &Candidate) -> String {
-    format!(
-        "embeddings {}, towers {}, interaction {}, masked {}, reads {}, trains {}, {} epoch(s), distils {}",
-        c.embedding_dim,
-        list(&c.towers),
-        list(&c.interaction),
-        c.mask_probability,
-        left_out(c),
-        source_tasks(c),
-        c.epochs,
-        c.distilled_heads.join("+")
-    )
+    choices(c).iter().map(|(name, value)| format!("{name} {value}")).collect::<Vec<_>>().join(", ")
 }
 
 fn left_out(c: &Candidate) -> String {
@@ -236,17 +240,10 @@ impl SearchReport {
         for (rank, e) in self.ranked().into_iter().enumerate() {
             let c = &self.candidates[e.candidate];
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.1} | {} | {:.4} | {:.4} | {:+.4} ± {:.4} | {:.1} |\n",
+                "| {} | {} | {} | {} | {} | {:.0}% | {:.1} | {} | {:.4} | {:.4} | {:+.4} ± {:.4} | {:.1} |\n",
                 rank + 1,
                 e.candidate,
-                c.embedding_dim,
-                list(&c.towers),
-                list(&c.interaction),
-                c.mask_probability,
-                left_out(c),
-                source_tasks(c),
-                c.epochs,
-                c.distilled_heads.join("+"),
+                choices(c).map(|(_, v)| v).join(" | "),
                 e.rung,
                 e.teacher,
                 e.teacher_fraction * 100.0,
