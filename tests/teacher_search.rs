@@ -220,6 +220,23 @@ fn a_small_search_end_to_end() {
 }
 
 #[test]
+fn teachers_trained_on_other_source_data_are_not_reused() {
+    let w = world();
+    let work = w.root.join("work");
+    let mut file: SearchFile = toml::from_str(SEARCH).unwrap();
+    (file.search.rungs, file.space.candidates) = (1, 2);
+    let first = run(&w, &file, &work, false);
+    // The same search after the source lost its first day: every teacher is trained anew.
+    std::fs::remove_file(w.root.join("source/day-000.parquet")).unwrap();
+    let second = run(&w, &file, &work, false);
+    assert!(second.rows_source_train < first.rows_source_train);
+    for t in &second.trajectory {
+        assert!(!first.trajectory.contains(t), "{t} was trained on other data");
+    }
+    assert_eq!(packages(&work).len(), 2 * first.evaluations.len());
+}
+
+#[test]
 fn a_sweep_evaluates_every_point_with_whole_teachers() {
     let w = world();
     let work = w.root.join("work");

@@ -309,7 +309,8 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn say(e: impl std::fmt::Display) -> String {
+/// An error as the schedule records it.
+fn text(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
@@ -322,21 +323,24 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
         if sweep { (0..file.space.size()).map(|i| file.space.point(i)).collect() } else { file.space.draw() };
     let workers = if s.workers == 0 { cores() } else { s.workers };
 
-    // Trajectories: one per distinct teacher (everything but epochs and heads).
+    // Trajectories: one per distinct teacher (everything but epochs and heads) and source data;
+    // a teacher trained on other data is another trajectory, never reused.
+    let source_rows = source_training_rows(inputs)?;
+    let data = source_fingerprint(inputs.source)?;
     let mut names: Vec<String> = Vec::new();
     let mut trajectories = Vec::new();
     let mut trajectory_of = Vec::new();
     let teacher_base = |config: &RunConfig| config.architecture(inputs.source_spec);
     for c in &candidates {
         let shared = Candidate { epochs: 1, distilled_heads: Vec::new(), ..c.clone() };
-        let text = shared.teacher_config(s.teacher_batch_size, s.teacher_learning_rate);
-        let digest = crate::model::encode::fnv1a64(format!("{text}seed = {}\n", s.seed).as_bytes());
+        let teacher = shared.teacher_config(s.teacher_batch_size, s.teacher_learning_rate);
+        let digest = crate::model::encode::fnv1a64(format!("{teacher}seed = {}\n{data}", s.seed).as_bytes());
         let name = format!("teacher-{:08x}", digest as u32);
         let k = match names.iter().position(|n| *n == name) {
             Some(k) => k,
             None => {
                 let config: RunConfig =
-                    toml::from_str(&text).map_err(|e| TrainError::Config(e.to_string()))?;
+                    toml::from_str(&teacher).map_err(|e| TrainError::Config(e.to_string()))?;
                 let arch = teacher_base(&config)?;
                 let saved = discover(&inputs.work.join("teachers").join(&name));
                 names.push(name.clone());
@@ -367,7 +371,6 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
     }
     let target = TrainingData::load(&Dataset::open(inputs.target)?, inputs.target_spec, &base)?;
     let split = split(&target, &file.student)?;
-    let source_rows = source_training_rows(inputs)?;
     let search = Search {
         inputs,
         file,
@@ -446,7 +449,8 @@ fn discover(dir: &Path) -> BTreeMap<usize, Saved> {
         else {
             continue;
         };
-        // A package without its checkpoint cannot be continued from; it is trained again.
+        // Anything else in the directory is not the search's: it is not read, and training to
+        // its step fails, naming it, rather than overwrite it.
         let Ok(manifest) = Manifest::from_path(&path.join(package::MANIFEST)) else { continue };
         if !path.join(CHECKPOINT).is_file() {
             continue;
@@ -457,6 +461,18 @@ fn discover(dir: &Path) -> BTreeMap<usize, Saved> {
         }
     }
     saved
+}
+
+/// The source's partitions by name and size: what a trajectory's teachers were trained on.
+fn source_fingerprint(dir: &Path) -> Result<String, TrainError> {
+    let mut out = String::new();
+    for p in &Dataset::open(dir)?.partitions {
+        let len = std::fs::metadata(&p.path)
+            .map_err(|e| TrainError::Store(format!("{}: {e}", p.path.display())))?
+            .len();
+        out.push_str(&format!("{} {len}\n", p.name));
+    }
+    Ok(out)
 }
 
 /// How many source rows a teacher trains on: those before the source's holdout day.
@@ -509,8 +525,8 @@ impl Search<'_> {
         if let Some(s) = sources.get(&key) {
             return Ok(s.clone());
         }
-        let dataset = Dataset::open(self.inputs.source).map_err(say)?;
-        let data = TrainingData::load(&dataset, self.inputs.source_spec, arch).map_err(say)?;
+        let dataset = Dataset::open(self.inputs.source).map_err(text)?;
+        let data = TrainingData::load(&dataset, self.inputs.source_spec, arch).map_err(text)?;
         let (fit, holdout) = data.split_at(holdout_cutoff(&data, 1));
         let every = holdout.len().div_ceil(self.file.search.source_check_rows.max(1)).max(1);
         let check = holdout.iter().step_by(every).copied().collect();
@@ -552,7 +568,7 @@ impl Search<'_> {
         }
         // The mapping as far as this teacher reads: a teacher kept off a feature or a task has
         // no input or head for it.
-        let manifest = Manifest::from_path(&saved.dir.join(package::MANIFEST)).map_err(say)?;
+        let manifest = Manifest::from_path(&saved.dir.join(package::MANIFEST)).map_err(text)?;
         let labeller = Labeller::new(
             &saved.dir,
             EngineKind::Tract,
@@ -565,8 +581,8 @@ impl Search<'_> {
                 ..LabelOptions::default()
             },
         )
-        .map_err(say)?;
-        labeller.label_dataset(&Dataset::open(self.inputs.target).map_err(say)?).map_err(say)?;
+        .map_err(text)?;
+        labeller.label_dataset(&Dataset::open(self.inputs.target).map_err(text)?).map_err(text)?;
         let labels = labeller.dir().to_path_buf();
         t.labels.insert(step, labels.clone());
         if step > from {
@@ -579,11 +595,11 @@ impl Search<'_> {
         let s = &self.file.search;
         let from = t.saved.range(..step).next_back().map(|(&k, v)| (k, v.clone()));
         let source = self.source(&t.arch)?;
-        let student = Student::new(&t.arch, s.seed, &Device::Cpu).map_err(say)?;
+        let student = Student::new(&t.arch, s.seed, &Device::Cpu).map_err(text)?;
         let resume = match &from {
             Some((_, saved)) => {
-                let ck = Checkpoint::read(&saved.dir.join(CHECKPOINT)).map_err(say)?;
-                ck.restore(&student).map_err(say)?;
+                let ck = Checkpoint::read(&saved.dir.join(CHECKPOINT)).map_err(text)?;
+                ck.restore(&student).map_err(text)?;
                 Some(ck.optimizer)
             }
             None => None,
@@ -603,18 +619,18 @@ impl Search<'_> {
         let plan = Plan::new(&t.arch, &DistillConfig::default())?;
         let started = Instant::now();
         let (_, optimizer) =
-            train_resuming(&student, &source.data, &source.fit, &[], &config, &plan, resume).map_err(say)?;
+            train_resuming(&student, &source.data, &source.fit, &[], &config, &plan, resume).map_err(text)?;
         let train_s = from.as_ref().map_or(0.0, |(_, s)| s.train_s) + started.elapsed().as_secs_f64();
-        let metrics = evaluate(&student, &source.data, &source.check, &t.arch).map_err(say)?;
+        let metrics = evaluate(&student, &source.data, &source.check, &t.arch).map_err(text)?;
         let source_auc = mean_auc(&metrics);
         let through = source.fit.iter().map(|&r| source.data.ts[r]).max().unwrap_or(0);
-        let checkpoint = Checkpoint::capture(&student, optimizer, through).map_err(say)?;
+        let checkpoint = Checkpoint::capture(&student, optimizer, through).map_err(text)?;
         let version = step.to_string();
         let (mut manifest, graph) = scaffold::package(
             &t.name,
             &version,
             &t.arch,
-            &student.weights().map_err(say)?,
+            &student.weights().map_err(text)?,
             &[(t.arch.heads[0].name.as_str(), 1.0)],
             "A candidate teacher of retort teacher-search.",
             &format!(
@@ -635,7 +651,7 @@ impl Search<'_> {
         let dir = package::write_with(&teachers, &manifest, &graph, |d| {
             checkpoint.write(&d.join(CHECKPOINT)).map_err(|e| std::io::Error::other(e.to_string()))
         })
-        .map_err(say)?;
+        .map_err(text)?;
         tracing::info!(teacher = %t.name, step, train_s, source_auc, "teacher trained");
         Ok(Saved { dir, train_s, source_auc })
     }
@@ -643,13 +659,13 @@ impl Search<'_> {
     /// The target's examples, with teacher labels from `labels` for `plan` when it distils.
     fn target(&self, plan: &Plan, labels: Option<&Path>) -> Result<TrainingData, String> {
         let mut data = TrainingData::load(
-            &Dataset::open(self.inputs.target).map_err(say)?,
+            &Dataset::open(self.inputs.target).map_err(text)?,
             self.inputs.target_spec,
             &self.base,
         )
-        .map_err(say)?;
+        .map_err(text)?;
         if let Some(labels) = labels {
-            data.attach_teacher(labels, &plan.teacher_labels).map_err(say)?;
+            data.attach_teacher(labels, &plan.teacher_labels).map_err(text)?;
         }
         Ok(data)
     }
@@ -667,7 +683,7 @@ impl Search<'_> {
             let trial = Trial { data, base: &self.base, plan, config: &self.file.student, seed: 1, deadline };
             trial.run(hp, &self.split.inner, &self.split.validation).map(|m| mean_auc(&m))
         })
-        .map_err(say)?;
+        .map_err(text)?;
         let mut best = 0;
         for (i, s) in scores.iter().enumerate() {
             if *s > scores[best] {
@@ -693,7 +709,7 @@ impl Search<'_> {
         parallel::map((1..=seeds).collect(), self.inner_workers.load(Ordering::Relaxed), |seed| {
             Trial { data, base: &self.base, plan, config, seed, deadline }.run(hp, train, judge)
         })
-        .map_err(say)
+        .map_err(text)
     }
 
     fn control_plan(&self) -> Result<Plan, String> {
@@ -823,7 +839,7 @@ impl Search<'_> {
     fn holdout_gain(&self, e: &Evaluated) -> Result<HoldoutGain, String> {
         let c = e.candidate;
         let (_, step) = e.teacher.rsplit_once('/').expect("name/step");
-        let step: usize = step.parse().map_err(say)?;
+        let step: usize = step.parse().map_err(text)?;
         let (_, labels) = self.teacher_at(self.trajectory_of[c], step, None, None)?;
         let HoldoutControls { tuned, untuned } = self.holdout_controls()?;
         let (seeds, s) = (self.file.search.final_seeds, &self.split);
