@@ -237,14 +237,22 @@ struct Saved {
     source_auc: f64,
 }
 
+/// A teacher's labels of the target, and how accurate they are there.
+#[derive(Debug, Clone)]
+struct Labels {
+    dir: PathBuf,
+    /// Zero-shot mean AUC on the target's validation rows.
+    zero_shot_auc: f64,
+}
+
 /// One teacher architecture, seed and masking, trained further as candidates need.
 struct Trajectory {
     name: String,
     config: RunConfig,
     arch: TwoTower,
     saved: BTreeMap<usize, Saved>,
-    /// Target label directories by step, once labelled.
-    labels: BTreeMap<usize, PathBuf>,
+    /// Target labels by step, once labelled.
+    labels: BTreeMap<usize, Labels>,
     /// Wall-clock seconds per training step the last time it trained (saving and labelling
     /// included), for predicting what going further costs.
     seconds_per_step: Option<f64>,
@@ -545,7 +553,7 @@ impl Search<'_> {
         step: usize,
         resource: Option<f64>,
         deadline: Option<Instant>,
-    ) -> Result<(Saved, PathBuf), String> {
+    ) -> Result<(Saved, Labels), String> {
         let mut t = self.trajectories[k].lock().expect("not poisoned");
         let started = Instant::now();
         let from = t.saved.range(..=step).next_back().map_or(0, |(&s, _)| s);
@@ -566,6 +574,7 @@ impl Search<'_> {
         if let Some(labels) = t.labels.get(&step) {
             return Ok((saved, labels.clone()));
         }
+        // Labelled once per teacher package, however many candidates read it.
         // The mapping as far as this teacher reads: a teacher kept off a feature or a task has
         // no input or head for it.
         let manifest = Manifest::from_path(&saved.dir.join(package::MANIFEST)).map_err(text)?;
@@ -583,7 +592,8 @@ impl Search<'_> {
         )
         .map_err(text)?;
         labeller.label_dataset(&Dataset::open(self.inputs.target).map_err(text)?).map_err(text)?;
-        let labels = labeller.dir().to_path_buf();
+        let dir = labeller.dir().to_path_buf();
+        let labels = Labels { zero_shot_auc: self.zero_shot(&dir)?, dir };
         t.labels.insert(step, labels.clone());
         if step > from {
             t.seconds_per_step = Some(started.elapsed().as_secs_f64() / (step - from) as f64);
@@ -786,7 +796,7 @@ impl Search<'_> {
         let students_started = Instant::now();
         let control = self.control()?;
         let plan = self.student_plan(&candidate.distilled_heads)?;
-        let data = self.target(&plan, Some(&labels))?;
+        let data = self.target(&plan, Some(&labels.dir))?;
         let hp = self.tune(&data, &plan, deadline)?;
         let s = &self.split;
         let seeds = self.file.search.proxy_seeds;
@@ -804,7 +814,7 @@ impl Search<'_> {
             teacher_train_s: teacher.train_s,
             teacher_multiply_adds: two - one,
             teacher_source_auc: teacher.source_auc,
-            teacher_zero_shot_auc: self.zero_shot(&labels)?,
+            teacher_zero_shot_auc: labels.zero_shot_auc,
             gain,
             gain_se: std / (diffs.len() as f64).sqrt(),
             learning_rate: hp.0,
@@ -840,7 +850,7 @@ impl Search<'_> {
         let c = e.candidate;
         let (_, step) = e.teacher.rsplit_once('/').expect("name/step");
         let step: usize = step.parse().map_err(text)?;
-        let (_, labels) = self.teacher_at(self.trajectory_of[c], step, None, None)?;
+        let (_, Labels { dir: labels, .. }) = self.teacher_at(self.trajectory_of[c], step, None, None)?;
         let HoldoutControls { tuned, untuned } = self.holdout_controls()?;
         let (seeds, s) = (self.file.search.final_seeds, &self.split);
         let plan = self.student_plan(&self.candidates[c].distilled_heads)?;
