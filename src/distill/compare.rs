@@ -247,19 +247,9 @@ pub fn mean_auc(metrics: &[TaskMetrics]) -> f64 {
     aucs.iter().sum::<f64>() / aucs.len().max(1) as f64
 }
 
+/// `c`'s training settings with early stopping off: a comparison trains every epoch.
 fn train_config(c: &RunConfig) -> super::train::TrainConfig {
-    super::train::TrainConfig {
-        learning_rate: c.train.learning_rate,
-        weight_decay: c.train.weight_decay,
-        batch_size: c.train.batch_size,
-        epochs: c.train.epochs,
-        seed: c.train.seed,
-        mask_probability: c.train.mask_probability,
-        patience: 0,
-        steps: c.train.steps,
-        start_step: 0,
-        deadline: None,
-    }
+    super::train::TrainConfig { patience: 0, ..c.train_config() }
 }
 
 /// Mean and sample standard deviation.

@@ -130,7 +130,8 @@ impl RunConfig {
         cutoff - i64::from(self.train.validation_days.max(1)) * 86_400
     }
 
-    fn train_config(&self) -> TrainConfig {
+    /// The training loop's settings, as the `[train]` table gives them.
+    pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
             learning_rate: self.train.learning_rate,
             weight_decay: self.train.weight_decay,

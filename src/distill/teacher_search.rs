@@ -614,17 +614,13 @@ impl Search<'_> {
             }
             None => None,
         };
+        // The candidate's teacher config (batch size, learning rate, masking) counted in steps.
         let config = TrainConfig {
-            learning_rate: s.teacher_learning_rate,
-            weight_decay: t.config.train.weight_decay,
-            batch_size: s.teacher_batch_size,
-            epochs: 1,
             seed: s.seed,
-            mask_probability: t.config.train.mask_probability,
-            patience: 0,
             steps: step,
             start_step: from.as_ref().map_or(0, |(k, _)| *k),
             deadline,
+            ..t.config.train_config()
         };
         let plan = Plan::new(&t.arch, &DistillConfig::default())?;
         let started = Instant::now();
