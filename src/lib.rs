@@ -9,6 +9,7 @@
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`toml_file`]: reading TOML files with errors that name them.
+//! - [`timestamp`]: UTC times as text, written and parsed.
 //! - [`rng`]: the seeded generator behind reproducible weights and test data.
 //! - [`allocator`]: jemalloc, with zeroed allocations zeroed by writing.
 //!
@@ -23,6 +24,7 @@ pub mod rng;
 pub mod rollout;
 pub mod serve;
 pub mod shutdown;
+pub mod timestamp;
 pub mod toml_file;
 
 /// jemalloc for everything that links retort (the server, its tests and benches). With glibc's

@@ -547,6 +547,9 @@ fn print_round(round: &Round) {
             f(m.truth_mae)
         );
     }
+    for w in &t.warnings {
+        println!("warning: {w}");
+    }
     print!("\n{}", round.gate.render());
     match &round.published {
         Some(dir) if !round.gate.passed() => {

@@ -78,8 +78,11 @@ fn converted_movielens_trains_labels_and_distils() {
     let models = tmp.path().join("models");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let teacher_config = tmp.path().join("teacher.toml");
-    std::fs::write(&teacher_config, "[model]\nlogit_outputs = true\n[train]\nepochs = 1\nholdout_days = 5\n")
-        .unwrap();
+    std::fs::write(
+        &teacher_config,
+        "[model]\nlogit_outputs = true\n[train]\nepochs = 1\nholdout_days = 5\nmin_holdout_rows = 50\n",
+    )
+    .unwrap();
     let trained = run(&[
         "train",
         "--data",
@@ -110,7 +113,7 @@ fn converted_movielens_trains_labels_and_distils() {
     let student_config = tmp.path().join("student.toml");
     std::fs::write(
         &student_config,
-        "[train]\nepochs = 1\nholdout_days = 5\n[distill.tasks.like]\n[distill.tasks.love]\n[distill.tasks.dislike]\n",
+        "[train]\nepochs = 1\nholdout_days = 5\nmin_holdout_rows = 50\n[distill.tasks.like]\n[distill.tasks.love]\n[distill.tasks.dislike]\n",
     )
     .unwrap();
     let table = run(&[

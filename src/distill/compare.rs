@@ -85,16 +85,7 @@ pub fn compare(
     }
     let base = config.architecture(spec)?;
     let mut data = TrainingData::load(&Dataset::open(data_dir)?, spec, &base)?;
-    let last_day = data.ts.iter().max().copied().unwrap_or(0).div_euclid(86_400);
-    let cutoff = (last_day + 1 - i64::from(config.train.holdout_days)) * 86_400;
-    let (fit, holdout) = data.split_at(cutoff);
-    if fit.is_empty() || holdout.is_empty() {
-        return Err(TrainError::Config(format!(
-            "the holdout leaves {} training and {} holdout rows",
-            fit.len(),
-            holdout.len()
-        )));
-    }
+    let super::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(&data)?;
 
     let distilled: BTreeMap<String, String> = config
         .distill

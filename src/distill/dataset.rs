@@ -131,6 +131,23 @@ impl Partition {
             check_type(&path, name, schema.field(ix).data_type(), expected_type(spec, name))?;
             indices.insert(name.to_string(), ix);
         }
+        let vectors_as_text: Vec<usize> = indices
+            .iter()
+            .filter(|(name, ix)| {
+                expected_type(spec, name) == Expected::Vector && !is_list(schema.field(**ix).data_type())
+            })
+            .map(|(_, ix)| *ix)
+            .collect();
+        let mut batches = batches;
+        if !vectors_as_text.is_empty() {
+            // CSV (and text Parquet) vectors become lists here, once, so every reader of a
+            // partition sees one type whatever the file's format.
+            let mut offset = 0;
+            for batch in &mut batches {
+                *batch = lists_from_text(&path, batch, &vectors_as_text, offset)?;
+                offset += batch.num_rows();
+            }
+        }
         Ok(Examples { path, batches, columns: indices })
     }
 }
@@ -235,16 +252,71 @@ fn expected_type(spec: &DataSpec, column: &str) -> Expected {
     Expected::Any
 }
 
-fn check_type(path: &str, column: &str, found: &DataType, expected: Expected) -> Result<(), DataError> {
-    let is_int = matches!(found, DataType::Int64 | DataType::Int32 | DataType::UInt32 | DataType::UInt64);
-    let is_float = matches!(found, DataType::Float64 | DataType::Float32);
-    let is_text = matches!(found, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
-    let is_list = match found {
+fn is_list(found: &DataType) -> bool {
+    match found {
         DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
             matches!(f.data_type(), DataType::Float32 | DataType::Float64)
         }
         _ => false,
-    };
+    }
+}
+
+/// Numbers separated by `;` (`0.5;1.5;-2`), the text form of a vector in CSV. An empty field is
+/// null, not an empty vector.
+pub fn vector_from_text(text: &str) -> Result<Vec<f64>, String> {
+    text.split(';')
+        .map(|x| {
+            let x = x.trim();
+            x.parse::<f64>().map_err(|_| {
+                format!("`{x}` in `{text}` is not a number (a vector is numbers separated by `;`)")
+            })
+        })
+        .collect()
+}
+
+/// `batch` with the text columns at `columns` parsed into lists of float64.
+fn lists_from_text(
+    path: &str,
+    batch: &RecordBatch,
+    columns: &[usize],
+    offset: usize,
+) -> Result<RecordBatch, DataError> {
+    let schema = batch.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
+    for &ix in columns {
+        let Column::Str(text) = Column::of(&arrays[ix]) else { continue };
+        let mut list = arrow_array::builder::ListBuilder::new(arrow_array::builder::Float64Builder::new());
+        for row in 0..text.len() {
+            if text.is_null(row) || text.str_value(row).trim().is_empty() {
+                list.append_null();
+                continue;
+            }
+            let values = vector_from_text(text.str_value(row)).map_err(|problem| DataError::Value {
+                path: path.to_string(),
+                column: fields[ix].name().clone(),
+                row: offset + row,
+                problem,
+            })?;
+            list.values().append_slice(&values);
+            list.append(true);
+        }
+        let array: ArrayRef = Arc::new(list.finish());
+        fields[ix] = Field::new(fields[ix].name(), array.data_type().clone(), true);
+        arrays[ix] = array;
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| DataError::Corrupt {
+        path: path.to_string(),
+        format: "CSV",
+        message: e.to_string(),
+    })
+}
+
+fn check_type(path: &str, column: &str, found: &DataType, expected: Expected) -> Result<(), DataError> {
+    let is_int = matches!(found, DataType::Int64 | DataType::Int32 | DataType::UInt32 | DataType::UInt64);
+    let is_float = matches!(found, DataType::Float64 | DataType::Float32);
+    let is_text = matches!(found, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+    let is_list = is_list(found);
     let (ok, wanted) = match expected {
         Expected::Id | Expected::Categorical => (is_int || is_text, "a string or an integer"),
         Expected::Timestamp => (is_int, "an integer (seconds since the epoch)"),

@@ -87,7 +87,7 @@ pub struct NewHead {
     pub loss: AuxLoss,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillConfig {
     /// Temperature of soft labels (`direct`) and of the tempered auxiliary loss.
@@ -98,6 +98,14 @@ pub struct DistillConfig {
     pub tasks: BTreeMap<String, TaskDistill>,
     #[serde(default)]
     pub new_heads: Vec<NewHead>,
+}
+
+// By hand, not derived: the default temperature is the reader's 1, so a config written from a
+// default reads back as the same config (a derived 0 divided every soft label by zero).
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig { temperature: one(), tasks: BTreeMap::new(), new_heads: Vec::new() }
+    }
 }
 
 /// What one head of the student learns from.
@@ -125,6 +133,12 @@ pub struct Plan {
 impl Plan {
     /// Adds the heads `config` asks for to `base` (whose heads are the tasks, all serving).
     pub fn new(base: &TwoTower, config: &DistillConfig) -> Result<Plan, String> {
+        if !(config.temperature.is_finite() && config.temperature > 0.0) {
+            return Err(format!(
+                "distill.temperature is {}; it must be a positive number",
+                config.temperature
+            ));
+        }
         let mut arch = base.clone();
         let mut targets: Vec<Target> = (0..base.heads.len()).map(|task| Target::Hard { task }).collect();
         let mut teacher_labels: Vec<String> = Vec::new();
@@ -277,6 +291,16 @@ mod tests {
     fn base() -> TwoTower {
         let spec = crate::distill::demo::spec(crate::distill::demo::Domain::Target);
         spec.two_tower(false)
+    }
+
+    // See: issue 14 (7): a written default said `temperature = 0.0`.
+    #[test]
+    fn a_written_config_reads_back_as_itself_and_a_zero_temperature_is_refused() {
+        let written = toml::to_string(&DistillConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<DistillConfig>(&written).unwrap(), DistillConfig::default());
+        assert_eq!(DistillConfig::default().temperature, 1.0);
+        let zero = DistillConfig { temperature: 0.0, ..DistillConfig::default() };
+        assert!(Plan::new(&base(), &zero).unwrap_err().contains("temperature"));
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl Labeller {
             mapping: self.mapping.fingerprint(),
             input: p.name.clone(),
             input_fingerprint: fingerprint,
-            created_at: store::rfc3339(SystemTime::now()),
+            created_at: crate::timestamp::rfc3339(SystemTime::now()),
             rows: rows as u64,
             defaulted: self
                 .teacher
@@ -524,10 +524,8 @@ impl FeatureSource for MappedRow<'_, '_> {
     fn get(&self, name: &str) -> Value<'_> {
         match self.inputs.sources.iter().find(|(n, _)| *n == name).map(|(_, s)| s) {
             Some(Resolved::Column(c, vector)) => match c.value(self.row) {
-                Value::Str(text) if *vector => text
-                    .split(';')
-                    .map(|x| x.trim().parse::<f64>().ok())
-                    .collect::<Option<Vec<f64>>>()
+                // A column the examples' spec does not call a vector, feeding a teacher's vector.
+                Value::Str(text) if *vector => super::dataset::vector_from_text(text)
                     .map_or(Value::Other("text that is not `;`-separated numbers"), |v| {
                         Value::List(Cow::Owned(v))
                     }),

@@ -142,7 +142,10 @@ impl GateReport {
     /// A Markdown table of the comparison and the verdict.
     pub fn render(&self) -> String {
         let Some(against) = &self.against else {
-            return "publish gate: no version is serving yet; nothing to compare against\n".into();
+            return match &self.refusal {
+                None => "publish gate: no version is serving yet; nothing to compare against\n".into(),
+                Some(r) => format!("publish gate: refused: {r}\n"),
+            };
         };
         let mut s = format!(
             "publish gate: against {against} on the same holdout ({})\n\n| task | new | serving | Δ |\n| --- | ---: | ---: | ---: |\n",
@@ -159,9 +162,26 @@ impl GateReport {
     }
 }
 
+/// The first holdout metric of `metrics` that is not a finite number, as a refusal: a model
+/// whose outputs are NaN somewhere must never serve, whatever it is compared with.
+fn non_finite(metrics: &[TaskMetrics]) -> Option<String> {
+    metrics.iter().find_map(|m| {
+        [("AUC", m.auc), ("log loss", m.log_loss), ("GAUC", m.gauc), ("NDCG@10", m.ndcg_10), ("ECE", m.ece)]
+            .into_iter()
+            .find_map(|(name, v)| v.filter(|v| !v.is_finite()).map(|v| (name, v)))
+            .map(|(name, v)| {
+                format!("task `{}` has a holdout {name} of {v}: the model's outputs are not finite", m.task)
+            })
+    })
+}
+
 /// Compares the new model's holdout metrics with the serving version's.
 pub fn gate(new: &[TaskMetrics], baseline: Option<&Baseline>, config: &PublishConfig) -> GateReport {
     let metric = config.metric;
+    if let Some(bad) = non_finite(new) {
+        let against = baseline.map(|b| b.version.clone());
+        return GateReport { tasks: Vec::new(), metric, against, refusal: Some(bad) };
+    }
     let Some(baseline) = baseline else {
         return GateReport { tasks: Vec::new(), metric, against: None, refusal: None };
     };
@@ -301,6 +321,18 @@ mod tests {
         let by_log_loss =
             gate(&new, Some(&old), &PublishConfig { metric: GateMetric::LogLoss, ..Default::default() });
         assert!(by_log_loss.passed(), "{:?}", by_log_loss.refusal);
+    }
+
+    // See: issue 14 (7): NaN training was published.
+    #[test]
+    fn refuses_non_finite_metrics_with_or_without_a_serving_version() {
+        let new = [m("play", 0.7, 0.6), m("like", 0.6, f64::NAN)];
+        for baseline in [None, Some(serving(vec![m("play", 0.6, 0.7)]))] {
+            let r = gate(&new, baseline.as_ref(), &PublishConfig { tolerance: 1.0, ..Default::default() });
+            let why = r.refusal.as_deref().expect("NaN log loss");
+            assert!(why.contains("`like`") && why.contains("log loss") && why.contains("NaN"), "{why}");
+            assert!(r.render().contains("refused"), "{}", r.render());
+        }
     }
 
     #[test]

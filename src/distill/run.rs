@@ -64,8 +64,16 @@ pub struct TrainSection {
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
-    /// The last this many days of the data are held out for evaluation.
+    /// The last this many UTC days of the data (counted back from the day of the newest row)
+    /// are held out for evaluation.
     pub holdout_days: u32,
+    /// Hold out the rows from this time on instead (`2026-03-10`, `2026-03-10T06:00:00Z`, or
+    /// seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout_from: Option<String>,
+    /// A holdout with fewer rows refuses the run: metrics on a handful of rows are noise, and
+    /// the publish gate would judge by them.
+    pub min_holdout_rows: usize,
     /// The last this many training days judge early stopping and the `[tune]` search.
     pub validation_days: u32,
     /// Probability of masking each feature of each training row to its missing value, so the
@@ -88,6 +96,8 @@ impl Default for TrainSection {
             epochs: t.epochs,
             seed: t.seed,
             holdout_days: 1,
+            holdout_from: None,
+            min_holdout_rows: 200,
             validation_days: 1,
             mask_probability: 0.0,
             patience: 0,
@@ -123,6 +133,44 @@ pub struct TuneConfig {
 impl RunConfig {
     pub fn from_path(path: &Path) -> Result<RunConfig, TrainError> {
         crate::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))
+    }
+
+    /// Where the holdout starts in `data`: `holdout_from`, else the start of its last
+    /// `holdout_days` UTC days.
+    pub fn holdout_cutoff(&self, data: &TrainingData) -> Result<i64, TrainError> {
+        match &self.train.holdout_from {
+            Some(at) => crate::timestamp::parse(at)
+                .map_err(|e| TrainError::Config(format!("train.holdout_from: {e}"))),
+            None => Ok(data.last_days_cutoff(self.train.holdout_days)),
+        }
+    }
+
+    /// The rows `data` trains on and is judged on, refused when either side is empty or the
+    /// holdout is smaller than `min_holdout_rows`.
+    pub fn holdout(&self, data: &TrainingData) -> Result<Holdout, TrainError> {
+        let cutoff = self.holdout_cutoff(data)?;
+        let (fit, rows) = data.split_at(cutoff);
+        let from = crate::timestamp::rfc3339_secs(cutoff);
+        let which = match &self.train.holdout_from {
+            Some(_) => format!("the holdout from {from} (train.holdout_from)"),
+            None => format!(
+                "a holdout of the last {} day(s), from {from} (train.holdout_days)",
+                self.train.holdout_days
+            ),
+        };
+        if fit.is_empty() {
+            return Err(TrainError::Config(format!("{which} leaves no rows to train on")));
+        }
+        if rows.len() < self.train.min_holdout_rows.max(1) {
+            return Err(TrainError::Config(format!(
+                "{which} has {} row(s), fewer than train.min_holdout_rows = {}: its metrics would be \
+                 noise and the publish gate would judge by them; hold out more days, set \
+                 train.holdout_from, or lower train.min_holdout_rows",
+                rows.len(),
+                self.train.min_holdout_rows
+            )));
+        }
+        Ok(Holdout { cutoff, fit, rows })
     }
 
     /// Rows from this time on (and before the holdout's `cutoff`) validate.
@@ -175,6 +223,37 @@ impl RunConfig {
     }
 }
 
+/// A split in time: rows before `cutoff` train, rows from it on are held out.
+#[derive(Debug, Clone)]
+pub struct Holdout {
+    pub cutoff: i64,
+    pub fit: Vec<usize>,
+    pub rows: Vec<usize>,
+}
+
+/// What a holdout cannot measure: per binary task whose holdout rows are all of one class, a
+/// sentence saying so (its AUC, GAUC and ECE are undefined and the gate cannot judge it).
+pub fn one_class_warnings(data: &TrainingData, rows: &[usize], heads: &[(String, HeadKind)]) -> Vec<String> {
+    heads
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, kind))| *kind == HeadKind::Binary)
+        .filter_map(|(h, (name, _))| {
+            let positives = rows.iter().filter(|&&r| data.labels[h][r] > 0.5).count();
+            let class = match positives {
+                0 => "negatives",
+                p if p == rows.len() => "positives",
+                _ => return None,
+            };
+            Some(format!(
+                "task `{name}` has only {class} in the {} holdout rows: its AUC, GAUC and ECE cannot \
+                 be measured, and the publish gate does not judge it",
+                rows.len()
+            ))
+        })
+        .collect()
+}
+
 /// Holdout metrics of one task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TaskMetrics {
@@ -208,6 +287,8 @@ pub struct Trained {
     pub rows_holdout: usize,
     /// Training rows with no teacher label (distilled runs).
     pub rows_without_teacher: usize,
+    /// What the holdout could not measure, in sentences for the user.
+    pub warnings: Vec<String>,
     pub manifest: Manifest,
     pub graph: Vec<u8>,
 }
@@ -271,16 +352,11 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         })?;
         rows_without_teacher = data.attach_teacher(labels, &plan.teacher_labels)?;
     }
-    let last_day = data.ts.iter().max().copied().unwrap_or(0).div_euclid(86_400);
-    let cutoff = (last_day + 1 - i64::from(config.train.holdout_days)) * 86_400;
-    let (fit, holdout) = data.split_at(cutoff);
-    if fit.is_empty() || holdout.is_empty() {
-        return Err(TrainError::Config(format!(
-            "a holdout of {} day(s) leaves {} training and {} holdout rows",
-            config.train.holdout_days,
-            fit.len(),
-            holdout.len()
-        )));
+    let Holdout { cutoff, fit, rows: holdout } = config.holdout(&data)?;
+    let served: Vec<(String, HeadKind)> = base.heads.iter().map(|h| (h.name.clone(), h.kind)).collect();
+    let warnings = one_class_warnings(&data, &holdout, &served);
+    for w in &warnings {
+        tracing::warn!("{w}");
     }
     let mut train_config = config.train_config();
     let mut fit = fit;
@@ -291,9 +367,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
             return Err(TrainError::Config(format!(
                 "nothing to train on: the checkpoint has seen every example before the holdout \
                  (through {}); a warm start waits for newer data",
-                super::store::rfc3339(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(ck.trained_through.max(0) as u64)
-                )
+                crate::timestamp::rfc3339_secs(ck.trained_through)
             )));
         }
         train_config.seed = train_config.seed.wrapping_add(ck.optimizer.step);
@@ -341,17 +415,15 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         &format!("retort train (seed {}, {} epochs)", config.train.seed, config.train.epochs),
         scaffold::golden_for(&plan.arch.features),
     );
-    let day = |d: i64| {
-        super::store::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs((d * 86_400) as u64))
-    };
-    let first_day = data.ts.iter().min().copied().unwrap_or(0).div_euclid(86_400);
+    let first = data.ts.iter().min().copied().unwrap_or(0);
+    let last = data.ts.iter().max().copied().unwrap_or(0);
     manifest.provenance.data_window = format!(
         "{}..{} (holdout from {})",
-        &day(first_day)[..10],
-        &day(last_day)[..10],
-        &day(cutoff / 86_400)[..10]
+        &crate::timestamp::rfc3339_secs(first)[..10],
+        &crate::timestamp::rfc3339_secs(last)[..10],
+        crate::timestamp::rfc3339_secs(cutoff)
     );
-    manifest.provenance.created_at = super::store::rfc3339(std::time::SystemTime::now());
+    manifest.provenance.created_at = crate::timestamp::rfc3339(std::time::SystemTime::now());
     manifest.model.fallback = config.publish.fallback.clone();
     if let Some(labels) = labels.filter(|_| plan.uses_teacher()) {
         // The teacher's name and version, as the label files record them.
@@ -372,9 +444,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         format!("{} for the context, {} per candidate", one - (two - one), two - one),
     );
     if let (Some(dir), Some(ck)) = (warm_start, &resume) {
-        let through = super::store::rfc3339(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(ck.trained_through.max(0) as u64),
-        );
+        let through = crate::timestamp::rfc3339_secs(ck.trained_through);
         manifest.provenance.notes.insert(
             "warm_start".into(),
             format!(
@@ -408,6 +478,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         rows_train: fit.len(),
         rows_holdout: holdout.len(),
         rows_without_teacher,
+        warnings,
         manifest,
         graph,
     })

@@ -487,27 +487,19 @@ fn source_fingerprint(dir: &Path) -> Result<String, TrainError> {
 fn source_training_rows(inputs: Inputs<'_>) -> Result<usize, TrainError> {
     // No features and no labels: only the times are read.
     let data = TrainingData::load_for(&Dataset::open(inputs.source)?, inputs.source_spec, &[], &[])?;
-    Ok(data.split_at(holdout_cutoff(&data, 1)).0.len())
-}
-
-/// The start of the last `days` days of `data`.
-fn holdout_cutoff(data: &TrainingData, days: u32) -> i64 {
-    let last_day = data.ts.iter().max().copied().unwrap_or(0).div_euclid(86_400);
-    (last_day + 1 - i64::from(days)) * 86_400
+    Ok(data.split_at(data.last_days_cutoff(1)).0.len())
 }
 
 fn split(data: &TrainingData, config: &RunConfig) -> Result<Split, TrainError> {
-    let cutoff = holdout_cutoff(data, config.train.holdout_days);
-    let (fit, holdout) = data.split_at(cutoff);
+    let super::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(data)?;
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < config.validation_cutoff(cutoff));
-    if inner.is_empty() || validation.is_empty() || holdout.is_empty() {
+    if inner.is_empty() || validation.is_empty() {
         return Err(TrainError::Config(format!(
-            "the target's days leave {} training, {} validation and {} holdout rows; the search \
-             needs all three",
+            "the target's training days leave {} training and {} validation rows; the search \
+             needs both",
             inner.len(),
             validation.len(),
-            holdout.len()
         )));
     }
     Ok(Split { fit, holdout, inner, validation })
@@ -535,7 +527,7 @@ impl Search<'_> {
         }
         let dataset = Dataset::open(self.inputs.source).map_err(text)?;
         let data = TrainingData::load(&dataset, self.inputs.source_spec, arch).map_err(text)?;
-        let (fit, holdout) = data.split_at(holdout_cutoff(&data, 1));
+        let (fit, holdout) = data.split_at(data.last_days_cutoff(1));
         let every = holdout.len().div_ceil(self.file.search.source_check_rows.max(1)).max(1);
         let check = holdout.iter().step_by(every).copied().collect();
         let source = Arc::new(Source { data, fit, check });

@@ -13,8 +13,8 @@ use super::parquet_io;
 use super::spec::DataSpec;
 use super::store::LabelFileInfo;
 use super::student::Student;
-use crate::model::encode::{EncodeError, Encoded, Encoder, FeatureSource, Value};
-use crate::model::manifest::{ContextRows, Feature};
+use crate::model::encode::{Encoded, Encoder, FeatureSource, Value};
+use crate::model::manifest::{ContextRows, Feature, HeadKind};
 use crate::model::two_tower::TwoTower;
 use crate::rng::SplitMix64;
 
@@ -63,10 +63,15 @@ impl Default for TrainConfig {
 pub enum TrainError {
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error("{path}: {source}")]
-    Encode { path: String, source: EncodeError },
-    #[error("{path}, row {row}: label `{column}` is missing or not a number")]
-    Label { path: String, row: usize, column: String },
+    /// `row` counts the partition's data rows from 0.
+    #[error("{path}, row {row}: feature `{feature}`: {problem}")]
+    Encode { path: String, row: usize, feature: String, problem: String },
+    #[error("{path}, row {row}: label `{column}` {problem}")]
+    Label { path: String, row: usize, column: String, problem: String },
+    #[error(
+        "training diverged: the loss of head `{head}` is {value} at step {step} (epoch {epoch}); lower the learning rate, or check the labels and the distillation temperature"
+    )]
+    NonFinite { head: String, step: usize, epoch: usize, value: f32 },
     #[error("training: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("{dir} holds no teacher labels")]
@@ -83,6 +88,19 @@ pub enum TrainError {
     Checkpoint { path: String, reason: String },
     #[error(transparent)]
     Spec(#[from] super::spec::SpecError),
+}
+
+/// A label as training takes it: a finite number, and for a binary task one in [0, 1] (a hard
+/// 0/1, or a probability). Anything else would train silently into a model that means nothing.
+fn label(value: Option<f64>, kind: Option<HeadKind>) -> Result<f32, String> {
+    let y = value.ok_or_else(|| "is missing or not a number".to_string())?;
+    if !y.is_finite() {
+        return Err(format!("is {y}, not a finite number"));
+    }
+    if kind == Some(HeadKind::Binary) && !(0.0..=1.0).contains(&y) {
+        return Err(format!("is {y}; a binary task's label is 0 or 1 (or a probability between)"));
+    }
+    Ok(y as f32)
 }
 
 /// Examples encoded for the student's inputs, with their labels and times.
@@ -134,6 +152,7 @@ impl TrainingData {
         let encoder = Encoder::for_features(features, ContextRows::PerCandidate);
         let label_columns: Vec<String> =
             tasks.iter().map(|h| spec.task(h).map_or(h.clone(), |t| t.column().to_string())).collect();
+        let label_kinds: Vec<Option<HeadKind>> = tasks.iter().map(|h| spec.task(h).map(|t| t.kind)).collect();
         let truth_columns: Vec<Option<String>> =
             tasks.iter().map(|h| spec.task(h).and_then(|t| t.truth.clone())).collect();
         let mut columns: Vec<&str> = vec![
@@ -153,25 +172,29 @@ impl TrainingData {
             truth_columns.iter().map(|c| c.as_ref().map(|_| Vec::new())).collect();
         for p in &dataset.partitions {
             let ex = p.read(spec, &columns)?;
+            // Rows are named by their place in the partition, not in one of its read batches.
+            let mut offset = 0;
             for b in 0..ex.batches.len() {
                 let cols: Vec<(String, super::dataset::Column<'_>)> =
                     features.iter().map(|f| (f.name.clone(), ex.column(b, &f.name))).collect();
                 let n = ex.batches[b].num_rows();
                 let rows: Vec<Row<'_>> = (0..n).map(|row| Row { columns: &cols, row }).collect();
-                parts.push(
-                    encoder
-                        .encode_rows(&rows)
-                        .map_err(|source| TrainError::Encode { path: ex.path.clone(), source })?,
-                );
-                for (h, column) in label_columns.iter().enumerate() {
+                parts.push(encoder.encode_rows(&rows).map_err(|e| TrainError::Encode {
+                    path: ex.path.clone(),
+                    row: offset + e.location.row(),
+                    feature: e.feature,
+                    problem: e.problem,
+                })?);
+                for ((h, column), kind) in label_columns.iter().enumerate().zip(&label_kinds) {
                     let c = ex.column(b, column);
                     for row in 0..n {
-                        let y = c.number(row).ok_or_else(|| TrainError::Label {
+                        let y = label(c.number(row), *kind).map_err(|problem| TrainError::Label {
                             path: ex.path.clone(),
-                            row,
+                            row: offset + row,
                             column: column.clone(),
+                            problem,
                         })?;
-                        labels[h].push(y as f32);
+                        labels[h].push(y);
                     }
                 }
                 let t = ex.column(b, &spec.columns.ts);
@@ -187,6 +210,7 @@ impl TrainingData {
                         t.extend((0..n).map(|row| c.number(row).map_or(f32::NAN, |v| v as f32)));
                     }
                 }
+                offset += n;
             }
         }
         Ok(TrainingData {
@@ -264,6 +288,13 @@ impl TrainingData {
             })
             .collect();
         Encoded { tensors, rows: rows.len(), missing: vec![0; self.encoded.missing.len()] }
+    }
+
+    /// The start of the last `days` UTC days of the data, counted back from the day of its
+    /// newest row.
+    pub fn last_days_cutoff(&self, days: u32) -> i64 {
+        let last_day = self.ts.iter().max().copied().unwrap_or(0).div_euclid(86_400);
+        (last_day + 1 - i64::from(days)) * 86_400
     }
 
     /// Rows before `cutoff` (training) and from it on (holdout): a split in time, as a model
@@ -465,16 +496,22 @@ pub fn train_resuming(
                 teacher: teacher.iter().map(|t| column(t)).collect::<Result<_, _>>()?,
                 present: present.iter().map(|t| column(t)).collect::<Result<_, _>>()?,
             };
+            let heads = head_losses(&out, plan, &targets)?;
             let mut loss: Option<Tensor> = None;
-            for l in head_losses(&out, plan, &targets)? {
+            for l in &heads {
                 loss = Some(match loss {
-                    None => l,
+                    None => l.clone(),
                     Some(acc) => (acc + l)?,
                 });
             }
             let loss = loss.expect("at least one head");
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                // A step on a non-finite loss would poison every weight: stop, naming the head.
+                return Err(non_finite(plan, &heads, step, epoch, value));
+            }
             optimizer.backward_step(&loss)?;
-            total += loss.to_scalar::<f32>()? as f64;
+            total += value as f64;
             batches += 1;
             step += 1;
             examples += chunk.len();
@@ -522,6 +559,23 @@ pub fn train_resuming(
     Ok((log, optimizer.state()))
 }
 
+/// The error for a step whose summed loss is `value` (not finite): the first head whose own
+/// loss is not finite, else (the sum overflowed) the largest.
+fn non_finite(plan: &Plan, heads: &[Tensor], step: usize, epoch: usize, value: f32) -> TrainError {
+    let values: Vec<f32> = heads.iter().map(|l| l.to_scalar::<f32>().unwrap_or(f32::NAN)).collect();
+    let h = values
+        .iter()
+        .position(|v| !v.is_finite())
+        .or_else(|| (0..values.len()).max_by(|&a, &b| values[a].total_cmp(&values[b])))
+        .unwrap_or(0);
+    TrainError::NonFinite {
+        head: plan.arch.heads[h].name.clone(),
+        step: step + 1,
+        epoch: epoch + 1,
+        value: values.get(h).copied().filter(|v| !v.is_finite()).unwrap_or(value),
+    }
+}
+
 /// The student's outputs (logits for binary heads) on `rows`, one `Vec` per head.
 pub fn predict(student: &Student, data: &TrainingData, rows: &[usize]) -> Result<Vec<Vec<f32>>, TrainError> {
     let mut out = vec![Vec::with_capacity(rows.len()); student.arch.heads.len()];
@@ -545,7 +599,8 @@ pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
     let (mut negatives, mut wins, mut i) = (0.0f64, 0.0f64, 0);
     while i < pairs.len() {
         let mut j = i;
-        while j < pairs.len() && pairs[j].0 == pairs[i].0 {
+        // `total_cmp`, not `==`: a NaN score equals itself here, so the loop always advances.
+        while j < pairs.len() && pairs[j].0.total_cmp(&pairs[i].0).is_eq() {
             j += 1;
         }
         let (pos, neg) =
@@ -567,5 +622,24 @@ mod tests {
         assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]), Some(0.75));
         assert_eq!(auc(&[0.5, 0.5], &[0.0, 1.0]), Some(0.5));
         assert_eq!(auc(&[0.1, 0.2], &[1.0, 1.0]), None);
+    }
+
+    // See: issue 14 (A): one NaN score looped forever.
+    #[test]
+    fn auc_ends_on_nan_scores() {
+        // NaN sorts above every number: the positive at 0.3 beats nothing, the tied NaNs half.
+        assert_eq!(auc(&[f32::NAN, f32::NAN, 0.3], &[0.0, 1.0, 1.0]), Some(0.25));
+    }
+
+    #[test]
+    fn labels_must_be_finite_and_binary_ones_in_range() {
+        assert_eq!(label(Some(1.0), Some(HeadKind::Binary)), Ok(1.0));
+        assert_eq!(label(Some(0.25), Some(HeadKind::Binary)), Ok(0.25));
+        assert_eq!(label(Some(7.0), Some(HeadKind::Regression)), Ok(7.0));
+        for bad in [f64::NAN, f64::INFINITY, 7.0, -3.0] {
+            assert!(label(Some(bad), Some(HeadKind::Binary)).is_err(), "{bad}");
+        }
+        assert!(label(Some(f64::NAN), Some(HeadKind::Regression)).unwrap_err().contains("NaN"));
+        assert!(label(None, None).unwrap_err().contains("missing"));
     }
 }

@@ -123,6 +123,16 @@ pub enum Location {
     Candidate(usize),
 }
 
+impl Location {
+    /// The candidate's (or row's) index; 0 for the context.
+    pub fn row(self) -> usize {
+        match self {
+            Location::Context => 0,
+            Location::Candidate(i) => i,
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -245,8 +245,8 @@ impl TwoTower {
             if f.input != expected {
                 return Err(format!(
                     "feature `{}` feeds `{}`, but this architecture reads {} {} features from `{expected}`",
-                    f.input,
                     f.name,
+                    f.input,
                     f.side.as_str(),
                     f.kind.name()
                 ));
@@ -254,7 +254,10 @@ impl TwoTower {
         }
         for side in [Side::Context, Side::Item] {
             if self.tower_input_width(side) == 0 {
-                return Err(format!("no {} features", side.as_str()));
+                return Err(format!(
+                    "the two-tower model needs at least one {0} feature, and the spec (less model.leave_out) has no {0} feature",
+                    side.as_str()
+                ));
             }
         }
         Ok(())

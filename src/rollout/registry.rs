@@ -496,7 +496,7 @@ impl Rollout {
                     version: version.clone(),
                     state: r.state,
                     reason: r.reason.clone(),
-                    loaded_at: r.loaded_at.map(crate::distill::store::rfc3339),
+                    loaded_at: r.loaded_at.map(crate::timestamp::rfc3339),
                     load_ms: r.load_ms,
                     percent: r.percent,
                     requests: stats.as_ref().map_or(0, |s| s.requests()),
