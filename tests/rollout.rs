@@ -149,6 +149,32 @@ async fn auto_policy_promotes_a_new_version_once_it_validates() {
     server.stop().await.unwrap();
 }
 
+/// The model and version that answer a request naming no model.
+async fn unnamed(server: &TestServer) -> (String, String) {
+    let r = server.rank(&request(10, 1)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    (j["model"].as_str().unwrap().to_string(), j["version"].as_str().unwrap().to_string())
+}
+
+// See: issue 14 (C): a new version without its predecessor's `fallback` line, promoted, made
+// every request that names no model fail with `model_required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_model_survives_a_version_that_drops_its_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut student, graph) = scaffold::seeded_package("m", "1", 1);
+    student.model.fallback = Some("m-fallback".into());
+    package::write(dir.path(), &student, &graph).unwrap();
+    let (fallback, graph) = scaffold::seeded_package("m-fallback", "1", 2);
+    package::write(dir.path(), &fallback, &graph).unwrap();
+    let server = TestServer::start(config(dir.path(), Policy::Auto, 100)).await;
+    assert_eq!(unnamed(&server).await, ("m".to_string(), "1".to_string()));
+    write_version(dir.path(), "2", 3);
+    wait_state(&server, "2", "serving").await;
+    assert_eq!(unnamed(&server).await, ("m".to_string(), "2".to_string()));
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_takes_a_sticky_share_of_users() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::model::engine::EngineKind;
 use crate::model::manifest::Manifest;
 use crate::model::{Model, package};
-use crate::serve::catalog::{Catalog, Route, Served, Split, warm_up};
+use crate::serve::catalog::{Catalog, Role, Route, Served, Split, warm_up};
 
 /// What happens to a new version once it has loaded, validated and warmed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -130,6 +130,10 @@ pub struct Rollout {
     loads: (crossbeam_channel::Sender<LoadRequest>, crossbeam_channel::Receiver<LoadRequest>),
     /// Serialises the operations that change the catalog, so each reads the state it changes.
     ops: Mutex<()>,
+    /// `--default-model`, when given: then the catalog's default is never chosen.
+    configured_default: Option<String>,
+    /// Set once the models found at start are loaded ([`Rollout::settle_default`]).
+    default_settled: std::sync::atomic::AtomicBool,
 }
 
 type Key = (String, String);
@@ -171,6 +175,8 @@ impl Rollout {
             retirements: std::sync::atomic::AtomicU64::new(0),
             loads: crossbeam_channel::unbounded(),
             ops: Mutex::new(()),
+            configured_default: config.default_model.clone(),
+            default_settled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -330,55 +336,92 @@ impl Rollout {
         })
     }
 
-    fn set(&self, name: &str, version: &str, state: State, percent: Option<u8>, reason: Option<String>) {
-        if let Some(r) = self.records().get_mut(&key(name, version)) {
-            r.state = state;
-            r.percent = percent;
-            if reason.is_some() {
-                r.reason = reason;
+    /// Stores `route` as `name`'s routing and brings each of its versions' records in line: a
+    /// loaded version takes the role the route gives it (or is staged), and the versions in
+    /// `unload` leave memory in the state and with the reason given. Every state change goes
+    /// through here, so the admin API always shows the routing in force.
+    fn commit(&self, name: &str, current: &Catalog, route: Route, unload: &[(&str, State, String)]) {
+        let mut next = current.clone();
+        let added = next.routes.insert(name.to_string(), route).is_none();
+        if self.configured_default.is_none()
+            && (!self.default_settled.load(std::sync::atomic::Ordering::Relaxed)
+                || (added && next.default_model.is_none()))
+        {
+            next.default_model = next.primary();
+        }
+        let route = next.routes[name].clone();
+        self.catalog.store(Arc::new(next));
+        let mut records = self.records();
+        for ((n, v), r) in records.iter_mut() {
+            if n != name {
+                continue;
             }
-            if matches!(state, State::Retired | State::Failed) {
-                // The catalog no longer holds it either: its memory goes with the last request.
-                r.served = None;
-                self.retirements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some((_, state, reason)) = unload.iter().find(|(u, _, _)| u == v) {
+                debug_assert!(
+                    r.served.as_ref().is_none_or(|s| route.role_of(s).is_none()),
+                    "unloading a routed version"
+                );
+                r.state = *state;
+                r.reason = Some(reason.clone());
+                r.percent = None;
+                // The catalog no longer holds it either: its memory goes with its last request.
+                if r.served.take().is_some() {
+                    self.retirements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                continue;
             }
+            let Some(served) = &r.served else { continue };
+            (r.state, r.percent) = match route.role_of(served) {
+                Some((Role::Serving, _)) => (State::Serving, None),
+                Some((Role::Previous, _)) => (State::Previous, None),
+                Some((Role::Canary, p)) => (State::Canary, p),
+                Some((Role::Shadow, p)) => (State::Shadow, p),
+                None => (State::Staged, None),
+            };
         }
     }
 
+    /// Fixes which model answers requests that name none, once the models found at start
+    /// are all loaded: from then on a new version never changes it (only a model name added
+    /// while there is no default can set it). `--default-model` overrides all of this.
+    pub fn settle_default(&self) {
+        let _op = self.ops.lock().expect("not poisoned");
+        let current = self.catalog.load_full();
+        let mut next = (*current).clone();
+        if self.configured_default.is_none() {
+            next.default_model = next.primary();
+        }
+        match &next.default_model {
+            Some(d) => tracing::info!(model = %d, "requests that name no model go to this one"),
+            None if next.routes.len() > 1 => {
+                tracing::info!("several models serve: requests must name one (or set --default-model)")
+            }
+            None => {}
+        }
+        self.catalog.store(Arc::new(next));
+        self.default_settled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Makes `name/version` the serving version in one swap. The version it replaces becomes
-    /// `previous` (kept loaded for a rollback); the one before that is retired.
+    /// `previous` (kept loaded for a rollback); the previous one before is retired. A canary or
+    /// shadow of the model ends with the swap.
     pub fn promote(&self, name: &str, version: &str) -> Result<(), RolloutError> {
         let _op = self.ops.lock().expect("not poisoned");
         let served = self.loaded(name, version, "only a loaded version can be promoted")?;
         let current = self.catalog.load_full();
-        let old = current.routes.get(name).map(|r| r.serving.clone());
-        if old.as_ref().is_some_and(|o| Arc::ptr_eq(o, &served)) {
+        let old = current.routes.get(name);
+        if old.is_some_and(|o| Arc::ptr_eq(&o.serving, &served)) {
             return Ok(());
         }
-        let mut next = (*current).clone();
-        next.routes.insert(name.to_string(), Route::serving(served));
-        self.catalog.store(Arc::new(next));
-        // Whatever was in canary or shadow for this model stops with the swap.
-        if let Some(route) = current.routes.get(name) {
-            for split in route.canary.iter().chain(&route.shadow) {
-                if split.to.version() != version {
-                    self.set(name, split.to.version(), State::Staged, None, None);
-                }
-            }
-        }
-        let retired: Vec<String> = self
-            .records()
-            .iter()
-            .filter(|((n, _), r)| n == name && r.state == State::Previous)
-            .map(|((_, v), _)| v.clone())
+        let retired: Vec<(&str, State, String)> = old
+            .and_then(|o| o.previous.as_ref())
+            .filter(|p| !Arc::ptr_eq(p, &served))
+            .map(|p| (p.version(), State::Retired, "replaced as the previous version".to_string()))
+            .into_iter()
             .collect();
-        for v in retired {
-            self.set(name, &v, State::Retired, None, Some("replaced as the previous version".into()));
-        }
-        if let Some(old) = old {
-            self.set(name, old.version(), State::Previous, None, None);
-        }
-        self.set(name, version, State::Serving, None, None);
+        let route =
+            Route { serving: served, previous: old.map(|o| o.serving.clone()), canary: None, shadow: None };
+        self.commit(name, &current, route, &retired);
         tracing::info!(model = name, version, "promoted to serving");
         Ok(())
     }
@@ -386,100 +429,87 @@ impl Rollout {
     /// Swaps the previous version back in; the serving one is retired with `reason`.
     pub fn rollback(&self, name: &str, reason: &str) -> Result<String, RolloutError> {
         let _op = self.ops.lock().expect("not poisoned");
-        let previous = self
-            .records()
-            .iter()
-            .find(|((n, _), r)| n == name && r.state == State::Previous)
-            .map(|((_, v), _)| v.clone())
-            .ok_or_else(|| RolloutError::NothingToRollBack { name: name.into() })?;
-        let served = self.loaded(name, &previous, "the previous version is not loaded")?;
         let current = self.catalog.load_full();
-        let mut next = (*current).clone();
-        next.routes.insert(name.to_string(), Route::serving(served));
-        self.catalog.store(Arc::new(next));
-        if let Some(route) = current.routes.get(name) {
-            self.set(name, route.serving.version(), State::Retired, None, Some(reason.to_string()));
-            for split in route.canary.iter().chain(&route.shadow) {
-                self.set(name, split.to.version(), State::Staged, None, None);
-            }
-        }
-        self.set(name, &previous, State::Serving, None, None);
-        tracing::warn!(model = name, version = %previous, reason, "rolled back");
-        Ok(previous)
+        let route = current.routes.get(name);
+        let Some(previous) = route.and_then(|r| r.previous.clone()) else {
+            return Err(RolloutError::NothingToRollBack { name: name.into() });
+        };
+        let serving = route.expect("a previous version has a route").serving.clone();
+        let version = previous.version().to_string();
+        self.commit(
+            name,
+            &current,
+            Route::serving(previous),
+            &[(serving.version(), State::Retired, reason.to_string())],
+        );
+        tracing::warn!(model = name, %version, reason, "rolled back");
+        Ok(version)
     }
 
-    /// Sends `percent` of users to `name/version` (0 ends the canary, leaving it staged).
+    /// Sends `percent` of users to `name/version` (0 ends its canary, leaving it staged).
     pub fn canary(&self, name: &str, version: &str, percent: u32) -> Result<(), RolloutError> {
-        self.split(name, version, percent, true)
+        self.split(name, version, percent, Role::Canary)
     }
 
     /// Copies `percent` of requests to `name/version`, scored off the critical path (0 ends it).
     pub fn shadow(&self, name: &str, version: &str, percent: u32) -> Result<(), RolloutError> {
-        self.split(name, version, percent, false)
+        self.split(name, version, percent, Role::Shadow)
     }
 
-    fn split(&self, name: &str, version: &str, percent: u32, canary: bool) -> Result<(), RolloutError> {
+    fn split(&self, name: &str, version: &str, percent: u32, role: Role) -> Result<(), RolloutError> {
         if percent > 100 {
             return Err(RolloutError::Percent(percent));
         }
         let _op = self.ops.lock().expect("not poisoned");
         let served = self.loaded(name, version, "only a loaded version can take traffic")?;
         let state = self.state(name, version).expect("loaded");
-        if matches!(state, State::Serving | State::Previous) {
-            return Err(RolloutError::WrongState {
-                name: name.into(),
-                version: version.into(),
-                state,
-                wanted: "a canary or shadow must be a version that is not serving",
-            });
-        }
+        let wrong =
+            |wanted| RolloutError::WrongState { name: name.into(), version: version.into(), state, wanted };
         let current = self.catalog.load_full();
         let Some(route) = current.routes.get(name) else {
-            return Err(RolloutError::WrongState {
-                name: name.into(),
-                version: version.into(),
-                state,
-                wanted: "nothing serves this model yet: promote a version first",
-            });
+            return Err(wrong("nothing serves this model yet: promote a version first"));
         };
-        let mut route = route.clone();
-        let split = (percent > 0).then(|| Split { to: served, percent: percent as u8 });
-        let replaced = if canary {
-            std::mem::replace(&mut route.canary, split)
-        } else {
-            std::mem::replace(&mut route.shadow, split)
-        };
-        let mut next = (*current).clone();
-        next.routes.insert(name.to_string(), route);
-        self.catalog.store(Arc::new(next));
-        if let Some(old) = replaced.filter(|o| o.to.version() != version) {
-            self.set(name, old.to.version(), State::Staged, None, None);
+        let now = route.role_of(&served).map(|(r, _)| r);
+        if matches!(now, Some(Role::Serving | Role::Previous)) {
+            return Err(wrong("a canary or shadow must be a version that is not serving"));
         }
-        let (state, pct) = match (percent, canary) {
-            (0, _) => (State::Staged, None),
-            (p, true) => (State::Canary, Some(p as u8)),
-            (p, false) => (State::Shadow, Some(p as u8)),
-        };
-        self.set(name, version, state, pct, None);
-        tracing::info!(model = name, version, ?state, percent, "traffic split changed");
+        let mut route = route.clone();
+        if percent == 0 && now != Some(role) {
+            return Err(wrong(match role {
+                Role::Canary => "only a canary's share can be ended",
+                _ => "only a shadow's share can be ended",
+            }));
+        }
+        // A version takes one role at a time: moving it from canary to shadow (or back) ends
+        // the first, so it never answers users while it is shown as a shadow.
+        match now {
+            Some(Role::Canary) => route.canary = None,
+            Some(Role::Shadow) => route.shadow = None,
+            _ => {}
+        }
+        let split = (percent > 0).then(|| Split { to: served, percent: percent as u8 });
+        match role {
+            Role::Canary => route.canary = split,
+            _ => route.shadow = split,
+        }
+        self.commit(name, &current, route, &[]);
+        tracing::info!(model = name, version, ?role, percent, "traffic split changed");
         Ok(())
     }
 
-    /// Marks a canary failed with `reason` and ends it (the serving version keeps serving).
+    /// Ends `name/version`'s canary as failed with `reason` (the serving version keeps
+    /// serving). Nothing happens when it is no longer the canary: an operator moved it first.
     pub fn fail_canary(&self, name: &str, version: &str, reason: String) {
         let _op = self.ops.lock().expect("not poisoned");
         let current = self.catalog.load_full();
-        if let Some(route) = current.routes.get(name)
-            && route.canary.as_ref().is_some_and(|c| c.to.version() == version)
-        {
-            let mut route = route.clone();
-            route.canary = None;
-            let mut next = (*current).clone();
-            next.routes.insert(name.to_string(), route);
-            self.catalog.store(Arc::new(next));
+        let Some(route) = current.routes.get(name) else { return };
+        if route.canary.as_ref().is_none_or(|c| c.to.version() != version) {
+            return;
         }
+        let mut route = route.clone();
+        route.canary = None;
+        self.commit(name, &current, route, &[(version, State::Failed, reason.clone())]);
         tracing::warn!(model = name, version, %reason, "canary failed; rolled back to the serving version");
-        self.set(name, version, State::Failed, None, Some(reason));
     }
 
     /// Every version the server has seen, and those published but never loaded.
@@ -563,4 +593,260 @@ fn load_and_validate(
     }
     warm_up(&model);
     Ok((model, (!notes.is_empty()).then(|| notes.join("; "))))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every operation from every state the version states can reach, against a model of what
+    //! each operation means written apart from the code under test. See: issue 14 (B, 1).
+
+    use std::collections::{BTreeMap, HashMap, VecDeque};
+
+    use super::*;
+    use crate::model::scaffold;
+
+    const VERSIONS: [&str; 3] = ["1", "2", "3"];
+
+    /// The model of a rollout: which version plays which part, which are unloaded.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    struct Expected {
+        serving: &'static str,
+        previous: Option<&'static str>,
+        canary: Option<&'static str>,
+        shadow: Option<&'static str>,
+        unloaded: BTreeMap<&'static str, bool>, // version → failed (else retired)
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Promote(&'static str),
+        Rollback,
+        Canary(&'static str, u32),
+        Shadow(&'static str, u32),
+        FailCanary(&'static str),
+        Load(&'static str),
+    }
+
+    fn ops() -> Vec<Op> {
+        let mut ops = vec![Op::Rollback];
+        for v in VERSIONS {
+            ops.extend([
+                Op::Promote(v),
+                Op::Canary(v, 30),
+                Op::Canary(v, 0),
+                Op::Shadow(v, 40),
+                Op::Shadow(v, 0),
+                Op::FailCanary(v),
+                Op::Load(v),
+            ]);
+        }
+        ops
+    }
+
+    impl Expected {
+        fn state(&self, v: &str) -> State {
+            match self.unloaded.get(v) {
+                Some(true) => State::Failed,
+                Some(false) => State::Retired,
+                None if self.serving == v => State::Serving,
+                None if self.canary == Some(v) => State::Canary,
+                None if self.shadow == Some(v) => State::Shadow,
+                None if self.previous == Some(v) => State::Previous,
+                None => State::Staged,
+            }
+        }
+
+        /// The state after `op`, or `None` when the operation must be refused.
+        fn apply(&self, op: Op) -> Option<Expected> {
+            let mut e = self.clone();
+            let loaded = |v: &str| !self.unloaded.contains_key(v);
+            match op {
+                Op::Promote(v) => {
+                    if !loaded(v) {
+                        return None;
+                    }
+                    if self.serving != v {
+                        if let Some(p) = self.previous.filter(|p| *p != v) {
+                            e.unloaded.insert(p, false);
+                        }
+                        e.previous = Some(self.serving);
+                        e.serving = v;
+                        e.canary = None;
+                        e.shadow = None;
+                    }
+                }
+                Op::Rollback => {
+                    let p = self.previous?;
+                    e.unloaded.insert(self.serving, false);
+                    e.serving = p;
+                    e.previous = None;
+                    e.canary = None;
+                    e.shadow = None;
+                }
+                Op::Canary(v, p) | Op::Shadow(v, p) => {
+                    let canary = matches!(op, Op::Canary(..));
+                    if !loaded(v) || self.serving == v || self.previous == Some(v) {
+                        return None;
+                    }
+                    let (mine, other) =
+                        if canary { (self.canary, self.shadow) } else { (self.shadow, self.canary) };
+                    if p == 0 && mine != Some(v) {
+                        return None;
+                    }
+                    let (mine, other) = (if p == 0 { None } else { Some(v) }, other.filter(|o| *o != v));
+                    (e.canary, e.shadow) = if canary { (mine, other) } else { (other, mine) };
+                }
+                Op::FailCanary(v) => {
+                    if self.canary == Some(v) {
+                        e.canary = None;
+                        e.unloaded.insert(v, true);
+                    }
+                }
+                Op::Load(v) => {
+                    e.unloaded.remove(v);
+                }
+            }
+            Some(e)
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        config: Config,
+        served: HashMap<&'static str, Arc<Served>>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut served = HashMap::new();
+        for (i, v) in VERSIONS.into_iter().enumerate() {
+            let (manifest, graph) = scaffold::seeded_package("m", v, i as u64 + 1);
+            let path = package::write(dir.path(), &manifest, &graph).unwrap();
+            served.insert(v, Served::new(Model::load(&path, EngineKind::Tract).unwrap()));
+        }
+        let config = Config { models_dir: dir.path().to_path_buf(), ..Config::default() };
+        Fixture { _dir: dir, config, served }
+    }
+
+    impl Fixture {
+        /// Versions 1-3 loaded (without compiling them again), 1 serving.
+        fn rollout(&self) -> Rollout {
+            let rollout = Rollout::new(&self.config);
+            for v in VERSIONS {
+                self.insert_loaded(&rollout, v);
+            }
+            rollout.promote("m", "1").unwrap();
+            rollout
+        }
+
+        fn insert_loaded(&self, rollout: &Rollout, v: &str) {
+            let mut record = Record::new(State::Staged);
+            record.served = Some(self.served[v].clone());
+            rollout.records().insert(key("m", v), record);
+        }
+
+        fn apply(&self, rollout: &Rollout, op: Op) -> bool {
+            match op {
+                Op::Promote(v) => rollout.promote("m", v).is_ok(),
+                Op::Rollback => rollout.rollback("m", "test").is_ok(),
+                Op::Canary(v, p) => rollout.canary("m", v, p).is_ok(),
+                Op::Shadow(v, p) => rollout.shadow("m", v, p).is_ok(),
+                Op::FailCanary(v) => {
+                    rollout.fail_canary("m", v, "test".into());
+                    true
+                }
+                Op::Load(v) => {
+                    // What `stage` does for an unloaded version, without compiling it again.
+                    if matches!(rollout.state("m", v), Some(State::Retired | State::Failed)) {
+                        self.insert_loaded(rollout, v);
+                    }
+                    true
+                }
+            }
+        }
+    }
+
+    /// The rollout agrees with the model: each version's state, and the routing requests see.
+    fn check(rollout: &Rollout, expected: &Expected, path: &[Op]) {
+        for v in VERSIONS {
+            assert_eq!(rollout.state("m", v), Some(expected.state(v)), "version {v} after {path:?}");
+        }
+        let catalog = rollout.catalog.load();
+        let route = &catalog.routes["m"];
+        assert_eq!(route.serving.version(), expected.serving, "after {path:?}");
+        assert_eq!(route.previous.as_ref().map(|p| p.version()), expected.previous, "after {path:?}");
+        assert_eq!(route.canary.as_ref().map(|c| c.to.version()), expected.canary, "after {path:?}");
+        assert_eq!(route.shadow.as_ref().map(|s| s.to.version()), expected.shadow, "after {path:?}");
+        // Exactly one routing in force: every user is answered by the serving version or the
+        // canary, never by a shadow, a previous or an unloaded version.
+        for key in 0..100 {
+            let answering = route.pick(key).version();
+            assert!(
+                answering == expected.serving || Some(answering) == expected.canary,
+                "user key {key} answered by {answering} after {path:?}"
+            );
+        }
+        for (v, r) in rollout.records().iter() {
+            assert_eq!(
+                r.served.is_some(),
+                !expected.unloaded.contains_key(v.1.as_str()),
+                "{v:?} after {path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_operation_from_every_reachable_state_leaves_one_routing_in_force() {
+        let fixture = fixture();
+        let start =
+            Expected { serving: "1", previous: None, canary: None, shadow: None, unloaded: BTreeMap::new() };
+        let mut paths: HashMap<Expected, Vec<Op>> = HashMap::from([(start.clone(), Vec::new())]);
+        let mut queue = VecDeque::from([start]);
+        let (mut transitions, mut refusals) = (0, 0);
+        while let Some(state) = queue.pop_front() {
+            let path = paths[&state].clone();
+            for op in ops() {
+                let rollout = fixture.rollout();
+                for &step in &path {
+                    assert!(fixture.apply(&rollout, step), "replaying {path:?}");
+                }
+                let accepted = fixture.apply(&rollout, op);
+                let mut taken = path.clone();
+                taken.push(op);
+                match state.apply(op) {
+                    Some(next) => {
+                        assert!(accepted, "{op:?} refused after {path:?}");
+                        check(&rollout, &next, &taken);
+                        transitions += 1;
+                        if !paths.contains_key(&next) {
+                            paths.insert(next.clone(), taken);
+                            queue.push_back(next);
+                        }
+                    }
+                    None => {
+                        assert!(!accepted, "{op:?} accepted after {path:?}");
+                        check(&rollout, &state, &taken);
+                        refusals += 1;
+                    }
+                }
+            }
+        }
+        // Every state the model reaches, with every operation tried from it.
+        assert!(paths.len() > 50, "{} states", paths.len());
+        eprintln!("{} states, {transitions} transitions, {refusals} refusals", paths.len());
+    }
+
+    // See: issue 14 (B): load 2, promote 1, promote 2, promote 1 lost the rollback.
+    #[test]
+    fn alternating_promotes_keep_both_versions_loaded() {
+        let fixture = fixture();
+        let rollout = fixture.rollout();
+        for v in ["2", "1", "2", "1"] {
+            rollout.promote("m", v).unwrap();
+        }
+        assert_eq!(rollout.state("m", "1"), Some(State::Serving));
+        assert_eq!(rollout.state("m", "2"), Some(State::Previous));
+        assert_eq!(rollout.rollback("m", "test").unwrap(), "2");
+        assert_eq!(rollout.state("m", "1"), Some(State::Retired));
+    }
 }

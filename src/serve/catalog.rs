@@ -38,10 +38,14 @@ pub struct Split {
     pub percent: u8,
 }
 
-/// Where one model's requests go.
+/// Where one model's requests go. The states the admin API shows for a model's loaded
+/// versions are read off this one value (serving, previous, canary, shadow, else staged), so a
+/// state can never disagree with the routing in force.
 #[derive(Clone)]
 pub struct Route {
     pub serving: Arc<Served>,
+    /// The version `serving` replaced, kept loaded for a rollback; never answers.
+    pub previous: Option<Arc<Served>>,
     /// Answers `percent` of users (by a hash of their id) instead of `serving`.
     pub canary: Option<Split>,
     /// Also scores `percent` of requests, off the critical path, for comparison.
@@ -50,7 +54,24 @@ pub struct Route {
 
 impl Route {
     pub fn serving(serving: Arc<Served>) -> Route {
-        Route { serving, canary: None, shadow: None }
+        Route { serving, previous: None, canary: None, shadow: None }
+    }
+
+    /// The role `served` plays in this route, with its share of traffic; `None` when it plays
+    /// none (a staged version).
+    pub fn role_of(&self, served: &Arc<Served>) -> Option<(Role, Option<u8>)> {
+        let is = |other: &Arc<Served>| Arc::ptr_eq(other, served);
+        if is(&self.serving) {
+            Some((Role::Serving, None))
+        } else if self.canary.as_ref().is_some_and(|c| is(&c.to)) {
+            Some((Role::Canary, self.canary.as_ref().map(|c| c.percent)))
+        } else if self.shadow.as_ref().is_some_and(|s| is(&s.to)) {
+            Some((Role::Shadow, self.shadow.as_ref().map(|s| s.percent)))
+        } else if self.previous.as_ref().is_some_and(is) {
+            Some((Role::Previous, None))
+        } else {
+            None
+        }
     }
 
     /// The version that answers a request whose sticky key is `key` (a hash of the user id):
@@ -69,6 +90,15 @@ impl Route {
     }
 }
 
+/// What a loaded version does in its model's route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serving,
+    Previous,
+    Canary,
+    Shadow,
+}
+
 /// An immutable snapshot of the served models; replaced whole, never mutated. A request takes
 /// one snapshot and is answered entirely by the versions in it.
 #[derive(Default, Clone)]
@@ -84,20 +114,22 @@ impl Catalog {
             (Some(n), _) => n,
             (None, Some(d)) => d.as_str(),
             (None, None) if self.routes.is_empty() => return Err(ApiError::NotReady),
-            (None, None) => {
-                // A model that only stands in for another (its declared fallback) is never the
-                // default: with a student and its fallback served, the student answers.
-                let mut primary =
-                    self.routes.iter().filter(|(name, _)| !self.is_fallback(name)).map(|(_, r)| r);
-                return match (primary.next(), primary.next()) {
-                    (Some(r), None) => Ok(r),
-                    _ => Err(ApiError::ModelRequired { serving: self.names() }),
-                };
-            }
+            (None, None) => return Err(ApiError::ModelRequired { serving: self.names() }),
         };
         self.routes
             .get(name)
             .ok_or_else(|| ApiError::UnknownModel { name: name.to_string(), serving: self.names() })
+    }
+
+    /// The model a request naming none should get, judged from the models served now: the
+    /// only one, or the only one no other declares as its fallback (with a student and its
+    /// fallback served, the student). `None` when that leaves a choice.
+    pub fn primary(&self) -> Option<String> {
+        let mut primary = self.routes.keys().filter(|name| !self.is_fallback(name));
+        match (primary.next(), primary.next()) {
+            (Some(name), None) => Some(name.clone()),
+            _ => None,
+        }
     }
 
     /// The serving version of the fallback `model` declares, when it is served.

@@ -211,6 +211,7 @@ fn load_models(app: &App) -> Result<(), ServeError> {
             failures.push(format!("{}: {e}", p.dir.display()));
         }
     }
+    app.rollout.settle_default();
     app.started.store(true, std::sync::atomic::Ordering::Release);
     if app.rollout.catalog.load().routes.is_empty() {
         let reasons = if failures.is_empty() {
