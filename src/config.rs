@@ -27,6 +27,15 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Most client connections open at once; 0 sizes it to the file descriptor limit (raised
+    /// to its hard limit at start). At the limit, the oldest idle connection is closed for a
+    /// new one; a new one is refused only when every connection has a request in flight.
+    pub max_connections: usize,
+    /// A request's headers (and, on a keep-alive connection, the next request's first bytes)
+    /// must arrive within this many milliseconds, or the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this many milliseconds of its headers (408).
+    pub body_read_timeout_ms: u64,
     /// Most candidates accepted in one request.
     pub max_candidates: usize,
     /// Model used when a request names none (needed only when several models are served).
@@ -80,6 +89,9 @@ impl Default for Config {
             inference_threads: 0,
             queue_capacity: 1024,
             max_body_bytes: 2 * 1024 * 1024,
+            max_connections: 0,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
             max_candidates: 2000,
             default_model: None,
             log_format: LogFormat::Text,
@@ -134,6 +146,15 @@ pub struct ServeArgs {
     /// Largest request body in bytes [default: 2097152]
     #[arg(long, env = "RETORT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most client connections open at once, 0 for as many as the file descriptor limit allows [default: 0]
+    #[arg(long, env = "RETORT_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Milliseconds a request's headers (or a keep-alive connection's next request) may take [default: 30000]
+    #[arg(long, env = "RETORT_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a request's body may take after its headers [default: 10000]
+    #[arg(long, env = "RETORT_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
     /// Most candidates per request [default: 2000]
     #[arg(long, env = "RETORT_MAX_CANDIDATES")]
     pub max_candidates: Option<usize>,
@@ -189,6 +210,9 @@ impl Config {
             inference_threads,
             queue_capacity,
             max_body_bytes,
+            max_connections,
+            header_read_timeout_ms,
+            body_read_timeout_ms,
             max_candidates,
             log_format,
             drain_timeout_ms,
@@ -219,6 +243,9 @@ impl Config {
         }
         if self.max_body_bytes == 0 || self.max_candidates == 0 {
             return bad("max_body_bytes and max_candidates must be at least 1");
+        }
+        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+            return bad("header_read_timeout_ms and body_read_timeout_ms must be at least 1");
         }
         let budgets = self.default_budget_ms.iter().chain(self.model_budgets_ms.values());
         if let Some(b) = budgets.chain([&self.max_budget_ms]).find(|b| !(b.is_finite() && **b > 0.0)) {

@@ -23,6 +23,10 @@ pub enum ApiError {
     InvalidObjective(#[from] ObjectiveError),
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
+    #[error("Content-Encoding `{0}` is not supported; send the body uncompressed")]
+    UnsupportedEncoding(String),
     #[error("request has {count} candidates; the limit is {limit}")]
     TooManyCandidates { count: usize, limit: usize },
     #[error("unknown model `{name}`; serving: {serving}")]
@@ -81,6 +85,8 @@ impl ApiError {
             ApiError::InvalidFeature(_) => "invalid_feature",
             ApiError::InvalidObjective(_) => "invalid_objective",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
             ApiError::TooManyCandidates { .. } => "too_many_candidates",
             ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::ModelRequired { .. } => "model_required",
@@ -133,6 +139,8 @@ impl ApiError {
             ApiError::Rollout(RolloutError::WrongState { .. } | RolloutError::NothingToRollBack { .. }) => {
                 StatusCode::CONFLICT
             }
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,

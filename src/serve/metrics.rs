@@ -18,6 +18,17 @@ pub const MODELS_LOADED: &str = "retort_models_loaded";
 /// Registered without `_total`: the client appends it to counters.
 pub const RANK_OUTCOMES: &str = "retort_rank_outcomes";
 pub const COST_PREDICTION_RATIO: &str = "retort_cost_prediction_ratio";
+pub const CONNECTIONS_OPEN: &str = "retort_connections_open";
+/// Registered without `_total`: the client appends it to counters.
+pub const CONNECTIONS_CLOSED: &str = "retort_connections_closed";
+
+/// Why the server closed (or never served) a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `refused` (at the limit, every connection busy), `idle_evicted` (closed to make room
+    /// for a new one), `header_timeout` (headers not read in time).
+    pub reason: &'static str,
+}
 
 /// What became of a rank request, as far as its budget goes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,6 +102,8 @@ pub struct Metrics {
     pub models_loaded: Gauge,
     pub outcomes: Family<OutcomeLabels, Counter>,
     pub cost_prediction: Histograms<ModelLabels>,
+    pub connections_open: Gauge,
+    pub connections_closed: Family<ConnectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -143,6 +156,14 @@ impl Metrics {
             queue_depth.clone(),
         );
         registry.register(MODELS_LOADED, "Models loaded and serving", models_loaded.clone());
+        let connections_open = Gauge::default();
+        let connections_closed = Family::<ConnectionLabels, Counter>::default();
+        registry.register(CONNECTIONS_OPEN, "Client connections open", connections_open.clone());
+        registry.register(
+            CONNECTIONS_CLOSED,
+            "Connections the server closed or refused: refused, idle_evicted, header_timeout",
+            connections_closed.clone(),
+        );
         Metrics {
             registry,
             rank_duration,
@@ -153,6 +174,8 @@ impl Metrics {
             models_loaded,
             outcomes,
             cost_prediction,
+            connections_open,
+            connections_closed,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`request`]: decoding the rank request body.
 //! - [`error`]: every failure and its HTTP status, in one place.
 //! - [`catalog`]: the served models and how a request picks one.
+//! - [`connections`]: accepting connections, their limits and timeouts, and the drain.
 //! - [`pool`]: the inference thread pool and its bounded queue.
 //! - [`metrics`]: Prometheus metric names and buckets.
 //! - [`shadow`]: scoring a share of requests with a shadow version, after the response.
@@ -21,11 +22,11 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub mod admin;
 pub mod catalog;
+pub mod connections;
 pub mod cost;
 pub mod degrade;
 pub mod error;
@@ -158,18 +159,26 @@ pub async fn serve(
         loaded
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    // Responses are written in one go; Nagle's algorithm would hold their last segment back
-    // until the client acknowledges the rest.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router(app.clone())).with_graceful_shutdown(async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let limits = connections::Limits {
+        max_connections: connections::connection_limit(app.config.max_connections),
+        header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(app.config.body_read_timeout_ms),
+        max_body_bytes: app.config.max_body_bytes,
+    };
+    tracing::info!(max_connections = limits.max_connections, "accepting connections");
+    let drain = Duration::from_millis(app.config.drain_timeout_ms);
+    let server = tokio::spawn(connections::serve(
+        listener,
+        router(app.clone()),
+        limits,
+        app.clone(),
+        drain,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
     lag::spawn_probe(app.lag.clone());
 
-    let drain = Duration::from_millis(app.config.drain_timeout_ms);
     tokio::pin!(shutdown);
     let failure = tokio::select! {
         _ = &mut shutdown => None,
@@ -189,10 +198,9 @@ pub async fn serve(
     {
         tracing::warn!(error = %e, "could not keep the warm-up requests for the next start");
     }
-    match tokio::time::timeout(drain, server).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => return Err(ServeError::Io(std::io::Error::other(join.to_string()))),
-        Err(_) => tracing::warn!(timeout_ms = drain.as_millis() as u64, "drain timed out; closing"),
+    // The connection loop drains within `drain` itself; this only joins it.
+    if let Err(join) = server.await {
+        return Err(ServeError::Io(std::io::Error::other(join.to_string())));
     }
     failure.map_or(Ok(()), Err)
 }

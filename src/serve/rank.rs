@@ -215,6 +215,9 @@ async fn handle(
     }
     let body = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.max_body_bytes },
+        _ if super::connections::is_body_timeout(&rejection) => {
+            ApiError::BodyTimeout(app.config.body_read_timeout_ms)
+        }
         _ => ApiError::InvalidRequest(rejection.body_text()),
     })?;
 
