@@ -322,6 +322,15 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", report.defaulted_table());
             }
             println!("labels: {}", report.store.display());
+            for path in &report.removed_temporaries {
+                println!("removed {}, left by an interrupted run", path.display());
+            }
+            if !report.failed.is_empty() {
+                for (partition, why) in &report.failed {
+                    eprintln!("not labelled: {partition}: {why}");
+                }
+                anyhow::bail!("{} partition(s) could not be labelled (the others were)", report.failed.len());
+            }
             Ok(())
         }
         Command::Train {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use retort::distill::dataset::{Column, Dataset};
 use retort::distill::demo::{self, DemoConfig, Domain};
-use retort::distill::label::{LabelOptions, Labeller, Shard};
+use retort::distill::label::{LabelOptions, LabelReport, Labeller, Shard};
 use retort::distill::mapping::{Mapping, Source};
 use retort::distill::spec::DataSpec;
 use retort::model::Model;
@@ -333,6 +333,80 @@ fn follow_labels_partitions_as_they_land() {
     assert!(landed.iter().all(|(_, rows, lag)| *rows == 1000 && *lag < Duration::from_secs(20)));
 }
 
+// See: issue 14 (E): a truncated label file made every rerun fail; a killed run's temporary
+// files were never removed.
+#[test]
+fn a_corrupt_label_file_is_relabelled_and_stale_temporaries_removed() {
+    let w = world(small());
+    let l = labeller(&w, demo::mapping(), &w.root.join("labels"), quiet());
+    let data = Dataset::open(&w.target).unwrap();
+    l.label_dataset(&data).unwrap().complete().unwrap();
+    let before = read_store(l.dir());
+    let label_file = l.dir().join("day-002.parquet");
+    let bytes = std::fs::read(&label_file).unwrap();
+    std::fs::write(&label_file, &bytes[..bytes.len() / 2]).unwrap();
+    let stale = l.dir().join(".day-003.parquet.4242.tmp");
+    let fresh = l.dir().join(".day-000.parquet.4243.tmp");
+    for p in [&stale, &fresh] {
+        std::fs::write(p, b"half a file").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(hour_ago).unwrap();
+
+    let report = l.label_dataset(&data).unwrap().complete().unwrap();
+    assert_eq!(report.labelled, ["day-002.parquet"]);
+    assert_eq!(report.already.len(), 3);
+    assert_eq!(report.removed_temporaries, std::slice::from_ref(&stale));
+    assert!(!stale.exists() && fresh.exists(), "only the abandoned temporary file goes");
+    assert_eq!(read_store(l.dir()), before, "the relabelled file holds the same labels");
+}
+
+#[test]
+fn follow_goes_on_past_a_corrupt_partition_and_retries_it_once_replaced() {
+    let w = world(small());
+    let inbox = w.root.join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::copy(w.target.join("features.toml"), inbox.join("features.toml")).unwrap();
+    let l = labeller(&w, demo::mapping(), &w.root.join("labels"), quiet());
+    let stop = AtomicBool::new(false);
+    let landed = std::sync::Mutex::new(Vec::new());
+    let land = |name: &str, bytes: &[u8]| {
+        let hidden = inbox.join(format!(".{name}.tmp"));
+        std::fs::write(&hidden, bytes).unwrap();
+        std::fs::rename(&hidden, inbox.join(name)).unwrap();
+    };
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while landed.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "only {:?} labelled", landed.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let good = |day: usize| std::fs::read(w.target.join(format!("day-{day:03}.parquet"))).unwrap();
+    std::thread::scope(|s| {
+        let follower = s.spawn(|| {
+            l.follow(&inbox, Duration::from_millis(20), &stop, |name, _, _| {
+                landed.lock().unwrap().push(name.to_string());
+            })
+        });
+        let broken = good(0);
+        land("day-000.parquet", &broken[..broken.len() / 3]);
+        land("day-001.parquet", &good(1));
+        wait_for(1);
+        land("day-000.parquet", &good(0));
+        wait_for(2);
+        stop.store(true, Ordering::Relaxed);
+        let report = follower.join().unwrap().unwrap();
+        assert_eq!(
+            report.failed.len(),
+            1,
+            "the broken file failed once, not on every poll: {:?}",
+            report.failed
+        );
+    });
+    assert_eq!(landed.into_inner().unwrap(), ["day-001.parquet", "day-000.parquet"]);
+}
+
 #[test]
 fn bad_input_is_named_and_nothing_half_written_is_left() {
     let w = world(small());
@@ -359,14 +433,22 @@ fn bad_input_is_named_and_nothing_half_written_is_left() {
     let mut missing_column = demo::mapping();
     missing_column.features.insert("hour".into(), Source::Column("hour_of_day".into()));
     let l = labeller(&w, missing_column, &store, quiet());
-    let err = l.label_dataset(&Dataset::open(&w.target).unwrap()).unwrap_err().to_string();
+    let err = l
+        .label_dataset(&Dataset::open(&w.target).unwrap())
+        .and_then(LabelReport::complete)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`hour_of_day`") && err.contains("day-000.parquet"), "{err}");
 
     // A string column fed to a number feature: the error names file, row, feature and column.
     let mut mistyped = demo::mapping();
     mistyped.features.insert("duration_s".into(), Source::Column("genre".into()));
     let l = labeller(&w, mistyped, &store, quiet());
-    let err = l.label_dataset(&Dataset::open(&w.target).unwrap()).unwrap_err().to_string();
+    let err = l
+        .label_dataset(&Dataset::open(&w.target).unwrap())
+        .and_then(LabelReport::complete)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("day-000.parquet, row 0")
             && err.contains("`duration_s`")
@@ -375,15 +457,20 @@ fn bad_input_is_named_and_nothing_half_written_is_left() {
     );
     assert!(Dataset::open(l.dir()).map(|d| d.partitions.is_empty()).unwrap_or(true));
 
-    // A corrupt partition fails by name; the ones before it stay labelled, nothing partial.
-    let bytes = std::fs::read(w.target.join("day-003.parquet")).unwrap();
-    std::fs::write(w.target.join("day-003.parquet"), &bytes[..bytes.len() / 3]).unwrap();
+    // See: issue 14 (E). A corrupt partition fails by name; the others, before and after it,
+    // are labelled, nothing partial.
+    let bytes = std::fs::read(w.target.join("day-001.parquet")).unwrap();
+    std::fs::write(w.target.join("day-001.parquet"), &bytes[..bytes.len() / 3]).unwrap();
     let l = labeller(&w, demo::mapping(), &store, quiet());
-    let err = l.label_dataset(&Dataset::open(&w.target).unwrap()).unwrap_err().to_string();
-    assert!(err.contains("day-003.parquet"), "{err}");
+    let report = l.label_dataset(&Dataset::open(&w.target).unwrap()).unwrap();
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert_eq!(report.failed[0].0, "day-001.parquet");
+    assert!(report.failed[0].1.contains("day-001.parquet"), "{:?}", report.failed);
     let written: Vec<String> =
         Dataset::open(l.dir()).unwrap().partitions.into_iter().map(|p| p.name).collect();
-    assert_eq!(written, ["day-000.parquet", "day-001.parquet", "day-002.parquet"]);
+    assert_eq!(written, ["day-000.parquet", "day-002.parquet", "day-003.parquet"]);
+    let err = report.complete().unwrap_err().to_string();
+    assert!(err.contains("1 partition(s)") && err.contains("day-001.parquet"), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(l.dir())
         .unwrap()
         .filter_map(|e| e.ok())

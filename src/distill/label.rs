@@ -93,6 +93,8 @@ pub enum LabelError {
     Io { path: String, source: std::io::Error },
     #[error("partitions {a} and {b} would write the same label file")]
     Collision { a: String, b: String },
+    #[error("{} partition(s) could not be labelled (the others were): {}", failed.len(), failed.iter().map(|(p, why)| format!("{p}: {why}")).collect::<Vec<_>>().join("; "))]
+    Incomplete { failed: Vec<(String, String)> },
 }
 
 /// What happened to one partition.
@@ -112,6 +114,10 @@ pub enum Outcome {
 pub struct LabelReport {
     pub labelled: Vec<String>,
     pub already: Vec<String>,
+    /// Partitions that could not be labelled, with why: the others were labelled all the same.
+    pub failed: Vec<(String, String)>,
+    /// Temporary files of interrupted runs, removed.
+    pub removed_temporaries: Vec<PathBuf>,
     pub rows: usize,
     /// Teacher feature → (rows defaulted, rows seen), over the partitions labelled in this run.
     pub defaulted: BTreeMap<String, (u64, u64)>,
@@ -120,6 +126,12 @@ pub struct LabelReport {
 }
 
 impl LabelReport {
+    /// The report, or an error naming every partition that failed: for a caller that needs
+    /// the whole dataset labelled before it goes on.
+    pub fn complete(self) -> Result<LabelReport, LabelError> {
+        if self.failed.is_empty() { Ok(self) } else { Err(LabelError::Incomplete { failed: self.failed }) }
+    }
+
     fn add(&mut self, name: &str, outcome: &Outcome, info: Option<&LabelFileInfo>) {
         match outcome {
             Outcome::Labelled { rows } => {
@@ -202,10 +214,20 @@ impl Labeller {
         let mine: Vec<&Partition> =
             dataset.partitions.iter().filter(|p| self.options.shard.owns(&p.name)).collect();
         let progress = Progress::new(self.options.progress, mine.len());
-        let mut report = LabelReport { store: self.dir.clone(), ..Default::default() };
+        let mut report = LabelReport {
+            store: self.dir.clone(),
+            removed_temporaries: self.remove_stale_temporaries(),
+            ..Default::default()
+        };
         for p in mine {
-            let (outcome, info) = self.label_partition(p, &progress)?;
-            report.add(&p.name, &outcome, info.as_ref());
+            // One bad partition is reported and skipped; the rest are labelled all the same.
+            match self.label_partition(p, &progress) {
+                Ok((outcome, info)) => report.add(&p.name, &outcome, info.as_ref()),
+                Err(e) => {
+                    tracing::error!(partition = %p.name, error = %e, "partition not labelled");
+                    report.failed.push((p.name.clone(), e.to_string()));
+                }
+            }
             progress.partition_done();
         }
         progress.finish();
@@ -227,11 +249,20 @@ impl Labeller {
         let io = |source| LabelError::Io { path: p.path.display().to_string(), source };
         let fingerprint = store::file_fingerprint(&p.path).map_err(io)?;
         if dest.exists() {
-            let existing = LabelFileInfo::from_metadata(&parquet_io::read_metadata(&dest)?);
-            if existing.input_fingerprint == fingerprint {
-                return Ok((Outcome::AlreadyLabelled, Some(existing)));
+            match parquet_io::read_metadata(&dest) {
+                Ok(metadata) => {
+                    let existing = LabelFileInfo::from_metadata(&metadata);
+                    if existing.input_fingerprint == fingerprint {
+                        return Ok((Outcome::AlreadyLabelled, Some(existing)));
+                    }
+                    tracing::info!(partition = %p.name, "input changed since it was labelled; labelling again");
+                }
+                // Not written by retort's atomic writer (a copy cut short, a disk fault): the
+                // labels are recomputed rather than every rerun failing on them.
+                Err(e) => {
+                    tracing::warn!(partition = %p.name, error = %e, "label file unreadable; labelling again")
+                }
             }
-            tracing::info!(partition = %p.name, "input changed since it was labelled; labelling again");
         }
 
         let id_column = self.spec.columns.example_id.as_str();
@@ -401,6 +432,17 @@ impl Labeller {
         Inputs { sources }
     }
 
+    /// Removes the temporary files that interrupted runs left in this teacher's label
+    /// directory. Only those untouched for [`STALE_TEMPORARY`]: another worker on the same
+    /// store may be writing its own right now, and a write never pauses that long.
+    fn remove_stale_temporaries(&self) -> Vec<PathBuf> {
+        let removed = parquet_io::remove_stale_temporaries(&self.dir, STALE_TEMPORARY);
+        for path in &removed {
+            tracing::info!(path = %path.display(), "removed a temporary file an interrupted run left");
+        }
+        removed
+    }
+
     /// Writes `report.toml` beside the labels: per teacher feature, the share of rows defaulted
     /// over every partition in the store (this run's and earlier ones').
     fn write_summary(&self) -> Result<(), LabelError> {
@@ -409,7 +451,9 @@ impl Labeller {
         let mut rows = 0u64;
         if let Ok(data) = Dataset::open(&self.dir) {
             for p in &data.partitions {
-                let info = LabelFileInfo::from_metadata(&parquet_io::read_metadata(&p.path)?);
+                // An unreadable file is relabelled by the next run; it counts for nothing here.
+                let Ok(metadata) = parquet_io::read_metadata(&p.path) else { continue };
+                let info = LabelFileInfo::from_metadata(&metadata);
                 partitions += 1;
                 rows += info.rows;
                 for (f, n) in info.defaulted {
@@ -449,8 +493,14 @@ impl Labeller {
         mut on_labelled: impl FnMut(&str, usize, Duration),
     ) -> Result<LabelReport, LabelError> {
         let started = Instant::now();
-        let mut report = LabelReport { store: self.dir.clone(), ..Default::default() };
+        let mut report = LabelReport {
+            store: self.dir.clone(),
+            removed_temporaries: self.remove_stale_temporaries(),
+            ..Default::default()
+        };
         let quiet = Progress::new(false, 0);
+        // A partition that failed, by its bytes' fingerprint: tried again only once it changes.
+        let mut failed: BTreeMap<String, String> = BTreeMap::new();
         while !stop.load(Ordering::Relaxed) {
             let dataset = Dataset::open(dataset_dir)?;
             let mut any = false;
@@ -458,7 +508,20 @@ impl Labeller {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let (outcome, info) = self.label_partition(p, &quiet)?;
+                let fingerprint = store::file_fingerprint(&p.path).unwrap_or_default();
+                if failed.get(&p.name) == Some(&fingerprint) {
+                    continue;
+                }
+                let (outcome, info) = match self.label_partition(p, &quiet) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::error!(partition = %p.name, error = %e, "partition not labelled; retried when it changes");
+                        report.failed.push((p.name.clone(), e.to_string()));
+                        failed.insert(p.name.clone(), fingerprint);
+                        continue;
+                    }
+                };
+                failed.remove(&p.name);
                 if let Outcome::Labelled { rows } = outcome {
                     any = true;
                     let arrived =
@@ -480,6 +543,9 @@ impl Labeller {
         Ok(report)
     }
 }
+
+/// How long a temporary label file must have been left alone to count as abandoned.
+const STALE_TEMPORARY: Duration = Duration::from_secs(600);
 
 /// One chunk's teacher logits and, per teacher feature, the rows that took its default.
 type Chunk = (HeadValues, Vec<u32>);

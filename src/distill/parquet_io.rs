@@ -26,6 +26,37 @@ pub fn temporary_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
+/// Whether `name` is one of [`temporary_path`]'s names.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .strip_suffix(".tmp")
+            .and_then(|n| n.rsplit_once('.'))
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes, under `dir` (recursively), the temporary files of interrupted writes that have not
+/// been modified for `older_than`. Returns what was removed; a file that cannot be removed is
+/// left for the next run.
+pub fn remove_stale_temporaries(dir: &Path, older_than: std::time::Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return removed };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            removed.extend(remove_stale_temporaries(&path, older_than));
+            continue;
+        }
+        let name = entry.file_name();
+        let stale = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_some_and(|age| age >= older_than);
+        if is_temporary(&name.to_string_lossy()) && stale && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Writes `batches` (all of `schema`) to `path` atomically, with `metadata` as the file's
 /// key-value metadata.
 pub fn write_atomic(
@@ -89,4 +120,24 @@ pub fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = temporary_path(path);
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("day=1");
+        std::fs::create_dir_all(&nested).unwrap();
+        let tmp = nested.join(".part-0.parquet.4242.tmp");
+        let keep = [dir.path().join("part-0.parquet"), dir.path().join(".hidden"), dir.path().join("x.tmp")];
+        for p in keep.iter().chain([&tmp]) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert!(remove_stale_temporaries(dir.path(), std::time::Duration::from_secs(3600)).is_empty());
+        assert_eq!(remove_stale_temporaries(dir.path(), std::time::Duration::ZERO), vec![tmp.clone()]);
+        assert!(!tmp.exists() && keep.iter().all(|p| p.exists()));
+    }
 }

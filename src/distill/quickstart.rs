@@ -119,7 +119,10 @@ pub fn run(
         LabelOptions { progress: false, ..LabelOptions::default() },
     )
     .map_err(|e| TrainError::Store(e.to_string()))?;
-    labeller.label_dataset(&Dataset::open(&target)?).map_err(|e| TrainError::Store(e.to_string()))?;
+    labeller
+        .label_dataset(&Dataset::open(&target)?)
+        .and_then(super::label::LabelReport::complete)
+        .map_err(|e| TrainError::Store(e.to_string()))?;
     let labels = labeller.dir().to_path_buf();
 
     say(&format!("4/5 control against direct and aux, {seeds} paired seed(s), each tuned alike"));

@@ -583,7 +583,10 @@ impl Search<'_> {
             },
         )
         .map_err(text)?;
-        labeller.label_dataset(&Dataset::open(self.inputs.target).map_err(text)?).map_err(text)?;
+        labeller
+            .label_dataset(&Dataset::open(self.inputs.target).map_err(text)?)
+            .and_then(super::label::LabelReport::complete)
+            .map_err(text)?;
         let dir = labeller.dir().to_path_buf();
         let labels = Labels { zero_shot_auc: self.zero_shot(&dir)?, dir };
         t.labels.insert(step, labels.clone());
