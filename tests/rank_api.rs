@@ -222,6 +222,80 @@ async fn every_bad_input_gets_its_status_and_names_the_culprit() {
     server.stop().await.unwrap();
 }
 
+// See: issue 14 (G, 2, 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_values_and_routing_errors_are_named_in_the_error_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "ranker", 15, ContextRows::Once);
+    let server = TestServer::start_with_models(dir.path()).await;
+    let error = |reply: &common::Reply| reply.json()["error"].clone();
+
+    // A weight past f32's range would make every score null.
+    let mut body = request(5, 5);
+    body["objective"] = json!({"play": 1e39});
+    let r = server.rank(&body).await;
+    assert_eq!(
+        (r.status, error(&r)["code"].as_str(), error(&r)["head"].as_str()),
+        (422, Some("invalid_objective"), Some("play"))
+    );
+    // Finite weights whose sum overflows: refused, never answered with null scores.
+    let mut body = request(20, 5);
+    body["objective"] = json!({"play": 3.0e38, "like": 3.0e38, "skip": 3.0e38, "long_listen": 3.0e38});
+    let r = server.rank(&body).await;
+    if r.status == 200 {
+        assert!(r.json()["items"].as_array().unwrap().iter().all(|i| i["score"].is_f64()), "{}", r.text());
+    } else {
+        assert_eq!((r.status, error(&r)["code"].as_str()), (422, Some("invalid_objective")), "{}", r.text());
+        assert!(error(&r)["message"].as_str().unwrap().contains("overflow"), "{}", r.text());
+    }
+
+    // Integer ids past i64 and past 2^53: served, or named for what they are.
+    let mut body = request(3, 5);
+    body["context"]["user_id"] = json!(18_446_744_073_709_551_615u64);
+    body["candidates"][0]["id"] = json!(18_446_744_073_709_551_615u64);
+    let r = server.rank(&body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("18446744073709551615"), "{}", r.text());
+    let mut body = request(3, 5);
+    body["candidates"][1]["features"]["artist_id"] = json!(1e20);
+    let r = server.rank(&body).await;
+    assert_eq!((r.status, error(&r)["feature"].as_str()), (422, Some("artist_id")));
+    assert!(error(&r)["message"].as_str().unwrap().contains("too large"), "{}", r.text());
+
+    // Arrays are not requests, nor candidates.
+    let r = server.post("/v1/rank", r#"[{"user_id": "u1"}, []]"#).await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (422, Some("invalid_request")));
+    let r = server.post("/v1/rank", r#"{"context": {}, "candidates": [["t1", {}]]}"#).await;
+    assert_eq!(r.status, 422);
+    assert!(error(&r)["message"].as_str().unwrap().contains("candidate 0"), "{}", r.text());
+    let r = server.post("/v1/rank", r#"{"context": {}, "candidates": [], "top_k": -1}"#).await;
+    assert_eq!(r.status, 422);
+    assert!(error(&r)["message"].as_str().unwrap().contains("`top_k`"), "{}", r.text());
+
+    // A non-positive budget header is the caller's mistake, not overload.
+    for bad in ["0", "-5", "soon"] {
+        let req = hyper::Request::post(server.url("/v1/rank"))
+            .header("content-type", "application/json")
+            .header("x-retort-budget-ms", bad)
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                serde_json::to_vec(&request(3, 1)).unwrap(),
+            )))
+            .unwrap();
+        let r = server.send(req).await;
+        assert_eq!((r.status, error(&r)["code"].as_str()), (422, Some("invalid_request")), "budget {bad}");
+        assert!(error(&r)["message"].as_str().unwrap().contains("x-retort-budget-ms"), "{}", r.text());
+    }
+
+    // Routing errors carry the JSON error shape too.
+    let r = server.get("/v1/nothing-here").await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (404, Some("not_found")));
+    assert!(error(&r)["message"].as_str().unwrap().contains("/v1/nothing-here"));
+    let r = server.get("/v1/rank").await;
+    assert_eq!((r.status, error(&r)["code"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(r.headers["content-type"], "application/json");
+    server.stop().await.unwrap();
+}
+
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))

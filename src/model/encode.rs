@@ -12,6 +12,8 @@ pub enum Value<'a> {
     /// Absent or null: the feature's default is used and the miss is counted.
     Missing,
     Int(i64),
+    /// An integer past `i64::MAX` (a 64-bit unsigned id).
+    Uint(u64),
     Float(f64),
     Str(&'a str),
     Bool(bool),
@@ -25,7 +27,7 @@ impl Value<'_> {
     fn type_name(&self) -> &'static str {
         match self {
             Value::Missing => "null",
-            Value::Int(_) | Value::Float(_) => "a number",
+            Value::Int(_) | Value::Uint(_) | Value::Float(_) => "a number",
             Value::Str(_) => "a string",
             Value::Bool(_) => "a boolean",
             Value::List(_) => "a list",
@@ -349,9 +351,16 @@ fn write_value(
                 Value::Missing => *default,
                 Value::Str(s) => bucket(s.as_bytes(), *buckets),
                 Value::Int(i) => bucket(itoa(i, &mut [0; 20]), *buckets),
+                Value::Uint(u) => bucket(u.to_string().as_bytes(), *buckets),
                 // JSON has one number type: `21.0` is the id 21, `21.5` is no id at all.
                 Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
                     bucket(itoa(x as i64, &mut [0; 20]), *buckets)
+                }
+                Value::Float(x) if x.fract() == 0.0 => {
+                    return Err(error(format!(
+                        "expected a string or integer id, got {x:e}, too large to be an exact integer \
+                         (send ids past 2^53 as strings)"
+                    )));
                 }
                 Value::Float(_) => {
                     return Err(error("expected a string or integer id, got a fractional number".into()));
@@ -365,6 +374,7 @@ fn write_value(
             data[at] = match value {
                 Value::Missing => *default,
                 Value::Int(i) => normalise(i as f64, *mean, *std).ok_or_else(|| error(non_finite()))?,
+                Value::Uint(u) => normalise(u as f64, *mean, *std).ok_or_else(|| error(non_finite()))?,
                 Value::Float(x) => normalise(x, *mean, *std).ok_or_else(|| error(non_finite()))?,
                 other => return Err(error(format!("expected a number, got {}", other.type_name()))),
             };

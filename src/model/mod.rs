@@ -97,8 +97,12 @@ pub enum ObjectiveError {
     UnknownHead(String),
     #[error("objective weighs head `{0}`, which is not a serving head")]
     NotServing(String),
-    #[error("objective weight of head `{0}` is not a finite number")]
+    #[error("objective weight of head `{0}` is not a finite 32-bit number (at most about 3.4e38)")]
     NonFinite(String),
+    #[error(
+        "objective weight of head `{head}` makes candidate {candidate}'s combined score overflow; use smaller weights"
+    )]
+    Overflow { head: String, candidate: usize },
 }
 
 /// Inference runs through [`Model::delay_inference`]'s engine wrapper since the process started
@@ -322,16 +326,18 @@ impl Model {
             if !self.manifest.heads[ix].serving {
                 return Err(ObjectiveError::NotServing(name.to_string()));
             }
+            // Scores are f32: a weight past its range (1e39, say) would make every score null.
+            let weight = weight as f32;
             if !weight.is_finite() {
                 return Err(ObjectiveError::NonFinite(name.to_string()));
             }
-            weights[ix] = weight as f32;
+            weights[ix] = weight;
         }
         Ok(weights)
     }
 
     /// One score per candidate: `Σ weight_h · value_h`.
-    pub fn combine(&self, values: &HeadValues, weights: &[f32]) -> Vec<f32> {
+    pub fn combine(&self, values: &HeadValues, weights: &[f32]) -> Result<Vec<f32>, ObjectiveError> {
         let mut scores = vec![0.0f32; values.rows];
         for (h, &w) in weights.iter().enumerate() {
             if w != 0.0 {
@@ -340,7 +346,13 @@ impl Model {
                 }
             }
         }
-        scores
+        // Head values are finite (inference checks), so only the weights can overflow a score.
+        if let Some(candidate) = scores.iter().position(|s| !s.is_finite()) {
+            let heaviest = (0..weights.len()).max_by(|&a, &b| weights[a].abs().total_cmp(&weights[b].abs()));
+            let head = heaviest.map_or_else(String::new, |h| self.manifest.heads[h].name.clone());
+            return Err(ObjectiveError::Overflow { head, candidate });
+        }
+        Ok(scores)
     }
 
     /// Runs one golden example and returns its head values.

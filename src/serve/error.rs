@@ -35,6 +35,10 @@ pub enum ApiError {
     ModelRequired { serving: String },
     #[error("no model is loaded yet")]
     NotReady,
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
+    #[error("{path} does not take {method}")]
+    MethodNotAllowed { method: String, path: String },
     #[error("the inference queue is full; retry shortly")]
     Overloaded,
     #[error("the request's budget of {budget_ms} ms ran out before inference could start")]
@@ -91,6 +95,8 @@ impl ApiError {
             ApiError::UnknownModel { .. } => "unknown_model",
             ApiError::ModelRequired { .. } => "model_required",
             ApiError::NotReady => "not_ready",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Overloaded => "overloaded",
             ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
             ApiError::Shed { .. } => "shed",
@@ -141,6 +147,8 @@ impl ApiError {
             }
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::AdminDisabled => StatusCode::FORBIDDEN,
             ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -169,6 +177,9 @@ impl IntoResponse for ApiError {
             ApiError::InvalidObjective(
                 ObjectiveError::UnknownHead(h) | ObjectiveError::NotServing(h) | ObjectiveError::NonFinite(h),
             ) => (None, None, Some(h.as_str())),
+            ApiError::InvalidObjective(ObjectiveError::Overflow { head, candidate }) => {
+                (Some(*candidate), None, Some(head.as_str()))
+            }
             _ => (None, None, None),
         };
         if status.is_server_error() {

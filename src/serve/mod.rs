@@ -87,6 +87,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(admin::routes())
+        // Routing errors in the same JSON shape as every other error.
+        .fallback(|uri: axum::http::Uri| async move { error::ApiError::NotFound(uri.path().to_string()) })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            error::ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+        })
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .with_state(app)
 }

@@ -159,22 +159,15 @@ impl Drop for CancelGuard {
 /// body's `budget_ms`, else the model's configured default; cut to the configured ceiling.
 fn budget_ms(
     app: &App,
-    headers: &HeaderMap,
+    header: Option<f64>,
     body: Option<f64>,
     model: &str,
 ) -> Result<Option<f64>, ApiError> {
-    let header = match headers.get(BUDGET_HEADER) {
-        None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| {
-            ApiError::InvalidRequest(format!("{BUDGET_HEADER}: {v:?} is not a number of milliseconds"))
-        })?),
+    let asked = match (header, body) {
+        (Some(h), _) => Some(h),
+        (None, Some(b)) => Some(positive_budget("budget_ms", b)?),
+        (None, None) => None,
     };
-    let asked = header.or(body);
-    if let Some(b) = asked
-        && !(b.is_finite() && b > 0.0)
-    {
-        return Err(ApiError::InvalidRequest(format!("budget_ms must be a positive number, not {b}")));
-    }
     let configured = app.config.model_budgets_ms.get(model).copied().or(app.config.default_budget_ms);
     Ok(asked.or(configured).map(|b| b.min(app.config.max_budget_ms)))
 }
@@ -185,9 +178,21 @@ const BUDGET_HEADER: &str = "x-retort-budget-ms";
 /// requests are shed unread.
 const LAG_SHARE: f64 = 0.5;
 
-/// The header's budget, when it is a number (a bad one is named later, with the body).
-fn header_budget(headers: &HeaderMap) -> Option<f64> {
-    headers.get(BUDGET_HEADER)?.to_str().ok()?.trim().parse().ok()
+/// The budget the `x-retort-budget-ms` header asks for, checked as the body's would be.
+fn header_budget(headers: &HeaderMap) -> Result<Option<f64>, ApiError> {
+    let Some(v) = headers.get(BUDGET_HEADER) else { return Ok(None) };
+    let ms = v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| {
+        ApiError::InvalidRequest(format!("{BUDGET_HEADER}: {v:?} is not a number of milliseconds"))
+    })?;
+    positive_budget(BUDGET_HEADER, ms).map(Some)
+}
+
+fn positive_budget(source: &str, ms: f64) -> Result<f64, ApiError> {
+    if ms.is_finite() && ms > 0.0 {
+        Ok(ms)
+    } else {
+        Err(ApiError::InvalidRequest(format!("{source} must be a positive number of milliseconds, not {ms}")))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -207,8 +212,11 @@ async fn handle(
     if app.pool.is_full() {
         return Err(ApiError::Overloaded);
     }
+    // A bad budget is the caller's fault whatever the load: named before anything is shed.
+    let header_budget = header_budget(headers)?;
     let lag = app.lag.current();
-    if let Some(budget_ms) = header_budget(headers).or(app.config.default_budget_ms)
+    if let Some(budget_ms) =
+        header_budget.or(app.config.default_budget_ms).map(|b| b.min(app.config.max_budget_ms))
         && lag.as_secs_f64() * 1e3 >= budget_ms * LAG_SHARE
     {
         return Err(ApiError::Shed { reason: Reason::Overload, budget_ms });
@@ -239,7 +247,7 @@ async fn handle(
     let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
     *served = Some(version.clone());
     // The deadline is fixed on arrival; every later stage sees it.
-    let budget = budget_ms(app, headers, req.budget_ms, version.model.name())?;
+    let budget = budget_ms(app, header_budget, req.budget_ms, version.model.name())?;
     // It arrived about `lag` before this handler ran.
     let arrived = started.checked_sub(lag).unwrap_or(started);
     let deadline = budget.map(|b| arrived + Duration::from_secs_f64(b / 1e3));
@@ -365,7 +373,7 @@ async fn handle(
     // 5. Combine heads into one score, keep the best `top_k`, best first; candidates left
     //    unscored follow in the order they would have been scored.
     let t = Instant::now();
-    let scores = model.combine(&values, &weights);
+    let scores = model.combine(&values, &weights)?;
     let best = top_k(&scores, req.top_k);
     let limit = req.top_k.unwrap_or(n).min(n);
     let candidate = |row: usize| order.as_ref().map_or(row, |o| o[row]);
@@ -424,6 +432,7 @@ fn sticky_key(req: &request::RankRequest<'_>) -> u64 {
     match (req.context.get("user_id"), &req.request_id) {
         (Value::Str(s), _) => fnv1a64(s.as_bytes()),
         (Value::Int(i), _) => fnv1a64(i.to_string().as_bytes()),
+        (Value::Uint(u), _) => fnv1a64(u.to_string().as_bytes()),
         (_, Some(id)) => fnv1a64(id.0.as_bytes()),
         _ => {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

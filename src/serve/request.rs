@@ -10,37 +10,157 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::encode::{FeatureSource, Value};
 
+/// Every field's errors name the field (`top_k: invalid value: integer -1, expected usize`):
+/// serde_json's own name only a line and column.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RankRequest<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "named::request_id")]
     pub request_id: Option<Text<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "named::model")]
     pub model: Option<Text<'a>>,
-    /// Latency budget; accepted now, enforced by admission control.
-    #[serde(default)]
+    /// Latency budget, enforced by admission control.
+    #[serde(default, deserialize_with = "named::budget_ms")]
     pub budget_ms: Option<f64>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "named::context")]
     pub context: Features<'a>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "candidates")]
     pub candidates: Vec<Candidate<'a>>,
     /// Head → weight; replaces the model's default objective when given.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "named::objective")]
     pub objective: Option<Objective<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "named::top_k")]
     pub top_k: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Deserialisers that put the field's name in front of its error.
+mod named {
+    use super::*;
+
+    macro_rules! named {
+        ($($field:ident: $t:ty),* $(,)?) => {$(
+            pub fn $field<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                <$t>::deserialize(d).map_err(|e| prefixed(stringify!($field), e))
+            }
+        )*};
+    }
+
+    /// `e` with the field's name in front, unless it is a syntax error: those stay as they are,
+    /// so that a body that is not JSON still reads as malformed (400), not invalid (422).
+    pub fn prefixed<E: de::Error>(field: &str, e: E) -> E {
+        prefixed_with(format_args!("`{field}`"), e)
+    }
+
+    pub fn prefixed_with<E: de::Error>(prefix: impl std::fmt::Display, e: E) -> E {
+        let message = e.to_string();
+        if is_syntax(&message) || message.starts_with('`') {
+            e
+        } else {
+            E::custom(format_args!("{prefix}: {message}"))
+        }
+    }
+
+    /// serde_json's syntax errors, which a field's decoder passes on from the parser.
+    fn is_syntax(message: &str) -> bool {
+        [
+            "EOF while parsing",
+            "expected `",
+            "expected ident",
+            "expected value",
+            "invalid escape",
+            "invalid number",
+            "number out of range",
+            "invalid unicode code point",
+            "control character",
+            "key must be a string",
+            "lone leading surrogate",
+            "trailing comma",
+            "trailing characters",
+            "unexpected end of hex escape",
+            "recursion limit exceeded",
+        ]
+        .iter()
+        .any(|p| message.starts_with(p))
+    }
+
+    named!(
+        request_id: Option<Text<'a>>,
+        model: Option<Text<'a>>,
+        budget_ms: Option<f64>,
+        context: Features<'a>,
+        objective: Option<Objective<'a>>,
+        top_k: Option<usize>,
+    );
+}
+
+/// The candidates, each error naming the candidate's index.
+fn candidates<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<Candidate<'a>>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<Candidate<'de>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of candidates")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(64).min(4096));
+            loop {
+                let i = out.len();
+                match seq.next_element::<Candidate<'de>>() {
+                    Ok(Some(c)) => out.push(c),
+                    Ok(None) => return Ok(out),
+                    Err(e) => {
+                        return Err(named::prefixed_with(format_args!("`candidates`: candidate {i}"), e));
+                    }
+                }
+            }
+        }
+    }
+    d.deserialize_seq(V).map_err(|e| named::prefixed("candidates", e))
+}
+
+/// One candidate: an object with its `id`, and optionally `features` and a `prior` (never a
+/// positional array, which a derived decoder would also take).
+#[derive(Debug)]
 pub struct Candidate<'a> {
-    #[serde(borrow)]
     pub id: CandidateId<'a>,
-    #[serde(borrow, default)]
     pub features: Features<'a>,
     /// The caller's own score, used to order candidates the model did not score.
-    #[serde(default)]
     pub prior: Option<f64>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Candidate<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["id", "features", "prior"];
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Candidate<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a candidate object (`id`, `features`, `prior`)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut id, mut features, mut prior) = (None, None, None);
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match &*key {
+                        "id" if id.is_none() => id = Some(map.next_value::<CandidateId<'de>>()?),
+                        "features" if features.is_none() => {
+                            features = Some(map.next_value::<Features<'de>>()?)
+                        }
+                        "prior" if prior.is_none() => prior = Some(map.next_value::<Option<f64>>()?),
+                        "id" | "features" | "prior" => {
+                            return Err(de::Error::custom(format_args!("duplicate field `{}`", &*key)));
+                        }
+                        other => return Err(de::Error::unknown_field(other, FIELDS)),
+                    }
+                }
+                Ok(Candidate {
+                    id: id.ok_or_else(|| de::Error::missing_field("id"))?,
+                    features: features.unwrap_or_default(),
+                    prior: prior.flatten(),
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl FeatureSource for Candidate<'_> {
@@ -110,6 +230,7 @@ pub enum FeatureValue<'a> {
     Null,
     Bool(bool),
     Int(i64),
+    Uint(u64),
     Float(f64),
     Str(Cow<'a, str>),
     Numbers(Vec<f64>),
@@ -124,6 +245,7 @@ impl FeatureValue<'_> {
             FeatureValue::Null => Value::Missing,
             FeatureValue::Bool(b) => Value::Bool(*b),
             FeatureValue::Int(i) => Value::Int(*i),
+            FeatureValue::Uint(u) => Value::Uint(*u),
             FeatureValue::Float(x) => Value::Float(*x),
             FeatureValue::Str(s) => Value::Str(s),
             FeatureValue::Numbers(v) => Value::List(Cow::Borrowed(v)),
@@ -154,7 +276,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for FeatureValue<'a> {
                 Ok(FeatureValue::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(i64::try_from(v).map_or(FeatureValue::Float(v as f64), FeatureValue::Int))
+                Ok(i64::try_from(v).map_or(FeatureValue::Uint(v), FeatureValue::Int))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
                 Ok(FeatureValue::Float(v))
@@ -294,6 +416,10 @@ pub enum DecodeError {
 
 /// Decodes a rank request.
 pub fn decode(body: &[u8]) -> Result<RankRequest<'_>, DecodeError> {
+    // A derived decoder takes a struct's fields from a positional array too.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(DecodeError::Invalid("a rank request is a JSON object, not an array".into()));
+    }
     serde_json::from_slice::<RankRequest>(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::Invalid(e.to_string()),
         _ => DecodeError::Malformed(e.to_string()),
@@ -375,5 +501,34 @@ mod tests {
             matches!(decode(b"{\"context\": {}, \"candidates\": [], \"topk\": 3}"), Err(DecodeError::Invalid(m)) if m.contains("topk"))
         );
         assert!(matches!(decode(b"{\"context\": [], \"candidates\": []}"), Err(DecodeError::Invalid(_))));
+    }
+
+    // See: issue 14 (G, 4).
+    #[test]
+    fn refuses_arrays_for_objects_and_names_the_field_at_fault() {
+        let invalid = |body: &str| match decode(body.as_bytes()) {
+            Err(DecodeError::Invalid(m)) => m,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert!(invalid(r#"[{"a": 1}, [{"id": "t1"}]]"#).contains("not an array"));
+        let m = invalid(r#"{"context": {}, "candidates": [{"id": "t0"}, ["t1", {}]]}"#);
+        assert!(m.contains("candidate 1") && m.contains("candidate object"), "{m}");
+        let m = invalid(r#"{"context": {}, "candidates": [], "top_k": -1}"#);
+        assert!(m.starts_with("`top_k`") && m.contains("-1"), "{m}");
+        assert_eq!(m.matches(" at line ").count(), 1, "{m}");
+        let m = invalid(r#"{"context": {}, "candidates": [], "budget_ms": "fast"}"#);
+        assert!(m.starts_with("`budget_ms`"), "{m}");
+        let m = invalid(r#"{"context": {}, "candidates": [{"id": "t0", "feature": {}}]}"#);
+        assert!(m.contains("candidate 0") && m.contains("`feature`"), "{m}");
+        let m = invalid(r#"{"context": {}, "candidates": [{"features": {}}]}"#);
+        assert!(m.contains("candidate 0") && m.contains("`id`"), "{m}");
+        let m = invalid(r#"{"context": {}, "candidates": {}}"#);
+        assert!(m.starts_with("`candidates`"), "{m}");
+        let r = decode(
+            br#"{"context": {"u": 18446744073709551615}, "candidates": [{"id": "t", "prior": null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.context.get("u"), Value::Uint(u64::MAX));
+        assert_eq!(r.candidates[0].prior, None);
     }
 }

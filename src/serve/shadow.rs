@@ -90,7 +90,7 @@ pub fn spawn(app: Arc<App>, shadow: Arc<Served>, body: Bytes, serving_scores: Ve
                     .ok()?;
                 let encoded = model.encode(&req.context, &req.candidates).ok()?;
                 let values = model.infer(encoded).ok()?;
-                Some(model.combine(&values, &weights))
+                model.combine(&values, &weights).ok()
             })
             .await;
         match scored {
