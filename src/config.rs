@@ -38,6 +38,9 @@ pub struct Config {
     pub body_read_timeout_ms: u64,
     /// Most candidates accepted in one request.
     pub max_candidates: usize,
+    /// The largest `model.onnx` the server loads, in bytes; a larger one is refused before it
+    /// is read.
+    pub max_model_bytes: u64,
     /// Model used when a request names none (needed only when several models are served).
     pub default_model: Option<String>,
     /// Log format: `text` or `json`.
@@ -63,8 +66,13 @@ pub struct Config {
     /// A new version whose median time on the replayed warm-up requests exceeds this multiple
     /// of the serving version's on the same requests is refused.
     pub warmup_latency_factor: f64,
-    /// Keep the recent requests used for warm-up in `<models>/.warmup/` across restarts.
+    /// Keep the recent requests used for warm-up in `<models>/.warmup/` across restarts
+    /// (request bodies as clients sent them, user ids included; files readable by the server's
+    /// user only).
     pub persist_warmup: bool,
+    /// Bytes of recent request bodies kept per model for warm-up (at most 64 bodies); 0 keeps
+    /// none, and new versions then warm on their golden examples only.
+    pub warmup_max_bytes: usize,
     /// Latency budget of a request that sets none, in milliseconds (none: no deadline).
     pub default_budget_ms: Option<f64>,
     /// Per-model default budgets overriding `default_budget_ms` (file only: `[model_budgets_ms]`).
@@ -93,6 +101,7 @@ impl Default for Config {
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
             max_candidates: 2000,
+            max_model_bytes: 512 * 1024 * 1024,
             default_model: None,
             log_format: LogFormat::Text,
             drain_timeout_ms: 30_000,
@@ -104,6 +113,7 @@ impl Default for Config {
             canary: CanaryRules::default(),
             warmup_latency_factor: 3.0,
             persist_warmup: true,
+            warmup_max_bytes: crate::rollout::warmup::DEFAULT_MAX_BYTES,
             default_budget_ms: None,
             model_budgets_ms: Default::default(),
             max_budget_ms: 10_000.0,
@@ -158,6 +168,9 @@ pub struct ServeArgs {
     /// Most candidates per request [default: 2000]
     #[arg(long, env = "RETORT_MAX_CANDIDATES")]
     pub max_candidates: Option<usize>,
+    /// Largest model.onnx the server loads, in bytes [default: 536870912]
+    #[arg(long, env = "RETORT_MAX_MODEL_BYTES")]
+    pub max_model_bytes: Option<u64>,
     /// Model used when a request names none
     #[arg(long, env = "RETORT_DEFAULT_MODEL")]
     pub default_model: Option<String>,
@@ -179,7 +192,26 @@ pub struct ServeArgs {
     /// What a new version does once validated: auto (promote) or manual [default: auto]
     #[arg(long, env = "RETORT_ROLLOUT_POLICY")]
     pub rollout_policy: Option<Policy>,
+    /// Latency budget of a request that sets none, in milliseconds [default: none, no deadline]
+    #[arg(long, env = "RETORT_DEFAULT_BUDGET_MS")]
+    pub default_budget_ms: Option<f64>,
+    /// The largest budget a request may ask for, in milliseconds [default: 10000]
+    #[arg(long, env = "RETORT_MAX_BUDGET_MS")]
+    pub max_budget_ms: Option<f64>,
+    /// Refuse a new version this many times slower than the serving one on recent requests [default: 3]
+    #[arg(long, env = "RETORT_WARMUP_LATENCY_FACTOR")]
+    pub warmup_latency_factor: Option<f64>,
+    /// Keep recent requests for warm-up in <models>/.warmup/ across restarts: true or false [default: true]
+    #[arg(long, env = "RETORT_PERSIST_WARMUP")]
+    pub persist_warmup: Option<bool>,
+    /// Bytes of recent request bodies kept per model for warm-up, 0 for none [default: 4194304]
+    #[arg(long, env = "RETORT_WARMUP_MAX_BYTES")]
+    pub warmup_max_bytes: Option<usize>,
 }
+
+/// The settings that are tables, set in the TOML file only (per-model overrides, canary rules,
+/// degradation ladders); every other setting also has a flag and a `RETORT_*` variable.
+pub const FILE_ONLY: &[&str] = &["model_policies", "canary", "model_budgets_ms", "degradation"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -214,13 +246,21 @@ impl Config {
             header_read_timeout_ms,
             body_read_timeout_ms,
             max_candidates,
+            max_model_bytes,
             log_format,
             drain_timeout_ms,
             poll_interval_ms,
-            rollout_policy
+            rollout_policy,
+            max_budget_ms,
+            warmup_latency_factor,
+            persist_warmup,
+            warmup_max_bytes
         );
         if args.default_model.is_some() {
             c.default_model = args.default_model.clone();
+        }
+        if args.default_budget_ms.is_some() {
+            c.default_budget_ms = args.default_budget_ms;
         }
         if args.admin_token.is_some() {
             c.admin_token = args.admin_token.clone();
@@ -336,6 +376,40 @@ mod tests {
         std::fs::write(&path, "[degradation]\nladder = [\"retry\"]\n").unwrap();
         let err = Config::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("retry"), "{err}");
+    }
+
+    // See: issue 14 (12): the README said every setting had a flag, and `--help` restated
+    // defaults by hand.
+    #[test]
+    fn every_setting_but_the_tables_has_a_flag_stating_the_real_default() {
+        use clap::Args;
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (key, value) in &defaults {
+            if FILE_ONLY.contains(&key.as_str()) {
+                assert!(value.is_table(), "`{key}` is file-only, so it must be a table");
+                continue;
+            }
+            let flag = if key == "models_dir" { "models".to_string() } else { key.replace('_', "-") };
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("setting `{key}` has no --{flag}"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let Some(stated) = help.split("[default: ").nth(1).and_then(|s| s.split(']').next()) else {
+                continue;
+            };
+            let real = match value {
+                toml::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let same = stated == real
+                || matches!((stated.parse::<f64>(), real.parse::<f64>()), (Ok(a), Ok(b)) if a == b);
+            assert!(same, "--{flag} says its default is {stated}; it is {real}");
+        }
+        for table in FILE_ONLY {
+            assert!(defaults.contains_key(*table), "`{table}` is not a setting");
+        }
     }
 
     #[test]

@@ -422,3 +422,31 @@ async fn broken_packages_are_refused_with_their_reason_while_the_serving_version
     assert_eq!(version_for(&server, "u").await, "1");
     server.stop().await.unwrap();
 }
+
+// See: issue 14 (H): a version that failed half-copied was never tried again once whole; a
+// version linked from outside the models directory was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_version_is_retried_once_its_files_change_and_links_outside_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let server = TestServer::start(config(dir.path(), Policy::Auto, 50)).await;
+    let (manifest, graph) = scaffold::seeded_package("m", "2", 2);
+    let half = dir.path().join("m/2");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("manifest.toml"), manifest.to_toml()).unwrap();
+    std::fs::write(half.join("model.onnx"), &graph[..graph.len() / 2]).unwrap();
+    wait_state(&server, "2", "failed").await;
+    // The copy finishes: the watcher sees new bytes and tries again.
+    std::fs::write(half.join("model.onnx"), &graph).unwrap();
+    wait_state(&server, "2", "serving").await;
+    assert_eq!(version_for(&server, "u").await, "2");
+
+    let outside = tempfile::tempdir().unwrap();
+    let (manifest, graph) = scaffold::seeded_package("m", "3", 3);
+    let real = package::write(outside.path(), &manifest, &graph).unwrap();
+    std::os::unix::fs::symlink(&real, dir.path().join("m/3")).unwrap();
+    let failed = wait_state(&server, "3", "failed").await;
+    assert!(failed["reason"].as_str().unwrap().contains("links outside the models directory"), "{failed}");
+    assert_eq!(version_for(&server, "u").await, "2");
+    server.stop().await.unwrap();
+}

@@ -103,6 +103,51 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     pa.len().cmp(&pb.len()).then_with(|| a.cmp(b))
 }
 
+/// The package files' sizes and modification times: a failed package is tried again once
+/// this changes (a copy that was still arriving has finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    manifest: (u64, Option<std::time::SystemTime>),
+    graph: (u64, Option<std::time::SystemTime>),
+}
+
+/// The largest manifest read: a manifest is a page of TOML.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Checks that the package in `dir` may be served from `models_dir` before any of it is read:
+/// the directory and its files resolve inside `models_dir` (a link out of it would serve
+/// whatever it points at), and the graph is at most `max_graph_bytes`. Returns the files'
+/// stamp.
+pub fn check_servable(models_dir: &Path, dir: &Path, max_graph_bytes: u64) -> Result<FileStamp, String> {
+    let root = models_dir.canonicalize().map_err(|e| format!("{}: {e}", models_dir.display()))?;
+    let resolved = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !resolved.starts_with(&root) {
+        return Err(format!("{} links outside the models directory; refused", dir.display()));
+    }
+    let stamp = |file: &str, limit: u64| -> Result<(u64, Option<std::time::SystemTime>), String> {
+        let path = dir.join(file);
+        let real = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+        if !real.starts_with(&root) {
+            return Err(format!("{} links outside the models directory; refused", path.display()));
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a file", path.display()));
+        }
+        if meta.len() > limit {
+            return Err(format!("{} is {} bytes, over the limit of {limit}", path.display(), meta.len()));
+        }
+        Ok((meta.len(), meta.modified().ok()))
+    };
+    Ok(FileStamp { manifest: stamp(MANIFEST, MAX_MANIFEST_BYTES)?, graph: stamp(GRAPH, max_graph_bytes)? })
+}
+
+/// The stamp of the package files in `dir`, if both can be read.
+pub fn stamp(dir: &Path) -> Option<FileStamp> {
+    let of = |file: &str| std::fs::metadata(dir.join(file)).ok().map(|m| (m.len(), m.modified().ok()));
+    Some(FileStamp { manifest: of(MANIFEST)?, graph: of(GRAPH)? })
+}
+
 /// Writes a complete package for `manifest` under `models_dir` and returns its directory.
 /// The files are written and synced in a hidden temporary directory, which is then renamed
 /// into place: a crash leaves either no package or a whole one.
@@ -152,6 +197,31 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // See: issue 14 (H).
+    #[cfg(unix)]
+    #[test]
+    fn a_package_that_links_outside_or_is_too_large_is_refused_before_it_is_read() {
+        let outside = tempfile::tempdir().unwrap();
+        let models = tempfile::tempdir().unwrap();
+        let (manifest, graph) = crate::model::scaffold::seeded_package("m", "1", 1);
+        let real = write(outside.path(), &manifest, &graph).unwrap();
+        std::fs::create_dir_all(models.path().join("m")).unwrap();
+        let linked = models.path().join("m/1");
+        std::os::unix::fs::symlink(&real, &linked).unwrap();
+        let err = check_servable(models.path(), &linked, 1 << 30).unwrap_err();
+        assert!(err.contains("links outside"), "{err}");
+
+        let (manifest, graph) = crate::model::scaffold::seeded_package("m", "2", 1);
+        let inside = write(models.path(), &manifest, &graph).unwrap();
+        check_servable(models.path(), &inside, 1 << 30).unwrap();
+        let err = check_servable(models.path(), &inside, 100).unwrap_err();
+        assert!(err.contains("model.onnx") && err.contains("over the limit of 100"), "{err}");
+        std::fs::remove_file(inside.join(MANIFEST)).unwrap();
+        std::os::unix::fs::symlink(real.join(MANIFEST), inside.join(MANIFEST)).unwrap();
+        let err = check_servable(models.path(), &inside, 1 << 30).unwrap_err();
+        assert!(err.contains("manifest.toml links outside"), "{err}");
+    }
 
     #[test]
     fn versions_compare_numerically_where_they_can() {

@@ -80,6 +80,8 @@ struct Record {
     served: Option<Arc<Served>>,
     /// What it served, kept after it is unloaded.
     stats: Option<Arc<VersionStats>>,
+    /// Its files when it was loaded (or failed to).
+    stamp: Option<package::FileStamp>,
 }
 
 impl Record {
@@ -92,6 +94,7 @@ impl Record {
             percent: None,
             served: None,
             stats: None,
+            stamp: None,
         }
     }
 }
@@ -120,6 +123,8 @@ pub struct Rollout {
     #[cfg(feature = "test-hooks")]
     inference_delays: BTreeMap<String, crate::model::InferenceDelay>,
     models_dir: PathBuf,
+    /// The largest `model.onnx` staged; a larger one is refused before it is read.
+    max_model_bytes: u64,
     engine: EngineKind,
     policy: Policy,
     policies: BTreeMap<String, Policy>,
@@ -160,11 +165,12 @@ impl Rollout {
                 default_model: config.default_model.clone(),
             }),
             warmup: if config.persist_warmup {
-                WarmupRing::load(&config.models_dir)
+                WarmupRing::load(&config.models_dir, config.warmup_max_bytes)
             } else {
-                WarmupRing::default()
+                WarmupRing::new(config.warmup_max_bytes)
             },
             models_dir: config.models_dir.clone(),
+            max_model_bytes: config.max_model_bytes,
             engine: config.engine,
             policy: config.rollout_policy,
             policies: config.model_policies.clone(),
@@ -193,9 +199,17 @@ impl Rollout {
         self.records().get(&key(name, version)).map(|r| r.state)
     }
 
-    /// Whether the server has seen `name/version` (in any state, failed included).
-    pub fn knows(&self, name: &str, version: &str) -> bool {
-        self.records().contains_key(&key(name, version))
+    /// Whether the watcher should load `name/version`: never seen, or failed and its files
+    /// changed since (a copy that was still arriving when it was tried).
+    pub fn should_try(&self, name: &str, version: &str) -> bool {
+        match self.records().get(&key(name, version)) {
+            None => true,
+            Some(r) if r.state == State::Failed => {
+                let now = package::stamp(&self.models_dir.join(name).join(version));
+                now.is_some() && now != r.stamp
+            }
+            Some(_) => false,
+        }
     }
 
     /// Loads, validates and warms `name/version` on the calling thread (callers keep it off the
@@ -225,14 +239,18 @@ impl Rollout {
         }
         let started = Instant::now();
         let serving = self.catalog.load().routes.get(name).map(|r| r.serving.model.clone());
-        let loaded =
-            load_and_validate(&dir, self.engine, name, version, serving.as_deref().map(|m| &m.manifest))
-                .and_then(|(model, notes)| {
-                    self.warm_on_traffic(&model, name, serving.as_deref())?;
-                    Ok((model, notes))
-                });
+        let stamp = package::stamp(&dir);
+        let loaded = package::check_servable(&self.models_dir, &dir, self.max_model_bytes)
+            .and_then(|_| {
+                load_and_validate(&dir, self.engine, name, version, serving.as_deref().map(|m| &m.manifest))
+            })
+            .and_then(|(model, notes)| {
+                self.warm_on_traffic(&model, name, serving.as_deref())?;
+                Ok((model, notes))
+            });
         let mut records = self.records();
         let record = records.get_mut(&key(name, version)).expect("inserted above");
+        record.stamp = stamp;
         match loaded {
             Ok((model, notes)) => {
                 #[cfg(feature = "test-hooks")]

@@ -15,25 +15,52 @@ use crate::model::Model;
 use crate::model::manifest::{HeadKind, Transform};
 use crate::serve::request;
 
-/// Requests kept per model.
+/// Requests kept per model, at most.
 pub const CAPACITY: usize = 64;
+/// Bytes of request bodies kept per model by default, at most.
+pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Where the rings are kept, inside the models directory (hidden: never read as a package).
 pub const DIR: &str = ".warmup";
 
-#[derive(Default)]
+/// The recent requests of each model, bounded in count ([`CAPACITY`]) and in bytes: bodies
+/// come from any client, and 64 of the largest accepted would otherwise hold 128 MiB.
 pub struct WarmupRing {
-    rings: Mutex<BTreeMap<String, VecDeque<Bytes>>>,
+    rings: Mutex<BTreeMap<String, Ring>>,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Ring {
+    bodies: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Default for WarmupRing {
+    fn default() -> Self {
+        WarmupRing::new(DEFAULT_MAX_BYTES)
+    }
 }
 
 impl WarmupRing {
-    /// Keeps `body`, a request `model` answered, dropping the oldest beyond [`CAPACITY`].
+    /// A ring keeping at most `max_bytes` of bodies per model (0 keeps none).
+    pub fn new(max_bytes: usize) -> WarmupRing {
+        WarmupRing { rings: Mutex::new(BTreeMap::new()), max_bytes }
+    }
+
+    /// Keeps `body`, a request `model` answered, dropping the oldest beyond [`CAPACITY`] or the
+    /// byte bound. A body larger than the whole bound is not kept.
     pub fn record(&self, model: &str, body: Bytes) {
+        if body.len() > self.max_bytes {
+            return;
+        }
         let mut rings = self.rings.lock().expect("not poisoned");
         let ring = rings.entry(model.to_string()).or_default();
-        if ring.len() == CAPACITY {
-            ring.pop_front();
+        ring.bytes += body.len();
+        ring.bodies.push_back(body);
+        while ring.bodies.len() > CAPACITY || ring.bytes > self.max_bytes {
+            let oldest = ring.bodies.pop_front().expect("over a bound, so not empty");
+            ring.bytes -= oldest.len();
         }
-        ring.push_back(body);
     }
 
     pub fn requests(&self, model: &str) -> Vec<Bytes> {
@@ -41,7 +68,7 @@ impl WarmupRing {
             .lock()
             .expect("not poisoned")
             .get(model)
-            .map(|r| r.iter().cloned().collect())
+            .map(|r| r.bodies.iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -51,7 +78,7 @@ impl WarmupRing {
         std::fs::create_dir_all(&dir)?;
         for (model, ring) in self.rings.lock().expect("not poisoned").iter() {
             let mut text = Vec::new();
-            for body in ring {
+            for body in &ring.bodies {
                 // One request per line: a JSON body has no raw newline outside strings, and
                 // none inside them (JSON escapes it).
                 text.extend(body.iter().filter(|&&b| b != b'\n' && b != b'\r'));
@@ -59,15 +86,16 @@ impl WarmupRing {
             }
             let path = dir.join(format!("{model}.jsonl"));
             let tmp = dir.join(format!(".{model}.jsonl.tmp"));
-            std::fs::write(&tmp, &text)?;
+            write_private(&tmp, &text)?;
             std::fs::rename(&tmp, &path)?;
         }
         Ok(())
     }
 
-    /// Reads the rings [`WarmupRing::save`] wrote; a missing directory is an empty ring.
-    pub fn load(models_dir: &Path) -> WarmupRing {
-        let ring = WarmupRing::default();
+    /// Reads the rings [`WarmupRing::save`] wrote, keeping at most `max_bytes` per model; a
+    /// missing directory is an empty ring.
+    pub fn load(models_dir: &Path, max_bytes: usize) -> WarmupRing {
+        let ring = WarmupRing::new(max_bytes);
         let Ok(entries) = std::fs::read_dir(models_dir.join(DIR)) else { return ring };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -79,6 +107,11 @@ impl WarmupRing {
             if model.starts_with('.') {
                 continue;
             }
+            // A file far over the bound was not written by this server: not worth reading.
+            let size = entry.metadata().map_or(u64::MAX, |m| m.len());
+            if size > 2 * max_bytes as u64 + 64 * 1024 {
+                continue;
+            }
             if let Ok(text) = std::fs::read(&path) {
                 for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
                     ring.record(model, Bytes::copy_from_slice(line));
@@ -87,6 +120,16 @@ impl WarmupRing {
         }
         ring
     }
+}
+
+/// The requests hold what clients sent (user ids among it): readable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 /// Replays `requests` to `model`: every output must be finite, and a probability where the
@@ -130,9 +173,31 @@ mod tests {
         assert_eq!(kept[0], Bytes::from("{\"n\": 5}"));
         let dir = tempfile::tempdir().unwrap();
         ring.save(dir.path()).unwrap();
-        let back = WarmupRing::load(dir.path());
+        let back = WarmupRing::load(dir.path(), DEFAULT_MAX_BYTES);
         assert_eq!(back.requests("m"), kept);
         assert_eq!(back.requests("other"), [Bytes::from_static(b"{\"x\": 1}")]);
-        assert!(WarmupRing::load(&dir.path().join("none")).requests("m").is_empty());
+        assert!(WarmupRing::load(&dir.path().join("none"), DEFAULT_MAX_BYTES).requests("m").is_empty());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(DIR).join("m.jsonl")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    // See: issue 14 (I): 64 bodies of up to 2 MiB each were kept per model.
+    #[test]
+    fn keeps_at_most_its_bytes_per_model() {
+        let ring = WarmupRing::new(1000);
+        ring.record("m", Bytes::from(vec![b'x'; 1001]));
+        assert!(ring.requests("m").is_empty(), "a body over the whole bound is not kept");
+        for i in 0..10u8 {
+            ring.record("m", Bytes::from(vec![i; 300]));
+        }
+        let kept = ring.requests("m");
+        assert_eq!(kept.iter().map(|b| b[0]).collect::<Vec<_>>(), [7, 8, 9], "the newest that fit");
+        let none = WarmupRing::new(0);
+        none.record("m", Bytes::from_static(b"{}"));
+        assert!(none.requests("m").is_empty());
     }
 }

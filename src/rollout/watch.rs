@@ -110,7 +110,7 @@ pub fn discover(rollout: &Rollout) {
             .routes
             .get(&name)
             .is_none_or(|r| package::compare_versions(&p.version, r.serving.version()).is_gt());
-        if newer && !rollout.knows(&name, &p.version) {
+        if newer && rollout.should_try(&name, &p.version) {
             tracing::info!(model = %name, version = %p.version, policy = ?rollout.policy_of(&name), "new version found");
             if let Err(e) = rollout.load(&name, &p.version) {
                 tracing::error!(model = %name, version = %p.version, error = %e, "new version not taken");
