@@ -270,3 +270,46 @@ async fn a_budget_nothing_can_meet_is_shed_at_once() {
     assert_eq!(DELAYED_RUNS.load(Ordering::Relaxed) - before, 0);
     assert_eq!(metric(&server.get("/metrics").await.text(), "shed"), 1);
 }
+
+// See: issue 14 (3): on an idle but noisy machine a 5 ms budget was shed as `overload`, and a
+// larger budget got a worse answer than a smaller one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_never_blames_overload_and_a_roomy_budget_is_answered_in_full() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 200 candidates take 1 ms + 200 × 10 µs = 3 ms.
+    let server = degrading_server(dir.path(), &[("m", 1.0, 10.0)], false).await;
+    for _ in 0..3 {
+        assert_eq!(server.rank(&with_priors(200, 1000.0)).await.status, 200);
+    }
+    let mut outcomes = Vec::new();
+    for round in 0..3 {
+        for budget in [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 12.0, 20.0, 40.0] {
+            let r = server.rank(&with_priors(200, budget)).await;
+            let body = r.json();
+            let (reason, mode) = match r.status {
+                200 => (
+                    body["degraded"]["reason"].as_str().map(str::to_string),
+                    body["degraded"]["mode"].as_str().map(str::to_string),
+                ),
+                429 => (body["error"]["reason"].as_str().map(str::to_string), Some("shed".to_string())),
+                s => panic!("budget {budget} ms: {s} {}", r.text()),
+            };
+            assert_ne!(
+                reason.as_deref(),
+                Some("overload"),
+                "round {round}, budget {budget} ms on an idle server: {}",
+                r.text()
+            );
+            outcomes.push((budget, mode));
+        }
+    }
+    // Four times what the full answer takes, plus the margin: never degraded.
+    for (budget, mode) in &outcomes {
+        if *budget >= 20.0 {
+            assert_eq!(mode, &None, "budget {budget} ms degraded: {outcomes:?}");
+        }
+    }
+    let metrics = server.get("/metrics").await.text();
+    assert!(metric(&metrics, "truncated") + metric(&metrics, "shed") > 0, "the small budgets were degraded");
+}

@@ -103,8 +103,9 @@ pub struct Situation {
     pub fallback: Option<Estimate>,
 }
 
-/// Tries the ladder's steps in order. With no estimate of the full model's cost, or a ladder
-/// with no step that applies, the request runs in full.
+/// Tries the ladder's steps in order. With no estimate of the full model's cost, the request
+/// runs in full; when no step fits and the ladder has no `shed`, it runs late as the last step
+/// it can take (in full only when it can take none).
 pub fn admit(ladder: &[Step], min_scored: usize, s: &Situation) -> Admission {
     let Some(full) = s.full else { return Admission::Full };
     let n = s.candidates;
@@ -127,6 +128,15 @@ pub fn admit(ladder: &[Step], min_scored: usize, s: &Situation) -> Admission {
                 }
             }
             Step::Shed => return Admission::Shed(reason),
+        }
+    }
+    // Nothing fits and the ladder never sheds: the request runs late, as its last step (the
+    // ladder's least wanted answer), so that a larger budget can only do better.
+    for step in ladder.iter().rev() {
+        match step {
+            Step::Fallback if s.fallback.is_some() => return Admission::Fallback(reason),
+            Step::Truncate if min_scored.max(1) < n => return Admission::Truncate(min_scored.max(1), reason),
+            _ => {}
         }
     }
     Admission::Full
@@ -218,7 +228,11 @@ mod tests {
         );
         // 0.5 ms: neither fits.
         assert_eq!(admit(&LADDER, 1, &situation(0.5, 0.0)), Admission::Shed(Reason::Budget));
-        assert_eq!(admit(&[Step::Fallback], 1, &situation(0.5, 0.0)), Admission::Full, "no step applies");
+        // A ladder that never sheds runs late as its last step.
+        assert_eq!(admit(&[Step::Fallback], 1, &situation(0.5, 0.0)), Admission::Fallback(Reason::Budget));
+        let none = Situation { fallback: None, ..situation(0.5, 0.0) };
+        assert_eq!(admit(&[Step::Fallback], 1, &none), Admission::Full, "no step applies");
+        assert_eq!(admit(&[Step::Truncate], 1, &none), Admission::Truncate(1, Reason::Budget));
     }
 
     #[test]
@@ -239,5 +253,45 @@ mod tests {
         assert_eq!(at_pickup(&LADDER, 1, ms(0.5), 500, Some(FULL)), Pickup::Shed);
         assert_eq!(at_pickup(&[Step::Fallback], 1, ms(0.5), 500, Some(FULL)), Pickup::Run);
         assert_eq!(at_pickup(&LADDER, 1, ms(0.5), 500, None), Pickup::Run);
+    }
+
+    /// How good an answer is by the ladder's own order: full, then each step as the ladder
+    /// ranks it (a truncation better the more it scores), shed last.
+    fn quality(ladder: &[Step], a: Admission, n: usize) -> usize {
+        let rank = |step: Step| ladder.len() - ladder.iter().position(|s| *s == step).expect("a ladder step");
+        match a {
+            Admission::Shed(_) => 0,
+            Admission::Truncate(k, _) => rank(Step::Truncate) * (n + 2) + k,
+            Admission::Fallback(_) => rank(Step::Fallback) * (n + 2) + n + 1,
+            Admission::Full => usize::MAX,
+        }
+    }
+
+    // See: issue 14 (3): a larger budget must never get a worse answer than a smaller one.
+    #[test]
+    fn a_larger_budget_never_gets_a_worse_answer() {
+        let ladders: [&[Step]; 4] = [
+            &LADDER,
+            &[Step::Truncate, Step::Shed],
+            &[Step::Fallback, Step::Shed],
+            &[Step::Truncate, Step::Fallback],
+        ];
+        for ladder in ladders {
+            for fallback in [Some(SMALL), None] {
+                for wait in [0.0, 0.5, 3.0, 8.0] {
+                    let mut last = 0;
+                    for tenth in 0..200 {
+                        let s = Situation { fallback, ..situation(tenth as f64 / 10.0, wait) };
+                        let q = quality(ladder, admit(ladder, 1, &s), s.candidates);
+                        assert!(
+                            q >= last,
+                            "{ladder:?}, wait {wait} ms: {} ms got {q} after {last}",
+                            tenth as f64 / 10.0
+                        );
+                        last = q;
+                    }
+                }
+            }
+        }
     }
 }
