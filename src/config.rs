@@ -309,6 +309,17 @@ impl Config {
         Ok(())
     }
 
+    /// Every model name the settings mention, with the setting: a name no served model has
+    /// is most likely a typo, and its setting silently does nothing.
+    pub fn named_models(&self) -> Vec<(&'static str, String)> {
+        let mut names: Vec<(&'static str, String)> = Vec::new();
+        names.extend(self.default_model.iter().map(|n| ("default_model", n.clone())));
+        names.extend(self.model_policies.keys().map(|n| ("model_policies", n.clone())));
+        names.extend(self.model_budgets_ms.keys().map(|n| ("model_budgets_ms", n.clone())));
+        names.extend(self.degradation.models.keys().map(|n| ("degradation.models", n.clone())));
+        names
+    }
+
     /// Inference threads to start: the configured number, or one per core.
     pub fn threads(&self) -> usize {
         match self.inference_threads {

@@ -7,6 +7,7 @@
 //!   the ONNX writer students are exported with.
 //! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling.
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
+//! - [`progress`]: progress of long steps, on a terminal or in the logs.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`toml_file`]: reading TOML files with errors that name them.
 //! - [`timestamp`]: UTC times as text, written and parsed.
@@ -20,6 +21,7 @@ pub mod allocator;
 pub mod config;
 pub mod distill;
 pub mod model;
+pub mod progress;
 pub mod rng;
 pub mod rollout;
 pub mod serve;

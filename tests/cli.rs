@@ -79,4 +79,48 @@ fn serve_fails_fast_on_a_missing_models_directory() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/retort-models"), "{err}");
+    // See: issue 14 (13): one line per error, each sentence once.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+// See: issue 14 (5, 13): a per-model setting naming no served model is warned about at start,
+// and logs written to a pipe carry no colour codes.
+#[test]
+fn settings_naming_an_unserved_model_are_warned_about_in_plain_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("retort.toml");
+    std::fs::write(
+        &config,
+        "[model_budgets_ms]
+music-rankr = 20.0
+[degradation.models]
+music-ranker = [\"shed\"]
+",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&config)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "info")
+        .env("RETORT_PERSIST_WARMUP", "false")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "retort serve did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    child.wait().unwrap();
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    let warnings: Vec<&str> =
+        log.lines().filter(|l| l.contains("names a model that is not served")).collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("model_budgets_ms") && warnings[0].contains("music-rankr"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a piped log: {log:?}");
 }

@@ -240,7 +240,8 @@ pub fn mean_auc(metrics: &[TaskMetrics]) -> f64 {
 
 /// `c`'s training settings with early stopping off: a comparison trains every epoch.
 fn train_config(c: &RunConfig) -> super::train::TrainConfig {
-    super::train::TrainConfig { patience: 0, ..c.train_config() }
+    // Many students train side by side: their progress would interleave into noise.
+    super::train::TrainConfig { patience: 0, progress: false, ..c.train_config() }
 }
 
 /// Mean and sample standard deviation.

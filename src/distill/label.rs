@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -603,52 +602,33 @@ impl FeatureSource for MappedRow<'_, '_> {
     }
 }
 
-/// A progress line on a terminal: partitions, rows, rows per second.
+/// Labelling's progress: rows labelled, and partitions done out of this run's.
 pub struct Progress {
-    enabled: bool,
+    rows: crate::progress::Progress,
     total: usize,
     partitions: AtomicUsize,
-    rows: AtomicUsize,
-    started: Instant,
 }
 
 impl Progress {
     pub fn new(enabled: bool, total: usize) -> Progress {
         Progress {
-            enabled: enabled && std::io::stderr().is_terminal(),
+            rows: crate::progress::Progress::new("labelling", "rows", None, enabled),
             total,
             partitions: AtomicUsize::new(0),
-            rows: AtomicUsize::new(0),
-            started: Instant::now(),
         }
     }
 
     fn rows_done(&self, n: usize) {
-        self.rows.fetch_add(n, Ordering::Relaxed);
-        self.draw();
+        self.rows.add(n, || format!("{}/{} partitions", self.partitions.load(Ordering::Relaxed), self.total));
     }
 
     fn partition_done(&self) {
         self.partitions.fetch_add(1, Ordering::Relaxed);
-        self.draw();
-    }
-
-    fn draw(&self) {
-        if self.enabled {
-            let rows = self.rows.load(Ordering::Relaxed);
-            let rate = rows as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-            eprint!(
-                "\r\x1b[Klabelling: {}/{} partitions, {rows} rows, {rate:.0} rows/s",
-                self.partitions.load(Ordering::Relaxed),
-                self.total
-            );
-        }
+        self.rows_done(0);
     }
 
     fn finish(&self) {
-        if self.enabled {
-            eprintln!();
-        }
+        self.rows.finish();
     }
 }
 

@@ -191,6 +191,7 @@ impl RunConfig {
             steps: self.train.steps,
             start_step: 0,
             deadline: None,
+            progress: true,
         }
     }
 

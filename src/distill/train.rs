@@ -40,6 +40,8 @@ pub struct TrainConfig {
     pub start_step: usize,
     /// Stop with [`TrainError::Deadline`] at the first step after this instant.
     pub deadline: Option<std::time::Instant>,
+    /// Report progress on stderr (a line on a terminal, a log line every 10 s otherwise).
+    pub progress: bool,
 }
 
 impl Default for TrainConfig {
@@ -55,6 +57,7 @@ impl Default for TrainConfig {
             steps: 0,
             start_step: 0,
             deadline: None,
+            progress: true,
         }
     }
 }
@@ -444,7 +447,6 @@ pub fn train_resuming(
     let mut order = rows.to_vec();
     let mut log = TrainLog::default();
     let mut best: Option<(f64, crate::model::two_tower::TwoTowerWeights)> = None;
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let batches_per_epoch = rows.len().div_ceil(config.batch_size.max(1));
     let device = Device::Cpu;
     let teacher: Vec<Vec<f32>> =
@@ -457,6 +459,12 @@ pub fn train_resuming(
     };
     // Counts the schedule's steps from its start, replayed ones included.
     let mut step = 0usize;
+    let to_train = match config.steps {
+        0 => epochs * batches_per_epoch,
+        steps => steps,
+    }
+    .saturating_sub(config.start_step);
+    let progress = crate::progress::Progress::new("training", "steps", Some(to_train), config.progress);
     for epoch in 0..epochs {
         // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
         // control and a distilled student with one seed see the same batches.
@@ -515,18 +523,9 @@ pub fn train_resuming(
             batches += 1;
             step += 1;
             examples += chunk.len();
-            if progress && batches % 20 == 0 {
-                eprint!(
-                    "\r\x1b[Ktraining: epoch {}/{}, batch {batches}/{batches_per_epoch}, loss {:.4}",
-                    epoch + 1,
-                    epochs,
-                    total / batches as f64
-                );
-            }
+            progress.add(1, || format!("epoch {}/{epochs}, loss {:.4}", epoch + 1, total / batches as f64));
         }
-        if progress {
-            eprint!("\r\x1b[K");
-        }
+        progress.finish();
         if batches == 0 {
             // An epoch replayed whole by a continued run: nothing trained, nothing to log.
             continue;

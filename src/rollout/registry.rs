@@ -139,6 +139,8 @@ pub struct Rollout {
     configured_default: Option<String>,
     /// Set once the models found at start are loaded ([`Rollout::settle_default`]).
     default_settled: std::sync::atomic::AtomicBool,
+    /// The model names the settings mention, with the setting ([`Config::named_models`]).
+    named_models: Vec<(&'static str, String)>,
 }
 
 type Key = (String, String);
@@ -183,6 +185,7 @@ impl Rollout {
             ops: Mutex::new(()),
             configured_default: config.default_model.clone(),
             default_settled: std::sync::atomic::AtomicBool::new(false),
+            named_models: config.named_models(),
         }
     }
 
@@ -368,6 +371,9 @@ impl Rollout {
             next.default_model = next.primary();
         }
         let route = next.routes[name].clone();
+        if added && self.default_settled.load(std::sync::atomic::Ordering::Relaxed) {
+            self.warn_unknown_names(&next);
+        }
         self.catalog.store(Arc::new(next));
         let mut records = self.records();
         for ((n, v), r) in records.iter_mut() {
@@ -416,8 +422,27 @@ impl Rollout {
             }
             None => {}
         }
+        self.warn_unknown_names(&next);
         self.catalog.store(Arc::new(next));
         self.default_settled.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The settings that name a model `catalog` does not serve.
+    pub fn unknown_names(&self, catalog: &Catalog) -> Vec<(&'static str, &str)> {
+        self.named_models
+            .iter()
+            .filter(|(_, name)| !catalog.routes.contains_key(name))
+            .map(|(setting, name)| (*setting, name.as_str()))
+            .collect()
+    }
+
+    /// Logs a warning for each setting that names no served model: at start, and whenever a
+    /// model name starts serving.
+    fn warn_unknown_names(&self, catalog: &Catalog) {
+        let serving = catalog.routes.keys().cloned().collect::<Vec<_>>().join(", ");
+        for (setting, name) in self.unknown_names(catalog) {
+            tracing::warn!(setting, model = name, %serving, "the setting names a model that is not served; it does nothing");
+        }
     }
 
     /// Makes `name/version` the serving version in one swap. The version it replaces becomes
@@ -852,6 +877,22 @@ mod tests {
         // Every state the model reaches, with every operation tried from it.
         assert!(paths.len() > 50, "{} states", paths.len());
         eprintln!("{} states, {transitions} transitions, {refusals} refusals", paths.len());
+    }
+
+    // See: issue 14 (5).
+    #[test]
+    fn settings_naming_a_model_that_is_not_served_are_found() {
+        let mut f = fixture();
+        f.config.model_budgets_ms.insert("m".into(), 5.0);
+        f.config.model_budgets_ms.insert("music-rankr".into(), 5.0);
+        f.config.degradation.models.insert("nope".into(), Vec::new());
+        f.config.model_policies.insert("m".into(), Policy::Manual);
+        let rollout = f.rollout();
+        let catalog = rollout.catalog.load();
+        assert_eq!(
+            rollout.unknown_names(&catalog),
+            [("model_budgets_ms", "music-rankr"), ("degradation.models", "nope")]
+        );
     }
 
     // See: issue 14 (B): load 2, promote 1, promote 2, promote 1 lost the rollback.
