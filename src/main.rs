@@ -190,9 +190,6 @@ enum Command {
         /// Working directory for the world, the teacher and the labels (reused when rerun).
         #[arg(long, default_value = "data/quickstart")]
         work: PathBuf,
-        /// Directory of model packages to publish the student into.
-        #[arg(long = "models", default_value = "models")]
-        models_dir: PathBuf,
         #[arg(long, default_value = scaffold::DEFAULT_NAME)]
         name: String,
         /// Version to publish [default: one past the newest numeric version of the model]
@@ -201,12 +198,13 @@ enum Command {
         /// Paired seeds of the comparison.
         #[arg(long, default_value_t = 3)]
         seeds: u64,
-        /// Then serve the models directory, like `retort serve`.
+        /// Then serve the models directory, exactly as `retort serve` with the flags below
+        /// (and their RETORT_* variables, the admin token among them) would.
         #[arg(long)]
         serve: bool,
-        /// With --serve: address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
+        /// The server's settings; `--models` is also where the student is published.
+        #[command(flatten)]
+        server: ServeArgs,
     },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
@@ -478,8 +476,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Quickstart { work, models_dir, name, version, seeds, serve, listen } => {
+        Command::Quickstart { work, name, version, seeds, serve, server } => {
             init_tracing(LogFormat::Text);
+            let models_dir = match &server.models_dir {
+                Some(dir) => dir.clone(),
+                None => match &server.config {
+                    Some(file) => Config::from_file(file)?.models_dir,
+                    None => Config::default().models_dir,
+                },
+            };
             let version = match version {
                 Some(v) => v,
                 None => package::next_version(&models_dir, &name),
@@ -504,10 +509,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 done.labels.display()
             );
             if serve {
-                let args =
-                    ServeArgs { models_dir: Some(models_dir), listen: Some(listen), ..ServeArgs::default() };
-                let config = Config::resolve(&args)?;
-                println!("serving {} on http://{listen} (ctrl-c to stop)", config.models_dir.display());
+                let config = Config::resolve(&ServeArgs { models_dir: Some(models_dir), ..server })?;
+                println!(
+                    "serving {} on http://{} (ctrl-c to stop)",
+                    config.models_dir.display(),
+                    config.listen
+                );
                 serve_until_signal(config)?;
             }
             Ok(())
@@ -590,10 +597,13 @@ fn print_round(round: &Round) {
     }
     print!("\n{}", round.gate.render());
     match &round.published {
-        Some(dir) if !round.gate.passed() => {
+        Some(package::Written::Unchanged(dir)) => {
+            println!("not published again: identical to {} (same graph and manifest)", dir.display())
+        }
+        Some(package::Written::New(dir)) if !round.gate.passed() => {
             println!("publishing anyway (--force): published {}", dir.display())
         }
-        Some(dir) => println!("published {}", dir.display()),
+        Some(package::Written::New(dir)) => println!("published {}", dir.display()),
         None => println!("not published"),
     }
     if let Some(answer) = &round.notified {

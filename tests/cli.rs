@@ -19,6 +19,12 @@ fn every_verb_has_help() {
     for flag in ["--models", "--listen", "--engine", "--max-candidates", "--max-body-bytes", "--config"] {
         assert!(serve.contains(flag), "serve --help lacks {flag}");
     }
+    // See: issue 14 (6): quickstart --serve took none of the server's settings.
+    let quickstart =
+        String::from_utf8(Command::new(BIN).args(["quickstart", "--help"]).output().unwrap().stdout).unwrap();
+    for serve_line in serve.lines().filter(|l| l.trim_start().starts_with("--") || l.contains("[env: ")) {
+        assert!(quickstart.contains(serve_line.trim()), "quickstart --help lacks `{}`", serve_line.trim());
+    }
 }
 
 fn free_port() -> u16 {

@@ -76,13 +76,23 @@ fn a_worse_student_is_refused_unless_forced() {
 
     // A tolerance wide enough lets the next one through; it is judged against version 2 now.
     let lenient = tmp.path().join("lenient.toml");
-    std::fs::write(&lenient, "[train]\nepochs = 1\nlearning_rate = 0.00001\n[publish]\ntolerance = 0.5\n")
-        .unwrap();
+    std::fs::write(
+        &lenient,
+        "[train]\nepochs = 1\nlearning_rate = 0.00001\nseed = 2\n[publish]\ntolerance = 0.5\n",
+    )
+    .unwrap();
     let passed =
         retort(&["train", "--data", &data, "--config", &s(&lenient), "--models", &s(&models), "--name", "m"]);
     assert!(passed.status.success(), "{}", text(&passed));
     assert!(text(&passed).contains("against m/2") && text(&passed).contains("passed"), "{}", text(&passed));
     assert!(models.join("m/3").is_dir());
+
+    // See: issue 14 (6). The same training again is the same package: not a new version.
+    let again =
+        retort(&["train", "--data", &data, "--config", &s(&lenient), "--models", &s(&models), "--name", "m"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("not published again: identical to"), "{}", text(&again));
+    assert!(!models.join("m/4").exists());
 }
 
 /// A demo world of `days` days, and a stream directory holding its spec and its first `first`

@@ -204,8 +204,9 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
         toml::from_str("[train]\nepochs = 1\n[objective]\nplay = 1.0\nskip = -0.5\n").unwrap();
     let trained = run::train_model(&run::TrainJob::new(&target, &spec, &run, "music-student", "7")).unwrap();
     assert_eq!((trained.rows_train, trained.rows_holdout), (2000, 1000));
-    let dir_out = run::publish(&dir.path().join("models"), &trained).unwrap();
-    let model = Model::load(&dir_out, EngineKind::Tract).unwrap();
+    let written = run::publish(&dir.path().join("models"), &trained).unwrap();
+    let dir_out = written.dir();
+    let model = Model::load(dir_out, EngineKind::Tract).unwrap();
     let m = &model.manifest;
     assert_eq!((m.model.name.as_str(), m.model.version.as_str()), ("music-student", "7"));
     assert!(

@@ -42,7 +42,7 @@ pub struct Round {
     pub gate: GateReport,
     pub seconds: f64,
     /// Where the package went, unless the gate refused it.
-    pub published: Option<PathBuf>,
+    pub published: Option<package::Written>,
     /// The server's answer to `--notify`.
     pub notified: Option<serde_json::Value>,
 }
@@ -79,15 +79,17 @@ impl Cycle {
         if !gate.passed() && !self.force {
             return Ok(Round { trained, gate, seconds, published: None, notified: None });
         }
-        let dir = run::publish(&self.models_dir, &trained)?;
+        let written = run::publish(&self.models_dir, &trained)?;
+        let dir = written.dir().to_path_buf();
         let notified = match &self.notify {
             None => None,
+            Some(_) if matches!(written, package::Written::Unchanged(_)) => None,
             Some(url) => Some(
                 publish::notify(url, &self.name, &version, self.admin_token.as_deref())
                     .map_err(|source| CycleError::Notify { published: dir.display().to_string(), source })?,
             ),
         };
-        Ok(Round { trained, gate, seconds, published: Some(dir), notified })
+        Ok(Round { trained, gate, seconds, published: Some(written), notified })
     }
 
     /// Partitions of the data whose teacher labels (when the config distils) are in place.

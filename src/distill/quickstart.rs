@@ -156,15 +156,20 @@ pub fn run(
     small.manifest.model.description = format!(
         "Tiny fallback for {name}: the same inputs and heads at a fraction of the cost (retort quickstart)."
     );
-    let fallback = package::write(models_dir, &small.manifest, &small.graph)
-        .map_err(|e| TrainError::Publish(e.to_string()))?;
+    // A rerun trains the same students again: the same packages are not new versions.
+    let fallback = package::write_new(models_dir, &small.manifest, &small.graph, |_| Ok(()))
+        .map_err(|e| TrainError::Publish(e.to_string()))?
+        .dir()
+        .to_path_buf();
     let mut trained =
         run::train_model(&run::TrainJob::new(&target, &spec, &student, name, version).labels(Some(&labels)))?;
     trained.manifest.provenance.trained_by =
         format!("retort quickstart (aux student, seed {})", student.train.seed);
     trained.manifest.model.description =
         "Music ranking student distilled from a video teacher on the demo world (retort quickstart).".into();
-    let published = package::write(models_dir, &trained.manifest, &trained.graph)
-        .map_err(|e| TrainError::Publish(e.to_string()))?;
+    let published = package::write_new(models_dir, &trained.manifest, &trained.graph, |_| Ok(()))
+        .map_err(|e| TrainError::Publish(e.to_string()))?
+        .dir()
+        .to_path_buf();
     Ok(Quickstart { comparison, published, fallback, teacher, labels })
 }

@@ -3,7 +3,7 @@
 //! manifest carries the provenance and the holdout metrics.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -538,9 +538,10 @@ pub fn metrics_of(
         .collect()
 }
 
-/// Publishes a trained model under `models_dir`, with its checkpoint when it has one.
-pub fn publish(models_dir: &Path, trained: &Trained) -> Result<PathBuf, TrainError> {
-    package::write_with(models_dir, &trained.manifest, &trained.graph, |dir| match &trained.checkpoint {
+/// Publishes a trained model under `models_dir`, with its checkpoint when it has one; nothing
+/// when the newest version is the same package.
+pub fn publish(models_dir: &Path, trained: &Trained) -> Result<package::Written, TrainError> {
+    package::write_new(models_dir, &trained.manifest, &trained.graph, |dir| match &trained.checkpoint {
         Some(ck) => ck.write(&dir.join(CHECKPOINT)).map_err(|e| std::io::Error::other(e.to_string())),
         None => Ok(()),
     })

@@ -148,6 +148,53 @@ pub fn stamp(dir: &Path) -> Option<FileStamp> {
     Some(FileStamp { manifest: of(MANIFEST)?, graph: of(GRAPH)? })
 }
 
+/// What publishing a package did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// A new version, in this directory.
+    New(PathBuf),
+    /// Nothing: the newest version, in this directory, is the same package (the same graph
+    /// bytes and manifest but for its version and creation time). An identical package is not
+    /// a new version.
+    Unchanged(PathBuf),
+}
+
+impl Written {
+    pub fn dir(&self) -> &Path {
+        match self {
+            Written::New(d) | Written::Unchanged(d) => d,
+        }
+    }
+}
+
+/// [`write_with`], unless the newest version of the model is the same package.
+pub fn write_new(
+    models_dir: &Path,
+    manifest: &Manifest,
+    graph: &[u8],
+    extra: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<Written, PackageError> {
+    if let Some(dir) = same_as_newest(models_dir, manifest, graph) {
+        return Ok(Written::Unchanged(dir));
+    }
+    write_with(models_dir, manifest, graph, extra).map(Written::New)
+}
+
+/// The newest version of `manifest`'s model, when it is `manifest` and `graph` again.
+fn same_as_newest(models_dir: &Path, manifest: &Manifest, graph: &[u8]) -> Option<PathBuf> {
+    let newest = latest(models_dir).ok()?.remove(&manifest.model.name)?;
+    let old = Manifest::from_path(&newest.dir.join(MANIFEST)).ok()?;
+    let mut new = manifest.clone();
+    new.model.version = old.model.version.clone();
+    new.provenance.created_at = old.provenance.created_at.clone();
+    if new.to_toml() != old.to_toml() {
+        return None;
+    }
+    // Sizes first: the graph is read only when it could be the same.
+    let size = std::fs::metadata(newest.dir.join(GRAPH)).ok()?.len();
+    (size == graph.len() as u64 && std::fs::read(newest.dir.join(GRAPH)).ok()? == graph).then_some(newest.dir)
+}
+
 /// Writes a complete package for `manifest` under `models_dir` and returns its directory.
 /// The files are written and synced in a hidden temporary directory, which is then renamed
 /// into place: a crash leaves either no package or a whole one.
@@ -221,6 +268,30 @@ mod tests {
         std::os::unix::fs::symlink(real.join(MANIFEST), inside.join(MANIFEST)).unwrap();
         let err = check_servable(models.path(), &inside, 1 << 30).unwrap_err();
         assert!(err.contains("manifest.toml links outside"), "{err}");
+    }
+
+    // See: issue 14 (6): every rerun of quickstart published a byte-identical version.
+    #[test]
+    fn an_identical_package_is_not_a_new_version() {
+        let models = tempfile::tempdir().unwrap();
+        let (manifest, graph) = crate::model::scaffold::seeded_package("m", "1", 1);
+        let first = write_new(models.path(), &manifest, &graph, |_| Ok(())).unwrap();
+        assert_eq!(first, Written::New(models.path().join("m/1")));
+        let mut again = manifest.clone();
+        again.model.version = "2".into();
+        again.provenance.created_at = "2030-01-01T00:00:00Z".into();
+        assert_eq!(
+            write_new(models.path(), &again, &graph, |_| Ok(())).unwrap(),
+            Written::Unchanged(first.dir().to_path_buf())
+        );
+        let (other, graph2) = crate::model::scaffold::seeded_package("m", "2", 2);
+        assert_eq!(
+            write_new(models.path(), &other, &graph2, |_| Ok(())).unwrap(),
+            Written::New(models.path().join("m/2"))
+        );
+        again.model.description = "changed".into();
+        again.model.version = "3".into();
+        assert!(matches!(write_new(models.path(), &again, &graph, |_| Ok(())).unwrap(), Written::New(_)));
     }
 
     #[test]
