@@ -62,7 +62,7 @@ enum Command {
         #[arg(long)]
         mapping: PathBuf,
         /// Label store root.
-        #[arg(long, default_value = "labels")]
+        #[arg(long, default_value = "data/labels")]
         store: PathBuf,
         /// Label only this shard of the partitions, `i/n`.
         #[arg(long, default_value = "0/1")]

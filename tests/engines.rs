@@ -43,6 +43,19 @@ fn tract_matches_the_reference_forward_pass_with_fixed_and_symbolic_plans() {
     }
 }
 
+/// In CI (`CI` set, as `.ci/run` does) a missing ONNX Runtime fails the run, so that a green
+/// CI proves both engines; elsewhere the `ort` tests skip without it. See: issue 14 (15).
+#[test]
+fn ci_runs_both_engines() {
+    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0") {
+        if !cfg!(feature = "ort") {
+            panic!("CI must build the tests with --features ort");
+        }
+        let path = std::env::var_os("ORT_DYLIB_PATH").expect("CI must set ORT_DYLIB_PATH");
+        assert!(std::path::Path::new(&path).is_file(), "ORT_DYLIB_PATH={path:?} is not a file");
+    }
+}
+
 /// Runs where ONNX Runtime is available (`ORT_DYLIB_PATH`); CI sets it.
 #[cfg(feature = "ort")]
 #[test]
