@@ -258,7 +258,8 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
         toml::from_str("[train]\nepochs = 1\n[distill.tasks.play]\n[distill.tasks.like]\n").unwrap();
     let c = compare::compare(&target, &spec, labeller.dir(), &run, &[1, 2]).unwrap();
     assert_eq!(c.runs.len(), 6);
-    assert_eq!(c.teacher_auc.keys().collect::<Vec<_>>(), ["like", "play"]);
+    // See: issue 14 (10): every task the store has a teacher label for, distilled or not.
+    assert_eq!(c.teacher_auc.keys().collect::<Vec<_>>(), ["like", "long_listen", "play"]);
     for variant in compare::VARIANTS {
         assert_eq!(c.aucs(variant, "play").len(), 2, "{variant}");
     }
@@ -268,6 +269,10 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
     assert_eq!(rows.count(), 16, "four tables (AUC, log loss, GAUC, NDCG@10) of four tasks: {table}");
     assert!(table.contains("Holdout log loss (lower is better)"), "{table}");
     assert!(table.contains("| skip (not distilled) | – |"), "{table}");
+    assert!(
+        table.contains(&format!("| long_listen (not distilled) | {:.4} |", c.teacher_auc["long_listen"])),
+        "{table}"
+    );
     // Tuning: every variant gets the same grid, judged on the last training day.
     let tuned: RunConfig = toml::from_str(
         "[train]\nepochs = 1\n[distill.tasks.play]\n[tune]\nlearning_rates = [0.001, 0.01]\nweight_decays = [0.0001]\n",

@@ -47,8 +47,11 @@ pub struct Comparison {
     pub tasks: Vec<String>,
     /// Distilled task → the teacher label it learns from.
     pub distilled: BTreeMap<String, String>,
-    /// Distilled task → the teacher's own holdout AUC on it, zero-shot through the mapping.
+    /// Task → the teacher's own holdout AUC on it, zero-shot through the mapping: every
+    /// binary task the label store has a teacher label for, distilled or not.
     pub teacher_auc: BTreeMap<String, f64>,
+    /// The same for regression tasks: the root mean squared error of the teacher's value.
+    pub teacher_rmse: BTreeMap<String, f64>,
     pub runs: Vec<RunResult>,
     pub rows_train: usize,
     pub rows_holdout: usize,
@@ -93,20 +96,40 @@ pub fn compare(
         .iter()
         .map(|(task, d)| (task.clone(), d.teacher.clone().unwrap_or_else(|| task.clone())))
         .collect();
-    let teacher_names: Vec<String> = distilled.values().cloned().collect();
+    // The teacher is scored on every task it has a label for: the distilled ones through
+    // their configured label, the others where the store has one of the task's own name.
+    let in_store = super::store::label_names(labels)?;
+    let mut scored: BTreeMap<String, String> = distilled.clone();
+    for h in &base.heads {
+        if !scored.contains_key(&h.name) && in_store.contains(&h.name) {
+            scored.insert(h.name.clone(), h.name.clone());
+        }
+    }
+    let teacher_names: Vec<String> = scored.values().cloned().collect();
     data.attach_teacher(labels, &teacher_names)?;
-    let mut teacher_auc = BTreeMap::new();
-    for (k, task) in distilled.keys().enumerate() {
+    let (mut teacher_auc, mut teacher_rmse) = (BTreeMap::new(), BTreeMap::new());
+    for (k, task) in scored.keys().enumerate() {
         let h = base.heads.iter().position(|h| &h.name == task).ok_or_else(|| {
             TrainError::Config(format!("distillation names task `{task}`, which the student does not have"))
         })?;
         let rows: Vec<usize> = holdout.iter().copied().filter(|&r| data.teacher[k][r].is_finite()).collect();
         let scores: Vec<f32> = rows.iter().map(|&r| data.teacher[k][r]).collect();
         let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
-        if let Some(a) = auc(&scores, &labels) {
-            teacher_auc.insert(task.clone(), a);
+        match base.heads[h].kind {
+            crate::model::manifest::HeadKind::Binary => {
+                if let Some(a) = auc(&scores, &labels) {
+                    teacher_auc.insert(task.clone(), a);
+                }
+            }
+            crate::model::manifest::HeadKind::Regression if !rows.is_empty() => {
+                let mse = scores.iter().zip(&labels).map(|(s, y)| ((s - y) as f64).powi(2)).sum::<f64>()
+                    / rows.len() as f64;
+                teacher_rmse.insert(task.clone(), mse.sqrt());
+            }
+            crate::model::manifest::HeadKind::Regression => {}
         }
     }
+    let teacher_names: Vec<String> = distilled.values().cloned().collect();
 
     // Every variant trains on one copy of the data, with the union of their teacher labels.
     let mut plans = Vec::new();
@@ -184,6 +207,7 @@ pub fn compare(
         tasks: base.heads.iter().map(|h| h.name.clone()).collect(),
         distilled,
         teacher_auc,
+        teacher_rmse,
         runs,
         rows_train: fit.len(),
         rows_holdout: holdout.len(),
@@ -434,7 +458,11 @@ impl Comparison {
                 format!("{m:+.4} ± {se:.4}")
             };
             let teacher = match metric {
-                Metric::Auc => self.teacher_auc.get(task).map_or("–".to_string(), |a| format!("{a:.4}")),
+                Metric::Auc => match (self.teacher_auc.get(task), self.teacher_rmse.get(task)) {
+                    (Some(a), _) => format!("{a:.4}"),
+                    (None, Some(rmse)) => format!("RMSE {rmse:.4}"),
+                    (None, None) => "–".to_string(),
+                },
                 // Only the teacher's overall AUC is computed: its logit is calibrated for another
                 // product's task, and the per-request metrics would need its scores per request.
                 Metric::LogLoss | Metric::Gauc | Metric::Ndcg10 => "–".to_string(),
@@ -471,6 +499,7 @@ mod tests {
             tasks: vec!["play".into()],
             distilled: [("play".to_string(), "click".to_string())].into(),
             teacher_auc: [("play".to_string(), 0.6)].into(),
+            teacher_rmse: BTreeMap::new(),
             runs: vec![
                 run("control", 1, 0.60),
                 run("aux", 1, 0.62),

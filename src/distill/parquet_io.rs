@@ -115,6 +115,16 @@ pub fn read_metadata(path: &Path) -> Result<Vec<(String, String)>, WriteError> {
         .unwrap_or_default())
 }
 
+/// The column names of a Parquet file.
+pub fn column_names(path: &Path) -> Result<Vec<String>, WriteError> {
+    let p = path.display().to_string();
+    let file = File::open(path).map_err(|source| WriteError::Io { path: p.clone(), source })?;
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
+        .map_err(|source| WriteError::Parquet { path: p, source })?;
+    let schema = parquet::file::reader::FileReader::metadata(&reader).file_metadata().schema_descr_ptr();
+    Ok(schema.root_schema().get_fields().iter().map(|f| f.name().to_string()).collect())
+}
+
 /// Writes a text file whole or not at all: beside it first, then renamed into place.
 pub fn write_text(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = temporary_path(path);

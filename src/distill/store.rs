@@ -58,6 +58,21 @@ pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// The teacher labels a label store directory holds: its heads' columns and the distillation
+/// targets its mapping names (as its first file records them).
+pub fn label_names(dir: &Path) -> Result<std::collections::BTreeSet<String>, super::train::TrainError> {
+    let store = super::dataset::Dataset::open(dir)?;
+    let Some(first) = store.partitions.first() else {
+        return Err(super::train::TrainError::NoLabels { dir: dir.display().to_string() });
+    };
+    let store_error = |e: super::parquet_io::WriteError| super::train::TrainError::Store(e.to_string());
+    let info =
+        LabelFileInfo::from_metadata(&super::parquet_io::read_metadata(&first.path).map_err(store_error)?);
+    let mut names: std::collections::BTreeSet<String> = info.targets.into_keys().collect();
+    names.extend(super::parquet_io::column_names(&first.path).map_err(store_error)?);
+    Ok(names)
+}
+
 /// Provenance of one label file, as read back from its metadata.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LabelFileInfo {
