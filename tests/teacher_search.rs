@@ -41,6 +41,13 @@ epochs = 2
 [student.tune]
 learning_rates = [0.003, 0.01]
 weight_decays = [0.0001]
+
+[student.distill]
+temperature = 2.0
+[student.distill.tasks.play]
+mode = "aux"
+beta = 0.5
+loss = "tempered"
 "#;
 
 struct World {
@@ -195,6 +202,13 @@ fn a_small_search_end_to_end() {
     expected.sort();
     assert_eq!(heads, expected);
     assert!(student.distill.tasks.values().all(|d| d.mode == Mode::Aux));
+    // See: issue 14 (7, 9): the student's own [distill] settings, read back as written.
+    assert_eq!(student.distill, file.student.distill.for_heads(&c.distilled_heads));
+    assert_eq!((student.distill.temperature, student.distill.tasks["play"].beta), (2.0, 0.5));
+    let text = std::fs::read_to_string(out.join("student.toml")).unwrap();
+    let comments: Vec<&str> =
+        text.lines().take_while(|l| !l.starts_with('[')).filter(|l| !l.is_empty()).collect();
+    assert!(comments.iter().all(|l| l.starts_with("# ")), "{text}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains(&format!("## Winner: candidate {winner}")), "{md}");
     assert!(md.contains("Teacher accuracy against student gain"), "{md}");

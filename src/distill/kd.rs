@@ -108,6 +108,19 @@ impl Default for DistillConfig {
     }
 }
 
+impl DistillConfig {
+    /// This config distilling exactly `heads`: each as the config sets it, or through an
+    /// auxiliary head with the defaults when it does not name it; its temperature and new
+    /// heads kept.
+    pub fn for_heads(&self, heads: &[String]) -> DistillConfig {
+        let tasks = heads
+            .iter()
+            .map(|h| (h.clone(), self.tasks.get(h).cloned().unwrap_or_else(TaskDistill::aux)))
+            .collect();
+        DistillConfig { tasks, ..self.clone() }
+    }
+}
+
 /// What one head of the student learns from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -301,6 +314,19 @@ mod tests {
         assert_eq!(DistillConfig::default().temperature, 1.0);
         let zero = DistillConfig { temperature: 0.0, ..DistillConfig::default() };
         assert!(Plan::new(&base(), &zero).unwrap_err().contains("temperature"));
+    }
+
+    #[test]
+    fn for_heads_keeps_each_heads_own_settings_and_fills_in_the_rest() {
+        let config: DistillConfig = toml::from_str(
+            "temperature = 2.0\n[tasks.play]\nmode = \"aux\"\nbeta = 0.3\n[tasks.skip]\nmode = \"direct\"\n",
+        )
+        .unwrap();
+        let c = config.for_heads(&["play".into(), "like".into()]);
+        assert_eq!(c.temperature, 2.0);
+        assert_eq!(c.tasks.keys().collect::<Vec<_>>(), ["like", "play"]);
+        assert_eq!(c.tasks["play"].beta, 0.3);
+        assert_eq!(c.tasks["like"], TaskDistill::aux());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::kd::TaskDistill;
 use super::parquet_io::write_text;
 use super::run::RunConfig;
 use super::search_space::Candidate;
@@ -88,15 +87,19 @@ pub fn disagreement(
 }
 
 fn list(v: &[usize]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
     v.iter().map(usize::to_string).collect::<Vec<_>>().join("-")
 }
 
 /// A candidate's choices, named as the ranked table's columns are.
-fn choices(c: &Candidate) -> [(&'static str, String); 8] {
+fn choices(c: &Candidate) -> [(&'static str, String); 9] {
     [
         ("embeddings", c.embedding_dim.to_string()),
         ("towers", list(&c.towers)),
         ("interaction", list(&c.interaction)),
+        ("task towers", list(&c.task_hidden)),
         ("masked", c.mask_probability.to_string()),
         ("reads", left_out(c)),
         ("trains", source_tasks(c)),
@@ -231,11 +234,11 @@ impl SearchReport {
         out.push_str(
             "\n## Candidates, ranked\n\nBy the highest rung reached, then the proxy gain there (mean validation AUC \
              over every task, minus the control's, ± paired standard error).\n\n\
-             | rank | # | embeddings | towers | interaction | masked | reads | trains | epochs | distils | rung | teacher | \
-             of its run | teacher train s | teacher multiply-adds | teacher source AUC | teacher zero-shot AUC | \
-             proxy gain | cost s |\n\
-             | ---: | ---: | ---: | --- | --- | ---: | --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | \
-             ---: | ---: | ---: |\n",
+             | rank | # | embeddings | towers | interaction | task towers | masked | reads | trains | epochs | distils | \
+             rung | teacher | of its run | teacher train s | teacher multiply-adds | teacher source AUC | \
+             teacher zero-shot AUC | proxy gain | cost s |\n\
+             | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | \
+             ---: | ---: | ---: | ---: |\n",
         );
         for (rank, e) in self.ranked().into_iter().enumerate() {
             let c = &self.candidates[e.candidate];
@@ -349,17 +352,13 @@ impl SearchReport {
         let w = self.winner?;
         let e = self.ranked().into_iter().find(|e| e.candidate == w)?;
         let mut config = student.clone();
-        config.distill.tasks.clear();
-        for h in &self.candidates[w].distilled_heads {
-            config.distill.tasks.insert(h.clone(), TaskDistill::aux());
-        }
+        config.distill = student.distill.for_heads(&self.candidates[w].distilled_heads);
         config.train.learning_rate = e.learning_rate;
         config.train.weight_decay = e.weight_decay;
         let text = toml::to_string(&config).ok()?;
         Some(format!(
-            "# The student of retort teacher-search's winner (candidate {w}), with its tuned hyperparameters;
-             # train it on the target with the winner's teacher labels (--labels).
-{text}"
+            "# The student of retort teacher-search's winner (candidate {w}), with its tuned hyperparameters;\n\
+             # train it on the target with the winner's teacher labels (--labels).\n{text}"
         ))
     }
 

@@ -30,8 +30,13 @@ pub struct SpaceFile {
 #[serde(deny_unknown_fields)]
 pub struct Space {
     pub embedding_dim: Vec<usize>,
+    /// Context and item tower layers alike; `[]` feeds the features straight to the
+    /// interaction (concatenated towers).
     pub towers: Vec<Vec<usize>>,
     pub interaction: Vec<Vec<usize>>,
+    /// Each task tower's layers; `[]` puts the heads straight on the interaction.
+    #[serde(default = "task_tower")]
+    pub task_hidden: Vec<Vec<usize>>,
     #[serde(default = "no_masking")]
     pub mask_probability: Vec<f64>,
     /// Choices of source features the teacher does not read.
@@ -47,6 +52,10 @@ pub struct Space {
     pub candidates: usize,
     #[serde(default = "seed_one")]
     pub seed: u64,
+}
+
+fn task_tower() -> Vec<Vec<usize>> {
+    vec![vec![64]]
 }
 
 fn no_masking() -> Vec<f64> {
@@ -71,6 +80,7 @@ pub struct Candidate {
     pub embedding_dim: usize,
     pub towers: Vec<usize>,
     pub interaction: Vec<usize>,
+    pub task_hidden: Vec<usize>,
     pub mask_probability: f64,
     pub left_out_features: Vec<String>,
     pub source_tasks: Vec<String>,
@@ -86,6 +96,7 @@ impl Space {
             ("embedding_dim", self.embedding_dim.is_empty()),
             ("towers", self.towers.is_empty()),
             ("interaction", self.interaction.is_empty()),
+            ("task_hidden", self.task_hidden.is_empty()),
             ("mask_probability", self.mask_probability.is_empty()),
             ("left_out_features", self.left_out_features.is_empty()),
             ("source_tasks", self.source_tasks.is_empty()),
@@ -98,8 +109,13 @@ impl Space {
         if self.embedding_dim.contains(&0) || self.epochs.contains(&0) {
             return Err("space.embedding_dim and space.epochs must be at least 1".into());
         }
+        if let Some(layers) = self.interaction.iter().find(|l| l.is_empty()) {
+            return Err(format!(
+                "space.interaction: a choice needs a layer (it joins the towers), not {layers:?}"
+            ));
+        }
         if let Some(layers) =
-            self.towers.iter().chain(&self.interaction).find(|l| l.is_empty() || l.contains(&0))
+            self.towers.iter().chain(&self.interaction).chain(&self.task_hidden).find(|l| l.contains(&0))
         {
             return Err(format!("a layer list must have positive widths, not {layers:?}"));
         }
@@ -121,6 +137,7 @@ impl Space {
             self.embedding_dim.len(),
             self.towers.len(),
             self.interaction.len(),
+            self.task_hidden.len(),
             self.mask_probability.len(),
             self.left_out_features.len(),
             self.source_tasks.len(),
@@ -144,6 +161,7 @@ impl Space {
         let tasks = pick(self.source_tasks.len());
         let left_out = pick(self.left_out_features.len());
         let mask = pick(self.mask_probability.len());
+        let task_hidden = pick(self.task_hidden.len());
         let interaction = pick(self.interaction.len());
         let towers = pick(self.towers.len());
         let embedding = pick(self.embedding_dim.len());
@@ -151,6 +169,7 @@ impl Space {
             embedding_dim: self.embedding_dim[embedding],
             towers: self.towers[towers].clone(),
             interaction: self.interaction[interaction].clone(),
+            task_hidden: self.task_hidden[task_hidden].clone(),
             mask_probability: self.mask_probability[mask],
             left_out_features: self.left_out_features[left_out].clone(),
             source_tasks: self.source_tasks[tasks].clone(),
@@ -193,12 +212,13 @@ impl Candidate {
         }
         format!(
             "[model]\nembedding_dim = {}\ncontext_hidden = {}\nitem_hidden = {}\ninteraction_hidden = {}\n\
-             task_hidden = [64]\nlogit_outputs = true\n{chosen}\n[train]\nepochs = {}\nbatch_size = {batch_size}\n\
+             task_hidden = {}\nlogit_outputs = true\n{chosen}\n[train]\nepochs = {}\nbatch_size = {batch_size}\n\
              learning_rate = {learning_rate}\nmask_probability = {}\n",
             self.embedding_dim,
             list(&self.towers),
             list(&self.towers),
             list(&self.interaction),
+            list(&self.task_hidden),
             self.epochs,
             self.mask_probability,
         )
@@ -273,11 +293,33 @@ seed = 7
         assert_eq!(parsed.model.tasks, ["click", "like"]);
     }
 
+    // See: issue 14 (9): the space could not express concatenated towers or other task towers.
+    #[test]
+    fn towers_may_be_concatenated_and_task_towers_chosen() {
+        let mut s = space();
+        s.towers = vec![vec![]];
+        s.task_hidden = vec![vec![], vec![32, 16]];
+        s.validate().unwrap();
+        assert_eq!(s.size(), 64, "one tower choice, two task towers");
+        let c = s.point(0);
+        let parsed: crate::distill::run::RunConfig = toml::from_str(&c.teacher_config(512, 0.01)).unwrap();
+        assert!(parsed.model.context_hidden.is_empty() && parsed.model.item_hidden.is_empty());
+        let tasks: Vec<Vec<usize>> = (0..s.size()).map(|i| s.point(i).task_hidden).collect();
+        assert!(tasks.contains(&vec![]) && tasks.contains(&vec![32, 16]));
+        let parsed: crate::distill::run::RunConfig =
+            toml::from_str(&s.point(s.size() - 1).teacher_config(512, 0.01)).unwrap();
+        assert_eq!(parsed.model.task_hidden, [32, 16]);
+        parsed.architecture(&crate::distill::demo::spec(crate::distill::demo::Domain::Source)).unwrap();
+    }
+
     #[test]
     fn a_bad_space_is_named() {
         let mut s = space();
-        s.towers.push(vec![]);
+        s.towers.push(vec![0]);
         assert!(s.validate().unwrap_err().contains("positive widths"));
+        let mut s = space();
+        s.interaction.push(vec![]);
+        assert!(s.validate().unwrap_err().contains("space.interaction"));
         let s = Space { mask_probability: vec![1.5], ..space() };
         assert!(s.validate().unwrap_err().contains("1.5"));
         let s = Space { distilled_heads: vec![], ..space() };

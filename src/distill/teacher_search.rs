@@ -37,7 +37,7 @@ use super::checkpoint::{CHECKPOINT, Checkpoint};
 use super::compare::{Trial, grid, mean_auc, mean_std};
 use super::dataset::Dataset;
 use super::halving::{self, Evaluation, Failed, Objective, Schedule};
-use super::kd::{DistillConfig, Plan, TaskDistill};
+use super::kd::{DistillConfig, Plan};
 use super::label::{LabelOptions, Labeller};
 use super::mapping::Mapping;
 use super::parallel;
@@ -742,16 +742,13 @@ impl Search<'_> {
             .map_err(Clone::clone)
     }
 
-    /// The aux plan distilling `heads`.
+    /// The plan distilling `heads` as the student config's `[distill]` says (an auxiliary head
+    /// with the defaults for a head it does not name).
     fn student_plan(&self, heads: &[String]) -> Result<Plan, String> {
-        let mut config = DistillConfig::default();
-        for h in heads {
-            if !self.base.heads.iter().any(|b| &b.name == h) {
-                return Err(format!("space.distilled_heads names `{h}`, which the student has no task for"));
-            }
-            config.tasks.insert(h.clone(), TaskDistill::aux());
+        if let Some(h) = heads.iter().find(|h| !self.base.heads.iter().any(|b| &b.name == *h)) {
+            return Err(format!("space.distilled_heads names `{h}`, which the student has no task for"));
         }
-        Plan::new(&self.base, &config)
+        Plan::new(&self.base, &self.file.student.distill.for_heads(heads))
     }
 
     /// The teacher's zero-shot mean AUC over the target tasks it has a label for.
