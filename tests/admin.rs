@@ -126,9 +126,16 @@ async fn train_notify_publishes_and_the_server_serves_the_new_version() {
     let server = TestServer::start(config(&models, Some(TOKEN))).await;
     assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "1");
 
-    // The same config again passes the gate (equal metrics), publishes 2 and notifies.
+    // Another seed (the same training again would be the same package, not a new version),
+    // with a tolerance that lets it through the gate: publishes 2 and notifies.
+    let seeded = |seed: u64| {
+        let path = tmp.path().join(format!("seed-{seed}.toml"));
+        std::fs::write(&path, format!("[train]\nseed = {seed}\n[publish]\ntolerance = 1.0\n")).unwrap();
+        s(&path)
+    };
+    let (second, third) = (seeded(2), seeded(3));
     let url = server.url("");
-    let mut cmd = train(&["--notify", &url]);
+    let mut cmd = train(&["--notify", &url, "--config", &second]);
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{said}");
@@ -136,7 +143,7 @@ async fn train_notify_publishes_and_the_server_serves_the_new_version() {
     assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
 
     // A wrong token: published, but the server refuses to load it, and the command says so.
-    let mut cmd = train(&["--notify", &url, "--force"]);
+    let mut cmd = train(&["--notify", &url, "--config", &third]);
     cmd.env("RETORT_ADMIN_TOKEN", "wrong");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
     assert!(!out.status.success());
