@@ -5,8 +5,10 @@
 //! - [`config`]: the server's configuration (flags, environment, TOML file, defaults).
 //! - [`model`]: the model package (manifest + ONNX), request encoding, inference engines, and
 //!   the ONNX writer students are exported with.
-//! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling.
+//! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling and
+//!   the label store, training and distillation, evaluation and publishing, the teacher search.
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
+//! - [`rollout`]: model versions and their states, hot swaps, the directory watcher, canaries.
 //! - [`progress`]: progress of long steps, on a terminal or in the logs.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`toml_file`]: reading TOML files with errors that name them.

@@ -260,3 +260,42 @@ fn command_extraction_reads_continuations_placeholders_and_cargo_run() {
     assert_eq!(got[2].0, "label");
     assert_eq!(got[3], ("train".to_string(), vec!["--name".into()]));
 }
+
+/// Every module file with a `# Layout` map (lib.rs and each `mod.rs`) lists exactly the
+/// modules it declares. See: issue 15 (7).
+#[test]
+fn every_module_map_lists_exactly_its_modules() {
+    let mut failures = Vec::new();
+    let mut files = vec![root().join("src/lib.rs")];
+    for dir in ["src/model", "src/model/engine", "src/serve", "src/rollout", "src/distill"] {
+        files.push(root().join(dir).join("mod.rs"));
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let declared: std::collections::BTreeSet<String> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub mod ").or_else(|| l.trim().strip_prefix("mod ")))
+            .filter_map(|l| l.strip_suffix(';'))
+            .map(str::to_string)
+            .collect();
+        let Some(map) = text.split("# Layout").nth(1) else {
+            failures.push(format!("{}: no `# Layout` map", file.display()));
+            continue;
+        };
+        let listed: std::collections::BTreeSet<String> = map
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("//!"))
+            .filter_map(|l| l.split("- [`").nth(1))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_string)
+            .collect();
+        for m in declared.difference(&listed) {
+            failures.push(format!("{}: module `{m}` is not in the map", file.display()));
+        }
+        for m in listed.difference(&declared) {
+            failures.push(format!("{}: the map lists `{m}`, which is not a module", file.display()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -5,9 +5,10 @@ mod common;
 
 use common::{TestServer, request};
 use retort::model::Model;
+use retort::model::encode::Location;
 use retort::model::engine::EngineKind;
 use retort::rng::SplitMix64;
-use retort::serve::request::decode;
+use retort::serve::request::{DecodeError, decode};
 
 /// Mutations of a valid body: truncations, byte flips, spliced JSON fragments, random bytes.
 fn bodies(count: usize, seed: u64) -> Vec<Vec<u8>> {
@@ -55,16 +56,38 @@ fn bodies(count: usize, seed: u64) -> Vec<Vec<u8>> {
 #[test]
 fn thousands_of_broken_bodies_never_panic_decode_or_encode() {
     let model = Model::load(&common::shipped_models().join("music-ranker/1"), EngineKind::Tract).unwrap();
-    let mut decoded = 0;
+    let (mut decoded, mut encoded) = (0, 0);
+    let features: Vec<&str> = model.manifest.features.iter().map(|f| f.name.as_str()).collect();
     for body in bodies(5000, 1) {
-        if let Ok(req) = decode(&body) {
-            decoded += 1;
-            // Whatever decodes must encode or fail cleanly.
-            let _ = model.encode(&req.context, &req.candidates);
+        match decode(&body) {
+            Ok(req) => {
+                decoded += 1;
+                // Whatever decodes encodes, or names a feature of the model and a real place.
+                match model.encode(&req.context, &req.candidates) {
+                    Ok(e) => {
+                        encoded += 1;
+                        assert_eq!(e.rows, req.candidates.len());
+                    }
+                    Err(e) => {
+                        assert!(features.contains(&e.feature.as_str()), "{e}");
+                        if let Location::Candidate(i) = e.location {
+                            assert!(i < req.candidates.len(), "{e}");
+                        }
+                        assert!(!e.problem.is_empty());
+                    }
+                }
+            }
+            Err(DecodeError::Malformed(m) | DecodeError::Invalid(m)) => {
+                assert!(
+                    !m.trim().is_empty(),
+                    "an empty decode error for {:?}",
+                    String::from_utf8_lossy(&body)
+                )
+            }
         }
     }
     // Some mutations (e.g. a flipped digit) still decode: the encoder saw real work.
-    assert!(decoded > 50, "only {decoded} bodies decoded");
+    assert!(decoded > 50 && encoded > 20, "only {decoded} bodies decoded, {encoded} encoded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +101,10 @@ async fn the_server_answers_broken_bodies_with_client_errors_and_keeps_serving()
             reply.status,
             reply.text()
         );
+        if reply.status != 200 {
+            let error = &reply.json()["error"];
+            assert!(error["code"].is_string() && error["message"].is_string(), "{}", reply.text());
+        }
     }
     assert_eq!(server.rank(&request(10, 3)).await.status, 200);
     server.stop().await.unwrap();

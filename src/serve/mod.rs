@@ -8,6 +8,9 @@
 //! - [`catalog`]: the served models and how a request picks one.
 //! - [`connections`]: accepting connections, their limits and timeouts, and the drain.
 //! - [`pool`]: the inference thread pool and its bounded queue.
+//! - [`cost`]: each version's live cost model (fixed + per candidate), for admission.
+//! - [`degrade`]: the degradation ladder: fallback, truncation, shedding.
+//! - [`lag`]: the probe that measures how long requests wait for the async workers.
 //! - [`metrics`]: Prometheus metric names and buckets.
 //! - [`shadow`]: scoring a share of requests with a shadow version, after the response.
 

@@ -1,5 +1,9 @@
 //! Inference engines: run an ONNX graph on encoded tensors. `tract` (pure Rust) is always built;
 //! `ort` (ONNX Runtime, loaded at run time) is behind the `ort` cargo feature.
+//!
+//! # Layout
+//! - [`tract`]: the pure-Rust engine, one plan per batch size, run states per thread.
+//! - [`ort`]: ONNX Runtime from the shared library `ORT_DYLIB_PATH` names (feature `ort`).
 
 use std::path::Path;
 
