@@ -21,6 +21,7 @@
 
 pub mod allocator;
 pub mod config;
+#[cfg(feature = "sidecar")]
 pub mod distill;
 pub mod model;
 pub mod progress;
