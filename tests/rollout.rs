@@ -450,3 +450,24 @@ async fn a_failed_version_is_retried_once_its_files_change_and_links_outside_are
     assert_eq!(version_for(&server, "u").await, "2");
     server.stop().await.unwrap();
 }
+
+// See: issue 15 (4): series labelled with a retired version stayed in every scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_versions_metric_series_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_version(dir.path(), "1", 1);
+    let server = TestServer::start(config(dir.path(), Policy::Auto, 50)).await;
+    assert_eq!(version_for(&server, "u1").await, "1");
+    let metrics = || async { server.get("/metrics").await.text() };
+    assert!(metrics().await.contains("version=\"1\""));
+    for (v, seed) in [("2", 2), ("3", 3)] {
+        write_version(dir.path(), v, seed);
+        wait_state(&server, v, "serving").await;
+        assert_eq!(version_for(&server, "u1").await, v);
+    }
+    wait_state(&server, "1", "retired").await;
+    let text = metrics().await;
+    assert!(!text.contains("version=\"1\""), "{text}");
+    assert!(text.contains("version=\"3\""), "{text}");
+    server.stop().await.unwrap();
+}

@@ -141,6 +141,8 @@ pub struct Rollout {
     default_settled: std::sync::atomic::AtomicBool,
     /// The model names the settings mention, with the setting ([`Config::named_models`]).
     named_models: Vec<(&'static str, String)>,
+    /// Versions unloaded since the metrics last asked, whose series go ([`Rollout::take_unloaded`]).
+    unloaded: Mutex<Vec<(String, String)>>,
 }
 
 type Key = (String, String);
@@ -186,6 +188,7 @@ impl Rollout {
             configured_default: config.default_model.clone(),
             default_settled: std::sync::atomic::AtomicBool::new(false),
             named_models: config.named_models(),
+            unloaded: Mutex::new(Vec::new()),
         }
     }
 
@@ -391,6 +394,7 @@ impl Rollout {
                 // The catalog no longer holds it either: its memory goes with its last request.
                 if r.served.take().is_some() {
                     self.retirements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.unloaded.lock().expect("never poisoned").push((n.clone(), v.clone()));
                 }
                 continue;
             }
@@ -580,6 +584,11 @@ impl Rollout {
                 }
             })
             .collect()
+    }
+
+    /// The versions unloaded (retired or failed) since the last call.
+    pub fn take_unloaded(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.unloaded.lock().expect("never poisoned"))
     }
 
     /// The models directory this rollout loads from.

@@ -81,6 +81,35 @@ struct Detail<'a> {
 }
 
 impl ApiError {
+    /// Every value [`ApiError::code`] gives: the `outcome` label values of a version's metric
+    /// series, removed when the version retires.
+    pub const CODES: &[&'static str] = &[
+        "malformed_json",
+        "invalid_request",
+        "invalid_feature",
+        "invalid_objective",
+        "body_too_large",
+        "body_timeout",
+        "unsupported_encoding",
+        "too_many_candidates",
+        "unknown_model",
+        "model_required",
+        "not_ready",
+        "not_found",
+        "method_not_allowed",
+        "overloaded",
+        "deadline_exceeded",
+        "shed",
+        "inference_failed",
+        "internal",
+        "unauthorized",
+        "admin_disabled",
+        "unknown_version",
+        "invalid_model",
+        "wrong_state",
+        "nothing_to_roll_back",
+    ];
+
     /// A short stable identifier, used in the JSON body and as the `outcome` metric label.
     pub fn code(&self) -> &'static str {
         match self {
@@ -200,5 +229,89 @@ impl IntoResponse for ApiError {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of every kind. The match below has no wildcard, so a new variant does not
+    /// compile until it is added here too.
+    fn one_of_each() -> Vec<ApiError> {
+        let all = vec![
+            ApiError::MalformedJson(String::new()),
+            ApiError::InvalidRequest(String::new()),
+            ApiError::InvalidFeature(EncodeError {
+                location: Location::Context,
+                feature: String::new(),
+                problem: String::new(),
+            }),
+            ApiError::InvalidObjective(ObjectiveError::NonFinite(String::new())),
+            ApiError::BodyTooLarge { limit: 1 },
+            ApiError::BodyTimeout(1),
+            ApiError::UnsupportedEncoding(String::new()),
+            ApiError::TooManyCandidates { count: 2, limit: 1 },
+            ApiError::UnknownModel { name: String::new(), serving: String::new() },
+            ApiError::ModelRequired { serving: String::new() },
+            ApiError::NotReady,
+            ApiError::NotFound(String::new()),
+            ApiError::MethodNotAllowed { method: String::new(), path: String::new() },
+            ApiError::Overloaded,
+            ApiError::DeadlineExceeded { budget_ms: 1.0 },
+            ApiError::Shed { reason: Reason::Budget, budget_ms: 1.0 },
+            ApiError::Inference(InferError::NonFinite { head: String::new(), candidate: 0 }),
+            ApiError::Internal(String::new()),
+            ApiError::Unauthorized,
+            ApiError::AdminDisabled,
+            ApiError::Rollout(RolloutError::Unknown { name: String::new(), version: String::new() }),
+            ApiError::Rollout(RolloutError::Invalid {
+                name: String::new(),
+                version: String::new(),
+                reason: String::new(),
+            }),
+            ApiError::Rollout(RolloutError::WrongState {
+                name: String::new(),
+                version: String::new(),
+                state: crate::rollout::State::Staged,
+                wanted: "",
+            }),
+            ApiError::Rollout(RolloutError::NothingToRollBack { name: String::new() }),
+            ApiError::Rollout(RolloutError::Percent(101)),
+        ];
+        for e in &all {
+            match e {
+                ApiError::MalformedJson(_)
+                | ApiError::InvalidRequest(_)
+                | ApiError::InvalidFeature(_)
+                | ApiError::InvalidObjective(_)
+                | ApiError::BodyTooLarge { .. }
+                | ApiError::BodyTimeout(_)
+                | ApiError::UnsupportedEncoding(_)
+                | ApiError::TooManyCandidates { .. }
+                | ApiError::UnknownModel { .. }
+                | ApiError::ModelRequired { .. }
+                | ApiError::NotReady
+                | ApiError::NotFound(_)
+                | ApiError::MethodNotAllowed { .. }
+                | ApiError::Overloaded
+                | ApiError::DeadlineExceeded { .. }
+                | ApiError::Shed { .. }
+                | ApiError::Inference(_)
+                | ApiError::Internal(_)
+                | ApiError::Unauthorized
+                | ApiError::AdminDisabled
+                | ApiError::Rollout(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_code_is_listed_once() {
+        let codes: std::collections::BTreeSet<&str> = one_of_each().iter().map(ApiError::code).collect();
+        let listed: std::collections::BTreeSet<&str> = ApiError::CODES.iter().copied().collect();
+        assert_eq!(codes, listed);
+        assert_eq!(listed.len(), ApiError::CODES.len(), "a code listed twice");
     }
 }

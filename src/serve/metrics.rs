@@ -68,6 +68,10 @@ pub struct FeatureLabels {
     pub feature: String,
 }
 
+/// Every value of [`OutcomeLabels::outcome`].
+pub const OUTCOMES: [&str; 8] =
+    ["full", "fallback", "truncated", "fallback_truncated", "shed", "expired", "cancelled", "error"];
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency bucket bounds in microseconds, 25 µs to 10 s: steps of about 1.5x, rounded so the
@@ -179,6 +183,22 @@ impl Metrics {
         }
     }
 
+    /// Removes every series of `model/version`: a retired version's series would otherwise
+    /// stay in every scrape forever, one more set with each publish.
+    pub fn forget_version(&self, model: &str, version: &str) {
+        let labels = || ModelLabels { model: model.to_string(), version: version.to_string() };
+        for outcome in std::iter::once("ok").chain(super::error::ApiError::CODES.iter().copied()) {
+            let ModelLabels { model, version } = labels();
+            self.rank_duration.remove(&RankLabels { model, version, outcome });
+        }
+        for outcome in OUTCOMES {
+            let ModelLabels { model, version } = labels();
+            self.outcomes.remove(&OutcomeLabels { model, version, outcome });
+        }
+        self.candidates.remove(&labels());
+        self.cost_prediction.remove(&labels());
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -191,6 +211,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // See: issue 15 (4).
+    #[test]
+    fn a_forgotten_version_leaves_no_series() {
+        let m = Metrics::new();
+        for (version, outcome) in [("1", "ok"), ("1", "shed"), ("2", "ok")] {
+            m.rank_duration
+                .get_or_create(&RankLabels { model: "m".into(), version: version.into(), outcome })
+                .observe(1e-3);
+            m.outcomes
+                .get_or_create(&OutcomeLabels { model: "m".into(), version: version.into(), outcome: "full" })
+                .inc();
+            m.candidates
+                .get_or_create(&ModelLabels { model: "m".into(), version: version.into() })
+                .observe(5.0);
+        }
+        m.forget_version("m", "1");
+        let text = m.render();
+        assert!(!text.contains("version=\"1\""), "{text}");
+        assert!(text.contains("version=\"2\""), "{text}");
+    }
 
     #[test]
     fn histogram_names_carry_their_unit() {

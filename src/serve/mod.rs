@@ -114,6 +114,15 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     app.metrics.queue_depth.set(app.pool.queued() as i64);
     app.metrics.models_loaded.set(app.rollout.catalog.load().routes.len() as i64);
+    for (model, version) in app.rollout.take_unloaded() {
+        // Unless it was loaded again since: then its series are live.
+        use crate::rollout::State;
+        let live =
+            app.rollout.state(&model, &version).is_some_and(|s| !matches!(s, State::Retired | State::Failed));
+        if !live {
+            app.metrics.forget_version(&model, &version);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         app.metrics.render(),
