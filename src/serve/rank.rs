@@ -318,19 +318,30 @@ async fn handle(
             move || {
                 let mut encoded = encoded;
                 let estimate = answering.cost.estimate();
+                // Why the pickup cut the request, when it did.
+                let mut cut = None;
                 if let Some(deadline) = deadline {
                     let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(margin);
+                    // The queue is to blame only if the rows would have fit but for their wait
+                    // for a thread; otherwise the budget was too small for them.
+                    let reason = match estimate {
+                        Some(e) if e.predict(encoded.rows) <= left + queued.elapsed() => Reason::Overload,
+                        _ => Reason::Budget,
+                    };
                     match degrade::at_pickup(&ladder, min_scored, left, encoded.rows, estimate) {
                         Pickup::Run => {}
-                        Pickup::Truncate(k) => encoded.truncate(k),
-                        Pickup::Shed => return None,
+                        Pickup::Truncate(k) => {
+                            encoded.truncate(k);
+                            cut = Some(reason);
+                        }
+                        Pickup::Shed => return Err(reason),
                     }
                 }
                 let rows = encoded.rows;
                 let predicted = estimate.map(|e| e.predict(rows));
                 let ran = Instant::now();
                 let values = answering.model.infer(encoded);
-                Some((values, predicted, ran.elapsed()))
+                Ok((values, predicted, ran.elapsed(), cut))
             }
         };
         let submitted = app.pool.run_until(deadline, cancelled.clone(), Some(reservation), job);
@@ -343,10 +354,10 @@ async fn handle(
         })?;
         timing.queue = micros(waited);
         timing.infer = micros(queued.elapsed().saturating_sub(waited));
-        let Some((values, predicted, infer_time)) = picked else {
-            let reason = degraded.map_or(Reason::Overload, |d| d.reason);
-            return Err(ApiError::Shed { reason, budget_ms: budget.unwrap_or_default() });
-        };
+        let (values, predicted, infer_time, cut) = picked.map_err(|at_pickup| ApiError::Shed {
+            reason: degraded.map_or(at_pickup, |d| d.reason),
+            budget_ms: budget.unwrap_or_default(),
+        })?;
         let values = values?;
         // What this request cost outside the queue: encoding (its share for the rows run)
         // and inference.
@@ -358,7 +369,7 @@ async fn handle(
         answering.cost.observe(values.rows, took);
         if values.rows < scored {
             degraded = Some(Degraded {
-                reason: degraded.map_or(Reason::Overload, |d| d.reason),
+                reason: degraded.map_or(cut.unwrap_or(Reason::Budget), |d| d.reason),
                 mode: if degraded.is_some_and(|d| d.mode == Mode::Fallback) {
                     Mode::FallbackTruncated
                 } else {
