@@ -303,6 +303,10 @@ impl Rollout {
             // No history yet: the golden examples warmed it.
             return Ok(());
         }
+        // The first pass sizes buffers and builds plans for these request shapes (a batch size
+        // the golden examples did not have costs a plan the first time); the second is timed,
+        // so a new version is not judged on its cold start against a warm one.
+        replay(model, &requests)?;
         let new = replay(model, &requests)?;
         let old = serving.and_then(|s| replay(s, &requests).ok().flatten());
         if let (Some(new), Some(old)) = (new, old)
