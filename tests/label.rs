@@ -296,12 +296,18 @@ fn a_killed_run_resumes_and_labels_every_example_exactly_once() {
     assert_eq!(all_ids(&files), input_ids(&w.target), "every example exactly once");
 }
 
-#[test]
-fn follow_labels_partitions_as_they_land() {
-    let w = world(small());
+/// An empty directory partitions land in, with the target's spec.
+fn inbox(w: &World) -> PathBuf {
     let inbox = w.root.join("inbox");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::copy(w.target.join("features.toml"), inbox.join("features.toml")).unwrap();
+    inbox
+}
+
+#[test]
+fn follow_labels_partitions_as_they_land() {
+    let w = world(small());
+    let inbox = inbox(&w);
     let l = labeller(&w, demo::mapping(), &w.root.join("labels"), quiet());
     let stop = AtomicBool::new(false);
     let landed = std::sync::Mutex::new(Vec::new());
@@ -364,9 +370,7 @@ fn a_corrupt_label_file_is_relabelled_and_stale_temporaries_removed() {
 #[test]
 fn follow_goes_on_past_a_corrupt_partition_and_retries_it_once_replaced() {
     let w = world(small());
-    let inbox = w.root.join("inbox");
-    std::fs::create_dir_all(&inbox).unwrap();
-    std::fs::copy(w.target.join("features.toml"), inbox.join("features.toml")).unwrap();
+    let inbox = inbox(&w);
     let l = labeller(&w, demo::mapping(), &w.root.join("labels"), quiet());
     let stop = AtomicBool::new(false);
     let landed = std::sync::Mutex::new(Vec::new());

@@ -498,8 +498,8 @@ impl Labeller {
             ..Default::default()
         };
         let quiet = Progress::new(false, 0);
-        // A partition that failed, by its bytes' fingerprint: tried again only once it changes.
-        let mut failed: BTreeMap<String, String> = BTreeMap::new();
+        // A partition that failed, by its files' size and time: tried again only once it changes.
+        let mut failed: BTreeMap<String, Stamp> = BTreeMap::new();
         while !stop.load(Ordering::Relaxed) {
             let dataset = Dataset::open(dataset_dir)?;
             let mut any = false;
@@ -507,8 +507,9 @@ impl Labeller {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let fingerprint = store::file_fingerprint(&p.path).unwrap_or_default();
-                if failed.get(&p.name) == Some(&fingerprint) {
+                // Size and modification time, not a hash of the bytes: this runs on every poll.
+                let stamp = std::fs::metadata(&p.path).ok().map(|m| (m.len(), m.modified().ok()));
+                if failed.get(&p.name) == Some(&stamp) {
                     continue;
                 }
                 let (outcome, info) = match self.label_partition(p, &quiet) {
@@ -516,7 +517,7 @@ impl Labeller {
                     Err(e) => {
                         tracing::error!(partition = %p.name, error = %e, "partition not labelled; retried when it changes");
                         report.failed.push((p.name.clone(), e.to_string()));
-                        failed.insert(p.name.clone(), fingerprint);
+                        failed.insert(p.name.clone(), stamp);
                         continue;
                     }
                 };
@@ -542,6 +543,9 @@ impl Labeller {
         Ok(report)
     }
 }
+
+/// A file's size and modification time, when it can be read.
+type Stamp = Option<(u64, Option<SystemTime>)>;
 
 /// How long a temporary label file must have been left alone to count as abandoned.
 const STALE_TEMPORARY: Duration = Duration::from_secs(600);
