@@ -11,9 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use retort::model::Model;
-use retort::model::engine::EngineKind;
-use retort::serve::request::decode;
+use retort_model::Model;
+use retort_model::engine::EngineKind;
+use retort_model::request::decode;
 use serde_json::json;
 
 fn quantile(sorted: &[Duration], q: f64) -> f64 {

@@ -8,9 +8,9 @@
 mod common;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use retort::model::Model;
-use retort::model::engine::EngineKind;
-use retort::serve::request::decode;
+use retort_model::Model;
+use retort_model::engine::EngineKind;
+use retort_model::request::decode;
 
 const CANDIDATES: [usize; 4] = [1, 50, 500, 2000];
 

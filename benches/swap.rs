@@ -16,9 +16,9 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use retort::config::Config;
-use retort::model::{package, scaffold};
 use retort::rollout::Policy;
 use retort::serve::App;
+use retort_model::{package, scaffold};
 
 fn body(candidates: usize, i: u64) -> Bytes {
     let items: Vec<serde_json::Value> = (0..candidates)

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::engine::EngineKind;
 use crate::rollout::Policy;
 use crate::rollout::watch::CanaryRules;
 use crate::serve::degrade::DegradationRules;
+use retort_model::engine::EngineKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -85,7 +85,7 @@ pub struct Config {
     /// Test hooks only: the named models' inference sleeps this long first.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
-    pub test_inference_delays: std::collections::BTreeMap<String, crate::model::InferenceDelay>,
+    pub test_inference_delays: std::collections::BTreeMap<String, retort_model::InferenceDelay>,
 }
 
 impl Default for Config {
@@ -216,14 +216,14 @@ pub const FILE_ONLY: &[&str] = &["model_policies", "canary", "model_budgets_ms",
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("config file: {0}")]
-    File(#[from] crate::toml_file::TomlFileError),
+    File(#[from] retort_model::toml_file::TomlFileError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        Ok(crate::toml_file::read(path)?)
+        Ok(retort_model::toml_file::read(path)?)
     }
 
     /// Layers flags (and their environment variables) over the file, over the defaults.

@@ -3,18 +3,16 @@
 //!
 //! # Layout
 //! - [`config`]: the server's configuration (flags, environment, TOML file, defaults).
-//! - [`model`]: the model package (manifest + ONNX), request encoding, inference engines, and
-//!   the ONNX writer students are exported with.
 //! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling and
 //!   the label store, training and distillation, evaluation and publishing, the teacher search.
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
 //! - [`rollout`]: model versions and their states, hot swaps, the directory watcher, canaries.
 //! - [`progress`]: progress of long steps, on a terminal or in the logs.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
-//! - [`toml_file`]: reading TOML files with errors that name them.
-//! - [`timestamp`]: UTC times as text, written and parsed.
-//! - [`rng`]: the seeded generator behind reproducible weights and test data.
 //! - [`allocator`]: jemalloc, with zeroed allocations zeroed by writing.
+//!
+//! The model package (manifest + ONNX), the request's wire format and encoding, the inference
+//! engines and the ONNX writer are the `retort-model` crate.
 //!
 //! The server never links training code paths at request time; the model package is the only
 //! contract between the distillation sidecar and the server.
@@ -23,14 +21,10 @@ pub mod allocator;
 pub mod config;
 #[cfg(feature = "sidecar")]
 pub mod distill;
-pub mod model;
 pub mod progress;
-pub mod rng;
 pub mod rollout;
 pub mod serve;
 pub mod shutdown;
-pub mod timestamp;
-pub mod toml_file;
 
 /// jemalloc for everything that links retort (the server, its tests and benches). With glibc's
 /// allocator, a retired version's memory came back only by forcing every allocation over

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use retort::config::{Config, LogFormat, ServeArgs};
-use retort::model::{package, scaffold};
+use retort_model::{package, scaffold};
 
 #[cfg(feature = "sidecar")]
 mod sidecar_cli;

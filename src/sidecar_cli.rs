@@ -17,8 +17,8 @@ use retort::distill::label::{LabelOptions, Labeller, Shard};
 use retort::distill::mapping::Mapping;
 use retort::distill::run::RunConfig;
 use retort::distill::spec::DataSpec;
-use retort::model::engine::EngineKind;
-use retort::model::{package, scaffold};
+use retort_model::engine::EngineKind;
+use retort_model::{package, scaffold};
 
 use crate::{init_tracing, serve_until_signal};
 
@@ -222,13 +222,13 @@ pub fn stand_in_teacher(
     name: &str,
     version: &str,
     seed: u64,
-) -> anyhow::Result<(retort::model::manifest::Manifest, Vec<u8>)> {
+) -> anyhow::Result<(retort_model::manifest::Manifest, Vec<u8>)> {
     let spec = DataSpec::from_path(spec)?;
     let arch = spec.two_tower(true);
     let objective: Vec<(&str, f64)> = spec
         .tasks
         .iter()
-        .filter(|t| t.kind == retort::model::manifest::HeadKind::Binary)
+        .filter(|t| t.kind == retort_model::manifest::HeadKind::Binary)
         .take(1)
         .map(|t| (t.name.as_str(), 1.0))
         .collect();

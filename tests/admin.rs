@@ -10,7 +10,7 @@ use common::{Reply, TestServer, request, write_model};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use retort::config::Config;
-use retort::model::manifest::ContextRows;
+use retort_model::manifest::ContextRows;
 
 const TOKEN: &str = "test-admin-token";
 
@@ -65,11 +65,11 @@ async fn loading_a_version_swaps_it_in_and_a_bad_one_changes_nothing() {
     }
 
     // Version 2 appears on disk; the server keeps serving 1 until told.
-    let (mut manifest, _) = retort::model::scaffold::seeded_package("m", "2", 2);
+    let (mut manifest, _) = retort_model::scaffold::seeded_package("m", "2", 2);
     manifest.model.context_rows = ContextRows::Once;
-    let arch = retort::model::scaffold::music_architecture();
-    let graph = retort::model::onnx::to_bytes(&arch.to_onnx(&arch.random_weights(2), "m"));
-    retort::model::package::write(dir.path(), &manifest, &graph).unwrap();
+    let arch = retort_model::scaffold::music_architecture();
+    let graph = retort_model::onnx::to_bytes(&arch.to_onnx(&arch.random_weights(2), "m"));
+    retort_model::package::write(dir.path(), &manifest, &graph).unwrap();
     assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "1");
     let listed = admin(&server, "GET", "/v1/models", Some(TOKEN)).await.json();
     assert_eq!(listed["published"].as_array().unwrap().len(), 2, "{listed}");

@@ -181,7 +181,7 @@ fn reading_names_the_file_and_column_that_is_wrong() {
     // A spec that calls a string column a number.
     let mut wrong = spec.clone();
     let genre = wrong.features.iter_mut().find(|f| f.name == "genre").unwrap();
-    genre.kind = retort::model::manifest::FeatureKind::Number { mean: 0.0, std: 1.0, default: 0.0 };
+    genre.kind = retort_model::manifest::FeatureKind::Number { mean: 0.0, std: 1.0, default: 0.0 };
     let err = p.read(&wrong, &["genre"]).err().unwrap().to_string();
     assert!(err.contains("`genre`") && err.contains("Utf8") && err.contains("a number"), "{err}");
 

@@ -4,11 +4,11 @@
 mod common;
 
 use common::request;
-use retort::model::Model;
-use retort::model::engine::EngineKind;
-use retort::model::manifest::ContextRows;
-use retort::model::{package, scaffold};
-use retort::serve::request::decode;
+use retort_model::Model;
+use retort_model::engine::EngineKind;
+use retort_model::manifest::ContextRows;
+use retort_model::request::decode;
+use retort_model::{package, scaffold};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

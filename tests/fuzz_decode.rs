@@ -4,11 +4,11 @@
 mod common;
 
 use common::{TestServer, request};
-use retort::model::Model;
-use retort::model::encode::Location;
-use retort::model::engine::EngineKind;
-use retort::rng::SplitMix64;
-use retort::serve::request::{DecodeError, decode};
+use retort_model::Model;
+use retort_model::encode::Location;
+use retort_model::engine::EngineKind;
+use retort_model::request::{DecodeError, decode};
+use retort_model::rng::SplitMix64;
 
 /// Mutations of a valid body: truncations, byte flips, spliced JSON fragments, random bytes.
 fn bodies(count: usize, seed: u64) -> Vec<Vec<u8>> {

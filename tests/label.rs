@@ -11,11 +11,11 @@ use retort::distill::demo::{self, DemoConfig, Domain};
 use retort::distill::label::{LabelOptions, LabelReport, Labeller, Shard};
 use retort::distill::mapping::{Mapping, Source};
 use retort::distill::spec::DataSpec;
-use retort::model::Model;
-use retort::model::encode::Value;
-use retort::model::engine::EngineKind;
-use retort::model::manifest::HeadKind;
-use retort::model::{package, scaffold};
+use retort_model::Model;
+use retort_model::encode::Value;
+use retort_model::engine::EngineKind;
+use retort_model::manifest::HeadKind;
+use retort_model::{package, scaffold};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -152,8 +152,8 @@ fn store_logits_equal_a_direct_engine_call_and_defaults_are_reported() {
                     let Source::Column(c) = &mapping.features[&f.name] else { continue };
                     if let Some(v) = to_toml(ex.column(b, c).value(row)) {
                         match f.side {
-                            retort::model::manifest::Side::Context => context.insert(f.name.clone(), v),
-                            retort::model::manifest::Side::Item => item.insert(f.name.clone(), v),
+                            retort_model::manifest::Side::Context => context.insert(f.name.clone(), v),
+                            retort_model::manifest::Side::Item => item.insert(f.name.clone(), v),
                         };
                     }
                 }

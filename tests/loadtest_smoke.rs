@@ -13,8 +13,8 @@ use loadtest::requests::{self, Shape};
 use loadtest::scenario::{self, Plan, Swap};
 use loadtest::target::Target;
 use retort::config::Config;
-use retort::model::{package, scaffold};
 use retort::rollout::Policy;
+use retort_model::{package, scaffold};
 
 fn plan(server: &TestServer, bodies: Vec<hyper::body::Bytes>, rate: f64, seconds: f64) -> Plan {
     Plan {

@@ -14,8 +14,8 @@ use common::{TestServer, request, write_model};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use retort::config::Config;
-use retort::model::InferenceDelay;
-use retort::model::manifest::ContextRows;
+use retort_model::InferenceDelay;
+use retort_model::manifest::ContextRows;
 
 const BUDGET_MS: f64 = 25.0;
 const CANDIDATES: usize = 100;

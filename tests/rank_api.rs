@@ -5,16 +5,16 @@ mod common;
 
 use common::{TestServer, request, write_model};
 use retort::config::Config;
-use retort::model::encode::Encoder;
-use retort::model::manifest::ContextRows;
-use retort::serve::request::decode;
+use retort_model::encode::Encoder;
+use retort_model::manifest::ContextRows;
+use retort_model::request::decode;
 use serde_json::{Value, json};
 
 /// Expected head values per candidate from the plain-Rust reference forward pass (no engine).
 fn reference_heads(
-    arch: &retort::model::two_tower::TwoTower,
-    w: &retort::model::two_tower::TwoTowerWeights,
-    manifest: &retort::model::manifest::Manifest,
+    arch: &retort_model::two_tower::TwoTower,
+    w: &retort_model::two_tower::TwoTowerWeights,
+    manifest: &retort_model::manifest::Manifest,
     body: &Value,
 ) -> Vec<Vec<f32>> {
     let bytes = serde_json::to_vec(body).unwrap();

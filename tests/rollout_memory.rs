@@ -9,8 +9,8 @@ use common::{Reply, TestServer, request};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use retort::config::Config;
-use retort::model::{package, scaffold};
 use retort::rollout::Policy;
+use retort_model::{package, scaffold};
 use serde_json::json;
 
 const TOKEN: &str = "rollout-token";

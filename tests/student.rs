@@ -9,10 +9,10 @@ use retort::distill::demo::{self, DemoConfig, Domain, EPOCH};
 use retort::distill::spec::DataSpec;
 use retort::distill::student::Student;
 use retort::distill::train::{TrainConfig, TrainingData, auc, predict, train};
-use retort::model::Model;
-use retort::model::engine::EngineKind;
-use retort::model::manifest::ContextRows;
-use retort::model::scaffold;
+use retort_model::Model;
+use retort_model::engine::EngineKind;
+use retort_model::manifest::ContextRows;
+use retort_model::scaffold;
 
 #[test]
 fn a_student_learns_the_demo_world_and_exports_exactly() {
@@ -94,8 +94,8 @@ fn holdout_labels(data: &TrainingData, rows: &[usize], head: usize) -> Vec<f32> 
 
 #[test]
 fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
-    use retort::model::manifest::HeadKind;
-    use retort::model::two_tower::HeadSpec;
+    use retort_model::manifest::HeadKind;
+    use retort_model::two_tower::HeadSpec;
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
         users: 50,
@@ -413,7 +413,7 @@ fn label_with_stand_in_teacher(
     use retort::distill::label::{LabelOptions, Labeller};
     let teacher_arch = demo::spec(Domain::Source).two_tower(true);
     let (manifest, graph) = scaffold::random_package("teacher", "1", 8, &teacher_arch, &[("click", 1.0)]);
-    retort::model::package::write(&dir.join("models"), &manifest, &graph).unwrap();
+    retort_model::package::write(&dir.join("models"), &manifest, &graph).unwrap();
     let labeller = Labeller::new(
         &dir.join("models/teacher/1"),
         EngineKind::Tract,
@@ -578,7 +578,7 @@ fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
 
 /// A small target world's training data for the default architecture, with a plain plan.
 fn small_training()
--> (tempfile::TempDir, retort::model::two_tower::TwoTower, TrainingData, retort::distill::kd::Plan) {
+-> (tempfile::TempDir, retort_model::two_tower::TwoTower, TrainingData, retort::distill::kd::Plan) {
     use retort::distill::kd::{DistillConfig, Plan};
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {

@@ -19,7 +19,7 @@ use super::run::{RunConfig, TaskMetrics, evaluate};
 use super::spec::DataSpec;
 use super::student::Student;
 use super::train::{TrainError, TrainingData, auc, train_plan};
-use crate::model::two_tower::TwoTower;
+use retort_model::two_tower::TwoTower;
 
 /// The variants compared, in table order.
 pub const VARIANTS: [&str; 3] = ["control", "direct", "aux"];
@@ -116,17 +116,17 @@ pub fn compare(
         let scores: Vec<f32> = rows.iter().map(|&r| data.teacher[k][r]).collect();
         let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
         match base.heads[h].kind {
-            crate::model::manifest::HeadKind::Binary => {
+            retort_model::manifest::HeadKind::Binary => {
                 if let Some(a) = auc(&scores, &labels) {
                     teacher_auc.insert(task.clone(), a);
                 }
             }
-            crate::model::manifest::HeadKind::Regression if !rows.is_empty() => {
+            retort_model::manifest::HeadKind::Regression if !rows.is_empty() => {
                 let mse = scores.iter().zip(&labels).map(|(s, y)| ((s - y) as f64).powi(2)).sum::<f64>()
                     / rows.len() as f64;
                 teacher_rmse.insert(task.clone(), mse.sqrt());
             }
-            crate::model::manifest::HeadKind::Regression => {}
+            retort_model::manifest::HeadKind::Regression => {}
         }
     }
     let teacher_names: Vec<String> = distilled.values().cloned().collect();

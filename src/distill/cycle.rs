@@ -14,7 +14,7 @@ use super::run::{self, RunConfig, TrainJob, Trained};
 use super::spec::DataSpec;
 use super::store;
 use super::train::TrainError;
-use crate::model::package;
+use retort_model::package;
 
 /// What a cycle trains and where it publishes.
 #[derive(Debug, Clone)]

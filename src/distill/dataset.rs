@@ -15,8 +15,8 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::spec::DataSpec;
-use crate::model::encode::Value;
-use crate::model::manifest::FeatureKind;
+use retort_model::encode::Value;
+use retort_model::manifest::FeatureKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use super::mapping::{Mapping, Source};
 use super::parquet_io::{self, WriteError};
 use super::spec::{DataSpec, KeyColumns, Task};
-use crate::model::manifest::{FeatureColumn, FeatureKind, HeadKind, Side};
-use crate::rng::SplitMix64;
+use retort_model::manifest::{FeatureColumn, FeatureKind, HeadKind, Side};
+use retort_model::rng::SplitMix64;
 
 /// Width of the latent taste space and of the shared content embedding.
 pub const LATENT: usize = 8;

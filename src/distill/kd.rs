@@ -15,8 +15,8 @@ use candle_core::{Result as CandleResult, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::losses;
-use crate::model::manifest::HeadKind;
-use crate::model::two_tower::{HeadSpec, TwoTower};
+use retort_model::manifest::HeadKind;
+use retort_model::two_tower::{HeadSpec, TwoTower};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -18,10 +18,10 @@ use super::mapping::{Mapping, MappingError, Source};
 use super::parquet_io::{self, WriteError};
 use super::spec::DataSpec;
 use super::store::{self, LabelFileInfo};
-use crate::model::encode::{EncodeError, FeatureSource, Location, Value};
-use crate::model::engine::EngineKind;
-use crate::model::manifest::FeatureKind;
-use crate::model::{HeadValues, InferError, LoadError, Model};
+use retort_model::encode::{EncodeError, FeatureSource, Location, Value};
+use retort_model::engine::EngineKind;
+use retort_model::manifest::FeatureKind;
+use retort_model::{HeadValues, InferError, LoadError, Model};
 
 /// `i/n`: this worker labels the partitions whose name hashes to `i` modulo `n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl FromStr for Shard {
 impl Shard {
     /// Whether this shard owns a partition; by name, so every worker agrees without talking.
     pub fn owns(&self, partition_name: &str) -> bool {
-        crate::model::encode::fnv1a64(partition_name.as_bytes()) % self.count as u64 == self.index as u64
+        retort_model::encode::fnv1a64(partition_name.as_bytes()) % self.count as u64 == self.index as u64
     }
 }
 
@@ -353,7 +353,7 @@ impl Labeller {
             mapping: self.mapping.fingerprint(),
             input: p.name.clone(),
             input_fingerprint: fingerprint,
-            created_at: crate::timestamp::rfc3339(SystemTime::now()),
+            created_at: retort_model::timestamp::rfc3339(SystemTime::now()),
             rows: rows as u64,
             defaulted: self
                 .teacher

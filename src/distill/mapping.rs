@@ -9,8 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::encode::fnv1a64;
-use crate::model::manifest::Manifest;
+use retort_model::encode::fnv1a64;
+use retort_model::manifest::Manifest;
 
 /// Where one teacher feature comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,14 +38,14 @@ pub struct Mapping {
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     #[error(transparent)]
-    File(#[from] crate::toml_file::TomlFileError),
+    File(#[from] retort_model::toml_file::TomlFileError),
     #[error("mapping for teacher {teacher}: {problem}")]
     Invalid { teacher: String, problem: String },
 }
 
 impl Mapping {
     pub fn from_path(path: &Path) -> Result<Mapping, MappingError> {
-        Ok(crate::toml_file::read(path)?)
+        Ok(retort_model::toml_file::read(path)?)
     }
 
     pub fn to_toml(&self) -> String {

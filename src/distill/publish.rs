@@ -14,9 +14,9 @@ use super::dataset::Dataset;
 use super::run::{TaskMetrics, metrics_of};
 use super::spec::DataSpec;
 use super::train::{TrainError, TrainingData};
-use crate::model::Model;
-use crate::model::engine::EngineKind;
-use crate::model::manifest::HeadKind;
+use retort_model::Model;
+use retort_model::engine::EngineKind;
+use retort_model::manifest::HeadKind;
 
 /// The holdout metric the gate compares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,8 +14,8 @@ use super::label::{LabelOptions, Labeller};
 use super::run::{self, RunConfig};
 use super::spec::DataSpec;
 use super::train::TrainError;
-use crate::model::engine::EngineKind;
-use crate::model::package;
+use retort_model::engine::EngineKind;
+use retort_model::package;
 
 /// The teacher: wider and deeper than the student (over 50x its inference cost per candidate),
 /// logits out, features masked while training so that it knows what a missing feature means on

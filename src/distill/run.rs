@@ -15,9 +15,9 @@ use super::publish::{Baseline, PublishConfig, evaluate_package, package_label};
 use super::spec::DataSpec;
 use super::student::Student;
 use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_resuming};
-use crate::model::manifest::{HeadKind, Manifest};
-use crate::model::two_tower::{HeadSpec, TwoTower};
-use crate::model::{package, scaffold};
+use retort_model::manifest::{HeadKind, Manifest};
+use retort_model::two_tower::{HeadSpec, TwoTower};
+use retort_model::{package, scaffold};
 
 /// Layer sizes; features come from the dataset's spec, heads from its tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,14 +132,14 @@ pub struct TuneConfig {
 
 impl RunConfig {
     pub fn from_path(path: &Path) -> Result<RunConfig, TrainError> {
-        crate::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))
+        retort_model::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))
     }
 
     /// Where the holdout starts in `data`: `holdout_from`, else the start of its last
     /// `holdout_days` UTC days.
     pub fn holdout_cutoff(&self, data: &TrainingData) -> Result<i64, TrainError> {
         match &self.train.holdout_from {
-            Some(at) => crate::timestamp::parse(at)
+            Some(at) => retort_model::timestamp::parse(at)
                 .map_err(|e| TrainError::Config(format!("train.holdout_from: {e}"))),
             None => Ok(data.last_days_cutoff(self.train.holdout_days)),
         }
@@ -150,7 +150,7 @@ impl RunConfig {
     pub fn holdout(&self, data: &TrainingData) -> Result<Holdout, TrainError> {
         let cutoff = self.holdout_cutoff(data)?;
         let (fit, rows) = data.split_at(cutoff);
-        let from = crate::timestamp::rfc3339_secs(cutoff);
+        let from = retort_model::timestamp::rfc3339_secs(cutoff);
         let which = match &self.train.holdout_from {
             Some(_) => format!("the holdout from {from} (train.holdout_from)"),
             None => format!(
@@ -368,7 +368,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
             return Err(TrainError::Config(format!(
                 "nothing to train on: the checkpoint has seen every example before the holdout \
                  (through {}); a warm start waits for newer data",
-                crate::timestamp::rfc3339_secs(ck.trained_through)
+                retort_model::timestamp::rfc3339_secs(ck.trained_through)
             )));
         }
         train_config.seed = train_config.seed.wrapping_add(ck.optimizer.step);
@@ -420,11 +420,11 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
     let last = data.ts.iter().max().copied().unwrap_or(0);
     manifest.provenance.data_window = format!(
         "{}..{} (holdout from {})",
-        &crate::timestamp::rfc3339_secs(first)[..10],
-        &crate::timestamp::rfc3339_secs(last)[..10],
-        crate::timestamp::rfc3339_secs(cutoff)
+        &retort_model::timestamp::rfc3339_secs(first)[..10],
+        &retort_model::timestamp::rfc3339_secs(last)[..10],
+        retort_model::timestamp::rfc3339_secs(cutoff)
     );
-    manifest.provenance.created_at = crate::timestamp::rfc3339(std::time::SystemTime::now());
+    manifest.provenance.created_at = retort_model::timestamp::rfc3339(std::time::SystemTime::now());
     manifest.model.fallback = config.publish.fallback.clone();
     if let Some(labels) = labels.filter(|_| plan.uses_teacher()) {
         // The teacher's name and version, as the label files record them.
@@ -445,7 +445,7 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         format!("{} for the context, {} per candidate", one - (two - one), two - one),
     );
     if let (Some(dir), Some(ck)) = (warm_start, &resume) {
-        let through = crate::timestamp::rfc3339_secs(ck.trained_through);
+        let through = retort_model::timestamp::rfc3339_secs(ck.trained_through);
         manifest.provenance.notes.insert(
             "warm_start".into(),
             format!(

@@ -185,7 +185,7 @@ impl Space {
         if self.candidates >= size {
             return (0..size).map(|i| self.point(i)).collect();
         }
-        let mut rng = crate::rng::SplitMix64::new(self.seed);
+        let mut rng = retort_model::rng::SplitMix64::new(self.seed);
         let mut indices: Vec<usize> = (0..size).collect();
         for k in 0..self.candidates {
             let j = k + rng.below((size - k) as u64) as usize;

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::manifest::{Feature, FeatureColumn, HeadKind, Side};
-use crate::model::two_tower::{HeadSpec, TwoTower};
+use retort_model::manifest::{Feature, FeatureColumn, HeadKind, Side};
+use retort_model::two_tower::{HeadSpec, TwoTower};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,14 +60,14 @@ impl Task {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error(transparent)]
-    File(#[from] crate::toml_file::TomlFileError),
+    File(#[from] retort_model::toml_file::TomlFileError),
     #[error("{path}: {problem}")]
     Invalid { path: String, problem: String },
 }
 
 impl DataSpec {
     pub fn from_path(path: &Path) -> Result<DataSpec, SpecError> {
-        let spec: DataSpec = crate::toml_file::read(path)?;
+        let spec: DataSpec = retort_model::toml_file::read(path)?;
         spec.validate()
             .map_err(|problem| SpecError::Invalid { path: path.display().to_string(), problem })?;
         Ok(spec)

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::model::manifest::Manifest;
+use retort_model::manifest::Manifest;
 
 pub const META_TEACHER: &str = "retort.teacher";
 pub const META_MAPPING: &str = "retort.mapping";

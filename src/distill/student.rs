@@ -1,14 +1,14 @@
 //! The student in candle: the same two-tower network the ONNX writer exports
-//! ([`crate::model::two_tower`]), with its parameters as trainable variables. Initialised from
+//! ([`retort_model::two_tower`]), with its parameters as trainable variables. Initialised from
 //! [`TwoTower::random_weights`], so a seed fixes the starting point exactly (a control and a
 //! distilled student can start from the same weights), and read back into
 //! [`TwoTowerWeights`] for export.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::model::encode::{Encoded, InputLayout, TensorData};
-use crate::model::manifest::{FeatureKind, Side};
-use crate::model::two_tower::{
+use retort_model::encode::{Encoded, InputLayout, TensorData};
+use retort_model::manifest::{FeatureKind, Side};
+use retort_model::two_tower::{
     CONTEXT_DENSE, CONTEXT_IDS, Dense, ITEM_DENSE, ITEM_IDS, TwoTower, TwoTowerWeights,
 };
 

@@ -46,10 +46,10 @@ use super::search_space::{Candidate, Space};
 use super::spec::DataSpec;
 use super::student::Student;
 use super::train::{TrainConfig, TrainError, TrainingData, auc, train_resuming};
-use crate::model::engine::EngineKind;
-use crate::model::manifest::Manifest;
-use crate::model::two_tower::TwoTower;
-use crate::model::{package, scaffold};
+use retort_model::engine::EngineKind;
+use retort_model::manifest::Manifest;
+use retort_model::two_tower::TwoTower;
+use retort_model::{package, scaffold};
 
 /// The search file: `[search]` (the schedule), `[space]` (the candidates) and `[student]` (a
 /// `retort train` config for the proxy students; its `[tune]` grid is every student's search).
@@ -105,7 +105,8 @@ impl Default for SearchSection {
 
 impl SearchFile {
     pub fn from_path(path: &Path) -> Result<SearchFile, TrainError> {
-        let file: SearchFile = crate::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))?;
+        let file: SearchFile =
+            retort_model::toml_file::read(path).map_err(|e| TrainError::Config(e.to_string()))?;
         file.validate().map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
         Ok(file)
     }
@@ -342,7 +343,7 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
     for c in &candidates {
         let shared = Candidate { epochs: 1, distilled_heads: Vec::new(), ..c.clone() };
         let teacher = shared.teacher_config(s.teacher_batch_size, s.teacher_learning_rate);
-        let digest = crate::model::encode::fnv1a64(format!("{teacher}seed = {}\n{data}", s.seed).as_bytes());
+        let digest = retort_model::encode::fnv1a64(format!("{teacher}seed = {}\n{data}", s.seed).as_bytes());
         let name = format!("teacher-{:08x}", digest as u32);
         let k = match names.iter().position(|n| *n == name) {
             Some(k) => k,

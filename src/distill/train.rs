@@ -13,10 +13,10 @@ use super::parquet_io;
 use super::spec::DataSpec;
 use super::store::LabelFileInfo;
 use super::student::Student;
-use crate::model::encode::{Encoded, Encoder, FeatureSource, Value};
-use crate::model::manifest::{ContextRows, Feature, HeadKind};
-use crate::model::two_tower::TwoTower;
-use crate::rng::SplitMix64;
+use retort_model::encode::{Encoded, Encoder, FeatureSource, Value};
+use retort_model::manifest::{ContextRows, Feature, HeadKind};
+use retort_model::rng::SplitMix64;
+use retort_model::two_tower::TwoTower;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -272,7 +272,7 @@ impl TrainingData {
 
     /// The encoded inputs of `rows`, in that order (to run an exported model on them).
     pub fn subset(&self, rows: &[usize]) -> Encoded {
-        use crate::model::encode::{Tensor as T, TensorData};
+        use retort_model::encode::{Tensor as T, TensorData};
         let tensors = self
             .encoded
             .tensors
@@ -308,7 +308,7 @@ impl TrainingData {
 }
 
 fn concat(encoder: &Encoder, parts: Vec<Encoded>) -> Encoded {
-    use crate::model::encode::{Tensor as T, TensorData};
+    use retort_model::encode::{Tensor as T, TensorData};
     let rows = parts.iter().map(|p| p.rows).sum();
     let mut tensors: Vec<T> = encoder
         .inputs()
@@ -316,8 +316,8 @@ fn concat(encoder: &Encoder, parts: Vec<Encoded>) -> Encoded {
         .map(|l| T {
             shape: [rows, l.width],
             data: match l.dtype {
-                crate::model::manifest::DType::I64 => TensorData::I64(Vec::with_capacity(rows * l.width)),
-                crate::model::manifest::DType::F32 => TensorData::F32(Vec::with_capacity(rows * l.width)),
+                retort_model::manifest::DType::I64 => TensorData::I64(Vec::with_capacity(rows * l.width)),
+                retort_model::manifest::DType::F32 => TensorData::F32(Vec::with_capacity(rows * l.width)),
             },
         })
         .collect();
@@ -395,8 +395,8 @@ pub fn validation_loss(student: &Student, data: &TrainingData, rows: &[usize]) -
             .map(|(&r, &z)| {
                 let (z, y) = (z as f64, labels[r] as f64);
                 match kind {
-                    crate::model::manifest::HeadKind::Binary => z.max(0.0) - z * y + (-z.abs()).exp().ln_1p(),
-                    crate::model::manifest::HeadKind::Regression => (z - y).powi(2),
+                    retort_model::manifest::HeadKind::Binary => z.max(0.0) - z * y + (-z.abs()).exp().ln_1p(),
+                    retort_model::manifest::HeadKind::Regression => (z - y).powi(2),
                 }
             })
             .sum();
@@ -446,7 +446,7 @@ pub fn train_resuming(
     let mut rng = SplitMix64::new(config.seed ^ 0xba7c4);
     let mut order = rows.to_vec();
     let mut log = TrainLog::default();
-    let mut best: Option<(f64, crate::model::two_tower::TwoTowerWeights)> = None;
+    let mut best: Option<(f64, retort_model::two_tower::TwoTowerWeights)> = None;
     let batches_per_epoch = rows.len().div_ceil(config.batch_size.max(1));
     let device = Device::Cpu;
     let teacher: Vec<Vec<f32>> =

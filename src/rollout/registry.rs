@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::stats::VersionStats;
 use super::warmup::{WarmupRing, replay};
 use crate::config::Config;
-use crate::model::engine::EngineKind;
-use crate::model::manifest::Manifest;
-use crate::model::{Model, package};
 use crate::serve::catalog::{Catalog, Role, Route, Served, Split, warm_up};
+use retort_model::engine::EngineKind;
+use retort_model::manifest::Manifest;
+use retort_model::{Model, package};
 
 /// What happens to a new version once it has loaded, validated and warmed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -121,7 +121,7 @@ pub struct Rollout {
     pub warmup: WarmupRing,
     latency_factor: f64,
     #[cfg(feature = "test-hooks")]
-    inference_delays: BTreeMap<String, crate::model::InferenceDelay>,
+    inference_delays: BTreeMap<String, retort_model::InferenceDelay>,
     models_dir: PathBuf,
     /// The largest `model.onnx` staged; a larger one is refused before it is read.
     max_model_bytes: u64,
@@ -577,7 +577,7 @@ impl Rollout {
                     version: version.clone(),
                     state: r.state,
                     reason: r.reason.clone(),
-                    loaded_at: r.loaded_at.map(crate::timestamp::rfc3339),
+                    loaded_at: r.loaded_at.map(retort_model::timestamp::rfc3339),
                     load_ms: r.load_ms,
                     percent: r.percent,
                     requests: stats.as_ref().map_or(0, |s| s.requests()),
@@ -659,7 +659,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap, VecDeque};
 
     use super::*;
-    use crate::model::scaffold;
+    use retort_model::scaffold;
 
     const VERSIONS: [&str; 3] = ["1", "2", "3"];
 

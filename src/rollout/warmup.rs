@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
-use crate::model::Model;
-use crate::model::manifest::{HeadKind, Transform};
-use crate::serve::request;
+use retort_model::Model;
+use retort_model::manifest::{HeadKind, Transform};
+use retort_model::request;
 
 /// Requests kept per model, at most.
 pub const CAPACITY: usize = 64;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::memory;
 use super::registry::Rollout;
-use crate::model::{engine, package};
+use retort_model::{engine, package};
 
 /// When a canary is retired as failed: judged once it has served `min_requests`, comparing it
 /// with the serving version over the same period.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::App;
 use super::error::ApiError;
-use crate::model::package;
+use retort_model::package;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

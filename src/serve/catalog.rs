@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::Model;
 use crate::rollout::stats::VersionStats;
+use retort_model::Model;
 
 use super::cost::CostModel;
 use super::error::ApiError;

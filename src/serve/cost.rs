@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::model::Model;
+use retort_model::Model;
 
 /// Weight of each new observation against all before it.
 const DECAY: f64 = 0.05;

@@ -5,9 +5,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::model::encode::{EncodeError, Location};
-use crate::model::{InferError, ObjectiveError};
 use crate::rollout::RolloutError;
+use retort_model::encode::{EncodeError, Location};
+use retort_model::{InferError, ObjectiveError};
 
 use super::degrade::Reason;
 

@@ -3,7 +3,6 @@
 //! # Layout
 //! - [`rank`]: `POST /v1/rank`, the request path read top to bottom.
 //! - [`admin`]: the token-protected admin API (served versions, loading a version).
-//! - [`request`]: decoding the rank request body.
 //! - [`error`]: every failure and its HTTP status, in one place.
 //! - [`catalog`]: the served models and how a request picks one.
 //! - [`connections`]: accepting connections, their limits and timeouts, and the drain.
@@ -37,7 +36,6 @@ pub mod lag;
 pub mod metrics;
 pub mod pool;
 pub mod rank;
-pub mod request;
 pub mod shadow;
 
 use crate::config::Config;
@@ -135,7 +133,7 @@ pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot read the models directory: {0}")]
-    Models(#[from] crate::model::package::PackageError),
+    Models(#[from] retort_model::package::PackageError),
     #[error("no model could be served from {dir}: {reasons}")]
     NoModels { dir: String, reasons: String },
     #[error("server error: {0}")]
@@ -228,7 +226,7 @@ pub async fn serve(
 fn load_models(app: &App) -> Result<(), ServeError> {
     let dir = &app.config.models_dir;
     let mut failures = Vec::new();
-    for (name, p) in crate::model::package::latest(dir)? {
+    for (name, p) in retort_model::package::latest(dir)? {
         let staged =
             app.rollout.stage(&name, &p.version).and_then(|()| app.rollout.promote(&name, &p.version));
         if let Err(e) = staged {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender, TrySendError};
 
-use crate::model::engine;
+use retort_model::engine;
 
 /// How long an idle worker waits before it lets go of retired versions' run states.
 const IDLE_CHECK: Duration = Duration::from_millis(250);

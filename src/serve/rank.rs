@@ -21,9 +21,9 @@ use super::degrade::{self, Admission, Pickup, Reason, Situation};
 use super::error::ApiError;
 use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
 use super::pool::PoolError;
-use super::request::{self, CandidateId, DecodeError};
-use crate::model::encode::{Encoded, Location};
-use crate::model::{HeadValues, Model};
+use retort_model::encode::{Encoded, Location};
+use retort_model::request::{self, CandidateId, DecodeError};
+use retort_model::{HeadValues, Model};
 
 pub async fn rank(
     State(app): State<Arc<App>>,
@@ -439,7 +439,7 @@ async fn handle(
 /// What keeps one user on one side of a canary: a hash of the context's `user_id`, or of the
 /// request id when there is none; a request with neither lands anywhere.
 fn sticky_key(req: &request::RankRequest<'_>) -> u64 {
-    use crate::model::encode::{Value, fnv1a64};
+    use retort_model::encode::{Value, fnv1a64};
     match (req.context.get("user_id"), &req.request_id) {
         (Value::Str(s), _) => fnv1a64(s.as_bytes()),
         (Value::Int(i), _) => fnv1a64(i.to_string().as_bytes()),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::App;
 use super::catalog::Served;
-use super::request;
+use retort_model::request;
 
 /// How far a shadow version agrees with the serving one, summed over compared requests.
 #[derive(Debug, Default)]

@@ -13,10 +13,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use retort::config::Config;
-use retort::model::manifest::{ContextRows, Manifest};
-use retort::model::two_tower::{TwoTower, TwoTowerWeights};
-use retort::model::{onnx, package, scaffold};
 use retort::serve::{App, ServeError};
+use retort_model::manifest::{ContextRows, Manifest};
+use retort_model::two_tower::{TwoTower, TwoTowerWeights};
+use retort_model::{onnx, package, scaffold};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -155,7 +155,7 @@ pub fn write_model(
 
 /// A request with `n` candidates whose features vary with `seed`, some left out.
 pub fn request(n: usize, seed: u64) -> serde_json::Value {
-    let mut rng = retort::rng::SplitMix64::new(seed);
+    let mut rng = retort_model::rng::SplitMix64::new(seed);
     let genres = ["rock", "jazz", "pop", "folk", "metal"];
     let candidates: Vec<serde_json::Value> = (0..n)
         .map(|i| {

@@ -11,7 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor as OrtTensor};
 
 use super::{Engine, EngineError, EngineKind, GraphIo, Output, match_io};
-use crate::model::encode::{InputLayout, Tensor, TensorData};
+use crate::encode::{InputLayout, Tensor, TensorData};
 
 /// ONNX Runtime keeps one process-wide environment; sessions must not outlive it.
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();

@@ -16,8 +16,8 @@ use std::thread::ThreadId;
 use tract_onnx::prelude::*;
 
 use super::{Engine, EngineError, EngineKind, GraphIo, Output, match_io};
-use crate::model::encode::{Tensor as Input, TensorData};
-use crate::model::manifest::{DType, Side};
+use crate::encode::{Tensor as Input, TensorData};
+use crate::manifest::{DType, Side};
 
 type Plan = TypedRunnableModel;
 type State = TypedSimpleState;

@@ -251,7 +251,7 @@ mod tests {
     fn a_package_that_links_outside_or_is_too_large_is_refused_before_it_is_read() {
         let outside = tempfile::tempdir().unwrap();
         let models = tempfile::tempdir().unwrap();
-        let (manifest, graph) = crate::model::scaffold::seeded_package("m", "1", 1);
+        let (manifest, graph) = crate::scaffold::seeded_package("m", "1", 1);
         let real = write(outside.path(), &manifest, &graph).unwrap();
         std::fs::create_dir_all(models.path().join("m")).unwrap();
         let linked = models.path().join("m/1");
@@ -259,7 +259,7 @@ mod tests {
         let err = check_servable(models.path(), &linked, 1 << 30).unwrap_err();
         assert!(err.contains("links outside"), "{err}");
 
-        let (manifest, graph) = crate::model::scaffold::seeded_package("m", "2", 1);
+        let (manifest, graph) = crate::scaffold::seeded_package("m", "2", 1);
         let inside = write(models.path(), &manifest, &graph).unwrap();
         check_servable(models.path(), &inside, 1 << 30).unwrap();
         let err = check_servable(models.path(), &inside, 100).unwrap_err();
@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn an_identical_package_is_not_a_new_version() {
         let models = tempfile::tempdir().unwrap();
-        let (manifest, graph) = crate::model::scaffold::seeded_package("m", "1", 1);
+        let (manifest, graph) = crate::scaffold::seeded_package("m", "1", 1);
         let first = write_new(models.path(), &manifest, &graph, |_| Ok(())).unwrap();
         assert_eq!(first, Written::New(models.path().join("m/1")));
         let mut again = manifest.clone();
@@ -284,7 +284,7 @@ mod tests {
             write_new(models.path(), &again, &graph, |_| Ok(())).unwrap(),
             Written::Unchanged(first.dir().to_path_buf())
         );
-        let (other, graph2) = crate::model::scaffold::seeded_package("m", "2", 2);
+        let (other, graph2) = crate::scaffold::seeded_package("m", "2", 2);
         assert_eq!(
             write_new(models.path(), &other, &graph2, |_| Ok(())).unwrap(),
             Written::New(models.path().join("m/2"))

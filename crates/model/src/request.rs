@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::encode::{FeatureSource, Value};
+use crate::encode::{FeatureSource, Value};
 
 /// Every field's errors name the field (`top_k: invalid value: integer -1, expected usize`):
 /// serde_json's own name only a line and column.

@@ -305,7 +305,7 @@ impl Encoder {
 
     /// Encodes rows that each carry their own context (training or labelling data, one row per
     /// shown candidate): every input gets one row per row. The model must have been loaded with
-    /// `context_rows = per_candidate` (see [`crate::model::Model::load_per_row`]).
+    /// `context_rows = per_candidate` (see [`crate::Model::load_per_row`]).
     pub fn encode_rows<R: FeatureSource>(&self, rows: &[R]) -> Result<Encoded, EncodeError> {
         let n = rows.len();
         let mut missing = vec![0u32; self.features];

@@ -1,8 +1,12 @@
-//! The model package (`<name>/<version>/{model.onnx, manifest.toml}`) and everything that turns a
-//! request into head values: manifest, encoder, engines, and the ONNX writer students are
-//! exported with.
+//! retort's model package (`<name>/<version>/{model.onnx, manifest.toml}`) and everything that
+//! turns a request into head values: the request's wire format, manifest, encoder, engines, and
+//! the ONNX writer students are exported with.
+//!
+//! This crate is the only contract between the distillation sidecar, which writes packages, and
+//! the server, which serves them: it depends on neither an HTTP stack nor a trainer.
 //!
 //! # Layout
+//! - [`request`]: the JSON body of `POST /v1/rank`, decoded without copying strings.
 //! - [`manifest`]: the `manifest.toml` format and its validation.
 //! - [`encode`]: request features → input tensors (context once, candidates as one batch).
 //! - [`engine`]: the `Engine` trait and the tract / ort engines.
@@ -10,6 +14,9 @@
 //! - [`two_tower`]: the student architecture retort exports, with a reference forward pass.
 //! - [`package`]: finding, reading and atomically writing packages.
 //! - [`scaffold`]: the seeded-random default model shipped in `models/`.
+//! - [`toml_file`]: reading TOML files with errors that name them.
+//! - [`timestamp`]: UTC times as text, written and parsed.
+//! - [`rng`]: the seeded generator behind reproducible weights and test data.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +25,11 @@ pub mod engine;
 pub mod manifest;
 pub mod onnx;
 pub mod package;
+pub mod request;
+pub mod rng;
 pub mod scaffold;
+pub mod timestamp;
+pub mod toml_file;
 pub mod two_tower;
 
 use encode::{EncodeError, Encoded, Encoder, FeatureSource};

@@ -315,10 +315,7 @@ impl TwoTower {
         let heads = self
             .heads
             .iter()
-            .map(|h| {
-                stack(&mut stream(crate::model::encode::fnv1a64(h.name.as_bytes())), tower_out, &[1])
-                    .remove(0)
-            })
+            .map(|h| stack(&mut stream(crate::encode::fnv1a64(h.name.as_bytes())), tower_out, &[1]).remove(0))
             .collect();
         let (join_context, join_item) = split_columns(&mut join, self.tower_output_width(Side::Context));
         TwoTowerWeights {
