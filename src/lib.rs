@@ -3,11 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the server's configuration (flags, environment, TOML file, defaults).
-//! - [`distill`]: the distillation sidecar: examples, the demo world, teacher labelling and
-//!   the label store, training and distillation, evaluation and publishing, the teacher search.
 //! - [`serve`]: the HTTP API (`POST /v1/rank`, health, readiness, metrics), the inference pool.
 //! - [`rollout`]: model versions and their states, hot swaps, the directory watcher, canaries.
-//! - [`progress`]: progress of long steps, on a terminal or in the logs.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`allocator`]: jemalloc, with zeroed allocations zeroed by writing.
 //!
@@ -19,9 +16,6 @@
 
 pub mod allocator;
 pub mod config;
-#[cfg(feature = "sidecar")]
-pub mod distill;
-pub mod progress;
 pub mod rollout;
 pub mod serve;
 pub mod shutdown;

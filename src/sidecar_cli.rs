@@ -9,16 +9,16 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use retort::config::{Config, LogFormat, ServeArgs};
-use retort::distill::compare;
-use retort::distill::cycle::{Cycle, Round};
-use retort::distill::dataset::Dataset;
-use retort::distill::demo::{self, DemoConfig, Domain};
-use retort::distill::label::{LabelOptions, Labeller, Shard};
-use retort::distill::mapping::Mapping;
-use retort::distill::run::RunConfig;
-use retort::distill::spec::DataSpec;
 use retort_model::engine::EngineKind;
 use retort_model::{package, scaffold};
+use retort_sidecar::data::dataset::Dataset;
+use retort_sidecar::data::demo::{self, DemoConfig, Domain};
+use retort_sidecar::data::mapping::Mapping;
+use retort_sidecar::data::spec::DataSpec;
+use retort_sidecar::experiments::compare;
+use retort_sidecar::label::labeller::{LabelOptions, Labeller, Shard};
+use retort_sidecar::release::cycle::{Cycle, Round};
+use retort_sidecar::release::run::RunConfig;
 
 use crate::{init_tracing, serve_until_signal};
 
@@ -376,7 +376,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             budget_s,
             sweep,
         } => {
-            use retort::distill::{search_report, teacher_search};
+            use retort_sidecar::search::{report as search_report, teacher as teacher_search};
             init_tracing(LogFormat::Text);
             let source_spec =
                 DataSpec::from_path(&source_spec.unwrap_or_else(|| source.join("features.toml")))?;
@@ -423,7 +423,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 None => package::next_version(&models_dir, &name),
             };
             let started = std::time::Instant::now();
-            let done = retort::distill::quickstart::run(
+            let done = retort_sidecar::experiments::quickstart::run(
                 &work,
                 &models_dir,
                 &name,

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use retort::distill::dataset::{DataError, Dataset};
-use retort::distill::demo::{self, DemoConfig, Domain};
-use retort::distill::spec::DataSpec;
+use retort_sidecar::data::dataset::{DataError, Dataset};
+use retort_sidecar::data::demo::{self, DemoConfig, Domain};
+use retort_sidecar::data::spec::DataSpec;
 
 fn small() -> DemoConfig {
     DemoConfig {

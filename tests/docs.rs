@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use retort::config::Config;
-use retort::distill::mapping::Mapping;
-use retort::distill::run::RunConfig;
-use retort::distill::spec::DataSpec;
-use retort::distill::teacher_search::SearchFile;
 use retort_model::manifest::Manifest;
+use retort_sidecar::data::mapping::Mapping;
+use retort_sidecar::data::spec::DataSpec;
+use retort_sidecar::release::run::RunConfig;
+use retort_sidecar::search::teacher::SearchFile;
 
 const BIN: &str = env!("CARGO_BIN_EXE_retort");
 

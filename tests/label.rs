@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use retort::distill::dataset::{Column, Dataset};
-use retort::distill::demo::{self, DemoConfig, Domain};
-use retort::distill::label::{LabelOptions, LabelReport, Labeller, Shard};
-use retort::distill::mapping::{Mapping, Source};
-use retort::distill::spec::DataSpec;
 use retort_model::Model;
 use retort_model::encode::Value;
 use retort_model::engine::EngineKind;
 use retort_model::manifest::HeadKind;
 use retort_model::{package, scaffold};
+use retort_sidecar::data::dataset::{Column, Dataset};
+use retort_sidecar::data::demo::{self, DemoConfig, Domain};
+use retort_sidecar::data::mapping::{Mapping, Source};
+use retort_sidecar::data::spec::DataSpec;
+use retort_sidecar::label::labeller::{LabelOptions, LabelReport, Labeller, Shard};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -227,7 +227,7 @@ fn two_shards_together_equal_one_unsharded_run() {
     assert_eq!(labelled.len(), 9, "each partition labelled by exactly one shard");
     labelled.dedup();
     assert_eq!(labelled.len(), 9);
-    let sharded_dir = retort::distill::store::labels_dir(
+    let sharded_dir = retort_sidecar::label::store::labels_dir(
         &w.root.join("sharded"),
         &Model::load(&w.teacher, EngineKind::Tract).unwrap().manifest,
         &demo::mapping().fingerprint(),
@@ -264,7 +264,7 @@ fn a_killed_run_resumes_and_labels_every_example_exactly_once() {
     // Kill it once it has written something, mid-run.
     let deadline = Instant::now() + Duration::from_secs(60);
     let labels_dir = |store: &Path| {
-        retort::distill::store::labels_dir(
+        retort_sidecar::label::store::labels_dir(
             store,
             &Model::load(&w.teacher, EngineKind::Tract).unwrap().manifest,
             &demo::mapping().fingerprint(),

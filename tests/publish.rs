@@ -130,8 +130,11 @@ fn land(world: &Path, stream: &Path, d: usize) {
     std::fs::rename(stream.join(format!(".{name}.tmp")), stream.join(&name)).unwrap();
 }
 
-fn checkpoint(dir: &Path) -> retort::distill::checkpoint::Checkpoint {
-    retort::distill::checkpoint::Checkpoint::read(&dir.join(retort::distill::checkpoint::CHECKPOINT)).unwrap()
+fn checkpoint(dir: &Path) -> retort_sidecar::train::checkpoint::Checkpoint {
+    retort_sidecar::train::checkpoint::Checkpoint::read(
+        &dir.join(retort_sidecar::train::checkpoint::CHECKPOINT),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -150,7 +153,7 @@ fn a_warm_start_continues_the_checkpoint_on_newer_rows_only() {
     assert!(train(&[]).status.success());
     let first = checkpoint(&models.join("m/1"));
     // Trained on days 0 and 1 (day 2 held out): up to the end of day 1.
-    let day = |d: i64| retort::distill::demo::EPOCH + d * 86_400;
+    let day = |d: i64| retort_sidecar::data::demo::EPOCH + d * 86_400;
     assert!(first.trained_through >= day(1) && first.trained_through < day(2), "{}", first.trained_through);
 
     // No new partition: nothing to train on.

@@ -4,15 +4,15 @@
 use std::path::Path;
 
 use candle_core::Device;
-use retort::distill::dataset::Dataset;
-use retort::distill::demo::{self, DemoConfig, Domain, EPOCH};
-use retort::distill::spec::DataSpec;
-use retort::distill::student::Student;
-use retort::distill::train::{TrainConfig, TrainingData, auc, predict, train};
 use retort_model::Model;
 use retort_model::engine::EngineKind;
 use retort_model::manifest::ContextRows;
 use retort_model::scaffold;
+use retort_sidecar::data::dataset::Dataset;
+use retort_sidecar::data::demo::{self, DemoConfig, Domain, EPOCH};
+use retort_sidecar::data::spec::DataSpec;
+use retort_sidecar::train::fit::{TrainConfig, TrainingData, auc, predict, train};
+use retort_sidecar::train::student::Student;
 
 #[test]
 fn a_student_learns_the_demo_world_and_exports_exactly() {
@@ -148,8 +148,8 @@ fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
 
 #[test]
 fn distilled_students_join_teacher_labels_by_example_id() {
-    use retort::distill::kd::{DistillConfig, Plan};
-    use retort::distill::train::train_plan;
+    use retort_sidecar::train::fit::train_plan;
+    use retort_sidecar::train::kd::{DistillConfig, Plan};
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
         users: 200,
@@ -196,7 +196,7 @@ fn distilled_students_join_teacher_labels_by_example_id() {
 
 #[test]
 fn train_publishes_a_package_the_server_loads_with_its_metrics() {
-    use retort::distill::run::{self, RunConfig};
+    use retort_sidecar::release::run::{self, RunConfig};
     let dir = tempfile::tempdir().unwrap();
     let config = small_world();
     let (target, spec) = target_world(dir.path(), &config);
@@ -228,7 +228,7 @@ fn train_publishes_a_package_the_server_loads_with_its_metrics() {
 
 #[test]
 fn a_distilled_twin_starts_from_the_controls_weights() {
-    use retort::distill::kd::{DistillConfig, Plan};
+    use retort_sidecar::train::kd::{DistillConfig, Plan};
     let spec = demo::spec(Domain::Target);
     let mut base = spec.two_tower(false);
     base.task_hidden = vec![8];
@@ -248,8 +248,8 @@ fn a_distilled_twin_starts_from_the_controls_weights() {
 
 #[test]
 fn distill_compares_paired_variants_and_reports_the_teacher() {
-    use retort::distill::compare;
-    use retort::distill::run::RunConfig;
+    use retort_sidecar::experiments::compare;
+    use retort_sidecar::release::run::RunConfig;
     let dir = tempfile::tempdir().unwrap();
     let config = small_world();
     let (target, spec) = target_world(dir.path(), &config);
@@ -293,8 +293,8 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
 
 #[test]
 fn early_stopping_keeps_the_best_epochs_weights() {
-    use retort::distill::kd::{DistillConfig, Plan};
-    use retort::distill::train::{train_validated, validation_loss};
+    use retort_sidecar::train::fit::{train_validated, validation_loss};
+    use retort_sidecar::train::kd::{DistillConfig, Plan};
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
         users: 100,
@@ -336,7 +336,7 @@ fn quickstart_runs_the_whole_loop_and_resumes() {
         ..DemoConfig::default()
     };
     let mut said = Vec::new();
-    let done = retort::distill::quickstart::run(
+    let done = retort_sidecar::experiments::quickstart::run(
         &dir.path().join("work"),
         &dir.path().join("models"),
         "music-ranker",
@@ -371,7 +371,7 @@ fn quickstart_runs_the_whole_loop_and_resumes() {
 
     // A rerun reuses the world, the teacher and the labels.
     let mut again = Vec::new();
-    retort::distill::quickstart::run(
+    retort_sidecar::experiments::quickstart::run(
         &dir.path().join("work"),
         &dir.path().join("models"),
         "music-ranker",
@@ -409,8 +409,8 @@ fn label_with_stand_in_teacher(
     dir: &Path,
     spec: &DataSpec,
     target: &Path,
-) -> retort::distill::label::Labeller {
-    use retort::distill::label::{LabelOptions, Labeller};
+) -> retort_sidecar::label::labeller::Labeller {
+    use retort_sidecar::label::labeller::{LabelOptions, Labeller};
     let teacher_arch = demo::spec(Domain::Source).two_tower(true);
     let (manifest, graph) = scaffold::random_package("teacher", "1", 8, &teacher_arch, &[("click", 1.0)]);
     retort_model::package::write(&dir.join("models"), &manifest, &graph).unwrap();
@@ -429,7 +429,7 @@ fn label_with_stand_in_teacher(
 
 #[test]
 fn multiply_adds_count_the_dense_layers_with_the_context_once() {
-    use retort::distill::run::RunConfig;
+    use retort_sidecar::release::run::RunConfig;
     let spec = demo::spec(Domain::Target);
     let student = RunConfig::default().architecture(&spec).unwrap();
     // Context once: (4 ids·16 + 1)·64 + 64·32 + join 32·64 = 8256. Per candidate: item
@@ -438,7 +438,7 @@ fn multiply_adds_count_the_dense_layers_with_the_context_once() {
     assert_eq!(student.macs(1), 8256 + 11968);
     assert_eq!(student.macs(500), 8256 + 500 * 11968);
     // The quickstart teacher costs over 50x the student per labelled example.
-    let teacher: RunConfig = toml::from_str(retort::distill::quickstart::TEACHER_CONFIG).unwrap();
+    let teacher: RunConfig = toml::from_str(retort_sidecar::experiments::quickstart::TEACHER_CONFIG).unwrap();
     let teacher = teacher.architecture(&demo::spec(Domain::Source)).unwrap();
     let ratio = teacher.macs(1) as f64 / student.macs(1) as f64;
     eprintln!("teacher/student multiply-adds per labelled example: {ratio:.1}");
@@ -447,7 +447,7 @@ fn multiply_adds_count_the_dense_layers_with_the_context_once() {
 
 #[test]
 fn a_mixture_of_experts_student_learns_and_exports_exactly() {
-    use retort::distill::run::RunConfig;
+    use retort_sidecar::release::run::RunConfig;
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
         users: 300,
@@ -522,7 +522,7 @@ fn a_mixture_of_experts_student_learns_and_exports_exactly() {
 
 #[test]
 fn training_can_count_in_steps_instead_of_epochs() {
-    use retort::distill::train::train_resuming;
+    use retort_sidecar::train::fit::train_resuming;
     let (_dir, arch, data, plan) = small_training();
     let rows: Vec<usize> = (0..data.rows()).collect();
     let batches_per_epoch = rows.len().div_ceil(256);
@@ -538,7 +538,7 @@ fn training_can_count_in_steps_instead_of_epochs() {
 
 #[test]
 fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
-    use retort::distill::train::train_resuming;
+    use retort_sidecar::train::fit::train_resuming;
     let (_dir, arch, data, plan) = small_training();
     let rows: Vec<usize> = (0..data.rows()).collect();
     let per_epoch = rows.len().div_ceil(256);
@@ -578,8 +578,8 @@ fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
 
 /// A small target world's training data for the default architecture, with a plain plan.
 fn small_training()
--> (tempfile::TempDir, retort_model::two_tower::TwoTower, TrainingData, retort::distill::kd::Plan) {
-    use retort::distill::kd::{DistillConfig, Plan};
+-> (tempfile::TempDir, retort_model::two_tower::TwoTower, TrainingData, retort_sidecar::train::kd::Plan) {
+    use retort_sidecar::train::kd::{DistillConfig, Plan};
     let dir = tempfile::tempdir().unwrap();
     let config = DemoConfig {
         users: 100,

@@ -5,14 +5,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use retort::distill::demo::{self, DemoConfig, Domain};
-use retort::distill::kd::Mode;
-use retort::distill::mapping::Mapping;
-use retort::distill::run::RunConfig;
-use retort::distill::search_report;
-use retort::distill::spec::DataSpec;
-use retort::distill::teacher_search::{Inputs, SearchFile, SearchReport, search};
-use retort::distill::train::TrainError;
+use retort_sidecar::data::demo::{self, DemoConfig, Domain};
+use retort_sidecar::data::mapping::Mapping;
+use retort_sidecar::data::spec::DataSpec;
+use retort_sidecar::release::run::RunConfig;
+use retort_sidecar::search::report as search_report;
+use retort_sidecar::search::teacher::{Inputs, SearchFile, SearchReport, search};
+use retort_sidecar::train::fit::TrainError;
+use retort_sidecar::train::kd::Mode;
 
 const SEARCH: &str = r#"
 [search]
@@ -149,7 +149,7 @@ fn a_small_search_end_to_end() {
     assert_eq!(packages(&work), used);
     for (i, a) in report.candidates.iter().enumerate() {
         for (j, b) in report.candidates.iter().enumerate() {
-            let teacher = |c: &retort::distill::search_space::Candidate| {
+            let teacher = |c: &retort_sidecar::search::space::Candidate| {
                 let mut c = c.clone();
                 (c.epochs, c.distilled_heads) = (1, Vec::new());
                 c

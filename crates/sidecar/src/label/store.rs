@@ -60,16 +60,18 @@ pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
 
 /// The teacher labels a label store directory holds: its heads' columns and the distillation
 /// targets its mapping names (as its first file records them).
-pub fn label_names(dir: &Path) -> Result<std::collections::BTreeSet<String>, super::train::TrainError> {
-    let store = super::dataset::Dataset::open(dir)?;
+pub fn label_names(dir: &Path) -> Result<std::collections::BTreeSet<String>, crate::train::fit::TrainError> {
+    let store = crate::data::dataset::Dataset::open(dir)?;
     let Some(first) = store.partitions.first() else {
-        return Err(super::train::TrainError::NoLabels { dir: dir.display().to_string() });
+        return Err(crate::train::fit::TrainError::NoLabels { dir: dir.display().to_string() });
     };
-    let store_error = |e: super::parquet_io::WriteError| super::train::TrainError::Store(e.to_string());
-    let info =
-        LabelFileInfo::from_metadata(&super::parquet_io::read_metadata(&first.path).map_err(store_error)?);
+    let store_error =
+        |e: crate::data::parquet_io::WriteError| crate::train::fit::TrainError::Store(e.to_string());
+    let info = LabelFileInfo::from_metadata(
+        &crate::data::parquet_io::read_metadata(&first.path).map_err(store_error)?,
+    );
     let mut names: std::collections::BTreeSet<String> = info.targets.into_keys().collect();
-    names.extend(super::parquet_io::column_names(&first.path).map_err(store_error)?);
+    names.extend(crate::data::parquet_io::column_names(&first.path).map_err(store_error)?);
     Ok(names)
 }
 

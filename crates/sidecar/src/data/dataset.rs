@@ -14,7 +14,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::spec::DataSpec;
+use crate::data::spec::DataSpec;
 use retort_model::encode::Value;
 use retort_model::manifest::FeatureKind;
 

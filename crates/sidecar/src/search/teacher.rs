@@ -33,19 +33,19 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{CHECKPOINT, Checkpoint};
-use super::compare::{Trial, grid, mean_auc, mean_std};
-use super::dataset::Dataset;
-use super::halving::{self, Evaluation, Failed, Objective, Schedule};
-use super::kd::{DistillConfig, Plan};
-use super::label::{LabelOptions, Labeller};
-use super::mapping::Mapping;
-use super::parallel;
-use super::run::{RunConfig, TaskMetrics, evaluate};
-use super::search_space::{Candidate, Space};
-use super::spec::DataSpec;
-use super::student::Student;
-use super::train::{TrainConfig, TrainError, TrainingData, auc, train_resuming};
+use crate::data::dataset::Dataset;
+use crate::data::mapping::Mapping;
+use crate::data::spec::DataSpec;
+use crate::experiments::compare::{Trial, grid, mean_auc, mean_std};
+use crate::label::labeller::{LabelOptions, Labeller};
+use crate::release::run::{RunConfig, TaskMetrics, evaluate};
+use crate::search::halving::{self, Evaluation, Failed, Objective, Schedule};
+use crate::search::space::{Candidate, Space};
+use crate::train::checkpoint::{CHECKPOINT, Checkpoint};
+use crate::train::fit::{TrainConfig, TrainError, TrainingData, auc, train_resuming};
+use crate::train::kd::{DistillConfig, Plan};
+use crate::train::parallel;
+use crate::train::student::Student;
 use retort_model::engine::EngineKind;
 use retort_model::manifest::Manifest;
 use retort_model::two_tower::TwoTower;
@@ -492,7 +492,7 @@ fn source_training_rows(inputs: Inputs<'_>) -> Result<usize, TrainError> {
 }
 
 fn split(data: &TrainingData, config: &RunConfig) -> Result<Split, TrainError> {
-    let super::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(data)?;
+    let crate::release::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(data)?;
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < config.validation_cutoff(cutoff));
     if inner.is_empty() || validation.is_empty() {
@@ -586,7 +586,7 @@ impl Search<'_> {
         .map_err(text)?;
         labeller
             .label_dataset(&Dataset::open(self.inputs.target).map_err(text)?)
-            .and_then(super::label::LabelReport::complete)
+            .and_then(crate::label::labeller::LabelReport::complete)
             .map_err(text)?;
         let dir = labeller.dir().to_path_buf();
         let labels = Labels { zero_shot_auc: self.zero_shot(&dir)?, dir };

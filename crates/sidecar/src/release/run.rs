@@ -8,13 +8,13 @@ use std::path::Path;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{CHECKPOINT, Checkpoint};
-use super::dataset::Dataset;
-use super::kd::{DistillConfig, Plan};
-use super::publish::{Baseline, PublishConfig, evaluate_package, package_label};
-use super::spec::DataSpec;
-use super::student::Student;
-use super::train::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_resuming};
+use crate::data::dataset::Dataset;
+use crate::data::spec::DataSpec;
+use crate::release::publish::{Baseline, PublishConfig, evaluate_package, package_label};
+use crate::train::checkpoint::{CHECKPOINT, Checkpoint};
+use crate::train::fit::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_resuming};
+use crate::train::kd::{DistillConfig, Plan};
+use crate::train::student::Student;
 use retort_model::manifest::{HeadKind, Manifest};
 use retort_model::two_tower::{HeadSpec, TwoTower};
 use retort_model::{package, scaffold};
@@ -431,8 +431,8 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         let teacher = Dataset::open(labels)
             .ok()
             .and_then(|d| d.partitions.first().map(|p| p.path.clone()))
-            .and_then(|p| super::parquet_io::read_metadata(&p).ok())
-            .map(|kv| super::store::LabelFileInfo::from_metadata(&kv).teacher)
+            .and_then(|p| crate::data::parquet_io::read_metadata(&p).ok())
+            .map(|kv| crate::label::store::LabelFileInfo::from_metadata(&kv).teacher)
             .unwrap_or_default();
         manifest.provenance.teacher = format!("{teacher} (labels {})", labels.display());
     }
@@ -505,7 +505,7 @@ pub fn metrics_of(
     rows: &[usize],
     heads: &[(String, HeadKind)],
 ) -> Vec<TaskMetrics> {
-    let groups = super::metrics::by_request(rows.iter().map(|&r| data.request_ids[r].as_str()));
+    let groups = crate::eval::metrics::by_request(rows.iter().map(|&r| data.request_ids[r].as_str()));
     heads
         .iter()
         .enumerate()
@@ -529,10 +529,12 @@ pub fn metrics_of(
                 task: name.clone(),
                 auc: if binary { auc(&out[h], &labels) } else { None },
                 log_loss,
-                gauc: if binary { super::metrics::gauc(&out[h], &labels, &groups) } else { None },
-                ndcg_10: super::metrics::ndcg_at(10, &out[h], &labels, &groups),
-                ece: if binary { super::metrics::ece(&out[h], &labels) } else { None },
-                truth_mae: truth.filter(|_| binary).and_then(|t| super::metrics::truth_mae(&out[h], &t)),
+                gauc: if binary { crate::eval::metrics::gauc(&out[h], &labels, &groups) } else { None },
+                ndcg_10: crate::eval::metrics::ndcg_at(10, &out[h], &labels, &groups),
+                ece: if binary { crate::eval::metrics::ece(&out[h], &labels) } else { None },
+                truth_mae: truth
+                    .filter(|_| binary)
+                    .and_then(|t| crate::eval::metrics::truth_mae(&out[h], &t)),
             }
         })
         .collect()

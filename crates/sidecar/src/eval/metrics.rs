@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-pub use super::train::auc;
+pub use crate::train::fit::auc;
 
 fn sigmoid(z: f32) -> f64 {
     1.0 / (1.0 + (-(z as f64)).exp())

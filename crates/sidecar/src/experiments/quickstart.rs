@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::compare::{self, Comparison};
-use super::dataset::Dataset;
-use super::demo::{self, DemoConfig, Domain};
-use super::kd::Mode;
-use super::label::{LabelOptions, Labeller};
-use super::run::{self, RunConfig};
-use super::spec::DataSpec;
-use super::train::TrainError;
+use crate::data::dataset::Dataset;
+use crate::data::demo::{self, DemoConfig, Domain};
+use crate::data::spec::DataSpec;
+use crate::experiments::compare::{self, Comparison};
+use crate::label::labeller::{LabelOptions, Labeller};
+use crate::release::run::{self, RunConfig};
+use crate::train::fit::TrainError;
+use crate::train::kd::Mode;
 use retort_model::engine::EngineKind;
 use retort_model::package;
 
@@ -121,7 +121,7 @@ pub fn run(
     .map_err(|e| TrainError::Store(e.to_string()))?;
     labeller
         .label_dataset(&Dataset::open(&target)?)
-        .and_then(super::label::LabelReport::complete)
+        .and_then(crate::label::labeller::LabelReport::complete)
         .map_err(|e| TrainError::Store(e.to_string()))?;
     let labels = labeller.dir().to_path_buf();
 

@@ -10,10 +10,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::dataset::Dataset;
-use super::run::{TaskMetrics, metrics_of};
-use super::spec::DataSpec;
-use super::train::{TrainError, TrainingData};
+use crate::data::dataset::Dataset;
+use crate::data::spec::DataSpec;
+use crate::release::run::{TaskMetrics, metrics_of};
+use crate::train::fit::{TrainError, TrainingData};
 use retort_model::Model;
 use retort_model::engine::EngineKind;
 use retort_model::manifest::HeadKind;

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use arrow_array::{ArrayRef, Float32Array, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 
-use super::dataset::{Column, DataError, Dataset, Partition};
-use super::mapping::{Mapping, MappingError, Source};
-use super::parquet_io::{self, WriteError};
-use super::spec::DataSpec;
-use super::store::{self, LabelFileInfo};
+use crate::data::dataset::{Column, DataError, Dataset, Partition};
+use crate::data::mapping::{Mapping, MappingError, Source};
+use crate::data::parquet_io::{self, WriteError};
+use crate::data::spec::DataSpec;
+use crate::label::store::{self, LabelFileInfo};
 use retort_model::encode::{EncodeError, FeatureSource, Location, Value};
 use retort_model::engine::EngineKind;
 use retort_model::manifest::FeatureKind;
@@ -371,7 +371,7 @@ impl Labeller {
 
     fn run_chunk(
         &self,
-        examples: &super::dataset::Examples,
+        examples: &crate::data::dataset::Examples,
         batch: usize,
         start: usize,
         end: usize,
@@ -390,7 +390,12 @@ impl Labeller {
         Ok((values, missing))
     }
 
-    fn row_error(&self, examples: &super::dataset::Examples, e: EncodeError, first_row: usize) -> LabelError {
+    fn row_error(
+        &self,
+        examples: &crate::data::dataset::Examples,
+        e: EncodeError,
+        first_row: usize,
+    ) -> LabelError {
         let row = match e.location {
             Location::Candidate(i) => first_row + i,
             Location::Context => first_row,
@@ -410,7 +415,7 @@ impl Labeller {
     }
 
     /// Per teacher feature, where its value comes from in this batch.
-    fn resolve<'a>(&'a self, examples: &'a super::dataset::Examples, batch: usize) -> Inputs<'a> {
+    fn resolve<'a>(&'a self, examples: &'a crate::data::dataset::Examples, batch: usize) -> Inputs<'a> {
         let sources = self
             .teacher
             .manifest
@@ -594,7 +599,7 @@ impl FeatureSource for MappedRow<'_, '_> {
         match self.inputs.sources.iter().find(|(n, _)| *n == name).map(|(_, s)| s) {
             Some(Resolved::Column(c, vector)) => match c.value(self.row) {
                 // A column the examples' spec does not call a vector, feeding a teacher's vector.
-                Value::Str(text) if *vector => super::dataset::vector_from_text(text)
+                Value::Str(text) if *vector => crate::data::dataset::vector_from_text(text)
                     .map_or(Value::Other("text that is not `;`-separated numbers"), |v| {
                         Value::List(Cow::Owned(v))
                     }),

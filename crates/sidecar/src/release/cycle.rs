@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::dataset::Dataset;
-use super::publish::{self, GateReport};
-use super::run::{self, RunConfig, TrainJob, Trained};
-use super::spec::DataSpec;
-use super::store;
-use super::train::TrainError;
+use crate::data::dataset::Dataset;
+use crate::data::spec::DataSpec;
+use crate::label::store;
+use crate::release::publish::{self, GateReport};
+use crate::release::run::{self, RunConfig, TrainJob, Trained};
+use crate::train::fit::TrainError;
 use retort_model::package;
 
 /// What a cycle trains and where it publishes.

@@ -6,13 +6,13 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::adamw::{AdamW, AdamWParams, OptimizerState};
-use super::dataset::{DataError, Dataset};
-use super::kd::{BatchTargets, DistillConfig, Plan, head_losses};
-use super::parquet_io;
-use super::spec::DataSpec;
-use super::store::LabelFileInfo;
-use super::student::Student;
+use crate::data::dataset::{DataError, Dataset};
+use crate::data::parquet_io;
+use crate::data::spec::DataSpec;
+use crate::label::store::LabelFileInfo;
+use crate::train::adamw::{AdamW, AdamWParams, OptimizerState};
+use crate::train::kd::{BatchTargets, DistillConfig, Plan, head_losses};
+use crate::train::student::Student;
 use retort_model::encode::{Encoded, Encoder, FeatureSource, Value};
 use retort_model::manifest::{ContextRows, Feature, HeadKind};
 use retort_model::rng::SplitMix64;
@@ -90,7 +90,7 @@ pub enum TrainError {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
     #[error(transparent)]
-    Spec(#[from] super::spec::SpecError),
+    Spec(#[from] crate::data::spec::SpecError),
 }
 
 /// A label as training takes it: a finite number, and for a binary task one in [0, 1] (a hard
@@ -126,7 +126,7 @@ pub struct TrainingData {
 }
 
 struct Row<'a> {
-    columns: &'a [(String, super::dataset::Column<'a>)],
+    columns: &'a [(String, crate::data::dataset::Column<'a>)],
     row: usize,
 }
 
@@ -178,7 +178,7 @@ impl TrainingData {
             // Rows are named by their place in the partition, not in one of its read batches.
             let mut offset = 0;
             for b in 0..ex.batches.len() {
-                let cols: Vec<(String, super::dataset::Column<'_>)> =
+                let cols: Vec<(String, crate::data::dataset::Column<'_>)> =
                     features.iter().map(|f| (f.name.clone(), ex.column(b, &f.name))).collect();
                 let n = ex.batches[b].num_rows();
                 let rows: Vec<Row<'_>> = (0..n).map(|row| Row { columns: &cols, row }).collect();

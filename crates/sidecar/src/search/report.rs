@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::parquet_io::write_text;
-use super::run::RunConfig;
-use super::search_space::Candidate;
-use super::teacher_search::{Evaluated, HoldoutGain, SearchReport};
+use crate::data::parquet_io::write_text;
+use crate::release::run::RunConfig;
+use crate::search::space::Candidate;
+use crate::search::teacher::{Evaluated, HoldoutGain, SearchReport};
 
 /// How often ranking candidates by their teacher's accuracy disagrees with ranking them by the
 /// gain their teacher gives a student, over the candidates of one rung.

@@ -283,7 +283,7 @@ seed = 7
         let mut c = space().point(63);
         c.source_tasks = vec!["click".into(), "like".into()];
         let text = c.teacher_config(1024, 0.002);
-        let parsed: crate::distill::run::RunConfig = toml::from_str(&text).unwrap();
+        let parsed: crate::release::run::RunConfig = toml::from_str(&text).unwrap();
         let as_toml: toml::Table = toml::from_str(&toml::to_string(&parsed).unwrap()).unwrap();
         assert_eq!(as_toml["model"]["embedding_dim"].as_integer(), Some(64));
         assert_eq!(as_toml["model"]["interaction_hidden"].as_array().unwrap().len(), 3);
@@ -302,14 +302,14 @@ seed = 7
         s.validate().unwrap();
         assert_eq!(s.size(), 64, "one tower choice, two task towers");
         let c = s.point(0);
-        let parsed: crate::distill::run::RunConfig = toml::from_str(&c.teacher_config(512, 0.01)).unwrap();
+        let parsed: crate::release::run::RunConfig = toml::from_str(&c.teacher_config(512, 0.01)).unwrap();
         assert!(parsed.model.context_hidden.is_empty() && parsed.model.item_hidden.is_empty());
         let tasks: Vec<Vec<usize>> = (0..s.size()).map(|i| s.point(i).task_hidden).collect();
         assert!(tasks.contains(&vec![]) && tasks.contains(&vec![32, 16]));
-        let parsed: crate::distill::run::RunConfig =
+        let parsed: crate::release::run::RunConfig =
             toml::from_str(&s.point(s.size() - 1).teacher_config(512, 0.01)).unwrap();
         assert_eq!(parsed.model.task_hidden, [32, 16]);
-        parsed.architecture(&crate::distill::demo::spec(crate::distill::demo::Domain::Source)).unwrap();
+        parsed.architecture(&crate::data::demo::spec(crate::data::demo::Domain::Source)).unwrap();
     }
 
     #[test]

@@ -12,13 +12,13 @@ use std::path::Path;
 use candle_core::Device;
 use serde::Serialize;
 
-use super::dataset::Dataset;
-use super::kd::{DistillConfig, Mode, Plan};
-use super::parallel;
-use super::run::{RunConfig, TaskMetrics, evaluate};
-use super::spec::DataSpec;
-use super::student::Student;
-use super::train::{TrainError, TrainingData, auc, train_plan};
+use crate::data::dataset::Dataset;
+use crate::data::spec::DataSpec;
+use crate::release::run::{RunConfig, TaskMetrics, evaluate};
+use crate::train::fit::{TrainError, TrainingData, auc, train_plan};
+use crate::train::kd::{DistillConfig, Mode, Plan};
+use crate::train::parallel;
+use crate::train::student::Student;
 use retort_model::two_tower::TwoTower;
 
 /// The variants compared, in table order.
@@ -88,7 +88,7 @@ pub fn compare(
     }
     let base = config.architecture(spec)?;
     let mut data = TrainingData::load(&Dataset::open(data_dir)?, spec, &base)?;
-    let super::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(&data)?;
+    let crate::release::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(&data)?;
 
     let distilled: BTreeMap<String, String> = config
         .distill
@@ -98,7 +98,7 @@ pub fn compare(
         .collect();
     // The teacher is scored on every task it has a label for: the distilled ones through
     // their configured label, the others where the store has one of the task's own name.
-    let in_store = super::store::label_names(labels)?;
+    let in_store = crate::label::store::label_names(labels)?;
     let mut scored: BTreeMap<String, String> = distilled.clone();
     for h in &base.heads {
         if !scored.contains_key(&h.name) && in_store.contains(&h.name) {
@@ -250,7 +250,7 @@ impl Trial<'_> {
         let mut c = self.config.clone();
         c.train.seed = self.seed;
         (c.train.learning_rate, c.train.weight_decay) = hp;
-        let config = super::train::TrainConfig { deadline: self.deadline, ..train_config(&c) };
+        let config = crate::train::fit::TrainConfig { deadline: self.deadline, ..train_config(&c) };
         train_plan(&student, self.data, train, &config, self.plan)?;
         evaluate(&student, self.data, judge, self.base)
     }
@@ -263,9 +263,9 @@ pub fn mean_auc(metrics: &[TaskMetrics]) -> f64 {
 }
 
 /// `c`'s training settings with early stopping off: a comparison trains every epoch.
-fn train_config(c: &RunConfig) -> super::train::TrainConfig {
+fn train_config(c: &RunConfig) -> crate::train::fit::TrainConfig {
     // Many students train side by side: their progress would interleave into noise.
-    super::train::TrainConfig { patience: 0, progress: false, ..c.train_config() }
+    crate::train::fit::TrainConfig { patience: 0, progress: false, ..c.train_config() }
 }
 
 /// Mean and sample standard deviation.

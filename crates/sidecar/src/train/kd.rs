@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use candle_core::{Result as CandleResult, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::losses;
+use crate::train::losses;
 use retort_model::manifest::HeadKind;
 use retort_model::two_tower::{HeadSpec, TwoTower};
 
@@ -219,7 +219,7 @@ impl Plan {
     }
 
     /// The same plan reading its teacher labels from `labels`, a superset of its own in any
-    /// order: several plans can then train on one [`super::train::TrainingData`] with the union
+    /// order: several plans can then train on one [`crate::train::fit::TrainingData`] with the union
     /// of their labels attached.
     pub fn reading_labels(mut self, labels: &[String]) -> Result<Plan, String> {
         let index = |name: &String| {
@@ -302,7 +302,7 @@ mod tests {
     use candle_core::Device;
 
     fn base() -> TwoTower {
-        let spec = crate::distill::demo::spec(crate::distill::demo::Domain::Target);
+        let spec = crate::data::demo::spec(crate::data::demo::Domain::Target);
         spec.two_tower(false)
     }
 

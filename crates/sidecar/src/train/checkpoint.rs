@@ -8,9 +8,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::adamw::{Moments, OptimizerState};
-use super::student::Student;
-use super::train::TrainError;
+use crate::train::adamw::{Moments, OptimizerState};
+use crate::train::fit::TrainError;
+use crate::train::student::Student;
 
 /// The file's name inside a package directory.
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -125,7 +125,7 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::distill::demo::{self, Domain};
+    use crate::data::demo::{self, Domain};
 
     #[test]
     fn round_trips_and_refuses_another_architecture() {

@@ -25,9 +25,9 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
 
-use super::mapping::{Mapping, Source};
-use super::parquet_io::{self, WriteError};
-use super::spec::{DataSpec, KeyColumns, Task};
+use crate::data::mapping::{Mapping, Source};
+use crate::data::parquet_io::{self, WriteError};
+use crate::data::spec::{DataSpec, KeyColumns, Task};
 use retort_model::manifest::{FeatureColumn, FeatureKind, HeadKind, Side};
 use retort_model::rng::SplitMix64;
 

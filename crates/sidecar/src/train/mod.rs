@@ -1,0 +1,18 @@
+//! Training a student (or a teacher) in candle, with distillation heads beside the served ones.
+//!
+//! # Layout
+//! - [`student`]: the two-tower student in candle, initialised and exported as the ONNX writer's.
+//! - [`kd`]: distillation modes (none, direct, aux, aux-new) and each head's loss.
+//! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
+//! - [`adamw`]: AdamW fused into one in-place pass per parameter, with a savable state.
+//! - [`checkpoint`]: weights and optimiser state beside a package, for warm starts.
+//! - [`fit`]: training data in memory and the AdamW minibatch loop.
+//! - [`parallel`]: independent trainings side by side, one per core.
+
+pub mod adamw;
+pub mod checkpoint;
+pub mod fit;
+pub mod kd;
+pub mod losses;
+pub mod parallel;
+pub mod student;
