@@ -66,20 +66,20 @@ fn handler(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut group = c.benchmark_group("handler");
     for kind in engines() {
-        let config = retort::config::Config {
+        let config = retort_server::config::Config {
             models_dir: common::shipped_models(),
             engine: kind,
             listen: "127.0.0.1:0".parse().unwrap(),
             poll_interval_ms: 0,
             persist_warmup: false,
-            ..retort::config::Config::default()
+            ..retort_server::config::Config::default()
         };
         // A server started the usual way loads the models; the bench then calls its router.
         let (app, stop) = runtime.block_on(async {
-            let listener = retort::serve::bind(&config).await.unwrap();
-            let app = retort::serve::App::new(config);
+            let listener = retort_server::http::bind(&config).await.unwrap();
+            let app = retort_server::http::App::new(config);
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(retort::serve::serve(listener, app.clone(), async move {
+            tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
                 let _ = stopped.await;
             }));
             while !app.ready() {
@@ -87,7 +87,7 @@ fn handler(c: &mut Criterion) {
             }
             (app, stop)
         });
-        let router = retort::serve::router(app);
+        let router = retort_server::http::router(app);
         let body = hyper::body::Bytes::from(serde_json::to_vec(&common::request(500, 11)).unwrap());
         group.throughput(Throughput::Elements(500));
         group.bench_function(BenchmarkId::new(kind.as_str(), 500), |b| {

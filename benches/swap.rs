@@ -15,10 +15,14 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use retort::config::Config;
-use retort::rollout::Policy;
-use retort::serve::App;
 use retort_model::{package, scaffold};
+use retort_server::config::Config;
+use retort_server::http::App;
+use retort_server::rollout::Policy;
+
+/// The allocator the `retort` binary runs with, so that what is measured here is what serves.
+#[global_allocator]
+static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
 
 fn body(candidates: usize, i: u64) -> Bytes {
     let items: Vec<serde_json::Value> = (0..candidates)
@@ -106,11 +110,11 @@ fn main() {
             persist_warmup: false,
             ..Config::default()
         };
-        let listener = retort::serve::bind(&config).await.unwrap();
+        let listener = retort_server::http::bind(&config).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = App::new(config);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(retort::serve::serve(listener, app.clone(), async move {
+        let server = tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
             let _ = stop_rx.await;
         }));
         while !app.ready() {

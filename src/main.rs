@@ -6,11 +6,20 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use retort::config::{Config, LogFormat, ServeArgs};
 use retort_model::{package, scaffold};
+use retort_server::config::{Config, LogFormat, ServeArgs};
 
 #[cfg(feature = "sidecar")]
 mod sidecar_cli;
+
+/// jemalloc, for the server and the sidecar alike. With glibc's allocator, a retired version's
+/// memory came back only by forcing every allocation over 128 KiB into its own mapping, which
+/// made each inference map, fault in and unmap its intermediate buffers (+70% inference time);
+/// jemalloc reuses those buffers and hands freed memory back when asked (BENCHMARKS.md,
+/// "Rollout: memory"). Zeroed allocations are zeroed by writing (see
+/// [`retort_server::allocator`]).
+#[global_allocator]
+static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
 
 /// A low-latency ranking server for small student models, with built-in distillation.
 #[derive(Debug, Parser)]
@@ -126,9 +135,9 @@ pub(crate) fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = retort::serve::bind(&config).await?;
-        let app = retort::serve::App::new(config);
-        retort::serve::serve(listener, app, retort::shutdown::signal()).await
+        let listener = retort_server::http::bind(&config).await?;
+        let app = retort_server::http::App::new(config);
+        retort_server::http::serve(listener, app, retort_server::shutdown::signal()).await
     })?;
     Ok(())
 }

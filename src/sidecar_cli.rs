@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 
-use retort::config::{Config, LogFormat, ServeArgs};
 use retort_model::engine::EngineKind;
 use retort_model::{package, scaffold};
+use retort_server::config::{Config, LogFormat, ServeArgs};
 use retort_sidecar::data::dataset::Dataset;
 use retort_sidecar::data::demo::{self, DemoConfig, Domain};
 use retort_sidecar::data::mapping::Mapping;
@@ -476,7 +476,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        rt.block_on(retort::shutdown::signal());
+        rt.block_on(retort_server::shutdown::signal());
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }

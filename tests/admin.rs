@@ -9,8 +9,8 @@ use std::process::Command;
 use common::{Reply, TestServer, request, write_model};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use retort::config::Config;
 use retort_model::manifest::ContextRows;
+use retort_server::config::Config;
 
 const TOKEN: &str = "test-admin-token";
 

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, request, write_model};
-use retort::config::Config;
 use retort_model::manifest::ContextRows;
 use retort_model::{DELAYED_RUNS, InferenceDelay};
+use retort_server::config::Config;
 use std::sync::atomic::Ordering;
 
 /// The slow engine's run counter is one per process: these tests take turns.

@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use retort::config::Config;
 use retort_model::manifest::Manifest;
+use retort_server::config::Config;
 use retort_sidecar::data::mapping::Mapping;
 use retort_sidecar::data::spec::DataSpec;
 use retort_sidecar::release::run::RunConfig;

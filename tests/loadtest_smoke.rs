@@ -12,9 +12,9 @@ use loadtest::report::table;
 use loadtest::requests::{self, Shape};
 use loadtest::scenario::{self, Plan, Swap};
 use loadtest::target::Target;
-use retort::config::Config;
-use retort::rollout::Policy;
 use retort_model::{package, scaffold};
+use retort_server::config::Config;
+use retort_server::rollout::Policy;
 
 fn plan(server: &TestServer, bodies: Vec<hyper::body::Bytes>, rate: f64, seconds: f64) -> Plan {
     Plan {

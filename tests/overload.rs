@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::{TestServer, request, write_model};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use retort::config::Config;
 use retort_model::InferenceDelay;
 use retort_model::manifest::ContextRows;
+use retort_server::config::Config;
 
 const BUDGET_MS: f64 = 25.0;
 const CANDIDATES: usize = 100;

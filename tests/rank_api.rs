@@ -4,10 +4,10 @@
 mod common;
 
 use common::{TestServer, request, write_model};
-use retort::config::Config;
 use retort_model::encode::Encoder;
 use retort_model::manifest::ContextRows;
 use retort_model::request::decode;
+use retort_server::config::Config;
 use serde_json::{Value, json};
 
 /// Expected head values per candidate from the plain-Rust reference forward pass (no engine).
@@ -448,8 +448,8 @@ async fn a_models_directory_without_packages_is_an_error() {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..Config::default()
     };
-    let listener = retort::serve::bind(&config).await.unwrap();
-    let app = retort::serve::App::new(config);
-    let err = retort::serve::serve(listener, app, std::future::pending()).await.unwrap_err();
+    let listener = retort_server::http::bind(&config).await.unwrap();
+    let app = retort_server::http::App::new(config);
+    let err = retort_server::http::serve(listener, app, std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("holds no model package"), "{err}");
 }

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use common::{Reply, TestServer, request};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use retort::config::Config;
-use retort::rollout::Policy;
 use retort_model::manifest::{FeatureKind, Manifest};
 use retort_model::two_tower::TwoTower;
 use retort_model::{package, scaffold};
+use retort_server::config::Config;
+use retort_server::rollout::Policy;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "rollout-token";

@@ -8,9 +8,9 @@ use std::path::Path;
 use common::{Reply, TestServer, request};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use retort::config::Config;
-use retort::rollout::Policy;
 use retort_model::{package, scaffold};
+use retort_server::config::Config;
+use retort_server::rollout::Policy;
 use serde_json::json;
 
 const TOKEN: &str = "rollout-token";

@@ -14,6 +14,10 @@ use retort_sidecar::data::spec::DataSpec;
 use retort_sidecar::train::fit::{TrainConfig, TrainingData, auc, predict, train};
 use retort_sidecar::train::student::Student;
 
+/// The allocator of the `retort` binary, as in production.
+#[global_allocator]
+static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
+
 #[test]
 fn a_student_learns_the_demo_world_and_exports_exactly() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,13 +12,17 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use retort::config::Config;
-use retort::serve::{App, ServeError};
 use retort_model::manifest::{ContextRows, Manifest};
 use retort_model::two_tower::{TwoTower, TwoTowerWeights};
 use retort_model::{onnx, package, scaffold};
+use retort_server::config::Config;
+use retort_server::http::{App, ServeError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The allocator of the `retort` binary, as in production.
+#[global_allocator]
+static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
 
 /// The repository's shipped models.
 pub fn shipped_models() -> PathBuf {
@@ -54,11 +58,11 @@ impl TestServer {
     /// Starts a server on `127.0.0.1:0` with `config` and waits until it is ready.
     pub async fn start(mut config: Config) -> TestServer {
         config.listen = "127.0.0.1:0".parse().unwrap();
-        let listener = retort::serve::bind(&config).await.expect("bind loopback");
+        let listener = retort_server::http::bind(&config).await.expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let app = App::new(config);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(retort::serve::serve(listener, app.clone(), async move {
+        let task = tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
             let _ = stopped.await;
         }));
         let server = TestServer { addr, app, stop: Some(stop), task: Some(task), client: client() };

@@ -65,7 +65,7 @@ pub struct VersionStats {
     pub errors: AtomicU64,
     pub latency: LatencyHistogram,
     /// As a shadow: its agreement with the serving version.
-    pub shadow: crate::serve::shadow::ShadowAgreement,
+    pub shadow: crate::rollout::shadow::ShadowAgreement,
 }
 
 impl VersionStats {

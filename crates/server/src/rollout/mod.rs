@@ -10,18 +10,22 @@
 //! that started on it finishes.
 //!
 //! # Layout
+//! - [`catalog`]: the served models, their routes, and how a request picks a version.
+//! - [`shadow`]: scoring a share of requests with a shadow version, and the agreement found.
 //! - [`memory`]: handing retired versions' memory back to the system.
 //! - [`stats`]: per-version request counts and latency quantiles.
 //! - [`registry`]: the versions, their states and the operations.
 //! - [`warmup`]: recent requests kept per model and replayed to new versions.
 //! - [`watch`]: the models-directory poller and the canary judge.
 
+pub mod catalog;
 pub mod memory;
 pub mod registry;
+pub mod shadow;
 pub mod stats;
 pub mod warmup;
 pub mod watch;
 
 pub use registry::{Policy, Rollout, RolloutError, State, VersionInfo};
 
-pub use crate::serve::catalog::Catalog;
+pub use catalog::Catalog;

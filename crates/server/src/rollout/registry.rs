@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::VersionStats;
 use super::warmup::{WarmupRing, replay};
-use crate::config::Config;
-use crate::serve::catalog::{Catalog, Role, Route, Served, Split, warm_up};
+use crate::rollout::catalog::{Catalog, Role, Route, Served, Split, warm_up};
 use retort_model::engine::EngineKind;
 use retort_model::manifest::Manifest;
 use retort_model::{Model, package};
@@ -67,7 +66,7 @@ pub struct VersionInfo {
     pub p99_us: Option<u64>,
     /// As a shadow: agreement with the serving version's rankings.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<crate::serve::shadow::AgreementSummary>,
+    pub shadow: Option<crate::rollout::shadow::AgreementSummary>,
 }
 
 struct Record {
@@ -139,7 +138,7 @@ pub struct Rollout {
     configured_default: Option<String>,
     /// Set once the models found at start are loaded ([`Rollout::settle_default`]).
     default_settled: std::sync::atomic::AtomicBool,
-    /// The model names the settings mention, with the setting ([`Config::named_models`]).
+    /// The model names the settings mention, with the setting ([`RolloutSettings::named_models`]).
     named_models: Vec<(&'static str, String)>,
     /// Versions unloaded since the metrics last asked, whose series go ([`Rollout::take_unloaded`]).
     unloaded: Mutex<Vec<(String, String)>>,
@@ -161,33 +160,71 @@ fn key(name: &str, version: &str) -> Key {
     (name.to_string(), version.to_string())
 }
 
+/// What the rollout needs of the server's configuration (built by `Config::rollout`).
+#[derive(Debug, Clone)]
+pub struct RolloutSettings {
+    pub models_dir: PathBuf,
+    pub engine: EngineKind,
+    /// The largest `model.onnx` staged; a larger one is refused before it is read.
+    pub max_model_bytes: u64,
+    /// `--default-model`, when given.
+    pub default_model: Option<String>,
+    pub policy: Policy,
+    /// Per-model policies overriding `policy`.
+    pub policies: BTreeMap<String, Policy>,
+    /// A new version slower than this multiple of the serving one on recent requests is refused.
+    pub latency_factor: f64,
+    /// Keep the warm-up ring in `<models>/.warmup/` across restarts.
+    pub persist_warmup: bool,
+    pub warmup_max_bytes: usize,
+    /// The model names the settings mention, with the setting that names each, warned about
+    /// when no such model is served.
+    pub named_models: Vec<(&'static str, String)>,
+    #[cfg(feature = "test-hooks")]
+    pub inference_delays: BTreeMap<String, retort_model::InferenceDelay>,
+}
+
 impl Rollout {
-    pub fn new(config: &Config) -> Rollout {
+    pub fn new(settings: RolloutSettings) -> Rollout {
+        let RolloutSettings {
+            models_dir,
+            engine,
+            max_model_bytes,
+            default_model,
+            policy,
+            policies,
+            latency_factor,
+            persist_warmup,
+            warmup_max_bytes,
+            named_models,
+            #[cfg(feature = "test-hooks")]
+            inference_delays,
+        } = settings;
         Rollout {
             catalog: ArcSwap::from_pointee(Catalog {
                 routes: BTreeMap::new(),
-                default_model: config.default_model.clone(),
+                default_model: default_model.clone(),
             }),
-            warmup: if config.persist_warmup {
-                WarmupRing::load(&config.models_dir, config.warmup_max_bytes)
+            warmup: if persist_warmup {
+                WarmupRing::load(&models_dir, warmup_max_bytes)
             } else {
-                WarmupRing::new(config.warmup_max_bytes)
+                WarmupRing::new(warmup_max_bytes)
             },
-            models_dir: config.models_dir.clone(),
-            max_model_bytes: config.max_model_bytes,
-            engine: config.engine,
-            policy: config.rollout_policy,
-            policies: config.model_policies.clone(),
-            latency_factor: config.warmup_latency_factor,
+            models_dir,
+            max_model_bytes,
+            engine,
+            policy,
+            policies,
+            latency_factor,
             #[cfg(feature = "test-hooks")]
-            inference_delays: config.test_inference_delays.clone(),
+            inference_delays,
             records: Mutex::new(BTreeMap::new()),
             retirements: std::sync::atomic::AtomicU64::new(0),
             loads: crossbeam_channel::unbounded(),
             ops: Mutex::new(()),
-            configured_default: config.default_model.clone(),
+            configured_default: default_model,
             default_settled: std::sync::atomic::AtomicBool::new(false),
-            named_models: config.named_models(),
+            named_models,
             unloaded: Mutex::new(Vec::new()),
         }
     }
@@ -659,6 +696,7 @@ mod tests {
     use std::collections::{BTreeMap, HashMap, VecDeque};
 
     use super::*;
+    use crate::config::Config;
     use retort_model::scaffold;
 
     const VERSIONS: [&str; 3] = ["1", "2", "3"];
@@ -787,7 +825,7 @@ mod tests {
     impl Fixture {
         /// Versions 1-3 loaded (without compiling them again), 1 serving.
         fn rollout(&self) -> Rollout {
-            let rollout = Rollout::new(&self.config);
+            let rollout = Rollout::new(self.config.rollout());
             for v in VERSIONS {
                 self.insert_loaded(&rollout, v);
             }

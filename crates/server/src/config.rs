@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::degrade::DegradationRules;
 use crate::rollout::Policy;
+use crate::rollout::registry::RolloutSettings;
 use crate::rollout::watch::CanaryRules;
-use crate::serve::degrade::DegradationRules;
 use retort_model::engine::EngineKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +321,24 @@ impl Config {
         names
     }
 
+    /// The rollout's share of the settings.
+    pub fn rollout(&self) -> RolloutSettings {
+        RolloutSettings {
+            models_dir: self.models_dir.clone(),
+            engine: self.engine,
+            max_model_bytes: self.max_model_bytes,
+            default_model: self.default_model.clone(),
+            policy: self.rollout_policy,
+            policies: self.model_policies.clone(),
+            latency_factor: self.warmup_latency_factor,
+            persist_warmup: self.persist_warmup,
+            warmup_max_bytes: self.warmup_max_bytes,
+            named_models: self.named_models(),
+            #[cfg(feature = "test-hooks")]
+            inference_delays: self.test_inference_delays.clone(),
+        }
+    }
+
     /// Inference threads to start: the configured number, or one per core.
     pub fn threads(&self) -> usize {
         match self.inference_threads {
@@ -372,7 +391,7 @@ mod tests {
 
     #[test]
     fn degradation_ladders_come_from_the_file_per_model() {
-        use crate::serve::degrade::Step;
+        use crate::admission::degrade::Step;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("retort.toml");
         std::fs::write(

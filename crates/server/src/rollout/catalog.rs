@@ -6,8 +6,7 @@ use std::sync::Arc;
 use crate::rollout::stats::VersionStats;
 use retort_model::Model;
 
-use super::cost::CostModel;
-use super::error::ApiError;
+use crate::admission::cost::CostModel;
 
 /// A loaded model version with the record of what it has served.
 pub struct Served {
@@ -108,17 +107,28 @@ pub struct Catalog {
     pub default_model: Option<String>,
 }
 
+/// Why a request's `model` field picks no route.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("unknown model `{name}`; serving: {serving}")]
+    UnknownModel { name: String, serving: String },
+    #[error("the request names no model and several are served ({serving}); name one")]
+    ModelRequired { serving: String },
+    #[error("no model is loaded yet")]
+    NotReady,
+}
+
 impl Catalog {
-    pub fn resolve(&self, name: Option<&str>) -> Result<&Route, ApiError> {
+    pub fn resolve(&self, name: Option<&str>) -> Result<&Route, ResolveError> {
         let name = match (name, &self.default_model) {
             (Some(n), _) => n,
             (None, Some(d)) => d.as_str(),
-            (None, None) if self.routes.is_empty() => return Err(ApiError::NotReady),
-            (None, None) => return Err(ApiError::ModelRequired { serving: self.names() }),
+            (None, None) if self.routes.is_empty() => return Err(ResolveError::NotReady),
+            (None, None) => return Err(ResolveError::ModelRequired { serving: self.names() }),
         };
         self.routes
             .get(name)
-            .ok_or_else(|| ApiError::UnknownModel { name: name.to_string(), serving: self.names() })
+            .ok_or_else(|| ResolveError::UnknownModel { name: name.to_string(), serving: self.names() })
     }
 
     /// The model a request naming none should get, judged from the models served now: the

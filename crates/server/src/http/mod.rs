@@ -1,17 +1,11 @@
-//! The HTTP server: routes, shared state, start-up loading and graceful shutdown.
+//! The HTTP layer: routes, shared state, start-up loading and graceful shutdown.
 //!
 //! # Layout
 //! - [`rank`]: `POST /v1/rank`, the request path read top to bottom.
 //! - [`admin`]: the token-protected admin API (served versions, loading a version).
 //! - [`error`]: every failure and its HTTP status, in one place.
-//! - [`catalog`]: the served models and how a request picks one.
 //! - [`connections`]: accepting connections, their limits and timeouts, and the drain.
-//! - [`pool`]: the inference thread pool and its bounded queue.
-//! - [`cost`]: each version's live cost model (fixed + per candidate), for admission.
-//! - [`degrade`]: the degradation ladder: fallback, truncation, shedding.
-//! - [`lag`]: the probe that measures how long requests wait for the async workers.
 //! - [`metrics`]: Prometheus metric names and buckets.
-//! - [`shadow`]: scoring a share of requests with a shadow version, after the response.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,21 +21,16 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
 pub mod admin;
-pub mod catalog;
 pub mod connections;
-pub mod cost;
-pub mod degrade;
 pub mod error;
-pub mod lag;
 pub mod metrics;
-pub mod pool;
 pub mod rank;
-pub mod shadow;
 
+use crate::admission::lag;
+use crate::admission::pool::InferencePool;
 use crate::config::Config;
 use crate::rollout::Rollout;
 use metrics::Metrics;
-use pool::InferencePool;
 
 /// State shared by every request.
 pub struct App {
@@ -49,7 +38,8 @@ pub struct App {
     /// The model versions and what serves. Requests take a snapshot of its catalog and keep it
     /// for their whole life, so a swap never changes a request's model midway.
     pub rollout: Arc<Rollout>,
-    pub pool: InferencePool,
+    /// Shared with the shadow tasks that outlive a request.
+    pub pool: Arc<InferencePool>,
     pub metrics: Metrics,
     /// How long requests wait for the async workers before a handler sees them.
     pub lag: Arc<lag::Lag>,
@@ -61,8 +51,8 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
-        let pool = InferencePool::new(config.threads(), config.queue_capacity);
-        let rollout = Rollout::new(&config);
+        let pool = Arc::new(InferencePool::new(config.threads(), config.queue_capacity));
+        let rollout = Rollout::new(config.rollout());
         Arc::new(App {
             rollout: Arc::new(rollout),
             pool,

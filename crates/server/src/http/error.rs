@@ -6,10 +6,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::rollout::RolloutError;
+use crate::rollout::catalog::ResolveError;
 use retort_model::encode::{EncodeError, Location};
 use retort_model::{InferError, ObjectiveError};
 
-use super::degrade::Reason;
+use crate::admission::degrade::Reason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,6 +59,16 @@ pub enum ApiError {
     AdminDisabled,
     #[error(transparent)]
     Rollout(#[from] crate::rollout::RolloutError),
+}
+
+impl From<ResolveError> for ApiError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::UnknownModel { name, serving } => ApiError::UnknownModel { name, serving },
+            ResolveError::ModelRequired { serving } => ApiError::ModelRequired { serving },
+            ResolveError::NotReady => ApiError::NotReady,
+        }
+    }
 }
 
 #[derive(Serialize)]

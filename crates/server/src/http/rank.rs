@@ -16,11 +16,11 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::App;
-use super::catalog::Served;
-use super::degrade::{self, Admission, Pickup, Reason, Situation};
 use super::error::ApiError;
 use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
-use super::pool::PoolError;
+use crate::admission::degrade::{self, Admission, Pickup, Reason, Situation};
+use crate::admission::pool::PoolError;
+use crate::rollout::catalog::Served;
 use retort_model::encode::{Encoded, Location};
 use retort_model::request::{self, CandidateId, DecodeError};
 use retort_model::{HeadValues, Model};
@@ -44,7 +44,7 @@ pub async fn rank(
         app.rollout.warmup.record(s.model.name(), raw.clone());
     }
     if let (Ok(_), Some((shadow, scores)), Some(raw)) = (&result, shadow_job, raw) {
-        super::shadow::spawn(app.clone(), shadow, raw, scores);
+        crate::rollout::shadow::spawn(app.pool.clone(), shadow, raw, scores);
     }
     let outcome = match &result {
         Ok(_) => "ok",

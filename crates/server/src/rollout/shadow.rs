@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use axum::body::Bytes;
 use serde::Serialize;
 
-use super::App;
 use super::catalog::Served;
+use crate::admission::pool::InferencePool;
 use retort_model::request;
 
 /// How far a shadow version agrees with the serving one, summed over compared requests.
@@ -74,15 +74,14 @@ impl ShadowAgreement {
 
 /// Scores `body` with `shadow` and records its agreement with `serving_scores`. Called after the
 /// response is built; spawns and returns at once.
-pub fn spawn(app: Arc<App>, shadow: Arc<Served>, body: Bytes, serving_scores: Vec<f32>) {
-    if app.pool.queued() > 0 {
+pub fn spawn(pool: Arc<InferencePool>, shadow: Arc<Served>, body: Bytes, serving_scores: Vec<f32>) {
+    if pool.queued() > 0 {
         shadow.stats.shadow.skipped();
         return;
     }
     tokio::spawn(async move {
         let model = shadow.model.clone();
-        let scored = app
-            .pool
+        let scored = pool
             .run(move || -> Option<Vec<f32>> {
                 let req = request::decode(&body).ok()?;
                 let weights = model
