@@ -281,7 +281,7 @@ fn every_module_map_lists_exactly_its_modules() {
             }
         }
     }
-    assert!(files.len() >= 6, "found only {files:?}");
+    assert!(files.len() >= 14, "found only {files:?}");
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let declared: std::collections::BTreeSet<String> = text
@@ -313,4 +313,36 @@ fn every_module_map_lists_exactly_its_modules() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every source path the documents name (`crates/...`, `src/....rs`) exists, so a moved file
+/// cannot leave a document pointing at nothing. See: issue 15.
+#[test]
+fn every_source_path_the_documents_name_exists() {
+    let mut documents =
+        vec![root().join("README.md"), root().join("BENCHMARKS.md"), root().join("loadtest/README.md")];
+    for entry in std::fs::read_dir(root().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            documents.push(path);
+        }
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for document in documents {
+        let text = std::fs::read_to_string(&document).unwrap();
+        for word in text.split(|c: char| c.is_whitespace() || "`()[],;:'\"".contains(c)) {
+            let word = word.trim_end_matches('.');
+            let named = word.starts_with("crates/") || (word.starts_with("src/") && word.ends_with(".rs"));
+            if !named {
+                continue;
+            }
+            checked += 1;
+            if !root().join(word).exists() {
+                failures.push(format!("{}: {word}", document.display()));
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} paths found");
+    assert!(failures.is_empty(), "named but missing:\n{}", failures.join("\n"));
 }
