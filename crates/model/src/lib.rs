@@ -116,6 +116,26 @@ pub enum ObjectiveError {
     Overflow { head: String, candidate: usize },
 }
 
+/// A failure scoring candidates whole ([`Model::score`]), by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Objective(#[from] ObjectiveError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+}
+
+/// Candidates scored whole: every head's values, the combined score, and the engine's time.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub values: HeadValues,
+    pub scores: Vec<f32>,
+    /// Time in [`Model::infer`] alone.
+    pub inference: std::time::Duration,
+}
+
 /// Inference runs through [`Model::delay_inference`]'s engine wrapper since the process started
 /// (test hooks only).
 #[cfg(feature = "test-hooks")]
@@ -364,6 +384,34 @@ impl Model {
             return Err(ObjectiveError::Overflow { head, candidate });
         }
         Ok(scores)
+    }
+
+    /// Scores candidates in one go, the steps in the order every caller takes them: the
+    /// objective checked (before any inference is spent), features encoded, the graph run,
+    /// heads combined. The rank path takes the same steps itself, to run inference on the pool
+    /// between them and cut it to the deadline.
+    pub fn score<'a, C, I>(
+        &self,
+        context: &C,
+        candidates: &[I],
+        objective: Option<impl IntoIterator<Item = (&'a str, f64)>>,
+    ) -> Result<Scored, ScoreError>
+    where
+        C: FeatureSource + ?Sized,
+        I: FeatureSource,
+    {
+        let weights = self.objective(objective)?;
+        let encoded = self.encode(context, candidates)?;
+        let started = std::time::Instant::now();
+        let values = self.infer(encoded)?;
+        let inference = started.elapsed();
+        let scores = self.combine(&values, &weights)?;
+        Ok(Scored { values, scores, inference })
+    }
+
+    /// [`Model::score`] of a decoded rank request: its context, candidates and objective.
+    pub fn score_request(&self, req: &request::RankRequest<'_>) -> Result<Scored, ScoreError> {
+        self.score(&req.context, &req.candidates, req.objective())
     }
 
     /// Runs one golden example and returns its head values.

@@ -128,6 +128,13 @@ pub struct Candidate<'a> {
     pub prior: Option<f64>,
 }
 
+impl RankRequest<'_> {
+    /// The caller's head weights, as [`crate::Model::objective`] takes them.
+    pub fn objective(&self) -> Option<impl Iterator<Item = (&str, f64)>> {
+        self.objective.as_ref().map(|o| o.0.iter().map(|(k, w)| (k.as_ref(), *w)))
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Candidate<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         const FIELDS: &[&str] = &["id", "features", "prior"];

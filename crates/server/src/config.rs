@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::admission::budget::BudgetRules;
 use crate::admission::degrade::DegradationRules;
 use crate::rollout::Policy;
 use crate::rollout::registry::RolloutSettings;
@@ -117,7 +118,7 @@ impl Default for Config {
             warmup_max_bytes: crate::rollout::warmup::DEFAULT_MAX_BYTES,
             default_budget_ms: None,
             model_budgets_ms: Default::default(),
-            max_budget_ms: 10_000.0,
+            max_budget_ms: BudgetRules::default().max_ms,
             degradation: DegradationRules::default(),
             #[cfg(feature = "test-hooks")]
             test_inference_delays: Default::default(),
@@ -319,6 +320,15 @@ impl Config {
         names.extend(self.model_budgets_ms.keys().map(|n| ("model_budgets_ms", n.clone())));
         names.extend(self.degradation.models.keys().map(|n| ("degradation.models", n.clone())));
         names
+    }
+
+    /// The budget rules every request is resolved by.
+    pub fn budgets(&self) -> BudgetRules {
+        BudgetRules {
+            default_ms: self.default_budget_ms,
+            per_model: self.model_budgets_ms.clone(),
+            max_ms: self.max_budget_ms,
+        }
     }
 
     /// The rollout's share of the settings.

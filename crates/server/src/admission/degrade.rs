@@ -1,7 +1,8 @@
 //! What a request gets when the full answer cannot make its deadline: the steps of the
 //! model's degradation ladder, tried in order. Decided twice: on admission, from the predicted
-//! queue wait and service time, and again when an inference thread picks the request up, from
-//! the time actually left.
+//! queue wait and service time ([`admit`], [`plan`]), and again when an inference thread picks
+//! the request up, from the time actually left ([`at_pickup`]); [`settle`] gives what the
+//! answer then says. Every degradation decision is in this file.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -140,6 +141,91 @@ pub fn admit(ladder: &[Step], min_scored: usize, s: &Situation) -> Admission {
         }
     }
     Admission::Full
+}
+
+/// What a response says when it is not the full model's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Degraded {
+    pub reason: Reason,
+    pub mode: Mode,
+    /// Candidates scored; the others follow them unscored.
+    pub scored: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Scored by the model's declared fallback.
+    Fallback,
+    /// The first `scored` candidates in prior order, scored by the full model.
+    Truncated,
+    /// The first `scored` candidates, scored by the fallback.
+    FallbackTruncated,
+}
+
+impl Mode {
+    /// The outcome metric's label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fallback => "fallback",
+            Mode::Truncated => "truncated",
+            Mode::FallbackTruncated => "fallback_truncated",
+        }
+    }
+}
+
+/// What admission's decision means for the answer: the version that answers (the model's,
+/// or its fallback when admission chose it and one is served), how many candidates it scores,
+/// and how the answer is degraded. `Err` when admission sheds the request.
+pub fn plan<V>(
+    admission: Admission,
+    model: V,
+    fallback: Option<V>,
+    candidates: usize,
+) -> Result<Planned<V>, Reason> {
+    match (admission, fallback) {
+        (Admission::Fallback(reason), Some(fallback)) => Ok(Planned {
+            answering: fallback,
+            scored: candidates,
+            degraded: Some(Degraded { reason, mode: Mode::Fallback, scored: candidates }),
+        }),
+        (Admission::Truncate(k, reason), _) => Ok(Planned {
+            answering: model,
+            scored: k,
+            degraded: Some(Degraded { reason, mode: Mode::Truncated, scored: k }),
+        }),
+        (Admission::Shed(reason), _) => Err(reason),
+        _ => Ok(Planned { answering: model, scored: candidates, degraded: None }),
+    }
+}
+
+/// An admitted request's plan (see [`plan`]).
+#[derive(Debug, Clone)]
+pub struct Planned<V> {
+    pub answering: V,
+    pub scored: usize,
+    pub degraded: Option<Degraded>,
+}
+
+/// The answer's final degradation, once inference ran `ran` of the `planned` rows: as planned,
+/// unless the pickup cut it shorter (for `cut`, else the budget), which truncates the full
+/// model's answer and the fallback's alike. Admission's reason, when it degraded the request,
+/// stays the reason.
+pub fn settle(
+    planned: Option<Degraded>,
+    cut: Option<Reason>,
+    planned_rows: usize,
+    ran: usize,
+) -> Option<Degraded> {
+    if ran >= planned_rows {
+        return planned;
+    }
+    let mode = match planned {
+        Some(d) if d.mode == Mode::Fallback => Mode::FallbackTruncated,
+        _ => Mode::Truncated,
+    };
+    let reason = planned.map_or(cut.unwrap_or(Reason::Budget), |d| d.reason);
+    Some(Degraded { reason, mode, scored: ran })
 }
 
 /// What an inference thread does with a request it picks up.
@@ -293,5 +379,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_plan_takes_the_fallback_only_when_one_is_served() {
+        let fb = plan(Admission::Fallback(Reason::Overload), "m", Some("fb"), 10).unwrap();
+        assert_eq!((fb.answering, fb.scored), ("fb", 10));
+        assert_eq!(
+            fb.degraded,
+            Some(Degraded { reason: Reason::Overload, mode: Mode::Fallback, scored: 10 })
+        );
+        let none = plan(Admission::Fallback(Reason::Overload), "m", None, 10).unwrap();
+        assert_eq!((none.answering, none.degraded), ("m", None));
+        let cut = plan(Admission::Truncate(4, Reason::Budget), "m", Some("fb"), 10).unwrap();
+        assert_eq!(
+            (cut.answering, cut.scored, cut.degraded.map(|d| d.mode)),
+            ("m", 4, Some(Mode::Truncated))
+        );
+        assert_eq!(plan(Admission::Shed(Reason::Budget), "m", Some("fb"), 10).unwrap_err(), Reason::Budget);
+        assert!(plan(Admission::Full, "m", Some("fb"), 10).unwrap().degraded.is_none());
+    }
+
+    #[test]
+    fn settling_keeps_the_plan_unless_the_pickup_cut_it() {
+        let fallback = Some(Degraded { reason: Reason::Overload, mode: Mode::Fallback, scored: 10 });
+        assert_eq!(settle(fallback, None, 10, 10), fallback);
+        assert_eq!(settle(None, None, 10, 10), None);
+        assert_eq!(
+            settle(fallback, Some(Reason::Budget), 10, 6),
+            Some(Degraded { reason: Reason::Overload, mode: Mode::FallbackTruncated, scored: 6 })
+        );
+        assert_eq!(
+            settle(None, Some(Reason::Overload), 10, 6),
+            Some(Degraded { reason: Reason::Overload, mode: Mode::Truncated, scored: 6 })
+        );
+        let truncated = Some(Degraded { reason: Reason::Budget, mode: Mode::Truncated, scored: 8 });
+        assert_eq!(
+            settle(truncated, Some(Reason::Overload), 8, 3).map(|d| (d.reason, d.scored)),
+            Some((Reason::Budget, 3))
+        );
     }
 }

@@ -46,6 +46,8 @@ pub enum ApiError {
     DeadlineExceeded { budget_ms: f64 },
     #[error("the request's budget of {budget_ms} ms cannot be met ({}), and the model's degradation ladder sheds it", reason.as_str())]
     Shed { reason: Reason, budget_ms: f64 },
+    #[error("the client went away before its answer")]
+    Cancelled,
     #[error("inference failed: {0}")]
     Inference(#[from] InferError),
     #[error("internal error: {0}")]
@@ -111,6 +113,7 @@ impl ApiError {
         "overloaded",
         "deadline_exceeded",
         "shed",
+        "cancelled",
         "inference_failed",
         "internal",
         "unauthorized",
@@ -121,80 +124,95 @@ impl ApiError {
         "nothing_to_roll_back",
     ];
 
+    /// How this error is answered and counted: the one table (status, code, what it counts
+    /// as). Every other classification reads it.
+    pub fn class(&self) -> Class {
+        use Counts::{Expired, Fault, Refused, Shed};
+        use StatusCode as S;
+        let (status, code, counts) = match self {
+            ApiError::MalformedJson(_) => (S::BAD_REQUEST, "malformed_json", Fault),
+            ApiError::InvalidRequest(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request", Fault),
+            ApiError::InvalidFeature(_) => (S::UNPROCESSABLE_ENTITY, "invalid_feature", Fault),
+            ApiError::InvalidObjective(_) => (S::UNPROCESSABLE_ENTITY, "invalid_objective", Fault),
+            ApiError::BodyTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "body_too_large", Fault),
+            ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, "body_timeout", Fault),
+            ApiError::UnsupportedEncoding(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", Fault),
+            ApiError::TooManyCandidates { .. } => (S::PAYLOAD_TOO_LARGE, "too_many_candidates", Fault),
+            ApiError::UnknownModel { .. } => (S::NOT_FOUND, "unknown_model", Fault),
+            ApiError::ModelRequired { .. } => (S::UNPROCESSABLE_ENTITY, "model_required", Fault),
+            ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", Refused),
+            ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", Fault),
+            ApiError::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed", Fault),
+            ApiError::Overloaded => (S::TOO_MANY_REQUESTS, "overloaded", Shed),
+            ApiError::DeadlineExceeded { .. } => (S::SERVICE_UNAVAILABLE, "deadline_exceeded", Expired),
+            ApiError::Shed { .. } => (S::TOO_MANY_REQUESTS, "shed", Shed),
+            // nginx's "client closed request": nobody reads it, but the logs and metrics do.
+            ApiError::Cancelled => {
+                (S::from_u16(499).expect("a valid status"), "cancelled", Counts::Cancelled)
+            }
+            ApiError::Inference(_) => (S::INTERNAL_SERVER_ERROR, "inference_failed", Fault),
+            ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal", Fault),
+            ApiError::Unauthorized => (S::UNAUTHORIZED, "unauthorized", Fault),
+            ApiError::AdminDisabled => (S::FORBIDDEN, "admin_disabled", Fault),
+            ApiError::Rollout(e) => match e {
+                RolloutError::Unknown { .. } => (S::NOT_FOUND, "unknown_version", Fault),
+                RolloutError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_model", Fault),
+                RolloutError::WrongState { .. } => (S::CONFLICT, "wrong_state", Fault),
+                RolloutError::NothingToRollBack { .. } => (S::CONFLICT, "nothing_to_roll_back", Fault),
+                RolloutError::Percent(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request", Fault),
+            },
+        };
+        Class { status, code, counts }
+    }
+
     /// A short stable identifier, used in the JSON body and as the `outcome` metric label.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::InvalidFeature(_) => "invalid_feature",
-            ApiError::InvalidObjective(_) => "invalid_objective",
-            ApiError::BodyTooLarge { .. } => "body_too_large",
-            ApiError::BodyTimeout(_) => "body_timeout",
-            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
-            ApiError::TooManyCandidates { .. } => "too_many_candidates",
-            ApiError::UnknownModel { .. } => "unknown_model",
-            ApiError::ModelRequired { .. } => "model_required",
-            ApiError::NotReady => "not_ready",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::Overloaded => "overloaded",
-            ApiError::DeadlineExceeded { .. } => "deadline_exceeded",
-            ApiError::Shed { .. } => "shed",
-            ApiError::Inference(_) => "inference_failed",
-            ApiError::Internal(_) => "internal",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::AdminDisabled => "admin_disabled",
-            ApiError::Rollout(e) => match e {
-                RolloutError::Unknown { .. } => "unknown_version",
-                RolloutError::Invalid { .. } => "invalid_model",
-                RolloutError::WrongState { .. } => "wrong_state",
-                RolloutError::NothingToRollBack { .. } => "nothing_to_roll_back",
-                RolloutError::Percent(_) => "invalid_request",
-            },
-        }
+        self.class().code
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.class().status
     }
 
     /// Refused for want of time or capacity, not for anything the request or the model did:
     /// the client may retry (`Retry-After`), and the version's error rate does not count it.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            ApiError::Overloaded
-                | ApiError::NotReady
-                | ApiError::DeadlineExceeded { .. }
-                | ApiError::Shed { .. }
-        )
+        self.class().counts != Counts::Fault
     }
+}
 
-    pub fn status(&self) -> StatusCode {
+/// One row of [`ApiError::class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub counts: Counts,
+}
+
+/// What a failed request counts as in the budget outcomes (`retort_rank_outcomes_total`) and
+/// in its version's error rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counts {
+    /// The request's or the model's fault: an error of the version.
+    Fault,
+    /// Not served for want of a model (not ready): retried, not the version's error.
+    Refused,
+    /// Shed for capacity or budget.
+    Shed,
+    /// Its budget ran out before inference started.
+    Expired,
+    /// Its client went away.
+    Cancelled,
+}
+
+impl Counts {
+    /// The budget outcome label.
+    pub fn outcome(self) -> &'static str {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidRequest(_)
-            | ApiError::InvalidFeature(_)
-            | ApiError::InvalidObjective(_)
-            | ApiError::ModelRequired { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::BodyTooLarge { .. } | ApiError::TooManyCandidates { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::UnknownModel { .. } | ApiError::Rollout(RolloutError::Unknown { .. }) => {
-                StatusCode::NOT_FOUND
-            }
-            ApiError::Rollout(RolloutError::Invalid { .. } | RolloutError::Percent(_)) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            ApiError::Rollout(RolloutError::WrongState { .. } | RolloutError::NothingToRollBack { .. }) => {
-                StatusCode::CONFLICT
-            }
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Overloaded | ApiError::Shed { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::DeadlineExceeded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Inference(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Counts::Fault | Counts::Refused => "error",
+            Counts::Shed => "shed",
+            Counts::Expired => "expired",
+            Counts::Cancelled => "cancelled",
         }
     }
 }
@@ -271,6 +289,7 @@ mod tests {
             ApiError::Overloaded,
             ApiError::DeadlineExceeded { budget_ms: 1.0 },
             ApiError::Shed { reason: Reason::Budget, budget_ms: 1.0 },
+            ApiError::Cancelled,
             ApiError::Inference(InferError::NonFinite { head: String::new(), candidate: 0 }),
             ApiError::Internal(String::new()),
             ApiError::Unauthorized,
@@ -308,6 +327,7 @@ mod tests {
                 | ApiError::Overloaded
                 | ApiError::DeadlineExceeded { .. }
                 | ApiError::Shed { .. }
+                | ApiError::Cancelled
                 | ApiError::Inference(_)
                 | ApiError::Internal(_)
                 | ApiError::Unauthorized
@@ -324,5 +344,30 @@ mod tests {
         let listed: std::collections::BTreeSet<&str> = ApiError::CODES.iter().copied().collect();
         assert_eq!(codes, listed);
         assert_eq!(listed.len(), ApiError::CODES.len(), "a code listed twice");
+    }
+
+    #[test]
+    fn only_faults_count_against_a_version_and_each_outcome_is_named() {
+        for e in one_of_each() {
+            let class = e.class();
+            assert!(class.status.is_client_error() || class.status.is_server_error(), "{e:?}");
+            let refusal = matches!(
+                e,
+                ApiError::NotReady
+                    | ApiError::Overloaded
+                    | ApiError::DeadlineExceeded { .. }
+                    | ApiError::Shed { .. }
+                    | ApiError::Cancelled
+            );
+            assert_eq!(e.is_refusal(), refusal, "{e:?}");
+            let outcome = match e {
+                ApiError::DeadlineExceeded { .. } => "expired",
+                ApiError::Overloaded | ApiError::Shed { .. } => "shed",
+                ApiError::Cancelled => "cancelled",
+                _ => "error",
+            };
+            assert_eq!(class.counts.outcome(), outcome, "{e:?}");
+            assert!(crate::http::metrics::OUTCOMES.contains(&outcome), "{outcome}");
+        }
     }
 }

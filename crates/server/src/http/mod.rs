@@ -26,6 +26,7 @@ pub mod error;
 pub mod metrics;
 pub mod rank;
 
+use crate::admission::budget::BudgetRules;
 use crate::admission::lag;
 use crate::admission::pool::InferencePool;
 use crate::config::Config;
@@ -40,6 +41,8 @@ pub struct App {
     pub rollout: Arc<Rollout>,
     /// Shared with the shadow tasks that outlive a request.
     pub pool: Arc<InferencePool>,
+    /// Every request's budget is resolved by these.
+    pub budgets: BudgetRules,
     pub metrics: Metrics,
     /// How long requests wait for the async workers before a handler sees them.
     pub lag: Arc<lag::Lag>,
@@ -56,6 +59,7 @@ impl App {
         Arc::new(App {
             rollout: Arc::new(rollout),
             pool,
+            budgets: config.budgets(),
             metrics: Metrics::new(),
             lag: Arc::new(lag::Lag::default()),
             request_ids: AtomicU64::new(0),

@@ -1,6 +1,9 @@
-//! `POST /v1/rank`, top to bottom: decode → pick the model → validate and encode (context once,
-//! candidates as one batch) → infer on the pool → combine heads with the objective → sort →
-//! top-k → respond, with the time of each stage in the body and in `Server-Timing`.
+//! `POST /v1/rank`, top to bottom: arrive (shed unread under overload) → decode → route (the
+//! version, the shadow, the budget) → admit (the full answer or a step of the degradation
+//! ladder) → encode → infer on the pool → combine heads with the objective → top-k → respond,
+//! with the time of each stage in the body and in `Server-Timing`. The handler returns what the
+//! request came to, and [`record`] alone feeds it to metrics, the version's stats, the warm-up
+//! ring and the shadow.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,11 +21,12 @@ use serde::ser::SerializeMap;
 use super::App;
 use super::error::ApiError;
 use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
-use crate::admission::degrade::{self, Admission, Pickup, Reason, Situation};
+use crate::admission::budget::{self, Asked};
+use crate::admission::degrade::{self, Degraded, Pickup, Planned, Reason, Situation};
 use crate::admission::pool::PoolError;
-use crate::rollout::catalog::Served;
+use crate::rollout::catalog::{Catalog, Served};
 use retort_model::encode::{Encoded, Location};
-use retort_model::request::{self, CandidateId, DecodeError};
+use retort_model::request::{self, CandidateId, DecodeError, RankRequest};
 use retort_model::{HeadValues, Model};
 
 pub async fn rank(
@@ -31,69 +35,96 @@ pub async fn rank(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let mut served: Option<Arc<Served>> = None;
-    let mut shadow_job: Option<(Arc<Served>, Vec<f32>)> = None;
-    let raw = body.as_ref().ok().cloned();
     // If the client goes away, hyper drops this future: the guard then marks the request
     // cancelled, so an inference thread that has not started it yet never will.
     let guard = CancelGuard { app: app.clone(), flag: Arc::new(AtomicBool::new(false)), finished: false };
-    let result = handle(&app, &headers, body, started, &mut served, &mut shadow_job, &guard.flag).await;
-    let mut guard = guard;
-    guard.finished = true;
-    if let (Ok(_), Some(raw), Some(s)) = (&result, &raw, &served) {
-        app.rollout.warmup.record(s.model.name(), raw.clone());
+    let outcome = handle(&app, &headers, body, started, &guard.flag).await;
+    guard.finish();
+    record(&app, outcome, started.elapsed())
+}
+
+/// An answered request, and what the bookkeeping needs of it.
+struct Answer {
+    served: Arc<Served>,
+    response: Response,
+    degraded: Option<Degraded>,
+    /// The request as it arrived: for the warm-up ring, and for the shadow to score.
+    body: Bytes,
+    /// The shadow version, with the scores its own are compared with.
+    shadow: Option<(Arc<Served>, Vec<f32>)>,
+    timing: Timing,
+    candidates: usize,
+}
+
+/// A failed request, and the version it counts against (`None`: refused before one was
+/// picked).
+struct Failure {
+    served: Option<Arc<Served>>,
+    error: ApiError,
+}
+
+impl<E: Into<ApiError>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure { served: None, error: error.into() }
     }
-    if let (Ok(_), Some((shadow, scores)), Some(raw)) = (&result, shadow_job, raw) {
-        crate::rollout::shadow::spawn(app.pool.clone(), shadow, raw, scores);
+}
+
+/// Charges a step's error to the version that was answering.
+trait Charge<T> {
+    fn charge(self, served: &Arc<Served>) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<ApiError>> Charge<T> for Result<T, E> {
+    fn charge(self, served: &Arc<Served>) -> Result<T, Failure> {
+        self.map_err(|e| Failure { served: Some(served.clone()), error: e.into() })
     }
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
+}
+
+/// The one place a finished request is accounted for: the outcome and duration metrics, the
+/// version's stats (refusals for want of time or capacity say nothing about a version), the
+/// warm-up ring and the shadow; then its response.
+fn record(app: &App, outcome: Result<Answer, Failure>, elapsed: Duration) -> Response {
+    let (served, code, budget_outcome) = match &outcome {
+        Ok(a) => (Some(&a.served), "ok", a.degraded.map_or("full", |d| d.mode.as_str())),
+        Err(f) => (f.served.as_ref(), f.error.code(), f.error.class().counts.outcome()),
     };
-    let elapsed = started.elapsed();
-    // Overload says nothing about the version; everything else counts for or against it.
-    if let Some(s) = &served
-        && !result.as_ref().is_err_and(ApiError::is_refusal)
+    if let Some(s) = served
+        && !outcome.as_ref().is_err_and(|f| f.error.is_refusal())
     {
-        s.stats.record(elapsed, result.is_ok());
+        s.stats.record(elapsed, outcome.is_ok());
     }
-    let (model, version) = match &served {
+    let (model, version) = match served {
         Some(s) => (s.model.name().to_string(), s.version().to_string()),
         None => (String::new(), String::new()),
     };
-    let budget_outcome = match &result {
-        Ok(ranked) => ranked.degraded.map_or("full", |d| d.mode.as_str()),
-        Err(ApiError::DeadlineExceeded { .. }) => "expired",
-        Err(ApiError::Overloaded | ApiError::Shed { .. }) => "shed",
-        Err(_) => "error",
-    };
-    app.metrics
-        .outcomes
-        .get_or_create(&OutcomeLabels {
-            model: model.clone(),
-            version: version.clone(),
-            outcome: budget_outcome,
-        })
-        .inc();
-    if let Err(e) = &result {
-        if e.status().is_client_error() {
-            tracing::debug!(%model, %version, outcome, error = %e, "rank request refused");
+    let labels = OutcomeLabels { model: model.clone(), version: version.clone(), outcome: budget_outcome };
+    app.metrics.outcomes.get_or_create(&labels).inc();
+    match &outcome {
+        Ok(answer) => {
+            tracing::trace!(%model, %version, total_us = elapsed.as_micros() as u64, "ranked");
+            record_stages(app, &answer.served.model, &answer.timing, answer.candidates);
         }
-    } else {
-        tracing::trace!(%model, %version, total_us = elapsed.as_micros() as u64, "ranked");
+        Err(f) if f.error.status().is_client_error() => {
+            tracing::debug!(%model, %version, outcome = code, error = %f.error, "rank request refused");
+        }
+        Err(_) => {}
     }
-    app.metrics
-        .rank_duration
-        .get_or_create(&RankLabels { model, version, outcome })
-        .observe(elapsed.as_secs_f64());
-    match result {
-        Ok(ranked) => ranked.response,
-        Err(e) => e.into_response(),
+    let labels = RankLabels { model, version, outcome: code };
+    app.metrics.rank_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    match outcome {
+        Ok(answer) => {
+            app.rollout.warmup.record(answer.served.model.name(), answer.body.clone());
+            if let Some((shadow, scores)) = answer.shadow {
+                crate::rollout::shadow::spawn(app.pool.clone(), shadow, answer.body, scores);
+            }
+            answer.response
+        }
+        Err(f) => f.error.into_response(),
     }
 }
 
 /// Time spent in each stage of one request.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 struct Timing {
     decode: u64,
     encode: u64,
@@ -138,86 +169,53 @@ struct CancelGuard {
     finished: bool,
 }
 
+impl CancelGuard {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if !self.finished {
             self.flag.store(true, Ordering::Relaxed);
-            self.app
-                .metrics
-                .outcomes
-                .get_or_create(&OutcomeLabels {
-                    model: String::new(),
-                    version: String::new(),
-                    outcome: "cancelled",
-                })
-                .inc();
+            let labels = OutcomeLabels { model: String::new(), version: String::new(), outcome: "cancelled" };
+            self.app.metrics.outcomes.get_or_create(&labels).inc();
         }
     }
 }
 
-/// The request's latency budget in milliseconds: the `x-retort-budget-ms` header, else the
-/// body's `budget_ms`, else the model's configured default; cut to the configured ceiling.
-fn budget_ms(
-    app: &App,
-    header: Option<f64>,
-    body: Option<f64>,
-    model: &str,
-) -> Result<Option<f64>, ApiError> {
-    let asked = match (header, body) {
-        (Some(h), _) => Some(h),
-        (None, Some(b)) => Some(positive_budget("budget_ms", b)?),
-        (None, None) => None,
-    };
-    let configured = app.config.model_budgets_ms.get(model).copied().or(app.config.default_budget_ms);
-    Ok(asked.or(configured).map(|b| b.min(app.config.max_budget_ms)))
-}
-
 const BUDGET_HEADER: &str = "x-retort-budget-ms";
 
-/// Share of a request's budget that waiting for the async workers may take before new
-/// requests are shed unread.
-const LAG_SHARE: f64 = 0.5;
-
-/// The budget the `x-retort-budget-ms` header asks for, checked as the body's would be.
-fn header_budget(headers: &HeaderMap) -> Result<Option<f64>, ApiError> {
-    let Some(v) = headers.get(BUDGET_HEADER) else { return Ok(None) };
-    let ms = v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| {
-        ApiError::InvalidRequest(format!("{BUDGET_HEADER}: {v:?} is not a number of milliseconds"))
-    })?;
-    positive_budget(BUDGET_HEADER, ms).map(Some)
+/// A request that got past the door: its body, the budget its header asks for, and how long it
+/// waited for the async workers.
+struct Arrival {
+    body: Bytes,
+    header_budget: Option<f64>,
+    lag: Duration,
 }
 
-fn positive_budget(source: &str, ms: f64) -> Result<f64, ApiError> {
-    if ms.is_finite() && ms > 0.0 {
-        Ok(ms)
-    } else {
-        Err(ApiError::InvalidRequest(format!("{source} must be a positive number of milliseconds, not {ms}")))
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    app: &App,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    started: Instant,
-    served: &mut Option<Arc<Served>>,
-    shadow_job: &mut Option<(Arc<Served>, Vec<f32>)>,
-    cancelled: &Arc<AtomicBool>,
-) -> Result<Ranked, ApiError> {
-    let mut timing = Timing::default();
-    // Under overload, refuse before spending anything on the request: when the inference
-    // queue is full, or when requests wait so long for the async workers that half the budget
-    // is gone before a handler sees them.
+/// Under overload, refuses before spending anything on the request: when the inference queue
+/// is full, or when requests wait so long for the async workers that half the budget is gone
+/// before a handler sees them (known here only when the header settles the budget; otherwise
+/// checked once the budget is resolved).
+fn arrive(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Arrival, ApiError> {
     if app.pool.is_full() {
         return Err(ApiError::Overloaded);
     }
     // A bad budget is the caller's fault whatever the load: named before anything is shed.
-    let header_budget = header_budget(headers)?;
+    let header_budget = match headers.get(BUDGET_HEADER) {
+        None => None,
+        Some(v) => {
+            let ms = v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| {
+                ApiError::InvalidRequest(format!("{BUDGET_HEADER}: {v:?} is not a number of milliseconds"))
+            })?;
+            Some(budget::positive(BUDGET_HEADER, ms).map_err(|e| ApiError::InvalidRequest(e.to_string()))?)
+        }
+    };
     let lag = app.lag.current();
-    if let Some(budget_ms) =
-        header_budget.or(app.config.default_budget_ms).map(|b| b.min(app.config.max_budget_ms))
-        && lag.as_secs_f64() * 1e3 >= budget_ms * LAG_SHARE
+    if let Some(budget_ms) = app.budgets.from_header(header_budget)
+        && budget::lagging(lag, Some(budget_ms))
     {
         return Err(ApiError::Shed { reason: Reason::Overload, budget_ms });
     }
@@ -228,9 +226,11 @@ async fn handle(
         }
         _ => ApiError::InvalidRequest(rejection.body_text()),
     })?;
+    Ok(Arrival { body, header_budget, lag })
+}
 
-    // 1. Decode.
-    let req = request::decode(&body).map_err(|e| match e {
+fn decode<'b>(app: &App, body: &'b Bytes) -> Result<RankRequest<'b>, ApiError> {
+    let req = request::decode(body).map_err(|e| match e {
         DecodeError::Malformed(m) => ApiError::MalformedJson(m),
         DecodeError::Invalid(m) => ApiError::InvalidRequest(m),
     })?;
@@ -240,88 +240,166 @@ async fn handle(
             limit: app.config.max_candidates,
         });
     }
+    Ok(req)
+}
+
+/// A request's budget and the deadline it sets, fixed on arrival; every later stage sees it.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    budget_ms: Option<f64>,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    fn expired(&self) -> ApiError {
+        ApiError::DeadlineExceeded { budget_ms: self.budget_ms.unwrap_or_default() }
+    }
+
+    fn shed(&self, reason: Reason) -> ApiError {
+        ApiError::Shed { reason, budget_ms: self.budget_ms.unwrap_or_default() }
+    }
+}
+
+async fn handle(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+    cancelled: &Arc<AtomicBool>,
+) -> Result<Answer, Failure> {
+    let arrival = arrive(app, headers, body)?;
+    // 1. Decode.
+    let req = decode(app, &arrival.body)?;
+
+    // 2. Route: the version that answers this user, the shadow that also scores the request,
+    //    and the budget, by the one rule (header, body, the model's default, the server's).
     let catalog = app.rollout.catalog.load();
     let route = catalog.resolve(req.model.as_deref())?;
     let key = sticky_key(&req);
     let version = route.pick(key).clone();
     let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
-    *served = Some(version.clone());
-    // The deadline is fixed on arrival; every later stage sees it.
-    let budget = budget_ms(app, header_budget, req.budget_ms, version.model.name())?;
+    // The header wins: the body's budget is not even read then.
+    let body_budget = req.budget_ms.filter(|_| arrival.header_budget.is_none());
+    let body_budget = body_budget.map(|b| budget::positive("budget_ms", b)).transpose();
+    let body_budget = body_budget.map_err(|e| ApiError::InvalidRequest(e.to_string())).charge(&version)?;
+    let asked = Asked { header: arrival.header_budget, body: body_budget };
+    let budget_ms = app.budgets.resolve(asked, version.model.name());
+    if arrival.header_budget.is_none() && budget::lagging(arrival.lag, budget_ms) {
+        return Err(ApiError::Shed { reason: Reason::Overload, budget_ms: budget_ms.unwrap_or_default() })
+            .charge(&version);
+    }
     // It arrived about `lag` before this handler ran.
-    let arrived = started.checked_sub(lag).unwrap_or(started);
-    let deadline = budget.map(|b| arrived + Duration::from_secs_f64(b / 1e3));
-    timing.decode = micros(started.elapsed());
+    let arrived = started.checked_sub(arrival.lag).unwrap_or(started);
+    let deadline = Deadline { budget_ms, at: budget::deadline(arrived, budget_ms) };
+    let mut timing = Timing { decode: micros(started.elapsed()), ..Timing::default() };
 
-    // 2. Admission: the full answer if it can make the deadline, else the first step of the
+    // 3. Admission: the full answer if it can make the deadline, else the first step of the
     //    model's degradation ladder that can.
+    let planned = admit(app, &catalog, &req, version, deadline)?;
+    let answering = planned.answering.clone();
+
+    // 4. Encode, infer, combine.
+    let scored = score(app, &req, &planned, deadline, cancelled, &mut timing).await.charge(&answering)?;
+
+    // 5. Respond.
+    let shadow = shadow.filter(|_| scored.degraded.is_none()).map(|s| (s, scored.scores.clone()));
+    let response = respond(app, &req, &answering.model, &scored, &mut timing, started).charge(&answering)?;
+    let candidates = req.candidates.len();
+    Ok(Answer {
+        served: answering,
+        response,
+        degraded: scored.degraded,
+        body: arrival.body,
+        shadow,
+        timing,
+        candidates,
+    })
+}
+
+/// Decides, from the deadline, the predicted wait and each version's measured cost, what the
+/// request gets; counts it in the queue's backlog from now, so that requests admitted next see
+/// it. A request the ladder sheds counts against its version only as a refusal.
+fn admit(
+    app: &App,
+    catalog: &Catalog,
+    req: &RankRequest<'_>,
+    version: Arc<Served>,
+    deadline: Deadline,
+) -> Result<Planned<Arc<Served>>, Failure> {
     let rules = &app.config.degradation;
-    let ladder = rules.ladder(version.model.name());
-    let objective = || req.objective.as_ref().map(|o| o.0.iter().map(|(k, w)| (k.as_ref(), *w)));
-    let fallback = catalog.fallback_for(&version.model).filter(|fb| fb.model.objective(objective()).is_ok());
+    let fallback =
+        catalog.fallback_for(&version.model).filter(|fb| fb.model.objective(req.objective()).is_ok());
     let n = req.candidates.len();
-    let admission = match deadline {
-        Some(deadline) if n > 0 => degrade::admit(
-            ladder,
+    let admission = match deadline.at {
+        Some(at) if n > 0 => degrade::admit(
+            rules.ladder(version.model.name()),
             rules.min_scored,
             &Situation {
-                remaining: deadline.saturating_duration_since(Instant::now()).saturating_sub(rules.margin()),
+                remaining: at.saturating_duration_since(Instant::now()).saturating_sub(rules.margin()),
                 wait: app.pool.predicted_wait(),
                 candidates: n,
                 full: version.cost.estimate(),
                 fallback: fallback.and_then(|fb| fb.cost.estimate()),
             },
         ),
-        _ => Admission::Full,
+        _ => degrade::Admission::Full,
     };
-    let (answering, scored, mut degraded) = match (admission, fallback) {
-        (Admission::Fallback(reason), Some(fb)) => {
-            (fb.clone(), n, Some(Degraded { reason, mode: Mode::Fallback, scored: n }))
-        }
-        (Admission::Truncate(k, reason), _) => {
-            (version, k, Some(Degraded { reason, mode: Mode::Truncated, scored: k }))
-        }
-        (Admission::Shed(reason), _) => {
-            return Err(ApiError::Shed { reason, budget_ms: budget.unwrap_or_default() });
-        }
-        _ => (version, n, None),
-    };
-    let model = answering.model.clone();
-    *served = Some(answering.clone());
-    // Counted in the queue's backlog from now, so that requests admitted next see this one.
-    let reservation =
-        app.pool.reserve(answering.cost.estimate().map_or(Duration::ZERO, |e| e.predict(scored)));
+    degrade::plan(admission, version.clone(), fallback.cloned(), n)
+        .map_err(|reason| deadline.shed(reason))
+        .charge(&version)
+}
 
-    // 3. Validate and encode the candidates to score, in the order they are scored; the
-    //    objective is checked before any inference is spent.
+/// Candidates scored: the head values of the rows inference ran, their combined scores, the
+/// order they were scored in, and how the answer ended up degraded.
+struct Scored {
+    values: HeadValues,
+    scores: Vec<f32>,
+    order: Option<Vec<usize>>,
+    degraded: Option<Degraded>,
+}
+
+/// Validates and encodes the candidates to score, in the order they are scored (the objective
+/// checked before any inference is spent); runs inference on the pool, off the async workers,
+/// where the thread that picks the request up checks the deadline again with the time actually
+/// left; combines the heads.
+async fn score(
+    app: &App,
+    req: &RankRequest<'_>,
+    planned: &Planned<Arc<Served>>,
+    deadline: Deadline,
+    cancelled: &Arc<AtomicBool>,
+    timing: &mut Timing,
+) -> Result<Scored, ApiError> {
+    let answering = &planned.answering;
+    let model = &answering.model;
+    let reservation =
+        app.pool.reserve(answering.cost.estimate().map_or(Duration::ZERO, |e| e.predict(planned.scored)));
     let t = Instant::now();
-    let weights = model.objective(objective())?;
+    let weights = model.objective(req.objective())?;
     let order = scoring_order(&req.candidates);
-    let encoded = encode_in_order(&model, &req, order.as_deref(), scored)?;
-    record_missing(app, &model, &encoded.missing);
+    let encoded = encode_in_order(model, req, order.as_deref(), planned.scored)?;
+    record_missing(app, model, &encoded.missing);
     let encode_time = t.elapsed();
     timing.encode = micros(encode_time);
 
-    // 4. Infer on the pool, off the async workers. The thread that picks the request up checks
-    //    the deadline again with the time actually left.
-    let values = if encoded.rows == 0 {
-        HeadValues { rows: 0, values: Vec::new() }
+    let (values, degraded) = if encoded.rows == 0 {
+        (HeadValues { rows: 0, values: Vec::new() }, planned.degraded)
     } else {
         let queued = Instant::now();
-        let expired = || ApiError::DeadlineExceeded { budget_ms: budget.unwrap_or_default() };
-        if deadline.is_some_and(|d| queued >= d) {
-            return Err(expired());
+        if deadline.at.is_some_and(|d| queued >= d) {
+            return Err(deadline.expired());
         }
+        let rules = &app.config.degradation;
         let job = {
             let (answering, ladder, min_scored, margin) =
-                (answering.clone(), ladder.to_vec(), rules.min_scored, rules.margin());
+                (answering.clone(), rules.ladder(model.name()).to_vec(), rules.min_scored, rules.margin());
             move || {
                 let mut encoded = encoded;
                 let estimate = answering.cost.estimate();
                 // Why the pickup cut the request, when it did.
                 let mut cut = None;
-                if let Some(deadline) = deadline {
-                    let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(margin);
+                if let Some(at) = deadline.at {
+                    let left = at.saturating_duration_since(Instant::now()).saturating_sub(margin);
                     // The queue is to blame only if the rows would have fit but for their wait
                     // for a thread; otherwise the budget was too small for them.
                     let reason = match estimate {
@@ -337,82 +415,76 @@ async fn handle(
                         Pickup::Shed => return Err(reason),
                     }
                 }
-                let rows = encoded.rows;
-                let predicted = estimate.map(|e| e.predict(rows));
+                let predicted = estimate.map(|e| e.predict(encoded.rows));
                 let ran = Instant::now();
                 let values = answering.model.infer(encoded);
                 Ok((values, predicted, ran.elapsed(), cut))
             }
         };
-        let submitted = app.pool.run_until(deadline, cancelled.clone(), Some(reservation), job);
+        let submitted = app.pool.run_until(deadline.at, cancelled.clone(), Some(reservation), job);
         let (picked, waited) = submitted.await.map_err(|e| match e {
             PoolError::Full => ApiError::Overloaded,
             PoolError::Stopped => ApiError::NotReady,
             PoolError::Panicked => ApiError::Internal("inference panicked".into()),
-            PoolError::Expired => expired(),
-            PoolError::Cancelled => ApiError::Internal("cancelled while its client waited".into()),
+            PoolError::Expired => deadline.expired(),
+            PoolError::Cancelled => ApiError::Cancelled,
         })?;
         timing.queue = micros(waited);
         timing.infer = micros(queued.elapsed().saturating_sub(waited));
-        let (values, predicted, infer_time, cut) = picked.map_err(|at_pickup| ApiError::Shed {
-            reason: degraded.map_or(at_pickup, |d| d.reason),
-            budget_ms: budget.unwrap_or_default(),
-        })?;
+        let (values, predicted, infer_time, cut) =
+            picked.map_err(|at_pickup| deadline.shed(planned.degraded.map_or(at_pickup, |d| d.reason)))?;
         let values = values?;
         // What this request cost outside the queue: encoding (its share for the rows run)
         // and inference.
-        let share = values.rows as f64 / scored as f64;
+        let share = values.rows as f64 / planned.scored as f64;
         let took = encode_time.mul_f64(share) + infer_time;
         if let Some(predicted) = predicted {
-            record_prediction(app, &model, predicted + encode_time.mul_f64(share), took);
+            record_prediction(app, model, predicted + encode_time.mul_f64(share), took);
         }
         answering.cost.observe(values.rows, took);
-        if values.rows < scored {
-            degraded = Some(Degraded {
-                reason: degraded.map_or(cut.unwrap_or(Reason::Budget), |d| d.reason),
-                mode: if degraded.is_some_and(|d| d.mode == Mode::Fallback) {
-                    Mode::FallbackTruncated
-                } else {
-                    Mode::Truncated
-                },
-                scored: values.rows,
-            });
-        }
-        values
+        let degraded = degrade::settle(planned.degraded, cut, planned.scored, values.rows);
+        (values, degraded)
     };
-
-    // 5. Combine heads into one score, keep the best `top_k`, best first; candidates left
-    //    unscored follow in the order they would have been scored.
     let t = Instant::now();
     let scores = model.combine(&values, &weights)?;
-    let best = top_k(&scores, req.top_k);
-    let limit = req.top_k.unwrap_or(n).min(n);
-    let candidate = |row: usize| order.as_ref().map_or(row, |o| o[row]);
     timing.rank = micros(t.elapsed());
-    if let Some(shadow) = shadow
-        && degraded.is_none()
-    {
-        *shadow_job = Some((shadow, scores.clone()));
-    }
+    Ok(Scored { values, scores, order, degraded })
+}
 
-    // 6. Respond.
+/// The best `top_k` best first; candidates left unscored follow in the order they would have
+/// been scored.
+fn respond(
+    app: &App,
+    req: &RankRequest<'_>,
+    model: &Model,
+    scored: &Scored,
+    timing: &mut Timing,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let t = Instant::now();
+    let n = req.candidates.len();
+    let best = top_k(&scored.scores, req.top_k);
+    let limit = req.top_k.unwrap_or(n).min(n);
+    let candidate = |row: usize| scored.order.as_ref().map_or(row, |o| o[row]);
+    timing.rank += micros(t.elapsed());
     let request_id = match &req.request_id {
         Some(id) => id.0.clone(),
         None => Cow::Owned(format!("retort-{:x}", app.request_ids.fetch_add(1, Ordering::Relaxed))),
     };
     let serving: Vec<(usize, &str)> = model.serving_heads().collect();
+    let values = &scored.values;
     let unscored = (values.rows..n).take(limit.saturating_sub(best.len()));
     let items: Vec<Item<'_>> = best
         .iter()
         .map(|&row| Item {
             id: &req.candidates[candidate(row)].id,
-            score: Some(scores[row]),
-            heads: Heads { serving: &serving, values: &values, row: Some(row) },
+            score: Some(scored.scores[row]),
+            heads: Heads { serving: &serving, values, row: Some(row) },
         })
         .chain(unscored.map(|row| Item {
             id: &req.candidates[candidate(row)].id,
             score: None,
-            heads: Heads { serving: &serving, values: &values, row: None },
+            heads: Heads { serving: &serving, values, row: None },
         }))
         .collect();
     timing.total = micros(started.elapsed());
@@ -421,19 +493,17 @@ async fn handle(
         model: model.name(),
         version: model.version(),
         items,
-        degraded,
-        timing_us: &timing,
+        degraded: scored.degraded,
+        timing_us: timing,
     };
     let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(e.to_string()))?;
-    record_success(app, &model, &timing, req.candidates.len());
-
     let mut response = (StatusCode::OK, json).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(&timing.server_timing()) {
         headers.insert("server-timing", v);
     }
-    Ok(Ranked { response, degraded })
+    Ok(response)
 }
 
 /// What keeps one user on one side of a canary: a hash of the context's `user_id`, or of the
@@ -525,7 +595,7 @@ fn record_prediction(app: &App, model: &Model, predicted: Duration, took: Durati
         .observe(took.as_secs_f64() / predicted.as_secs_f64());
 }
 
-fn record_success(app: &App, model: &Model, timing: &Timing, candidates: usize) {
+fn record_stages(app: &App, model: &Model, timing: &Timing, candidates: usize) {
     for (stage, us) in timing.stages() {
         app.metrics
             .stage_duration
@@ -536,43 +606,6 @@ fn record_success(app: &App, model: &Model, timing: &Timing, candidates: usize) 
         .candidates
         .get_or_create(&ModelLabels { model: model.name().to_string(), version: model.version().to_string() })
         .observe(candidates as f64);
-}
-
-/// An answered request: its response, and how it was degraded if it was.
-struct Ranked {
-    response: Response,
-    degraded: Option<Degraded>,
-}
-
-/// What the response says when it is not the full model's answer.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Degraded {
-    reason: Reason,
-    mode: Mode,
-    /// Candidates scored; the others follow them unscored.
-    scored: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Mode {
-    /// Scored by the model's declared fallback.
-    Fallback,
-    /// The first `scored` candidates in prior order, scored by the full model.
-    Truncated,
-    /// The first `scored` candidates, scored by the fallback.
-    FallbackTruncated,
-}
-
-impl Mode {
-    /// The outcome metric's label.
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Fallback => "fallback",
-            Mode::Truncated => "truncated",
-            Mode::FallbackTruncated => "fallback_truncated",
-        }
-    }
 }
 
 #[derive(Serialize)]

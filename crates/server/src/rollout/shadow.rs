@@ -84,12 +84,7 @@ pub fn spawn(pool: Arc<InferencePool>, shadow: Arc<Served>, body: Bytes, serving
         let scored = pool
             .run(move || -> Option<Vec<f32>> {
                 let req = request::decode(&body).ok()?;
-                let weights = model
-                    .objective(req.objective.as_ref().map(|o| o.0.iter().map(|(k, w)| (k.as_ref(), *w))))
-                    .ok()?;
-                let encoded = model.encode(&req.context, &req.candidates).ok()?;
-                let values = model.infer(encoded).ok()?;
-                model.combine(&values, &weights).ok()
+                model.score_request(&req).ok().map(|scored| scored.scores)
             })
             .await;
         match scored {

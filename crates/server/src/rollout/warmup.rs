@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 
-use retort_model::Model;
 use retort_model::manifest::{HeadKind, Transform};
 use retort_model::request;
+use retort_model::{Model, ScoreError};
 
 /// Requests kept per model, at most.
 pub const CAPACITY: usize = 64;
@@ -140,10 +140,14 @@ pub fn replay(model: &Model, requests: &[Bytes]) -> Result<Option<Duration>, Str
         // Requests the serving version answered but this one cannot encode (say, a feature's
         // type changed) are the validation's business, not the warm-up's: skip them.
         let Ok(req) = request::decode(body) else { continue };
-        let Ok(encoded) = model.encode(&req.context, &req.candidates) else { continue };
-        let started = Instant::now();
-        let values = model.infer(encoded).map_err(|e| format!("warm-up request {k}: {e}"))?;
-        times.push(started.elapsed());
+        let values = match model.score_request(&req) {
+            Ok(scored) => {
+                times.push(scored.inference);
+                scored.values
+            }
+            Err(ScoreError::Infer(e)) => return Err(format!("warm-up request {k}: {e}")),
+            Err(ScoreError::Encode(_) | ScoreError::Objective(_)) => continue,
+        };
         for (h, head) in model.manifest.heads.iter().enumerate() {
             let probability = head.kind == HeadKind::Binary && head.transform == Transform::None;
             if let Some(v) =
