@@ -101,6 +101,25 @@ async fn loading_a_version_swaps_it_in_and_a_bad_one_changes_nothing() {
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("invalid_model")), "{}", r.text());
     assert!(r.text().contains("m/3"), "{}", r.text());
     assert_eq!(server.rank(&request(5, 1)).await.json()["version"], "2");
+
+    // What the rollout did is in Prometheus, by model (never by version). See: issue 15 (4).
+    let r = admin(&server, "POST", "/v1/models/m/rollback", Some(TOKEN)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let metrics = server.get("/metrics").await.text();
+    let value = |series: &str| -> f64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}: {metrics}"));
+        line[series.len()..].trim().parse().unwrap()
+    };
+    assert_eq!(value("retort_rollout_loads_total{model=\"m\"}"), 2.0);
+    assert_eq!(value("retort_rollout_load_duration_seconds_count{model=\"m\"}"), 2.0);
+    assert_eq!(value("retort_rollout_failed_loads_total{model=\"m\",reason=\"invalid\"}"), 1.0);
+    assert_eq!(value("retort_rollout_swaps_total{model=\"m\",operation=\"promote\"}"), 2.0);
+    assert_eq!(value("retort_rollout_swaps_total{model=\"m\",operation=\"rollback\"}"), 1.0);
+    for (state, n) in [("serving", 1.0), ("retired", 1.0), ("failed", 1.0)] {
+        assert_eq!(value(&format!("retort_rollout_versions{{model=\"m\",state=\"{state}\"}}")), n, "{state}");
+    }
+    assert!(!metrics.contains("state=\"previous\""), "no version is previous after a rollback: {metrics}");
     server.stop().await.unwrap();
 }
 

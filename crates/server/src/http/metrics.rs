@@ -1,4 +1,4 @@
-//! Prometheus metrics: every name in this file, units in the names, label values from small
+//! Prometheus metrics: every name in this file (the rollout's in `rollout/events.rs`), units in the names, label values from small
 //! fixed sets (model, version, outcome code, stage, feature name from the manifest).
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::rollout::events::RolloutEvents;
 
 pub const RANK_DURATION_SECONDS: &str = "retort_rank_duration_seconds";
 pub const RANK_STAGE_DURATION_SECONDS: &str = "retort_rank_stage_duration_seconds";
@@ -110,15 +112,11 @@ pub struct Metrics {
     pub connections_closed: Family<ConnectionLabels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The server's metrics, with the rollout's `events` registered beside them.
+    pub fn new(events: &RolloutEvents) -> Metrics {
         let mut registry = Registry::default();
+        events.register(&mut registry);
         let rank_duration: Histograms<RankLabels> = Family::new_with_constructor(latency_histogram);
         let stage_duration: Histograms<StageLabels> = Family::new_with_constructor(latency_histogram);
         let candidates: Histograms<ModelLabels> = Family::new_with_constructor(candidates_histogram);
@@ -215,7 +213,7 @@ mod tests {
     // See: issue 15 (4).
     #[test]
     fn a_forgotten_version_leaves_no_series() {
-        let m = Metrics::new();
+        let m = Metrics::new(&RolloutEvents::default());
         for (version, outcome) in [("1", "ok"), ("1", "shed"), ("2", "ok")] {
             m.rank_duration
                 .get_or_create(&RankLabels { model: "m".into(), version: version.into(), outcome })
@@ -238,7 +236,7 @@ mod tests {
         for name in [RANK_DURATION_SECONDS, RANK_STAGE_DURATION_SECONDS] {
             assert!(name.ends_with("_seconds"), "{name}");
         }
-        let m = Metrics::new();
+        let m = Metrics::new(&RolloutEvents::default());
         m.rank_duration
             .get_or_create(&RankLabels { model: "m".into(), version: "1".into(), outcome: "ok" })
             .observe(40e-6);

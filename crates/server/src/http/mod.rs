@@ -56,11 +56,12 @@ impl App {
     pub fn new(config: Config) -> Arc<App> {
         let pool = Arc::new(InferencePool::new(config.threads(), config.queue_capacity));
         let rollout = Rollout::new(config.rollout());
+        let metrics = Metrics::new(&rollout.events);
         Arc::new(App {
             rollout: Arc::new(rollout),
             pool,
             budgets: config.budgets(),
-            metrics: Metrics::new(),
+            metrics,
             lag: Arc::new(lag::Lag::default()),
             request_ids: AtomicU64::new(0),
             started: std::sync::atomic::AtomicBool::new(false),
@@ -106,6 +107,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     app.metrics.queue_depth.set(app.pool.queued() as i64);
     app.metrics.models_loaded.set(app.rollout.catalog.load().routes.len() as i64);
+    let mut by_state = std::collections::BTreeMap::<(String, &'static str), i64>::new();
+    for v in app.rollout.versions() {
+        *by_state.entry((v.name, v.state.as_str())).or_default() += 1;
+    }
+    app.rollout.events.set_versions(by_state.iter().map(|((model, state), n)| (model.as_str(), *state, *n)));
     for (model, version) in app.rollout.take_unloaded() {
         // Unless it was loaded again since: then its series are live.
         use crate::rollout::State;

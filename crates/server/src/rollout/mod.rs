@@ -12,6 +12,7 @@
 //! # Layout
 //! - [`catalog`]: the served models, their routes, and how a request picks a version.
 //! - [`shadow`]: scoring a share of requests with a shadow version, and the agreement found.
+//! - [`events`]: what the rollout did, counted for Prometheus.
 //! - [`memory`]: handing retired versions' memory back to the system.
 //! - [`stats`]: per-version request counts and latency quantiles.
 //! - [`registry`]: the versions, their states and the operations.
@@ -19,6 +20,7 @@
 //! - [`watch`]: the models-directory poller and the canary judge.
 
 pub mod catalog;
+pub mod events;
 pub mod memory;
 pub mod registry;
 pub mod shadow;

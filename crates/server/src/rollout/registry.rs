@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use super::events::{LoadFailure, RolloutEvents, Swap};
 use super::stats::VersionStats;
 use super::warmup::{WarmupRing, replay};
 use crate::rollout::catalog::{Catalog, Role, Route, Served, Split, warm_up};
@@ -41,6 +42,33 @@ pub enum State {
     Previous,
     Retired,
     Failed,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Loading,
+        State::Staged,
+        State::Shadow,
+        State::Canary,
+        State::Serving,
+        State::Previous,
+        State::Retired,
+        State::Failed,
+    ];
+
+    /// As serialised (and as the versions-by-state metric's label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Loading => "loading",
+            State::Staged => "staged",
+            State::Shadow => "shadow",
+            State::Canary => "canary",
+            State::Serving => "serving",
+            State::Previous => "previous",
+            State::Retired => "retired",
+            State::Failed => "failed",
+        }
+    }
 }
 
 /// One version as the admin API shows it.
@@ -128,6 +156,8 @@ pub struct Rollout {
     policy: Policy,
     policies: BTreeMap<String, Policy>,
     records: Mutex<BTreeMap<(String, String), Record>>,
+    /// What the rollout did, for Prometheus.
+    pub events: RolloutEvents,
     /// Versions retired so far: the watcher hands memory back to the system when it moves.
     pub retirements: std::sync::atomic::AtomicU64,
     /// Loads asked for through the admin API, run by the rollout's own thread.
@@ -219,6 +249,7 @@ impl Rollout {
             #[cfg(feature = "test-hooks")]
             inference_delays,
             records: Mutex::new(BTreeMap::new()),
+            events: RolloutEvents::default(),
             retirements: std::sync::atomic::AtomicU64::new(0),
             loads: crossbeam_channel::unbounded(),
             ops: Mutex::new(()),
@@ -284,11 +315,14 @@ impl Rollout {
         let serving = self.catalog.load().routes.get(name).map(|r| r.serving.model.clone());
         let stamp = package::stamp(&dir);
         let loaded = package::check_servable(&self.models_dir, &dir, self.max_model_bytes)
+            .map_err(|e| (LoadFailure::Package, e))
             .and_then(|_| {
                 load_and_validate(&dir, self.engine, name, version, serving.as_deref().map(|m| &m.manifest))
+                    .map_err(|e| (LoadFailure::Invalid, e))
             })
             .and_then(|(model, notes)| {
-                self.warm_on_traffic(&model, name, serving.as_deref())?;
+                self.warm_on_traffic(&model, name, serving.as_deref())
+                    .map_err(|e| (LoadFailure::WarmUp, e))?;
                 Ok((model, notes))
             });
         let mut records = self.records();
@@ -308,6 +342,7 @@ impl Rollout {
                 record.reason = notes;
                 record.loaded_at = Some(SystemTime::now());
                 record.load_ms = Some(started.elapsed().as_millis() as u64);
+                self.events.loaded(name, started.elapsed().as_secs_f64());
                 let served = Served::new(model);
                 record.stats = Some(served.stats.clone());
                 record.served = Some(served);
@@ -319,7 +354,8 @@ impl Rollout {
                 );
                 Ok(())
             }
-            Err(reason) => {
+            Err((failure, reason)) => {
+                self.events.failed(name, failure);
                 tracing::error!(model = name, version, %reason, "version failed to load");
                 record.state = State::Failed;
                 record.reason = Some(reason.clone());
@@ -405,7 +441,15 @@ impl Rollout {
     /// loaded version takes the role the route gives it (or is staged), and the versions in
     /// `unload` leave memory in the state and with the reason given. Every state change goes
     /// through here, so the admin API always shows the routing in force.
-    fn commit(&self, name: &str, current: &Catalog, route: Route, unload: &[(&str, State, String)]) {
+    fn commit(
+        &self,
+        name: &str,
+        swap: Swap,
+        current: &Catalog,
+        route: Route,
+        unload: &[(&str, State, String)],
+    ) {
+        self.events.swapped(name, swap);
         let mut next = current.clone();
         let added = next.routes.insert(name.to_string(), route).is_none();
         if self.configured_default.is_none()
@@ -509,7 +553,7 @@ impl Rollout {
             .collect();
         let route =
             Route { serving: served, previous: old.map(|o| o.serving.clone()), canary: None, shadow: None };
-        self.commit(name, &current, route, &retired);
+        self.commit(name, Swap::Promote, &current, route, &retired);
         tracing::info!(model = name, version, "promoted to serving");
         Ok(())
     }
@@ -526,6 +570,7 @@ impl Rollout {
         let version = previous.version().to_string();
         self.commit(
             name,
+            Swap::Rollback,
             &current,
             Route::serving(previous),
             &[(serving.version(), State::Retired, reason.to_string())],
@@ -580,7 +625,7 @@ impl Rollout {
             Role::Canary => route.canary = split,
             _ => route.shadow = split,
         }
-        self.commit(name, &current, route, &[]);
+        self.commit(name, Swap::Split, &current, route, &[]);
         tracing::info!(model = name, version, ?role, percent, "traffic split changed");
         Ok(())
     }
@@ -596,7 +641,7 @@ impl Rollout {
         }
         let mut route = route.clone();
         route.canary = None;
-        self.commit(name, &current, route, &[(version, State::Failed, reason.clone())]);
+        self.commit(name, Swap::CanaryFailed, &current, route, &[(version, State::Failed, reason.clone())]);
         tracing::warn!(model = name, version, %reason, "canary failed; rolled back to the serving version");
     }
 

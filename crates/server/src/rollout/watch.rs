@@ -32,12 +32,13 @@ impl Default for CanaryRules {
 
 impl CanaryRules {
     /// Why the canary fails, judged on (requests, errors, p99) of the canary and of the
-    /// serving version over the same period; `None` while it passes or has too few requests.
+    /// serving version over the same period, with the verdict (`error_rate` or `p99`); `None`
+    /// while it passes or has too few requests.
     pub fn judge(
         &self,
         canary: (u64, u64, Option<Duration>),
         serving: (u64, u64, Option<Duration>),
-    ) -> Option<String> {
+    ) -> Option<(&'static str, String)> {
         let (requests, _, p99) = canary;
         if requests < self.min_requests {
             return None;
@@ -45,22 +46,28 @@ impl CanaryRules {
         let rate = |(r, e, _): (u64, u64, Option<Duration>)| e as f64 / r.max(1) as f64;
         let (canary_rate, serving_rate) = (rate(canary), rate(serving));
         if canary_rate - serving_rate > self.max_error_rate_increase {
-            return Some(format!(
-                "canary error rate {:.2}% over {requests} requests against {:.2}% serving (allowed +{:.2}%)",
-                canary_rate * 100.0,
-                serving_rate * 100.0,
-                self.max_error_rate_increase * 100.0
+            return Some((
+                "error_rate",
+                format!(
+                    "canary error rate {:.2}% over {requests} requests against {:.2}% serving (allowed +{:.2}%)",
+                    canary_rate * 100.0,
+                    serving_rate * 100.0,
+                    self.max_error_rate_increase * 100.0
+                ),
             ));
         }
         if let (Some(c), Some(s)) = (p99, serving.2)
             && serving.0 >= self.min_requests / 4
             && c.as_secs_f64() > s.as_secs_f64() * self.max_p99_ratio
         {
-            return Some(format!(
-                "canary p99 {:.2} ms against {:.2} ms serving (allowed {}x)",
-                c.as_secs_f64() * 1e3,
-                s.as_secs_f64() * 1e3,
-                self.max_p99_ratio
+            return Some((
+                "p99",
+                format!(
+                    "canary p99 {:.2} ms against {:.2} ms serving (allowed {}x)",
+                    c.as_secs_f64() * 1e3,
+                    s.as_secs_f64() * 1e3,
+                    self.max_p99_ratio
+                ),
             ));
         }
         None
@@ -125,7 +132,10 @@ fn judge_canaries(rollout: &Rollout, rules: &CanaryRules) {
         let Some(canary) = &route.canary else { continue };
         let snapshot =
             |s: &crate::rollout::stats::VersionStats| (s.requests(), s.errors(), s.latency.quantile(0.99));
-        if let Some(reason) = rules.judge(snapshot(&canary.to.stats), snapshot(&route.serving.stats)) {
+        if let Some((verdict, reason)) =
+            rules.judge(snapshot(&canary.to.stats), snapshot(&route.serving.stats))
+        {
+            rollout.events.verdict(name, verdict);
             rollout.fail_canary(name, canary.to.version(), reason);
         }
     }
@@ -158,9 +168,11 @@ mod tests {
         let ms = |m: u64| Some(Duration::from_millis(m));
         assert_eq!(rules.judge((50, 50, ms(9)), (1000, 0, ms(1))), None, "too few requests to judge");
         assert_eq!(rules.judge((200, 2, ms(1)), (1000, 10, ms(1))), None, "same error rate");
-        let errs = rules.judge((200, 10, ms(1)), (1000, 10, ms(1))).unwrap();
+        let (verdict, errs) = rules.judge((200, 10, ms(1)), (1000, 10, ms(1))).unwrap();
+        assert_eq!(verdict, "error_rate");
         assert!(errs.contains("5.00%") && errs.contains("1.00%"), "{errs}");
-        let slow = rules.judge((200, 0, ms(4)), (1000, 0, ms(2))).unwrap();
+        let (verdict, slow) = rules.judge((200, 0, ms(4)), (1000, 0, ms(2))).unwrap();
+        assert_eq!(verdict, "p99");
         assert!(slow.contains("4.00 ms") && slow.contains("2.00 ms"), "{slow}");
         assert_eq!(rules.judge((200, 0, ms(2)), (1000, 0, ms(2))), None);
     }
