@@ -2,6 +2,8 @@
 //! a real HTTP client.
 #![allow(dead_code)]
 
+pub mod overload;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -136,7 +136,7 @@ pub struct Scored {
     pub inference: std::time::Duration,
 }
 
-/// Inference runs through [`Model::delay_inference`]'s engine wrapper since the process started
+/// Inference runs started through [`Model::delay_inference`]'s engine wrapper since the process started
 /// (test hooks only).
 #[cfg(feature = "test-hooks")]
 pub static DELAYED_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -165,8 +165,9 @@ impl Engine for Delayed {
 
     fn run(&self, inputs: Vec<encode::Tensor>) -> Result<Vec<Output>, EngineError> {
         let rows = inputs.iter().map(|t| t.shape[0]).max().unwrap_or(0) as u32;
-        std::thread::sleep(self.delay.fixed + self.delay.per_candidate * rows);
+        // Counted as it starts, so a test can tell that the one thread is now busy.
         DELAYED_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(self.delay.fixed + self.delay.per_candidate * rows);
         self.inner.run(inputs)
     }
 }
