@@ -74,13 +74,26 @@ pub(crate) fn init_tracing(format: LogFormat) {
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "sidecar")]
     sidecar_cli::one_kernel_thread_unless_told();
-    match run(Cli::parse()) {
+    match run(parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with every server flag's default shown in `--help` from the one place
+/// defaults are written ([`Config::default`]).
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command().mut_subcommand("serve", retort_server::config::show_defaults);
+    #[cfg(feature = "sidecar")]
+    {
+        command = command.mut_subcommand("quickstart", retort_server::config::show_defaults);
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// An error and its causes as one line, each sentence once: most of retort's errors already

@@ -127,6 +127,10 @@ music-ranker = [\"shed\"]
     let warnings: Vec<&str> =
         log.lines().filter(|l| l.contains("names a model that is not served")).collect();
     assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains("model_budgets_ms") && warnings[0].contains("music-rankr"), "{log}");
+    assert!(warnings[0].contains("models") && warnings[0].contains("music-rankr"), "{log}");
+    // The old per-model tables still work, with a warning naming the new place.
+    let deprecated: Vec<&str> = log.lines().filter(|l| l.contains("is deprecated")).collect();
+    assert_eq!(deprecated.len(), 2, "{log}");
+    assert!(deprecated.iter().any(|l| l.contains("[models.music-rankr]")), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a piped log: {log:?}");
 }

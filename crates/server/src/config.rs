@@ -2,13 +2,14 @@
 //! from, highest first: command-line flags, `RETORT_*` environment variables, the TOML file
 //! named by `--config`, and the defaults below.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::admission::budget::BudgetRules;
-use crate::admission::degrade::DegradationRules;
+use crate::admission::degrade::{DegradationRules, Step};
 use crate::rollout::Policy;
 use crate::rollout::registry::RolloutSettings;
 use crate::rollout::watch::CanaryRules;
@@ -61,8 +62,11 @@ pub struct Config {
     /// What a new version does once loaded, validated and warm: `auto` promotes it, `manual`
     /// waits for an operator.
     pub rollout_policy: Policy,
-    /// Per-model policies overriding `rollout_policy` (file only: `[model_policies]`).
-    pub model_policies: std::collections::BTreeMap<String, Policy>,
+    /// Per-model overrides (file only: `[models.<name>]`).
+    pub models: BTreeMap<String, ModelSettings>,
+    /// Deprecated: `[models.<name>] policy`. Still read, and moved there with a warning.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_policies: BTreeMap<String, Policy>,
     /// When a canary is retired as failed (file only: `[canary]`).
     pub canary: CanaryRules,
     /// A new version whose median time on the replayed warm-up requests exceeds this multiple
@@ -77,13 +81,17 @@ pub struct Config {
     pub warmup_max_bytes: usize,
     /// Latency budget of a request that sets none, in milliseconds (none: no deadline).
     pub default_budget_ms: Option<f64>,
-    /// Per-model default budgets overriding `default_budget_ms` (file only: `[model_budgets_ms]`).
-    pub model_budgets_ms: std::collections::BTreeMap<String, f64>,
+    /// Deprecated: `[models.<name>] budget_ms`. Still read, and moved there with a warning.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_budgets_ms: BTreeMap<String, f64>,
     /// The largest budget a request may ask for; larger ones are cut to it.
     pub max_budget_ms: f64,
     /// What a request gets when the full answer cannot make its deadline (file only:
     /// `[degradation]`).
     pub degradation: DegradationRules,
+    /// Deprecated settings [`Config::fold_deprecated`] moved, for a warning.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
     /// Test hooks only: the named models' inference sleeps this long first.
     #[cfg(feature = "test-hooks")]
     #[serde(skip)]
@@ -111,19 +119,36 @@ impl Default for Config {
             admin_open_on_loopback: false,
             poll_interval_ms: 10_000,
             rollout_policy: Policy::Auto,
-            model_policies: Default::default(),
+            models: BTreeMap::new(),
+            model_policies: BTreeMap::new(),
             canary: CanaryRules::default(),
             warmup_latency_factor: 3.0,
             persist_warmup: true,
             warmup_max_bytes: crate::rollout::warmup::DEFAULT_MAX_BYTES,
             default_budget_ms: None,
-            model_budgets_ms: Default::default(),
+            model_budgets_ms: BTreeMap::new(),
             max_budget_ms: BudgetRules::default().max_ms,
             degradation: DegradationRules::default(),
+            deprecated: Vec::new(),
             #[cfg(feature = "test-hooks")]
             test_inference_delays: Default::default(),
         }
     }
+}
+
+/// One model's overrides of the server-wide settings (`[models.<name>]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Overrides `rollout_policy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// Overrides `default_budget_ms`, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_ms: Option<f64>,
+    /// Overrides `[degradation] ladder`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ladder: Option<Vec<Step>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -134,86 +159,121 @@ pub enum LogFormat {
     Json,
 }
 
-/// `retort serve` flags. Each overrides the file and the default when given.
+/// `retort serve` flags. Each overrides the file and the default when given; `--help` shows
+/// each default from [`Config::default`] ([`show_defaults`]), so none is written twice.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "RETORT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Directory of model packages [default: models]
-    #[arg(long = "models", env = "RETORT_MODELS")]
+    /// Directory of model packages
+    #[arg(long = "models", env = "RETORT_MODELS", help_heading = "Models")]
     pub models_dir: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080]
-    #[arg(long, env = "RETORT_LISTEN")]
+    /// Address to listen on
+    #[arg(long, env = "RETORT_LISTEN", help_heading = "Connections")]
     pub listen: Option<SocketAddr>,
-    /// Inference engine [default: tract]
-    #[arg(long, env = "RETORT_ENGINE")]
+    /// Inference engine
+    #[arg(long, env = "RETORT_ENGINE", help_heading = "Models")]
     pub engine: Option<EngineKind>,
-    /// Inference threads, 0 for one per core [default: 0]
-    #[arg(long, env = "RETORT_INFERENCE_THREADS")]
+    /// Inference threads, 0 for one per core
+    #[arg(long, env = "RETORT_INFERENCE_THREADS", help_heading = "Models")]
     pub inference_threads: Option<usize>,
-    /// Requests that may wait for an inference thread [default: 1024]
-    #[arg(long, env = "RETORT_QUEUE_CAPACITY")]
+    /// Requests that may wait for an inference thread
+    #[arg(long, env = "RETORT_QUEUE_CAPACITY", help_heading = "Admission")]
     pub queue_capacity: Option<usize>,
-    /// Largest request body in bytes [default: 2097152]
-    #[arg(long, env = "RETORT_MAX_BODY_BYTES")]
+    /// Largest request body in bytes
+    #[arg(long, env = "RETORT_MAX_BODY_BYTES", help_heading = "Connections")]
     pub max_body_bytes: Option<usize>,
-    /// Most client connections open at once, 0 for as many as the file descriptor limit allows [default: 0]
-    #[arg(long, env = "RETORT_MAX_CONNECTIONS")]
+    /// Most client connections open at once, 0 for as many as the file descriptor limit allows
+    #[arg(long, env = "RETORT_MAX_CONNECTIONS", help_heading = "Connections")]
     pub max_connections: Option<usize>,
-    /// Milliseconds a request's headers (or a keep-alive connection's next request) may take [default: 30000]
-    #[arg(long, env = "RETORT_HEADER_READ_TIMEOUT_MS")]
+    /// Milliseconds a request's headers (or a keep-alive connection's next request) may take
+    #[arg(long, env = "RETORT_HEADER_READ_TIMEOUT_MS", help_heading = "Connections")]
     pub header_read_timeout_ms: Option<u64>,
-    /// Milliseconds a request's body may take after its headers [default: 10000]
-    #[arg(long, env = "RETORT_BODY_READ_TIMEOUT_MS")]
+    /// Milliseconds a request's body may take after its headers
+    #[arg(long, env = "RETORT_BODY_READ_TIMEOUT_MS", help_heading = "Connections")]
     pub body_read_timeout_ms: Option<u64>,
-    /// Most candidates per request [default: 2000]
-    #[arg(long, env = "RETORT_MAX_CANDIDATES")]
+    /// Most candidates per request
+    #[arg(long, env = "RETORT_MAX_CANDIDATES", help_heading = "Connections")]
     pub max_candidates: Option<usize>,
-    /// Largest model.onnx the server loads, in bytes [default: 536870912]
-    #[arg(long, env = "RETORT_MAX_MODEL_BYTES")]
+    /// Largest model.onnx the server loads, in bytes
+    #[arg(long, env = "RETORT_MAX_MODEL_BYTES", help_heading = "Models")]
     pub max_model_bytes: Option<u64>,
     /// Model used when a request names none
-    #[arg(long, env = "RETORT_DEFAULT_MODEL")]
+    #[arg(long, env = "RETORT_DEFAULT_MODEL", help_heading = "Models")]
     pub default_model: Option<String>,
-    /// Log format [default: text]
-    #[arg(long, env = "RETORT_LOG_FORMAT")]
+    /// Log format
+    #[arg(long, env = "RETORT_LOG_FORMAT", help_heading = "Connections")]
     pub log_format: Option<LogFormat>,
-    /// Milliseconds in-flight requests get to finish after a shutdown signal [default: 30000]
-    #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS")]
+    /// Milliseconds in-flight requests get to finish after a shutdown signal
+    #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS", help_heading = "Connections")]
     pub drain_timeout_ms: Option<u64>,
     /// Bearer token for the admin API (the environment keeps it out of `ps`)
-    #[arg(long, env = "RETORT_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "RETORT_ADMIN_TOKEN", hide_env_values = true, help_heading = "Admin API")]
     pub admin_token: Option<String>,
     /// Open the admin API without a token; refused unless listening on loopback
-    #[arg(long, env = "RETORT_ADMIN_OPEN_ON_LOOPBACK")]
+    #[arg(long, env = "RETORT_ADMIN_OPEN_ON_LOOPBACK", help_heading = "Admin API")]
     pub admin_open_on_loopback: bool,
-    /// How often to look for new model versions, in milliseconds; 0 never [default: 10000]
-    #[arg(long, env = "RETORT_POLL_INTERVAL_MS")]
+    /// How often to look for new model versions, in milliseconds; 0 never
+    #[arg(long, env = "RETORT_POLL_INTERVAL_MS", help_heading = "Rollout")]
     pub poll_interval_ms: Option<u64>,
-    /// What a new version does once validated: auto (promote) or manual [default: auto]
-    #[arg(long, env = "RETORT_ROLLOUT_POLICY")]
+    /// What a new version does once validated: auto (promote) or manual
+    #[arg(long, env = "RETORT_ROLLOUT_POLICY", help_heading = "Rollout")]
     pub rollout_policy: Option<Policy>,
     /// Latency budget of a request that sets none, in milliseconds [default: none, no deadline]
-    #[arg(long, env = "RETORT_DEFAULT_BUDGET_MS")]
+    #[arg(long, env = "RETORT_DEFAULT_BUDGET_MS", help_heading = "Admission")]
     pub default_budget_ms: Option<f64>,
-    /// The largest budget a request may ask for, in milliseconds [default: 10000]
-    #[arg(long, env = "RETORT_MAX_BUDGET_MS")]
+    /// The largest budget a request may ask for, in milliseconds
+    #[arg(long, env = "RETORT_MAX_BUDGET_MS", help_heading = "Admission")]
     pub max_budget_ms: Option<f64>,
-    /// Refuse a new version this many times slower than the serving one on recent requests [default: 3]
-    #[arg(long, env = "RETORT_WARMUP_LATENCY_FACTOR")]
+    /// Refuse a new version this many times slower than the serving one on recent requests
+    #[arg(long, env = "RETORT_WARMUP_LATENCY_FACTOR", help_heading = "Rollout")]
     pub warmup_latency_factor: Option<f64>,
-    /// Keep recent requests for warm-up in <models>/.warmup/ across restarts: true or false [default: true]
-    #[arg(long, env = "RETORT_PERSIST_WARMUP")]
+    /// Keep recent requests for warm-up in <models>/.warmup/ across restarts: true or false
+    #[arg(long, env = "RETORT_PERSIST_WARMUP", help_heading = "Rollout")]
     pub persist_warmup: Option<bool>,
-    /// Bytes of recent request bodies kept per model for warm-up, 0 for none [default: 4194304]
-    #[arg(long, env = "RETORT_WARMUP_MAX_BYTES")]
+    /// Bytes of recent request bodies kept per model for warm-up, 0 for none
+    #[arg(long, env = "RETORT_WARMUP_MAX_BYTES", help_heading = "Rollout")]
     pub warmup_max_bytes: Option<usize>,
+}
+
+/// Appends `[default: …]` to the help of every flag in `command` that sets a setting, read off
+/// [`Config::default`]. Apply it to each command that flattens [`ServeArgs`].
+pub fn show_defaults(mut command: clap::Command) -> clap::Command {
+    let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialise");
+    for (key, value) in defaults {
+        if FILE_ONLY.contains(&key.as_str()) {
+            continue;
+        }
+        let flag = flag_of(&key);
+        let Some(id) =
+            command.get_arguments().find(|a| a.get_long() == Some(flag.as_str())).map(|a| a.get_id().clone())
+        else {
+            continue;
+        };
+        let shown = match value {
+            toml::Value::String(s) => s,
+            v => v.to_string(),
+        };
+        command = command.mut_arg(id, |arg| {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            arg.help(format!("{help} [default: {shown}]"))
+        });
+    }
+    command
+}
+
+/// The flag that sets a setting: its name with dashes (`models_dir` is `--models`).
+fn flag_of(key: &str) -> String {
+    if key == "models_dir" { "models".to_string() } else { key.replace('_', "-") }
 }
 
 /// The settings that are tables, set in the TOML file only (per-model overrides, canary rules,
 /// degradation ladders); every other setting also has a flag and a `RETORT_*` variable.
-pub const FILE_ONLY: &[&str] = &["model_policies", "canary", "model_budgets_ms", "degradation"];
+pub const FILE_ONLY: &[&str] = &["models", "canary", "degradation"];
+
+/// Tables still read but moved into `[models.<name>]` ([`Config::fold_deprecated`]).
+pub const DEPRECATED: &[&str] = &["model_policies", "model_budgets_ms"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -224,8 +284,63 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Reads a TOML file; the deprecated per-model tables are moved into `[models.<name>]`,
+    /// each move logged as a warning (once logging is up: see [`Config::deprecations`]).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        Ok(retort_model::toml_file::read(path)?)
+        let mut config: Config = retort_model::toml_file::read(path)?;
+        config.fold_deprecated()?;
+        Ok(config)
+    }
+
+    /// Moves `[model_policies]`, `[model_budgets_ms]` and `[degradation.models]` into
+    /// `[models.<name>]`, so that no operator's file breaks; a model set both ways is refused,
+    /// since one of the two would silently lose.
+    pub fn fold_deprecated(&mut self) -> Result<(), ConfigError> {
+        let mut moved = Vec::new();
+        let clash = |name: &str, old: &str, key: &str| {
+            ConfigError::Invalid(format!(
+                "model `{name}` is set in both [{old}] and [models.{name}] {key}; keep one"
+            ))
+        };
+        for (name, policy) in std::mem::take(&mut self.model_policies) {
+            let entry = self.models.entry(name.clone()).or_default();
+            if entry.policy.replace(policy).is_some() {
+                return Err(clash(&name, "model_policies", "policy"));
+            }
+            moved.push(("model_policies", name, "policy"));
+        }
+        for (name, budget) in std::mem::take(&mut self.model_budgets_ms) {
+            let entry = self.models.entry(name.clone()).or_default();
+            if entry.budget_ms.replace(budget).is_some() {
+                return Err(clash(&name, "model_budgets_ms", "budget_ms"));
+            }
+            moved.push(("model_budgets_ms", name, "budget_ms"));
+        }
+        for (name, ladder) in std::mem::take(&mut self.degradation.models) {
+            let entry = self.models.entry(name.clone()).or_default();
+            if entry.ladder.replace(ladder).is_some() {
+                return Err(clash(&name, "degradation.models", "ladder"));
+            }
+            moved.push(("degradation.models", name, "ladder"));
+        }
+        self.deprecated.extend(
+            moved.into_iter().map(|(old, name, key)| {
+                format!("[{old}] is deprecated: write `{key}` under [models.{name}]")
+            }),
+        );
+        Ok(())
+    }
+
+    /// What the file said in a deprecated way, for the server to warn about once it logs.
+    pub fn deprecations(&self) -> &[String] {
+        &self.deprecated
+    }
+
+    /// The degradation ladders, each model's own from `[models.<name>] ladder`.
+    pub fn degradation_rules(&self) -> DegradationRules {
+        let mut rules = self.degradation.clone();
+        rules.models = self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.ladder.clone()?))).collect();
+        rules
     }
 
     /// Layers flags (and their environment variables) over the file, over the defaults.
@@ -289,7 +404,8 @@ impl Config {
         if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
             return bad("header_read_timeout_ms and body_read_timeout_ms must be at least 1");
         }
-        let budgets = self.default_budget_ms.iter().chain(self.model_budgets_ms.values());
+        let budgets =
+            self.default_budget_ms.iter().chain(self.models.values().filter_map(|m| m.budget_ms.as_ref()));
         if let Some(b) = budgets.chain([&self.max_budget_ms]).find(|b| !(b.is_finite() && **b > 0.0)) {
             return bad(&format!("budgets must be positive milliseconds, not {b}"));
         }
@@ -316,9 +432,7 @@ impl Config {
     pub fn named_models(&self) -> Vec<(&'static str, String)> {
         let mut names: Vec<(&'static str, String)> = Vec::new();
         names.extend(self.default_model.iter().map(|n| ("default_model", n.clone())));
-        names.extend(self.model_policies.keys().map(|n| ("model_policies", n.clone())));
-        names.extend(self.model_budgets_ms.keys().map(|n| ("model_budgets_ms", n.clone())));
-        names.extend(self.degradation.models.keys().map(|n| ("degradation.models", n.clone())));
+        names.extend(self.models.keys().map(|n| ("models", n.clone())));
         names
     }
 
@@ -326,7 +440,7 @@ impl Config {
     pub fn budgets(&self) -> BudgetRules {
         BudgetRules {
             default_ms: self.default_budget_ms,
-            per_model: self.model_budgets_ms.clone(),
+            per_model: self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.budget_ms?))).collect(),
             max_ms: self.max_budget_ms,
         }
     }
@@ -339,7 +453,7 @@ impl Config {
             max_model_bytes: self.max_model_bytes,
             default_model: self.default_model.clone(),
             policy: self.rollout_policy,
-            policies: self.model_policies.clone(),
+            policies: self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.policy?))).collect(),
             latency_factor: self.warmup_latency_factor,
             persist_warmup: self.persist_warmup,
             warmup_max_bytes: self.warmup_max_bytes,
@@ -409,10 +523,27 @@ mod tests {
             "[degradation]\nmargin_ms = 3.5\n[degradation.models]\nmusic-ranker = [\"truncate\", \"shed\"]\n",
         )
         .unwrap();
+        // The deprecated table, then the per-model one: the same ladders.
         let c = Config::from_file(&path).unwrap();
-        assert_eq!(c.degradation.ladder("music-ranker"), [Step::Truncate, Step::Shed]);
-        assert_eq!(c.degradation.ladder("other"), [Step::Fallback, Step::Truncate, Step::Shed]);
-        assert_eq!(c.degradation.margin(), std::time::Duration::from_micros(3500));
+        assert_eq!(c.deprecations().len(), 1, "{:?}", c.deprecations());
+        std::fs::write(
+            &path,
+            "[degradation]\nmargin_ms = 3.5\n[models.music-ranker]\nladder = [\"truncate\", \"shed\"]\n",
+        )
+        .unwrap();
+        let new = Config::from_file(&path).unwrap();
+        assert!(new.deprecations().is_empty());
+        for c in [c, new] {
+            let rules = c.degradation_rules();
+            assert_eq!(rules.ladder("music-ranker"), [Step::Truncate, Step::Shed]);
+            assert_eq!(rules.ladder("other"), [Step::Fallback, Step::Truncate, Step::Shed]);
+            assert_eq!(rules.margin(), std::time::Duration::from_micros(3500));
+        }
+        // Set both ways, one would silently lose: refused.
+        std::fs::write(&path, "[degradation.models]\nm = [\"shed\"]\n[models.m]\nladder = [\"truncate\"]\n")
+            .unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("[degradation.models]") && err.contains("[models.m]"), "{err}");
         std::fs::write(&path, "[degradation]\nladder = [\"retry\"]\n").unwrap();
         let err = Config::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("retry"), "{err}");
@@ -421,34 +552,34 @@ mod tests {
     // See: issue 14 (12): the README said every setting had a flag, and `--help` restated
     // defaults by hand.
     #[test]
-    fn every_setting_but_the_tables_has_a_flag_stating_the_real_default() {
+    fn every_setting_but_the_tables_has_a_flag_showing_the_real_default() {
         use clap::Args;
-        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let written = ServeArgs::augment_args(clap::Command::new("serve"));
+        let command = show_defaults(ServeArgs::augment_args(clap::Command::new("serve")));
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (key, value) in &defaults {
             if FILE_ONLY.contains(&key.as_str()) {
                 assert!(value.is_table(), "`{key}` is file-only, so it must be a table");
                 continue;
             }
-            let flag = if key == "models_dir" { "models".to_string() } else { key.replace('_', "-") };
-            let arg = command
-                .get_arguments()
-                .find(|a| a.get_long() == Some(flag.as_str()))
-                .unwrap_or_else(|| panic!("setting `{key}` has no --{flag}"));
-            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            let Some(stated) = help.split("[default: ").nth(1).and_then(|s| s.split(']').next()) else {
-                continue;
+            let flag = flag_of(key);
+            let help = |c: &clap::Command| {
+                let arg = c.get_arguments().find(|a| a.get_long() == Some(flag.as_str()));
+                let arg = arg.unwrap_or_else(|| panic!("setting `{key}` has no --{flag}"));
+                arg.get_help().map(|h| h.to_string()).unwrap_or_default()
             };
+            assert!(!help(&written).contains("[default:"), "--{flag} writes its default by hand");
             let real = match value {
                 toml::Value::String(s) => s.clone(),
                 v => v.to_string(),
             };
-            let same = stated == real
-                || matches!((stated.parse::<f64>(), real.parse::<f64>()), (Ok(a), Ok(b)) if a == b);
-            assert!(same, "--{flag} says its default is {stated}; it is {real}");
+            assert!(help(&command).ends_with(&format!("[default: {real}]")), "--{flag}: {}", help(&command));
         }
         for table in FILE_ONLY {
             assert!(defaults.contains_key(*table), "`{table}` is not a setting");
+        }
+        for table in DEPRECATED {
+            assert!(!defaults.contains_key(*table), "`{table}` is written out though deprecated");
         }
     }
 

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod rank;
 
 use crate::admission::budget::BudgetRules;
+use crate::admission::degrade::DegradationRules;
 use crate::admission::lag;
 use crate::admission::pool::InferencePool;
 use crate::config::Config;
@@ -43,6 +44,8 @@ pub struct App {
     pub pool: Arc<InferencePool>,
     /// Every request's budget is resolved by these.
     pub budgets: BudgetRules,
+    /// The degradation ladders, each model's own where it has one.
+    pub degradation: DegradationRules,
     pub metrics: Metrics,
     /// How long requests wait for the async workers before a handler sees them.
     pub lag: Arc<lag::Lag>,
@@ -61,6 +64,7 @@ impl App {
             rollout: Arc::new(rollout),
             pool,
             budgets: config.budgets(),
+            degradation: config.degradation_rules(),
             metrics,
             lag: Arc::new(lag::Lag::default()),
             request_ids: AtomicU64::new(0),
@@ -155,6 +159,9 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, models_dir = %app.config.models_dir.display(), engine = %app.config.engine, "listening");
+    for deprecation in app.config.deprecations() {
+        tracing::warn!("config: {deprecation}");
+    }
 
     let watching = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loader = {

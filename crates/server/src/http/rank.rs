@@ -326,7 +326,7 @@ fn admit(
     version: Arc<Served>,
     deadline: Deadline,
 ) -> Result<Planned<Arc<Served>>, Failure> {
-    let rules = &app.config.degradation;
+    let rules = &app.degradation;
     let fallback =
         catalog.fallback_for(&version.model).filter(|fb| fb.model.objective(req.objective()).is_ok());
     let n = req.candidates.len();
@@ -389,7 +389,7 @@ async fn score(
         if deadline.at.is_some_and(|d| queued >= d) {
             return Err(deadline.expired());
         }
-        let rules = &app.config.degradation;
+        let rules = &app.degradation;
         let job = {
             let (answering, ladder, min_scored, margin) =
                 (answering.clone(), rules.ladder(model.name()).to_vec(), rules.min_scored, rules.margin());

@@ -983,12 +983,14 @@ mod tests {
         f.config.model_budgets_ms.insert("music-rankr".into(), 5.0);
         f.config.degradation.models.insert("nope".into(), Vec::new());
         f.config.model_policies.insert("m".into(), Policy::Manual);
+        f.config.fold_deprecated().unwrap();
         let rollout = f.rollout();
         let catalog = rollout.catalog.load();
-        assert_eq!(
-            rollout.unknown_names(&catalog),
-            [("model_budgets_ms", "music-rankr"), ("degradation.models", "nope")]
-        );
+        assert_eq!(rollout.unknown_names(&catalog), [("models", "music-rankr"), ("models", "nope")]);
+        // The deprecated tables were moved into `[models.<name>]`, each with a warning.
+        assert_eq!(f.config.models["m"].policy, Some(Policy::Manual));
+        assert_eq!(f.config.models["m"].budget_ms, Some(5.0));
+        assert_eq!(f.config.deprecations().len(), 4, "{:?}", f.config.deprecations());
     }
 
     // See: issue 14 (B): load 2, promote 1, promote 2, promote 1 lost the rollback.
