@@ -12,7 +12,7 @@ use super::manifest::{
     ModelInfo, Provenance, Side, Transform,
 };
 use super::onnx;
-use super::two_tower::{HeadSpec, TwoTower, TwoTowerWeights};
+use super::two_tower::{HeadSpec, Layers, TwoTower, TwoTowerWeights};
 
 pub const DEFAULT_NAME: &str = "music-ranker";
 pub const DEFAULT_VERSION: &str = "1";
@@ -46,21 +46,12 @@ pub fn music_features() -> Vec<Feature> {
 }
 
 pub fn music_architecture() -> TwoTower {
-    TwoTower {
-        features: music_features(),
-        embedding_dim: 16,
-        context_hidden: vec![64, 32],
-        item_hidden: vec![64, 32],
-        interaction_hidden: vec![64, 32],
-        experts: 0,
-        task_hidden: Vec::new(),
-        heads: ["play", "like", "skip", "long_listen"]
-            .iter()
-            .enumerate()
-            .map(|(i, h)| HeadSpec::serving(h, HeadKind::Binary, i))
-            .collect(),
-        logit_outputs: false,
-    }
+    let heads = ["play", "like", "skip", "long_listen"]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| HeadSpec::serving(h, HeadKind::Binary, i))
+        .collect();
+    TwoTower::new(music_features(), Layers::default(), heads, false)
 }
 
 /// Golden requests covering every feature kind, missing features and integer ids.

@@ -45,6 +45,56 @@ pub struct TwoTower {
     pub logit_outputs: bool,
 }
 
+/// The layer sizes of a [`TwoTower`], and the defaults every student starts from: written once,
+/// here, and read by the shipped model, a dataset spec's architecture and `retort train`'s
+/// `[model]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layers {
+    pub embedding_dim: usize,
+    pub context_hidden: Vec<usize>,
+    pub item_hidden: Vec<usize>,
+    pub interaction_hidden: Vec<usize>,
+    pub experts: usize,
+    pub task_hidden: Vec<usize>,
+}
+
+impl Default for Layers {
+    fn default() -> Self {
+        Layers {
+            embedding_dim: 16,
+            context_hidden: vec![64, 32],
+            item_hidden: vec![64, 32],
+            interaction_hidden: vec![64, 32],
+            experts: 0,
+            task_hidden: Vec::new(),
+        }
+    }
+}
+
+impl TwoTower {
+    /// An architecture over `features` with `heads`, sized by `layers`.
+    pub fn new(
+        features: Vec<Feature>,
+        layers: Layers,
+        heads: Vec<HeadSpec>,
+        logit_outputs: bool,
+    ) -> TwoTower {
+        let Layers { embedding_dim, context_hidden, item_hidden, interaction_hidden, experts, task_hidden } =
+            layers;
+        TwoTower {
+            features,
+            embedding_dim,
+            context_hidden,
+            item_hidden,
+            interaction_hidden,
+            experts,
+            task_hidden,
+            heads,
+            logit_outputs,
+        }
+    }
+}
+
 /// An output head: one logit (or value) computed from its task tower. Several heads may share a
 /// tower: an auxiliary distillation head sits on the tower of the task it helps, and is not
 /// serving, so the export leaves it out.

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +30,18 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/models/{name}/versions/{version}/canary", post(canary))
         .route("/v1/models/{name}/versions/{version}/shadow", post(shadow))
         .route("/v1/models/{name}/rollback", post(rollback))
+}
+
+/// An authorized operator: every admin handler takes one, and extracting it checks the bearer
+/// token, so no handler can forget to.
+struct Operator;
+
+impl FromRequestParts<Arc<App>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        authorize(app, &parts.headers).map(|()| Operator)
+    }
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -69,8 +82,7 @@ fn segment(s: &str) -> Result<&str, ApiError> {
 
 /// `GET /v1/models`: every version the server has seen, with its state, why it is in it, when
 /// it loaded, and what it has served; and every package published in the models directory.
-async fn list(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
+async fn list(_: Operator, State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let rollout = app.rollout.clone();
     let (versions, published) =
         tokio::task::spawn_blocking(move || (rollout.versions(), package::discover(rollout.models_dir())))
@@ -105,11 +117,10 @@ fn answer(app: &App, name: &str, version: &str) -> Response {
 /// `POST .../load`: load, validate and warm off the serving path; then the model's policy
 /// promotes it (`auto`) or leaves it staged (`manual`).
 async fn load(
+    _: Operator,
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     segment(&name)?;
     segment(&version)?;
     // The rollout's own thread loads it: compiling a graph never runs on the async workers or
@@ -120,11 +131,10 @@ async fn load(
 }
 
 async fn promote(
+    _: Operator,
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     app.rollout.promote(&name, &version)?;
     Ok(answer(&app, &name, &version))
 }
@@ -139,34 +149,31 @@ fn percent(body: &[u8]) -> Result<u32, ApiError> {
 }
 
 async fn canary(
+    _: Operator,
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     app.rollout.canary(&name, &version, percent(&body)?)?;
     Ok(answer(&app, &name, &version))
 }
 
 async fn shadow(
+    _: Operator,
     State(app): State<Arc<App>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     app.rollout.shadow(&name, &version, percent(&body)?)?;
     Ok(answer(&app, &name, &version))
 }
 
 /// `POST /v1/models/{name}/rollback`: the previous version serves again, in one swap.
 async fn rollback(
+    _: Operator,
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers)?;
     let version = app.rollout.rollback(&name, "rolled back by an operator")?;
     Ok(answer(&app, &name, &version))
 }

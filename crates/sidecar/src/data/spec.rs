@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use retort_model::manifest::{Feature, FeatureColumn, HeadKind, Side};
-use retort_model::two_tower::{HeadSpec, TwoTower};
+use retort_model::two_tower::{HeadSpec, Layers, TwoTower};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,31 +105,19 @@ impl DataSpec {
     /// The two-tower architecture over these features with default layer sizes, one task tower
     /// and serving head per task; binary heads output logits when `logit_outputs` (teachers).
     pub fn two_tower(&self, logit_outputs: bool) -> TwoTower {
-        TwoTower {
-            features: self
-                .features
-                .iter()
-                .map(|f| Feature {
-                    name: f.name.clone(),
-                    side: f.side,
-                    input: TwoTower::input_for(f.side, &f.kind).to_string(),
-                    kind: f.kind.clone(),
-                })
-                .collect(),
-            embedding_dim: 16,
-            context_hidden: vec![64, 32],
-            item_hidden: vec![64, 32],
-            interaction_hidden: vec![64, 32],
-            experts: 0,
-            task_hidden: Vec::new(),
-            heads: self
-                .tasks
-                .iter()
-                .enumerate()
-                .map(|(i, t)| HeadSpec::serving(&t.name, t.kind, i))
-                .collect(),
-            logit_outputs,
-        }
+        let features = self
+            .features
+            .iter()
+            .map(|f| Feature {
+                name: f.name.clone(),
+                side: f.side,
+                input: TwoTower::input_for(f.side, &f.kind).to_string(),
+                kind: f.kind.clone(),
+            })
+            .collect();
+        let heads =
+            self.tasks.iter().enumerate().map(|(i, t)| HeadSpec::serving(&t.name, t.kind, i)).collect();
+        TwoTower::new(features, Layers::default(), heads, logit_outputs)
     }
 }
 

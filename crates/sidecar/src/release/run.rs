@@ -16,7 +16,7 @@ use crate::train::fit::{TrainConfig, TrainError, TrainLog, TrainingData, auc, pr
 use crate::train::kd::{DistillConfig, Plan};
 use crate::train::student::Student;
 use retort_model::manifest::{HeadKind, Manifest};
-use retort_model::two_tower::{HeadSpec, TwoTower};
+use retort_model::two_tower::{HeadSpec, Layers, TwoTower};
 use retort_model::{package, scaffold};
 
 /// Layer sizes; features come from the dataset's spec, heads from its tasks.
@@ -42,16 +42,31 @@ pub struct ArchConfig {
 
 impl Default for ArchConfig {
     fn default() -> Self {
+        let Layers { embedding_dim, context_hidden, item_hidden, interaction_hidden, experts, task_hidden } =
+            Layers::default();
         ArchConfig {
-            embedding_dim: 16,
-            context_hidden: vec![64, 32],
-            item_hidden: vec![64, 32],
-            interaction_hidden: vec![64, 32],
-            experts: 0,
-            task_hidden: vec![16],
+            embedding_dim,
+            context_hidden,
+            item_hidden,
+            interaction_hidden,
+            experts,
+            task_hidden,
             logit_outputs: false,
             tasks: Vec::new(),
             leave_out: Vec::new(),
+        }
+    }
+}
+
+impl ArchConfig {
+    pub fn layers(&self) -> Layers {
+        Layers {
+            embedding_dim: self.embedding_dim,
+            context_hidden: self.context_hidden.clone(),
+            item_hidden: self.item_hidden.clone(),
+            interaction_hidden: self.interaction_hidden.clone(),
+            experts: self.experts,
+            task_hidden: self.task_hidden.clone(),
         }
     }
 }
@@ -197,13 +212,8 @@ impl RunConfig {
 
     /// The architecture over `spec`, one serving head (and task tower) per task.
     pub fn architecture(&self, spec: &DataSpec) -> Result<TwoTower, TrainError> {
-        let mut arch = spec.two_tower(self.model.logit_outputs);
-        arch.embedding_dim = self.model.embedding_dim;
-        arch.context_hidden = self.model.context_hidden.clone();
-        arch.item_hidden = self.model.item_hidden.clone();
-        arch.interaction_hidden = self.model.interaction_hidden.clone();
-        arch.experts = self.model.experts;
-        arch.task_hidden = self.model.task_hidden.clone();
+        let base = spec.two_tower(self.model.logit_outputs);
+        let mut arch = TwoTower::new(base.features, self.model.layers(), base.heads, base.logit_outputs);
         if let Some(f) = self.model.leave_out.iter().find(|f| !arch.features.iter().any(|a| &a.name == *f)) {
             return Err(TrainError::Config(format!(
                 "model.leave_out names `{f}`, which is not a feature of the spec"
