@@ -17,7 +17,7 @@ use retort_sidecar::data::mapping::Mapping;
 use retort_sidecar::data::spec::DataSpec;
 use retort_sidecar::experiments::compare;
 use retort_sidecar::label::labeller::{LabelOptions, Labeller, Shard};
-use retort_sidecar::release::cycle::{Cycle, Round};
+use retort_sidecar::release::cycle::{Cycle, CycleArgs, Round};
 use retort_sidecar::release::run::RunConfig;
 
 use crate::{init_tracing, serve_until_signal};
@@ -65,37 +65,8 @@ pub enum Command {
     /// Train a model (a student, or a teacher) from a config file, evaluate it on a time
     /// holdout, and publish it as a model package.
     Train {
-        /// Dataset directory (Parquet or CSV partitions).
-        #[arg(long)]
-        data: PathBuf,
-        /// Feature spec of the dataset [default: <data>/features.toml]
-        #[arg(long)]
-        spec: Option<PathBuf>,
-        /// Training config (TOML: [model], [train], [distill], [objective]); defaults without.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Teacher labels (a label store directory) for a config that distils.
-        #[arg(long)]
-        labels: Option<PathBuf>,
-        /// Directory of model packages to publish into.
-        #[arg(long = "models", visible_alias = "publish", default_value = "models")]
-        models_dir: PathBuf,
-        #[arg(long)]
-        name: String,
-        /// Version to publish [default: one past the newest numeric version of the model]
-        #[arg(long)]
-        version: Option<String>,
-        /// Publish even when the gate finds the new model worse than the serving version.
-        #[arg(long)]
-        force: bool,
-        /// After publishing, ask the retort server at this URL (`http://host:port`) to load and
-        /// serve the new version; its admin token comes from RETORT_ADMIN_TOKEN.
-        #[arg(long, value_name = "URL")]
-        notify: Option<String>,
-        /// Continue from the newest published version's checkpoint (weights and optimiser
-        /// state), training only on examples newer than it has seen.
-        #[arg(long)]
-        warm_start: bool,
+        #[command(flatten)]
+        cycle: CycleArgs,
         /// Keep running: train, gate and publish again each time new partitions (and their
         /// teacher labels) land, until ctrl-c or SIGTERM.
         #[arg(long)]
@@ -293,39 +264,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Train {
-            data,
-            spec,
-            config,
-            labels,
-            models_dir,
-            name,
-            version,
-            force,
-            notify,
-            warm_start,
-            follow,
-            poll_ms,
-        } => {
+        Command::Train { cycle: args, follow, poll_ms } => {
             init_tracing(LogFormat::Text);
-            let spec = DataSpec::from_path(&spec.unwrap_or_else(|| data.join("features.toml")))?;
-            let config = match config {
-                Some(path) => RunConfig::from_path(&path)?,
+            let spec = DataSpec::from_path(
+                &args.spec.clone().unwrap_or_else(|| args.data_dir.join("features.toml")),
+            )?;
+            let config = match &args.config {
+                Some(path) => RunConfig::from_path(path)?,
                 None => RunConfig::default(),
             };
-            let cycle = Cycle {
-                data_dir: data,
-                spec,
-                config,
-                labels,
-                models_dir,
-                name,
-                version,
-                force,
-                warm_start,
-                notify,
-                admin_token: std::env::var("RETORT_ADMIN_TOKEN").ok(),
-            };
+            let cycle = Cycle { args, spec, config, admin_token: std::env::var("RETORT_ADMIN_TOKEN").ok() };
             if !follow {
                 let round = cycle.run_once()?;
                 print_round(&round);

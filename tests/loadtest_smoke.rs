@@ -12,7 +12,6 @@ use loadtest::report::table;
 use loadtest::requests::{self, Shape};
 use loadtest::scenario::{self, Plan, Swap};
 use loadtest::target::Target;
-use retort_model::{package, scaffold};
 use retort_server::config::Config;
 use retort_server::rollout::Policy;
 
@@ -53,8 +52,7 @@ async fn steady_load_from_the_shipped_manifest_is_answered_and_counted() {
 async fn the_swap_scenario_promotes_and_rolls_back_under_load() {
     let dir = tempfile::tempdir().unwrap();
     for (version, seed) in [("1", 1), ("2", 2)] {
-        let (manifest, graph) = scaffold::seeded_package("m", version, seed);
-        package::write(dir.path(), &manifest, &graph).unwrap();
+        common::write_version(dir.path(), version, seed);
     }
     let config = Config {
         models_dir: dir.path().to_path_buf(),

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Reply, TestServer, request};
+use common::{Reply, TestServer, request, write_version};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use retort_model::manifest::{FeatureKind, Manifest};
@@ -18,11 +18,6 @@ use retort_server::rollout::Policy;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "rollout-token";
-
-fn write_version(dir: &Path, version: &str, seed: u64) {
-    let (manifest, graph) = scaffold::seeded_package("m", version, seed);
-    package::write(dir, &manifest, &graph).unwrap();
-}
 
 /// A version of `arch` (the music features, maybe altered, maybe wider).
 fn write_arch(dir: &Path, version: &str, arch: &TwoTower) {

@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{Reply, TestServer, request};
+use common::{Reply, TestServer, request, write_version};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use retort_model::{package, scaffold};
 use retort_server::config::Config;
 use retort_server::rollout::Policy;
 use serde_json::json;
@@ -30,11 +27,6 @@ async fn version_for(server: &TestServer, user: &str) -> String {
     let mut body = request(20, 3);
     body["context"]["user_id"] = json!(user);
     server.rank(&body).await.json()["version"].as_str().unwrap().to_string()
-}
-
-fn write_version(dir: &Path, version: &str, seed: u64) {
-    let (manifest, graph) = scaffold::seeded_package("m", version, seed);
-    package::write(dir, &manifest, &graph).unwrap();
 }
 
 /// Resident and program-held memory once the rollout's thread and the inference threads have

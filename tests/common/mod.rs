@@ -159,6 +159,13 @@ pub fn write_model(
     (arch, weights, manifest)
 }
 
+/// Publishes version `version` of model `m`: the shipped music architecture with weights drawn
+/// from `seed`.
+pub fn write_version(dir: &Path, version: &str, seed: u64) {
+    let (manifest, graph) = scaffold::seeded_package("m", version, seed);
+    package::write(dir, &manifest, &graph).unwrap();
+}
+
 /// A request with `n` candidates whose features vary with `seed`, some left out.
 pub fn request(n: usize, seed: u64) -> serde_json::Value {
     let mut rng = retort_model::rng::SplitMix64::new(seed);
