@@ -11,7 +11,8 @@ use retort_model::scaffold;
 use retort_sidecar::data::dataset::Dataset;
 use retort_sidecar::data::demo::{self, DemoConfig, Domain, EPOCH};
 use retort_sidecar::data::spec::DataSpec;
-use retort_sidecar::train::fit::{TrainConfig, TrainingData, auc, predict, train};
+use retort_sidecar::eval::metrics::auc;
+use retort_sidecar::train::fit::{TrainConfig, TrainingData, predict, train};
 use retort_sidecar::train::student::Student;
 
 /// The allocator of the `retort` binary, as in production.

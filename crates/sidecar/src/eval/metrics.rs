@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-pub use crate::train::fit::auc;
-
 fn sigmoid(z: f32) -> f64 {
     1.0 / (1.0 + (-(z as f64)).exp())
 }
@@ -87,9 +85,45 @@ pub fn truth_mae(logits: &[f32], truth: &[f32]) -> Option<f64> {
     })
 }
 
+/// Area under the ROC curve: the probability that a random positive outscores a random
+/// negative (ties count half). `None` when one class is absent.
+pub fn auc(scores: &[f32], labels: &[f32]) -> Option<f64> {
+    let mut pairs: Vec<(f32, bool)> = scores.iter().zip(labels).map(|(s, y)| (*s, *y > 0.5)).collect();
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut negatives, mut wins, mut i) = (0.0f64, 0.0f64, 0);
+    while i < pairs.len() {
+        let mut j = i;
+        // `total_cmp`, not `==`: a NaN score equals itself here, so the loop always advances.
+        while j < pairs.len() && pairs[j].0.total_cmp(&pairs[i].0).is_eq() {
+            j += 1;
+        }
+        let (pos, neg) =
+            pairs[i..j].iter().fold((0.0, 0.0), |(p, n), x| if x.1 { (p + 1.0, n) } else { (p, n + 1.0) });
+        wins += pos * (negatives + neg / 2.0);
+        negatives += neg;
+        i = j;
+    }
+    let positives = pairs.iter().filter(|p| p.1).count() as f64;
+    (positives > 0.0 && negatives > 0.0).then(|| wins / (positives * negatives))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auc_counts_ordered_pairs_and_ties_half() {
+        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[0.0, 0.0, 1.0, 1.0]), Some(0.75));
+        assert_eq!(auc(&[0.5, 0.5], &[0.0, 1.0]), Some(0.5));
+        assert_eq!(auc(&[0.1, 0.2], &[1.0, 1.0]), None);
+    }
+
+    // See: issue 14 (A): one NaN score looped forever.
+    #[test]
+    fn auc_ends_on_nan_scores() {
+        // NaN sorts above every number: the positive at 0.3 beats nothing, the tied NaNs half.
+        assert_eq!(auc(&[f32::NAN, f32::NAN, 0.3], &[0.0, 1.0, 1.0]), Some(0.25));
+    }
 
     #[test]
     fn ranking_metrics_match_hand_computed_values() {

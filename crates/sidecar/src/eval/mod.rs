@@ -2,5 +2,7 @@
 //!
 //! # Layout
 //! - [`metrics`]: AUC, GAUC, NDCG@10, calibration, distance to the truth.
+//! - [`holdout`]: a trained model's or a package's metrics on held-out rows.
 
+pub mod holdout;
 pub mod metrics;

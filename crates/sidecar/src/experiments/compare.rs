@@ -14,8 +14,10 @@ use serde::Serialize;
 
 use crate::data::dataset::Dataset;
 use crate::data::spec::DataSpec;
-use crate::release::run::{RunConfig, TaskMetrics, evaluate};
-use crate::train::fit::{TrainError, TrainingData, auc, train_plan};
+use crate::eval::holdout::TaskMetrics;
+use crate::eval::metrics::auc;
+use crate::release::run::{RunConfig, evaluate};
+use crate::train::fit::{TrainError, TrainingData, train_plan};
 use crate::train::kd::{DistillConfig, Mode, Plan};
 use crate::train::parallel;
 use crate::train::student::Student;

@@ -6,17 +6,9 @@
 //! graph, tract), so both are judged on the same rows. It compares one metric, averaged over the
 //! tasks both models serve, and refuses when the new model is worse by more than the tolerance.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
-use crate::data::dataset::Dataset;
-use crate::data::spec::DataSpec;
-use crate::release::run::{TaskMetrics, metrics_of};
-use crate::train::fit::{TrainError, TrainingData};
-use retort_model::Model;
-use retort_model::engine::EngineKind;
-use retort_model::manifest::HeadKind;
+use crate::eval::holdout::TaskMetrics;
 
 /// The holdout metric the gate compares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,46 +72,6 @@ pub struct Baseline {
     pub version: String,
     /// Its metrics, or why it could not be scored.
     pub metrics: Result<Vec<TaskMetrics>, String>,
-}
-
-/// `name/version` of the package in `dir` (`<models>/<name>/<version>`).
-pub fn package_label(dir: &Path) -> String {
-    let part = |p: Option<&Path>| {
-        p.and_then(Path::file_name).map_or("?".into(), |n| n.to_string_lossy().into_owned())
-    };
-    format!("{}/{}", part(dir.parent()), part(Some(dir)))
-}
-
-/// Scores the package in `dir` on the rows of `dataset` from `cutoff` on, through the package
-/// itself (its features and graph), for each of its serving heads that is a task of `spec`.
-pub fn evaluate_package(
-    dir: &Path,
-    dataset: &Dataset,
-    spec: &DataSpec,
-    cutoff: i64,
-) -> Result<Vec<TaskMetrics>, TrainError> {
-    let package = |e: &dyn std::fmt::Display| TrainError::Config(format!("{}: {e}", dir.display()));
-    let model = Model::load_per_row(dir, EngineKind::Tract).map_err(|e| package(&e))?;
-    let heads: Vec<(usize, String, HeadKind)> = model
-        .serving_heads()
-        .filter(|(_, name)| spec.task(name).is_some())
-        .map(|(i, name)| (i, name.to_string(), model.manifest.heads[i].kind))
-        .collect();
-    if heads.is_empty() {
-        return Err(package(&"none of its serving heads is a task of this data"));
-    }
-    let tasks: Vec<String> = heads.iter().map(|(_, n, _)| n.clone()).collect();
-    let data = TrainingData::load_for(dataset, spec, &model.manifest.features, &tasks)?;
-    let (_, holdout) = data.split_at(cutoff);
-    let mut out = vec![Vec::with_capacity(holdout.len()); heads.len()];
-    for chunk in holdout.chunks(2048) {
-        let values = model.infer_logits(data.subset(chunk)).map_err(|e| package(&e))?;
-        for (k, (i, _, _)) in heads.iter().enumerate() {
-            out[k].extend_from_slice(values.head(*i));
-        }
-    }
-    let kinds: Vec<(String, HeadKind)> = heads.into_iter().map(|(_, n, k)| (n, k)).collect();
-    Ok(metrics_of(&out, &data, &holdout, &kinds))
 }
 
 /// What the gate decided, with the comparison behind it.

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::Dataset;
 use crate::data::spec::DataSpec;
-use crate::release::publish::{Baseline, PublishConfig, evaluate_package, package_label};
+use crate::eval::holdout::{TaskMetrics, evaluate_package, metrics_of, package_label};
+use crate::release::publish::{Baseline, PublishConfig};
 use crate::train::checkpoint::{CHECKPOINT, Checkpoint};
-use crate::train::fit::{TrainConfig, TrainError, TrainLog, TrainingData, auc, predict, train_resuming};
+use crate::train::fit::{TrainConfig, TrainError, TrainLog, TrainingData, predict, train_resuming};
 use crate::train::kd::{DistillConfig, Plan};
 use crate::train::student::Student;
 use retort_model::manifest::{HeadKind, Manifest};
@@ -265,25 +266,6 @@ pub fn one_class_warnings(data: &TrainingData, rows: &[usize], heads: &[(String,
         .collect()
 }
 
-/// Holdout metrics of one task.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct TaskMetrics {
-    pub task: String,
-    pub auc: Option<f64>,
-    pub log_loss: Option<f64>,
-    /// AUC within requests, weighted by request size.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gauc: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ndcg_10: Option<f64>,
-    /// Expected calibration error over 10 bins.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ece: Option<f64>,
-    /// Mean absolute distance to the true probability (simulated data only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub truth_mae: Option<f64>,
-}
-
 /// What a training run produced.
 #[derive(Debug, Clone)]
 pub struct Trained {
@@ -505,49 +487,6 @@ pub fn evaluate(
     let out = predict(student, data, rows)?;
     let heads: Vec<(String, HeadKind)> = base.heads.iter().map(|h| (h.name.clone(), h.kind)).collect();
     Ok(metrics_of(&out, data, rows, &heads))
-}
-
-/// The metrics of outputs `out` (per head, one logit or value per row of `rows`) against the
-/// labels of `data`, whose label `h` belongs to `heads[h]`.
-pub fn metrics_of(
-    out: &[Vec<f32>],
-    data: &TrainingData,
-    rows: &[usize],
-    heads: &[(String, HeadKind)],
-) -> Vec<TaskMetrics> {
-    let groups = crate::eval::metrics::by_request(rows.iter().map(|&r| data.request_ids[r].as_str()));
-    heads
-        .iter()
-        .enumerate()
-        .map(|(h, (name, kind))| {
-            let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
-            let binary = *kind == HeadKind::Binary;
-            let log_loss = binary.then(|| {
-                out[h]
-                    .iter()
-                    .zip(&labels)
-                    .map(|(&z, &y)| {
-                        let z = z as f64;
-                        z.max(0.0) - z * y as f64 + (-z.abs()).exp().ln_1p()
-                    })
-                    .sum::<f64>()
-                    / labels.len().max(1) as f64
-            });
-            let truth: Option<Vec<f32>> =
-                data.truth.get(h).and_then(|t| t.as_ref()).map(|t| rows.iter().map(|&r| t[r]).collect());
-            TaskMetrics {
-                task: name.clone(),
-                auc: if binary { auc(&out[h], &labels) } else { None },
-                log_loss,
-                gauc: if binary { crate::eval::metrics::gauc(&out[h], &labels, &groups) } else { None },
-                ndcg_10: crate::eval::metrics::ndcg_at(10, &out[h], &labels, &groups),
-                ece: if binary { crate::eval::metrics::ece(&out[h], &labels) } else { None },
-                truth_mae: truth
-                    .filter(|_| binary)
-                    .and_then(|t| crate::eval::metrics::truth_mae(&out[h], &t)),
-            }
-        })
-        .collect()
 }
 
 /// Publishes a trained model under `models_dir`, with its checkpoint when it has one; nothing
