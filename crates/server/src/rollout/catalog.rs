@@ -164,16 +164,3 @@ impl Catalog {
         self.routes.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 }
-
-/// Runs the golden examples at a few batch sizes so the engine has sized its buffers before
-/// the first real request pays for it.
-pub fn warm_up(model: &Model) {
-    for example in &model.manifest.golden.examples {
-        for copies in [1usize, 16, 128] {
-            let mut wide = example.clone();
-            let base = example.candidates.clone();
-            wide.candidates = base.iter().cycle().take(base.len() * copies).cloned().collect();
-            let _ = model.run_example(&wide);
-        }
-    }
-}

@@ -16,7 +16,8 @@
 //! - [`memory`]: handing retired versions' memory back to the system.
 //! - [`stats`]: per-version request counts and latency quantiles.
 //! - [`registry`]: the versions, their states and the operations.
-//! - [`warmup`]: recent requests kept per model and replayed to new versions.
+//! - [`warmup`]: warming a new version: its golden examples at a few batch sizes, then recent
+//!   requests (kept per model) replayed to it.
 //! - [`watch`]: the models-directory poller and the canary judge.
 
 pub mod catalog;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::events::{LoadFailure, RolloutEvents, Swap};
 use super::stats::VersionStats;
-use super::warmup::{WarmupRing, replay};
-use crate::rollout::catalog::{Catalog, Role, Route, Served, Split, warm_up};
+use super::warmup::{WarmupRing, replay, warm_up};
+use crate::rollout::catalog::{Catalog, Role, Route, Served, Split};
 use retort_model::engine::EngineKind;
 use retort_model::manifest::Manifest;
 use retort_model::{Model, package};

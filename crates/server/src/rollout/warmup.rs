@@ -161,6 +161,19 @@ pub fn replay(model: &Model, requests: &[Bytes]) -> Result<Option<Duration>, Str
     Ok(times.get(times.len() / 2).copied())
 }
 
+/// Runs the golden examples at a few batch sizes so the engine has sized its buffers before
+/// the first real request pays for it.
+pub fn warm_up(model: &Model) {
+    for example in &model.manifest.golden.examples {
+        for copies in [1usize, 16, 128] {
+            let mut wide = example.clone();
+            let base = example.candidates.clone();
+            wide.candidates = base.iter().cycle().take(base.len() * copies).cloned().collect();
+            let _ = model.run_example(&wide);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
