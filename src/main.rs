@@ -87,11 +87,9 @@ fn main() -> std::process::ExitCode {
 /// defaults are written ([`Config::default`]).
 fn parse() -> Cli {
     use clap::{CommandFactory, FromArgMatches};
-    let mut command = Cli::command().mut_subcommand("serve", retort_server::config::show_defaults);
+    let command = Cli::command().mut_subcommand("serve", retort_server::config::show_defaults);
     #[cfg(feature = "sidecar")]
-    {
-        command = command.mut_subcommand("quickstart", retort_server::config::show_defaults);
-    }
+    let command = command.mut_subcommand("quickstart", retort_server::config::show_defaults);
     let matches = command.get_matches();
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
