@@ -61,10 +61,19 @@ fn sources(dir: &Path) -> Vec<(PathBuf, String)> {
 /// `config` gathers every lower layer's settings; `http` starts them all from it.
 const LAYERS: &[&str] = &["admission", "rollout", "config", "http"];
 
+/// The sidecar's folders, lowest first: data is read by the labeller, whose files the trainer
+/// reads; evaluation scores what training made; a release trains, evaluates and publishes;
+/// experiments compare releases; the teacher search runs experiments. (`progress` serves all.)
+const SIDECAR_LAYERS: &[&str] = &["data", "label", "train", "eval", "release", "experiments", "search"];
+
 /// The lines of `code` (a file of `layer`) that use a layer above it.
 fn upward_imports(layer: &str, code: &str) -> Vec<String> {
-    let at = LAYERS.iter().position(|l| *l == layer).unwrap();
-    let above: Vec<String> = LAYERS[at + 1..].iter().map(|l| format!("crate::{l}")).collect();
+    upward_in(LAYERS, layer, code)
+}
+
+fn upward_in(layers: &[&str], layer: &str, code: &str) -> Vec<String> {
+    let at = layers.iter().position(|l| *l == layer).unwrap();
+    let above: Vec<String> = layers[at + 1..].iter().map(|l| format!("crate::{l}")).collect();
     code.lines()
         .enumerate()
         .filter_map(|(n, line)| {
@@ -86,6 +95,21 @@ fn no_server_module_imports_from_a_layer_above_it() {
         for (path, code) in files {
             failures
                 .extend(upward_imports(layer, &code).into_iter().map(|f| format!("{}:{f}", path.display())));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn no_sidecar_folder_imports_from_one_above_it() {
+    let src = root().join("crates/sidecar/src");
+    let mut failures = Vec::new();
+    for layer in SIDECAR_LAYERS {
+        let files = sources(&src.join(layer));
+        assert!(!files.is_empty(), "no sources in {layer}");
+        for (path, code) in files {
+            let found = upward_in(SIDECAR_LAYERS, layer, &code);
+            failures.extend(found.into_iter().map(|f| format!("{}:{f}", path.display())));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

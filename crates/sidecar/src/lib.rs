@@ -3,7 +3,9 @@
 //! packages, and the budgeted search for the best teacher.
 //!
 //! The server never links this crate; the model package (`retort-model`) is the only thing the
-//! two share.
+//! two share. Its folders depend one way, each only on those before it:
+//! `data ← label ← train ← eval ← release ← experiments ← search` (`progress` serves all;
+//! `tests/layers.rs` refuses an upward import).
 //!
 //! # Layout
 //! - [`data`]: datasets and their feature spec, the demo world, cross-domain mappings.

@@ -58,20 +58,30 @@ pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
     Ok(format!("{h:016x}"))
 }
 
+/// Why a label store's contents could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{dir} holds no teacher labels")]
+    NoLabels { dir: String },
+    #[error(transparent)]
+    Data(#[from] crate::data::dataset::DataError),
+    #[error("label store: {0}")]
+    Unreadable(String),
+}
+
 /// The teacher labels a label store directory holds: its heads' columns and the distillation
 /// targets its mapping names (as its first file records them).
-pub fn label_names(dir: &Path) -> Result<std::collections::BTreeSet<String>, crate::train::fit::TrainError> {
+pub fn label_names(dir: &Path) -> Result<std::collections::BTreeSet<String>, StoreError> {
     let store = crate::data::dataset::Dataset::open(dir)?;
     let Some(first) = store.partitions.first() else {
-        return Err(crate::train::fit::TrainError::NoLabels { dir: dir.display().to_string() });
+        return Err(StoreError::NoLabels { dir: dir.display().to_string() });
     };
-    let store_error =
-        |e: crate::data::parquet_io::WriteError| crate::train::fit::TrainError::Store(e.to_string());
+    let unreadable = |e: crate::data::parquet_io::WriteError| StoreError::Unreadable(e.to_string());
     let info = LabelFileInfo::from_metadata(
-        &crate::data::parquet_io::read_metadata(&first.path).map_err(store_error)?,
+        &crate::data::parquet_io::read_metadata(&first.path).map_err(unreadable)?,
     );
     let mut names: std::collections::BTreeSet<String> = info.targets.into_keys().collect();
-    names.extend(crate::data::parquet_io::column_names(&first.path).map_err(store_error)?);
+    names.extend(crate::data::parquet_io::column_names(&first.path).map_err(unreadable)?);
     Ok(names)
 }
 

@@ -93,6 +93,17 @@ pub enum TrainError {
     Spec(#[from] crate::data::spec::SpecError),
 }
 
+impl From<crate::label::store::StoreError> for TrainError {
+    fn from(e: crate::label::store::StoreError) -> Self {
+        use crate::label::store::StoreError;
+        match e {
+            StoreError::NoLabels { dir } => TrainError::NoLabels { dir },
+            StoreError::Data(e) => TrainError::Data(e),
+            StoreError::Unreadable(m) => TrainError::Store(m),
+        }
+    }
+}
+
 /// A label as training takes it: a finite number, and for a binary task one in [0, 1] (a hard
 /// 0/1, or a probability). Anything else would train silently into a model that means nothing.
 fn label(value: Option<f64>, kind: Option<HeadKind>) -> Result<f32, String> {
