@@ -10,6 +10,7 @@ use crate::rollout::catalog::ResolveError;
 use retort_model::encode::{EncodeError, Location};
 use retort_model::{InferError, ObjectiveError};
 
+use crate::admission::budget::BudgetError;
 use crate::admission::degrade::Reason;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +31,9 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     #[error("request has {count} candidates; the limit is {limit}")]
     TooManyCandidates { count: usize, limit: usize },
-    #[error("unknown model `{name}`; serving: {serving}")]
-    UnknownModel { name: String, serving: String },
-    #[error("the request names no model and several are served ({serving}); name one")]
-    ModelRequired { serving: String },
+    /// The request's `model` picks no route.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
     #[error("no model is loaded yet")]
     NotReady,
     #[error("no such endpoint: {0}")]
@@ -63,13 +63,10 @@ pub enum ApiError {
     Rollout(#[from] crate::rollout::RolloutError),
 }
 
-impl From<ResolveError> for ApiError {
-    fn from(e: ResolveError) -> Self {
-        match e {
-            ResolveError::UnknownModel { name, serving } => ApiError::UnknownModel { name, serving },
-            ResolveError::ModelRequired { serving } => ApiError::ModelRequired { serving },
-            ResolveError::NotReady => ApiError::NotReady,
-        }
+/// A budget that is not a positive number is the caller's mistake, named like any other.
+impl From<BudgetError> for ApiError {
+    fn from(e: BudgetError) -> Self {
+        ApiError::InvalidRequest(e.to_string())
     }
 }
 
@@ -138,8 +135,11 @@ impl ApiError {
             ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, "body_timeout", Fault),
             ApiError::UnsupportedEncoding(_) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding", Fault),
             ApiError::TooManyCandidates { .. } => (S::PAYLOAD_TOO_LARGE, "too_many_candidates", Fault),
-            ApiError::UnknownModel { .. } => (S::NOT_FOUND, "unknown_model", Fault),
-            ApiError::ModelRequired { .. } => (S::UNPROCESSABLE_ENTITY, "model_required", Fault),
+            ApiError::Resolve(e) => match e {
+                ResolveError::UnknownModel { .. } => (S::NOT_FOUND, "unknown_model", Fault),
+                ResolveError::ModelRequired { .. } => (S::UNPROCESSABLE_ENTITY, "model_required", Fault),
+                ResolveError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", Refused),
+            },
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", Refused),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", Fault),
             ApiError::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed", Fault),
@@ -281,8 +281,9 @@ mod tests {
             ApiError::BodyTimeout(1),
             ApiError::UnsupportedEncoding(String::new()),
             ApiError::TooManyCandidates { count: 2, limit: 1 },
-            ApiError::UnknownModel { name: String::new(), serving: String::new() },
-            ApiError::ModelRequired { serving: String::new() },
+            ApiError::Resolve(ResolveError::UnknownModel { name: String::new(), serving: String::new() }),
+            ApiError::Resolve(ResolveError::ModelRequired { serving: String::new() }),
+            ApiError::Resolve(ResolveError::NotReady),
             ApiError::NotReady,
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed { method: String::new(), path: String::new() },
@@ -319,8 +320,7 @@ mod tests {
                 | ApiError::BodyTimeout(_)
                 | ApiError::UnsupportedEncoding(_)
                 | ApiError::TooManyCandidates { .. }
-                | ApiError::UnknownModel { .. }
-                | ApiError::ModelRequired { .. }
+                | ApiError::Resolve(_)
                 | ApiError::NotReady
                 | ApiError::NotFound(_)
                 | ApiError::MethodNotAllowed { .. }
@@ -354,6 +354,7 @@ mod tests {
             let refusal = matches!(
                 e,
                 ApiError::NotReady
+                    | ApiError::Resolve(ResolveError::NotReady)
                     | ApiError::Overloaded
                     | ApiError::DeadlineExceeded { .. }
                     | ApiError::Shed { .. }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use super::App;
-use super::error::ApiError;
+use super::error::{ApiError, Counts};
 use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
 use crate::admission::budget::{self, Asked};
 use crate::admission::degrade::{self, Degraded, Pickup, Planned, Reason, Situation};
@@ -84,12 +84,16 @@ impl<T, E: Into<ApiError>> Charge<T> for Result<T, E> {
 /// version's stats (refusals for want of time or capacity say nothing about a version), the
 /// warm-up ring and the shadow; then its response.
 fn record(app: &App, outcome: Result<Answer, Failure>, elapsed: Duration) -> Response {
-    let (served, code, budget_outcome) = match &outcome {
-        Ok(a) => (Some(&a.served), "ok", a.degraded.map_or("full", |d| d.mode.as_str())),
-        Err(f) => (f.served.as_ref(), f.error.code(), f.error.class().counts.outcome()),
+    // The error's row of the table, read once.
+    let (served, code, budget_outcome, class) = match &outcome {
+        Ok(a) => (Some(&a.served), "ok", a.degraded.map_or("full", |d| d.mode.as_str()), None),
+        Err(f) => {
+            let class = f.error.class();
+            (f.served.as_ref(), class.code, class.counts.outcome(), Some(class))
+        }
     };
     if let Some(s) = served
-        && !outcome.as_ref().is_err_and(|f| f.error.is_refusal())
+        && class.is_none_or(|c| c.counts == Counts::Fault)
     {
         s.stats.record(elapsed, outcome.is_ok());
     }
@@ -104,7 +108,7 @@ fn record(app: &App, outcome: Result<Answer, Failure>, elapsed: Duration) -> Res
             tracing::trace!(%model, %version, total_us = elapsed.as_micros() as u64, "ranked");
             record_stages(app, &answer.served.model, &answer.timing, answer.candidates);
         }
-        Err(f) if f.error.status().is_client_error() => {
+        Err(f) if class.is_some_and(|c| c.status.is_client_error()) => {
             tracing::debug!(%model, %version, outcome = code, error = %f.error, "rank request refused");
         }
         Err(_) => {}
@@ -210,7 +214,7 @@ fn arrive(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -
             let ms = v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| {
                 ApiError::InvalidRequest(format!("{BUDGET_HEADER}: {v:?} is not a number of milliseconds"))
             })?;
-            Some(budget::positive(BUDGET_HEADER, ms).map_err(|e| ApiError::InvalidRequest(e.to_string()))?)
+            Some(budget::positive(BUDGET_HEADER, ms)?)
         }
     };
     let lag = app.lag.current();
@@ -280,8 +284,7 @@ async fn handle(
     let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
     // The header wins: the body's budget is not even read then.
     let body_budget = req.budget_ms.filter(|_| arrival.header_budget.is_none());
-    let body_budget = body_budget.map(|b| budget::positive("budget_ms", b)).transpose();
-    let body_budget = body_budget.map_err(|e| ApiError::InvalidRequest(e.to_string())).charge(&version)?;
+    let body_budget = body_budget.map(|b| budget::positive("budget_ms", b)).transpose().charge(&version)?;
     let asked = Asked { header: arrival.header_budget, body: body_budget };
     let budget_ms = app.budgets.resolve(asked, version.model.name());
     if arrival.header_budget.is_none() && budget::lagging(arrival.lag, budget_ms) {
