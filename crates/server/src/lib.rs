@@ -11,12 +11,14 @@
 //! - [`rollout`]: model versions and their states, routes, hot swaps, the watcher, canaries.
 //! - [`http`]: the HTTP API (rank, admin, health, readiness, metrics) and its connections.
 //! - [`config`]: the server's configuration (flags, environment, TOML file, defaults).
+//! - [`histogram`]: the one histogram, lock-free, read as quantiles and exported to Prometheus.
 //! - [`shutdown`]: the ctrl-c / SIGTERM signal.
 //! - [`allocator`]: jemalloc, with zeroed allocations zeroed by writing.
 
 pub mod admission;
 pub mod allocator;
 pub mod config;
+pub mod histogram;
 pub mod http;
 pub mod rollout;
 pub mod shutdown;

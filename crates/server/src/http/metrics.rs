@@ -5,9 +5,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::LazyLock;
 
+use crate::histogram::Histogram;
 use crate::rollout::events::RolloutEvents;
 
 pub const RANK_DURATION_SECONDS: &str = "retort_rank_duration_seconds";
@@ -85,17 +86,22 @@ const LATENCY_BUCKETS_US: [u32; 31] = [
     5_000_000, 10_000_000,
 ];
 
+static LATENCY_SECONDS: LazyLock<Vec<f64>> =
+    LazyLock::new(|| LATENCY_BUCKETS_US.iter().map(|&us| us as f64 / 1e6).collect());
+
 fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS_US.iter().map(|&us| us as f64 / 1e6))
+    Histogram::new(&LATENCY_SECONDS)
 }
 
 /// Actual over predicted: 1 is a perfect prediction.
 fn ratio_histogram() -> Histogram {
-    Histogram::new([0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0])
+    static RATIOS: [f64; 11] = [0.25, 0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0];
+    Histogram::new(&RATIOS)
 }
 
 fn candidates_histogram() -> Histogram {
-    Histogram::new([1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0])
+    static CANDIDATES: [f64; 9] = [1.0, 10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0];
+    Histogram::new(&CANDIDATES)
 }
 
 pub struct Metrics {

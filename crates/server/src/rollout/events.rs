@@ -6,8 +6,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::histogram::Histogram;
 
 /// Registered without `_total`: the client appends it to counters.
 pub const SWAPS: &str = "retort_rollout_swaps";
@@ -94,7 +95,8 @@ pub struct StateLabels {
 
 /// Loads take from milliseconds (a small student) to minutes (a large graph on a busy core).
 fn load_histogram() -> Histogram {
-    Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
+    static SECONDS: [f64; 12] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+    Histogram::new(&SECONDS)
 }
 
 /// Cheap clones share the counts, so the rollout counts and the server's registry reads.

@@ -653,7 +653,7 @@ impl Rollout {
             .map(|((name, version), r)| {
                 let stats = r.stats.clone();
                 let quantile =
-                    |q: f64| stats.as_ref().and_then(|s| s.latency.quantile(q)).map(|d| d.as_micros() as u64);
+                    |q: f64| stats.as_ref().and_then(|s| s.latency_quantile(q)).map(|d| d.as_micros() as u64);
                 VersionInfo {
                     name: name.clone(),
                     version: version.clone(),

@@ -131,7 +131,7 @@ fn judge_canaries(rollout: &Rollout, rules: &CanaryRules) {
     for (name, route) in &catalog.routes {
         let Some(canary) = &route.canary else { continue };
         let snapshot =
-            |s: &crate::rollout::stats::VersionStats| (s.requests(), s.errors(), s.latency.quantile(0.99));
+            |s: &crate::rollout::stats::VersionStats| (s.requests(), s.errors(), s.latency_quantile(0.99));
         if let Some((verdict, reason)) =
             rules.judge(snapshot(&canary.to.stats), snapshot(&route.serving.stats))
         {
