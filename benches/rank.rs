@@ -66,14 +66,11 @@ fn handler(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut group = c.benchmark_group("handler");
     for kind in engines() {
-        let config = retort_server::config::Config {
-            models_dir: common::shipped_models(),
-            engine: kind,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            poll_interval_ms: 0,
-            persist_warmup: false,
-            ..retort_server::config::Config::default()
-        };
+        let mut config = retort_server::config::Config::serving(common::shipped_models());
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.rollout.engine = kind;
+        config.rollout.poll_interval_ms = 0;
+        config.rollout.persist_warmup = false;
         // A server started the usual way loads the models; the bench then calls its router.
         let (app, stop) = runtime.block_on(async {
             let listener = retort_server::http::bind(&config).await.unwrap();

@@ -101,15 +101,12 @@ fn main() {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async move {
-        let config = Config {
-            models_dir: dir.path().to_path_buf(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_open_on_loopback: true,
-            poll_interval_ms: 0,
-            rollout_policy: Policy::Manual,
-            persist_warmup: false,
-            ..Config::default()
-        };
+        let mut config = Config::serving(dir.path());
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin.admin_open_on_loopback = true;
+        config.rollout.poll_interval_ms = 0;
+        config.rollout.rollout_policy = Policy::Manual;
+        config.rollout.persist_warmup = false;
         let listener = retort_server::http::bind(&config).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = App::new(config);

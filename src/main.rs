@@ -115,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(&args)?;
-            init_tracing(config.log_format);
+            init_tracing(config.server.log_format);
             serve_until_signal(config)
         }
         Command::InitModel { models_dir, name, version, seed, spec } => {

@@ -359,11 +359,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Quickstart { work, name, version, seeds, serve, server } => {
             init_tracing(LogFormat::Text);
-            let models_dir = match &server.models_dir {
+            let models_dir = match &server.rollout.models_dir {
                 Some(dir) => dir.clone(),
                 None => match &server.config {
-                    Some(file) => Config::from_file(file)?.models_dir,
-                    None => Config::default().models_dir,
+                    Some(file) => Config::from_file(file)?.rollout.models_dir,
+                    None => Config::default().rollout.models_dir,
                 },
             };
             let version = match version {
@@ -390,11 +390,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 done.labels.display()
             );
             if serve {
-                let config = Config::resolve(&ServeArgs { models_dir: Some(models_dir), ..server })?;
+                let mut server = server;
+                server.rollout.models_dir = Some(models_dir);
+                let config = Config::resolve(&server)?;
                 println!(
                     "serving {} on http://{} (ctrl-c to stop)",
-                    config.models_dir.display(),
-                    config.listen
+                    config.rollout.models_dir.display(),
+                    config.server.listen
                 );
                 serve_until_signal(config)?;
             }

@@ -23,12 +23,10 @@ async fn admin(server: &TestServer, method: &str, path: &str, token: Option<&str
 }
 
 fn config(models: &Path, token: Option<&str>) -> Config {
-    Config {
-        models_dir: models.to_path_buf(),
-        admin_token: token.map(String::from),
-        poll_interval_ms: 0,
-        ..Config::default()
-    }
+    let mut config = Config::serving(models);
+    config.admin.admin_token = token.map(String::from);
+    config.rollout.poll_interval_ms = 0;
+    config
 }
 
 #[tokio::test]
@@ -44,7 +42,8 @@ async fn without_a_token_the_admin_api_is_off_unless_opened_on_loopback() {
     assert_eq!(server.rank(&request(5, 1)).await.status, 200);
     server.stop().await.unwrap();
 
-    let open = Config { admin_open_on_loopback: true, ..config(dir.path(), None) };
+    let mut open = config(dir.path(), None);
+    open.admin.admin_open_on_loopback = true;
     let server = TestServer::start(open).await;
     let r = admin(&server, "GET", "/v1/models", None).await;
     assert_eq!(r.status, 200, "{}", r.text());

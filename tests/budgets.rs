@@ -30,19 +30,16 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn slow_server(dir: &std::path::Path, delay_ms: u64) -> TestServer {
     write_model(dir, "m", 1, ContextRows::Once);
-    let mut config = Config {
-        models_dir: dir.to_path_buf(),
-        inference_threads: 1,
-        poll_interval_ms: 0,
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir);
+    config.admission.inference_threads = 1;
+    config.rollout.poll_interval_ms = 0;
     config.test_inference_delays.insert(
         "m".into(),
         InferenceDelay { fixed: Duration::from_millis(delay_ms), per_candidate: Duration::ZERO },
     );
     // No degradation: these tests are about requests that wait past their deadline.
-    config.degradation.ladder = Vec::new();
-    config.persist_warmup = false;
+    config.admission.degradation.ladder = Vec::new();
+    config.rollout.persist_warmup = false;
     TestServer::start(config).await
 }
 
@@ -121,8 +118,7 @@ async fn a_disconnected_clients_request_is_never_run() {
 async fn the_budget_header_wins_and_bad_budgets_are_named() {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), "m", 1, ContextRows::Once);
-    let server =
-        TestServer::start(Config { models_dir: dir.path().to_path_buf(), ..Config::default() }).await;
+    let server = TestServer::start(Config::serving(dir.path())).await;
     let post = |budget: Option<&str>, body: serde_json::Value| {
         let mut req = hyper::Request::post(server.url("/v1/rank")).header("content-type", "application/json");
         if let Some(b) = budget {
@@ -159,14 +155,11 @@ async fn degrading_server(
         assert!(manifest.contains("fallback = \"m-small\""), "{manifest}");
         std::fs::write(&path, manifest).unwrap();
     }
-    let mut config = Config {
-        models_dir: dir.to_path_buf(),
-        inference_threads: 1,
-        poll_interval_ms: 0,
-        default_model: Some("m".into()),
-        persist_warmup: false,
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir);
+    config.admission.inference_threads = 1;
+    config.rollout.poll_interval_ms = 0;
+    config.rollout.default_model = Some("m".into());
+    config.rollout.persist_warmup = false;
     for &(name, fixed_ms, per_candidate_us) in delays {
         config.test_inference_delays.insert(
             name.into(),

@@ -9,17 +9,22 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{TestServer, shipped_models};
-use retort_server::config::Config;
+use retort_server::config::{Config, ServerSection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn config() -> Config {
-    Config {
-        models_dir: shipped_models(),
-        header_read_timeout_ms: 300,
-        body_read_timeout_ms: 300,
-        ..Config::default()
-    }
+    let mut config = Config::serving(shipped_models());
+    config.server.header_read_timeout_ms = 300;
+    config.server.body_read_timeout_ms = 300;
+    config
+}
+
+/// [`config`] with its connection settings changed by `change`.
+fn with(change: impl FnOnce(&mut ServerSection)) -> Config {
+    let mut config = config();
+    change(&mut config.server);
+    config
 }
 
 /// Reads until the peer closes (or `within` passes); returns what was read, and whether the
@@ -114,7 +119,7 @@ async fn a_compressed_body_is_refused_with_415() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_idle_sockets_make_room_and_health_checks_answer() {
     let server =
-        TestServer::start(Config { max_connections: 8, header_read_timeout_ms: 30_000, ..config() }).await;
+        TestServer::start(with(|s| (s.max_connections, s.header_read_timeout_ms) = (8, 30_000))).await;
     // Twenty silent sockets against a limit of eight.
     let mut idle = Vec::new();
     for _ in 0..20 {
@@ -138,12 +143,9 @@ async fn at_the_connection_limit_idle_sockets_make_room_and_health_checks_answer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_connection_is_busy_a_new_one_is_refused_and_counted() {
-    let server = TestServer::start(Config {
-        max_connections: 3,
-        body_read_timeout_ms: 3_000,
-        header_read_timeout_ms: 30_000,
-        ..config()
-    })
+    let server = TestServer::start(with(|s| {
+        (s.max_connections, s.body_read_timeout_ms, s.header_read_timeout_ms) = (3, 3_000, 30_000)
+    }))
     .await;
     // Three requests in flight, their bodies stalled.
     let mut busy = Vec::new();
@@ -173,8 +175,7 @@ async fn when_every_connection_is_busy_a_new_one_is_refused_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_does_not_wait_for_idle_or_slow_connections() {
     let server =
-        TestServer::start(Config { drain_timeout_ms: 30_000, header_read_timeout_ms: 30_000, ..config() })
-            .await;
+        TestServer::start(with(|s| (s.drain_timeout_ms, s.header_read_timeout_ms) = (30_000, 30_000))).await;
     let mut held = Vec::new();
     for i in 0..10 {
         let mut s = connect(server.addr).await;

@@ -215,12 +215,9 @@ fn readme_example() -> (serde_json::Value, serde_json::Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_sample_response_is_what_the_shipped_model_answers() {
     let (request, sample) = readme_example();
-    let server = common::TestServer::start(Config {
-        models_dir: common::shipped_models(),
-        persist_warmup: false,
-        ..Config::default()
-    })
-    .await;
+    let mut config = Config::serving(common::shipped_models());
+    config.rollout.persist_warmup = false;
+    let server = common::TestServer::start(config).await;
     let r = server.rank(&request).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let got = r.json();

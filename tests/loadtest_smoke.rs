@@ -54,14 +54,11 @@ async fn the_swap_scenario_promotes_and_rolls_back_under_load() {
     for (version, seed) in [("1", 1), ("2", 2)] {
         common::write_version(dir.path(), version, seed);
     }
-    let config = Config {
-        models_dir: dir.path().to_path_buf(),
-        admin_token: Some("smoke".into()),
-        poll_interval_ms: 0,
-        rollout_policy: Policy::Manual,
-        persist_warmup: false,
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir.path());
+    config.admin.admin_token = Some("smoke".into());
+    config.rollout.poll_interval_ms = 0;
+    config.rollout.rollout_policy = Policy::Manual;
+    config.rollout.persist_warmup = false;
     let server = TestServer::start(config).await;
     let manifest = dir.path().join("m/2/manifest.toml");
     let bodies =

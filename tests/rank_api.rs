@@ -139,12 +139,9 @@ async fn context_once_scores_equal_the_context_fed_per_candidate() {
 async fn every_bad_input_gets_its_status_and_names_the_culprit() {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), "ranker", 15, ContextRows::Once);
-    let config = Config {
-        models_dir: dir.path().to_path_buf(),
-        max_body_bytes: 64 * 1024,
-        max_candidates: 50,
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir.path());
+    config.server.max_body_bytes = 64 * 1024;
+    config.server.max_candidates = 50;
     let server = TestServer::start(config).await;
     let error = |reply: &common::Reply| reply.json()["error"].clone();
 
@@ -383,8 +380,8 @@ async fn several_models_need_a_name_or_a_default() {
     assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("model_required")));
     server.stop().await.unwrap();
 
-    let config =
-        Config { models_dir: dir.path().to_path_buf(), default_model: Some("b".into()), ..Config::default() };
+    let mut config = Config::serving(dir.path());
+    config.rollout.default_model = Some("b".into());
     let server = TestServer::start(config).await;
     assert_eq!(server.rank(&request(3, 1)).await.json()["model"], "b");
     server.stop().await.unwrap();
@@ -394,7 +391,8 @@ async fn several_models_need_a_name_or_a_default() {
 async fn shutdown_drains_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), "ranker", 19, ContextRows::Once);
-    let config = Config { models_dir: dir.path().to_path_buf(), inference_threads: 1, ..Config::default() };
+    let mut config = Config::serving(dir.path());
+    config.admission.inference_threads = 1;
     let mut server = TestServer::start(config).await;
 
     // Hold the only inference thread, so that every request below is received and queued
@@ -443,11 +441,8 @@ async fn shutdown_drains_requests_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_models_directory_without_packages_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        models_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir.path());
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
     let listener = retort_server::http::bind(&config).await.unwrap();
     let app = retort_server::http::App::new(config);
     let err = retort_server::http::serve(listener, app, std::future::pending()).await.unwrap_err();

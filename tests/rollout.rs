@@ -27,13 +27,11 @@ fn write_arch(dir: &Path, version: &str, arch: &TwoTower) {
 }
 
 fn config(dir: &Path, policy: Policy, poll_ms: u64) -> Config {
-    Config {
-        models_dir: dir.to_path_buf(),
-        admin_token: Some(TOKEN.into()),
-        poll_interval_ms: poll_ms,
-        rollout_policy: policy,
-        ..Config::default()
-    }
+    let mut config = Config::serving(dir);
+    config.admin.admin_token = Some(TOKEN.into());
+    config.rollout.poll_interval_ms = poll_ms;
+    config.rollout.rollout_policy = policy;
+    config
 }
 
 async fn admin(server: &TestServer, path: &str, body: Option<Value>) -> Reply {
@@ -214,8 +212,8 @@ async fn a_canary_slower_than_the_rules_allow_is_retired_as_failed() {
     let dir = tempfile::tempdir().unwrap();
     write_version(dir.path(), "1", 1);
     let mut config = config(dir.path(), Policy::Manual, 0);
-    config.canary.min_requests = 40;
-    config.canary.max_p99_ratio = 2.0;
+    config.rollout.canary.min_requests = 40;
+    config.rollout.canary.max_p99_ratio = 2.0;
     let server = TestServer::start(config).await;
     // Far wider layers: many times the serving version's work per candidate.
     let mut wide = scaffold::music_architecture();
@@ -361,7 +359,7 @@ async fn new_versions_warm_on_recent_traffic_and_a_much_slower_one_is_refused() 
     let dir = tempfile::tempdir().unwrap();
     write_version(dir.path(), "1", 1);
     let mut config = config(dir.path(), Policy::Manual, 0);
-    config.warmup_latency_factor = 2.0;
+    config.rollout.warmup_latency_factor = 2.0;
     let server = TestServer::start(config).await;
     for u in 0..20 {
         let mut body = request(300, u);

@@ -65,13 +65,10 @@ async fn memory_comes_back_after_many_load_promote_retire_cycles() {
     let dir = tempfile::tempdir().unwrap();
     write_version(dir.path(), "1", 1);
     write_version(dir.path(), "2", 2);
-    let config = Config {
-        models_dir: dir.path().to_path_buf(),
-        admin_token: Some(TOKEN.into()),
-        poll_interval_ms: 0,
-        rollout_policy: Policy::Manual,
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir.path());
+    config.admin.admin_token = Some(TOKEN.into());
+    config.rollout.poll_interval_ms = 0;
+    config.rollout.rollout_policy = Policy::Manual;
     let server = TestServer::start(config).await;
     let cycles: usize = std::env::var("RETORT_MEMORY_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     let (mut after_first, mut warmed) = (Memory::default(), Memory::default());

@@ -59,7 +59,7 @@ impl Reply {
 impl TestServer {
     /// Starts a server on `127.0.0.1:0` with `config` and waits until it is ready.
     pub async fn start(mut config: Config) -> TestServer {
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
         let listener = retort_server::http::bind(&config).await.expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let app = App::new(config);
@@ -78,7 +78,7 @@ impl TestServer {
     }
 
     pub async fn start_with_models(models_dir: &Path) -> TestServer {
-        TestServer::start(Config { models_dir: models_dir.to_path_buf(), ..Config::default() }).await
+        TestServer::start(Config::serving(models_dir)).await
     }
 
     pub fn url(&self, path: &str) -> String {

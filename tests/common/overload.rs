@@ -144,14 +144,11 @@ impl Report {
 pub async fn run() -> Report {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), "m", 1, ContextRows::Once);
-    let mut config = Config {
-        models_dir: dir.path().to_path_buf(),
-        inference_threads: 1,
-        poll_interval_ms: 0,
-        persist_warmup: false,
-        default_budget_ms: Some(BUDGET_MS),
-        ..Config::default()
-    };
+    let mut config = Config::serving(dir.path());
+    config.admission.inference_threads = 1;
+    config.admission.default_budget_ms = Some(BUDGET_MS);
+    config.rollout.poll_interval_ms = 0;
+    config.rollout.persist_warmup = false;
     config.test_inference_delays.insert(
         "m".into(),
         InferenceDelay { fixed: Duration::from_millis(2), per_candidate: Duration::from_micros(20) },

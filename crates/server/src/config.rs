@@ -15,21 +15,47 @@ use crate::rollout::registry::RolloutSettings;
 use crate::rollout::watch::CanaryRules;
 use retort_model::engine::EngineKind;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Every setting. The file is one flat table (each key is also a flag and a `RETORT_*`
+/// variable of the same name), read into sections, one per part of the server, as `--help`
+/// groups them. Each section's `Default` is the one place its defaults are written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Config {
-    /// Directory of model packages: `<name>/<version>/{model.onnx, manifest.toml}`.
-    pub models_dir: PathBuf,
+    #[serde(flatten)]
+    pub server: ServerSection,
+    #[serde(flatten)]
+    pub admission: AdmissionSection,
+    #[serde(flatten)]
+    pub rollout: RolloutSection,
+    #[serde(flatten)]
+    pub admin: AdminSection,
+    /// Per-model overrides (file only: `[models.<name>]`).
+    pub models: BTreeMap<String, ModelSettings>,
+    /// Deprecated: `[models.<name>] policy`. Still read, and moved there with a warning.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_policies: BTreeMap<String, Policy>,
+    /// Deprecated: `[models.<name>] budget_ms`. Still read, and moved there with a warning.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_budgets_ms: BTreeMap<String, f64>,
+    /// Keys of the file that no section reads: refused by [`Config::parse`], naming them.
+    /// (Sections are flattened, which serde's `deny_unknown_fields` does not support.)
+    #[serde(flatten, skip_serializing)]
+    unknown: BTreeMap<String, toml::Value>,
+    /// Deprecated settings [`Config::fold_deprecated`] moved, for a warning.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
+    /// Test hooks only: the named models' inference sleeps this long first.
+    #[cfg(feature = "test-hooks")]
+    #[serde(skip)]
+    pub test_inference_delays: BTreeMap<String, retort_model::InferenceDelay>,
+}
+
+/// The listener, its connections and the requests it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerSection {
     /// Address to listen on. Loopback unless told otherwise.
     pub listen: SocketAddr,
-    /// Inference engine.
-    pub engine: EngineKind,
-    /// Inference threads; 0 means one per core.
-    pub inference_threads: usize,
-    /// Requests that may wait for an inference thread before new ones are refused with 429.
-    pub queue_capacity: usize,
-    /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
     /// Most client connections open at once; 0 sizes it to the file descriptor limit (raised
     /// to its hard limit at start). At the limit, the oldest idle connection is closed for a
     /// new one; a new one is refused only when every connection has a request in flight.
@@ -39,34 +65,80 @@ pub struct Config {
     pub header_read_timeout_ms: u64,
     /// A request's body must arrive within this many milliseconds of its headers (408).
     pub body_read_timeout_ms: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
     /// Most candidates accepted in one request.
     pub max_candidates: usize,
+    /// After a shutdown signal, how long in-flight requests get to finish, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 0,
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_candidates: 2000,
+            drain_timeout_ms: 30_000,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The inference pool and what a request may have of it: budgets, the degradation ladder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdmissionSection {
+    /// Inference threads; 0 means one per core.
+    pub inference_threads: usize,
+    /// Requests that may wait for an inference thread before new ones are refused with 429.
+    pub queue_capacity: usize,
+    /// Latency budget of a request that sets none, in milliseconds (none: no deadline).
+    pub default_budget_ms: Option<f64>,
+    /// The largest budget a request may ask for; larger ones are cut to it.
+    pub max_budget_ms: f64,
+    /// What a request gets when the full answer cannot make its deadline (file only:
+    /// `[degradation]`).
+    pub degradation: DegradationRules,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        AdmissionSection {
+            inference_threads: 0,
+            queue_capacity: 1024,
+            default_budget_ms: None,
+            max_budget_ms: BudgetRules::default().max_ms,
+            degradation: DegradationRules::default(),
+        }
+    }
+}
+
+/// Which model versions serve: where packages are found and how a new one is loaded, warmed,
+/// judged and promoted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RolloutSection {
+    /// Directory of model packages: `<name>/<version>/{model.onnx, manifest.toml}`.
+    pub models_dir: PathBuf,
+    /// Inference engine.
+    pub engine: EngineKind,
     /// The largest `model.onnx` the server loads, in bytes; a larger one is refused before it
     /// is read.
     pub max_model_bytes: u64,
     /// Model used when a request names none (needed only when several models are served).
     pub default_model: Option<String>,
-    /// Log format: `text` or `json`.
-    pub log_format: LogFormat,
-    /// After a shutdown signal, how long in-flight requests get to finish, in milliseconds.
-    pub drain_timeout_ms: u64,
-    /// Bearer token the admin API (`/v1/models...`) requires. Without one the admin API
-    /// refuses every call, unless `admin_open_on_loopback` is set.
-    pub admin_token: Option<String>,
-    /// With no admin token: open the admin API to anyone who can reach the server, allowed
-    /// only when it listens on a loopback address (a developer's machine, a sidecar's pod).
-    pub admin_open_on_loopback: bool,
     /// How often to look for new versions in the models directory, in milliseconds (0: never;
     /// versions then arrive only through the admin API).
     pub poll_interval_ms: u64,
     /// What a new version does once loaded, validated and warm: `auto` promotes it, `manual`
     /// waits for an operator.
     pub rollout_policy: Policy,
-    /// Per-model overrides (file only: `[models.<name>]`).
-    pub models: BTreeMap<String, ModelSettings>,
-    /// Deprecated: `[models.<name>] policy`. Still read, and moved there with a warning.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub model_policies: BTreeMap<String, Policy>,
     /// When a canary is retired as failed (file only: `[canary]`).
     pub canary: CanaryRules,
     /// A new version whose median time on the replayed warm-up requests exceeds this multiple
@@ -79,61 +151,35 @@ pub struct Config {
     /// Bytes of recent request bodies kept per model for warm-up (at most 64 bodies); 0 keeps
     /// none, and new versions then warm on their golden examples only.
     pub warmup_max_bytes: usize,
-    /// Latency budget of a request that sets none, in milliseconds (none: no deadline).
-    pub default_budget_ms: Option<f64>,
-    /// Deprecated: `[models.<name>] budget_ms`. Still read, and moved there with a warning.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub model_budgets_ms: BTreeMap<String, f64>,
-    /// The largest budget a request may ask for; larger ones are cut to it.
-    pub max_budget_ms: f64,
-    /// What a request gets when the full answer cannot make its deadline (file only:
-    /// `[degradation]`).
-    pub degradation: DegradationRules,
-    /// Deprecated settings [`Config::fold_deprecated`] moved, for a warning.
-    #[serde(skip)]
-    pub deprecated: Vec<String>,
-    /// Test hooks only: the named models' inference sleeps this long first.
-    #[cfg(feature = "test-hooks")]
-    #[serde(skip)]
-    pub test_inference_delays: std::collections::BTreeMap<String, retort_model::InferenceDelay>,
 }
 
-impl Default for Config {
+impl Default for RolloutSection {
     fn default() -> Self {
-        Config {
+        RolloutSection {
             models_dir: PathBuf::from("models"),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             engine: EngineKind::Tract,
-            inference_threads: 0,
-            queue_capacity: 1024,
-            max_body_bytes: 2 * 1024 * 1024,
-            max_connections: 0,
-            header_read_timeout_ms: 30_000,
-            body_read_timeout_ms: 10_000,
-            max_candidates: 2000,
             max_model_bytes: 512 * 1024 * 1024,
             default_model: None,
-            log_format: LogFormat::Text,
-            drain_timeout_ms: 30_000,
-            admin_token: None,
-            admin_open_on_loopback: false,
             poll_interval_ms: 10_000,
             rollout_policy: Policy::Auto,
-            models: BTreeMap::new(),
-            model_policies: BTreeMap::new(),
             canary: CanaryRules::default(),
             warmup_latency_factor: 3.0,
             persist_warmup: true,
             warmup_max_bytes: crate::rollout::warmup::DEFAULT_MAX_BYTES,
-            default_budget_ms: None,
-            model_budgets_ms: BTreeMap::new(),
-            max_budget_ms: BudgetRules::default().max_ms,
-            degradation: DegradationRules::default(),
-            deprecated: Vec::new(),
-            #[cfg(feature = "test-hooks")]
-            test_inference_delays: Default::default(),
         }
     }
+}
+
+/// Who may call the admin API (`/v1/models...`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminSection {
+    /// Bearer token the admin API requires. Without one the admin API refuses every call,
+    /// unless `admin_open_on_loopback` is set.
+    pub admin_token: Option<String>,
+    /// With no admin token: open the admin API to anyone who can reach the server, allowed
+    /// only when it listens on a loopback address (a developer's machine, a sidecar's pod).
+    pub admin_open_on_loopback: bool,
 }
 
 /// One model's overrides of the server-wide settings (`[models.<name>]`).
@@ -159,108 +205,141 @@ pub enum LogFormat {
     Json,
 }
 
-/// `retort serve` flags. Each overrides the file and the default when given; `--help` shows
-/// each default from [`Config::default`] ([`show_defaults`]), so none is written twice.
+/// `retort serve` flags, in the sections of [`Config`]. Each overrides the file and the
+/// default when given; `--help` shows each default from [`Config::default`]
+/// ([`show_defaults`]), so none is written twice.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "RETORT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Directory of model packages
-    #[arg(long = "models", env = "RETORT_MODELS", help_heading = "Models")]
-    pub models_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerFlags,
+    #[command(flatten)]
+    pub admission: AdmissionFlags,
+    #[command(flatten)]
+    pub rollout: RolloutFlags,
+    #[command(flatten)]
+    pub admin: AdminFlags,
+}
+
+/// Flags of [`ServerSection`].
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Server")]
+pub struct ServerFlags {
     /// Address to listen on
-    #[arg(long, env = "RETORT_LISTEN", help_heading = "Connections")]
+    #[arg(long, env = "RETORT_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Inference engine
-    #[arg(long, env = "RETORT_ENGINE", help_heading = "Models")]
-    pub engine: Option<EngineKind>,
-    /// Inference threads, 0 for one per core
-    #[arg(long, env = "RETORT_INFERENCE_THREADS", help_heading = "Models")]
-    pub inference_threads: Option<usize>,
-    /// Requests that may wait for an inference thread
-    #[arg(long, env = "RETORT_QUEUE_CAPACITY", help_heading = "Admission")]
-    pub queue_capacity: Option<usize>,
-    /// Largest request body in bytes
-    #[arg(long, env = "RETORT_MAX_BODY_BYTES", help_heading = "Connections")]
-    pub max_body_bytes: Option<usize>,
     /// Most client connections open at once, 0 for as many as the file descriptor limit allows
-    #[arg(long, env = "RETORT_MAX_CONNECTIONS", help_heading = "Connections")]
+    #[arg(long, env = "RETORT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Milliseconds a request's headers (or a keep-alive connection's next request) may take
-    #[arg(long, env = "RETORT_HEADER_READ_TIMEOUT_MS", help_heading = "Connections")]
+    #[arg(long, env = "RETORT_HEADER_READ_TIMEOUT_MS")]
     pub header_read_timeout_ms: Option<u64>,
     /// Milliseconds a request's body may take after its headers
-    #[arg(long, env = "RETORT_BODY_READ_TIMEOUT_MS", help_heading = "Connections")]
+    #[arg(long, env = "RETORT_BODY_READ_TIMEOUT_MS")]
     pub body_read_timeout_ms: Option<u64>,
+    /// Largest request body in bytes
+    #[arg(long, env = "RETORT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
     /// Most candidates per request
-    #[arg(long, env = "RETORT_MAX_CANDIDATES", help_heading = "Connections")]
+    #[arg(long, env = "RETORT_MAX_CANDIDATES")]
     pub max_candidates: Option<usize>,
-    /// Largest model.onnx the server loads, in bytes
-    #[arg(long, env = "RETORT_MAX_MODEL_BYTES", help_heading = "Models")]
-    pub max_model_bytes: Option<u64>,
-    /// Model used when a request names none
-    #[arg(long, env = "RETORT_DEFAULT_MODEL", help_heading = "Models")]
-    pub default_model: Option<String>,
-    /// Log format
-    #[arg(long, env = "RETORT_LOG_FORMAT", help_heading = "Connections")]
-    pub log_format: Option<LogFormat>,
     /// Milliseconds in-flight requests get to finish after a shutdown signal
-    #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS", help_heading = "Connections")]
+    #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
-    /// Bearer token for the admin API (the environment keeps it out of `ps`)
-    #[arg(long, env = "RETORT_ADMIN_TOKEN", hide_env_values = true, help_heading = "Admin API")]
-    pub admin_token: Option<String>,
-    /// Open the admin API without a token; refused unless listening on loopback
-    #[arg(long, env = "RETORT_ADMIN_OPEN_ON_LOOPBACK", help_heading = "Admin API")]
-    pub admin_open_on_loopback: bool,
-    /// How often to look for new model versions, in milliseconds; 0 never
-    #[arg(long, env = "RETORT_POLL_INTERVAL_MS", help_heading = "Rollout")]
-    pub poll_interval_ms: Option<u64>,
-    /// What a new version does once validated: auto (promote) or manual
-    #[arg(long, env = "RETORT_ROLLOUT_POLICY", help_heading = "Rollout")]
-    pub rollout_policy: Option<Policy>,
+    /// Log format
+    #[arg(long, env = "RETORT_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Flags of [`AdmissionSection`].
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Admission")]
+pub struct AdmissionFlags {
+    /// Inference threads, 0 for one per core
+    #[arg(long, env = "RETORT_INFERENCE_THREADS")]
+    pub inference_threads: Option<usize>,
+    /// Requests that may wait for an inference thread
+    #[arg(long, env = "RETORT_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
     /// Latency budget of a request that sets none, in milliseconds [default: none, no deadline]
-    #[arg(long, env = "RETORT_DEFAULT_BUDGET_MS", help_heading = "Admission")]
+    #[arg(long, env = "RETORT_DEFAULT_BUDGET_MS")]
     pub default_budget_ms: Option<f64>,
     /// The largest budget a request may ask for, in milliseconds
-    #[arg(long, env = "RETORT_MAX_BUDGET_MS", help_heading = "Admission")]
+    #[arg(long, env = "RETORT_MAX_BUDGET_MS")]
     pub max_budget_ms: Option<f64>,
+}
+
+/// Flags of [`RolloutSection`].
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Rollout")]
+pub struct RolloutFlags {
+    /// Directory of model packages
+    #[arg(long = "models", env = "RETORT_MODELS")]
+    pub models_dir: Option<PathBuf>,
+    /// Inference engine
+    #[arg(long, env = "RETORT_ENGINE")]
+    pub engine: Option<EngineKind>,
+    /// Largest model.onnx the server loads, in bytes
+    #[arg(long, env = "RETORT_MAX_MODEL_BYTES")]
+    pub max_model_bytes: Option<u64>,
+    /// Model used when a request names none
+    #[arg(long, env = "RETORT_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// How often to look for new model versions, in milliseconds; 0 never
+    #[arg(long, env = "RETORT_POLL_INTERVAL_MS")]
+    pub poll_interval_ms: Option<u64>,
+    /// What a new version does once validated: auto (promote) or manual
+    #[arg(long, env = "RETORT_ROLLOUT_POLICY")]
+    pub rollout_policy: Option<Policy>,
     /// Refuse a new version this many times slower than the serving one on recent requests
-    #[arg(long, env = "RETORT_WARMUP_LATENCY_FACTOR", help_heading = "Rollout")]
+    #[arg(long, env = "RETORT_WARMUP_LATENCY_FACTOR")]
     pub warmup_latency_factor: Option<f64>,
     /// Keep recent requests for warm-up in <models>/.warmup/ across restarts: true or false
-    #[arg(long, env = "RETORT_PERSIST_WARMUP", help_heading = "Rollout")]
+    #[arg(long, env = "RETORT_PERSIST_WARMUP")]
     pub persist_warmup: Option<bool>,
     /// Bytes of recent request bodies kept per model for warm-up, 0 for none
-    #[arg(long, env = "RETORT_WARMUP_MAX_BYTES", help_heading = "Rollout")]
+    #[arg(long, env = "RETORT_WARMUP_MAX_BYTES")]
     pub warmup_max_bytes: Option<usize>,
+}
+
+/// Flags of [`AdminSection`].
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Admin API")]
+pub struct AdminFlags {
+    /// Bearer token for the admin API (the environment keeps it out of `ps`)
+    #[arg(long, env = "RETORT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Open the admin API without a token; refused unless listening on loopback
+    #[arg(long, env = "RETORT_ADMIN_OPEN_ON_LOOPBACK")]
+    pub admin_open_on_loopback: bool,
 }
 
 /// Appends `[default: …]` to the help of every flag in `command` that sets a setting, read off
 /// [`Config::default`]. Apply it to each command that flattens [`ServeArgs`].
-pub fn show_defaults(mut command: clap::Command) -> clap::Command {
+pub fn show_defaults(command: clap::Command) -> clap::Command {
     let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialise");
-    for (key, value) in defaults {
-        if FILE_ONLY.contains(&key.as_str()) {
-            continue;
-        }
-        let flag = flag_of(&key);
-        let Some(id) =
-            command.get_arguments().find(|a| a.get_long() == Some(flag.as_str())).map(|a| a.get_id().clone())
-        else {
-            continue;
-        };
-        let shown = match value {
-            toml::Value::String(s) => s,
-            v => v.to_string(),
-        };
-        command = command.mut_arg(id, |arg| {
+    let shown: BTreeMap<String, String> = defaults
+        .into_iter()
+        .filter(|(key, _)| !FILE_ONLY.contains(&key.as_str()))
+        .map(|(key, value)| {
+            let value = match value {
+                toml::Value::String(s) => s,
+                v => v.to_string(),
+            };
+            (flag_of(&key), value)
+        })
+        .collect();
+    // `mut_args`, not `mut_arg`, which moves the argument to the end and so reorders the
+    // sections of `--help`.
+    command.mut_args(|arg| match arg.get_long().and_then(|flag| shown.get(flag)) {
+        Some(default) => {
             let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            arg.help(format!("{help} [default: {shown}]"))
-        });
-    }
-    command
+            arg.help(format!("{help} [default: {default}]"))
+        }
+        None => arg,
+    })
 }
 
 /// The flag that sets a setting: its name with dashes (`models_dir` is `--models`).
@@ -287,9 +366,46 @@ impl Config {
     /// Reads a TOML file; the deprecated per-model tables are moved into `[models.<name>]`,
     /// each move logged as a warning (once logging is up: see [`Config::deprecations`]).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config = retort_model::toml_file::read(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            ConfigError::File(retort_model::toml_file::TomlFileError::Read {
+                path: path.display().to_string(),
+                source,
+            })
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a configuration file's `text`, naming it `origin` in errors: a key no setting
+    /// has, or a value of the wrong type, is refused with its key (and line).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        use retort_model::toml_file::parse;
+        let mut config: Config = parse(text, origin).map_err(|flattened| {
+            // serde's flatten reports a wrong type without its key or line; the section
+            // holding the key, parsed on its own, reports both.
+            let alone = parse::<ServerSection>(text, origin)
+                .err()
+                .or_else(|| parse::<AdmissionSection>(text, origin).err())
+                .or_else(|| parse::<RolloutSection>(text, origin).err())
+                .or_else(|| parse::<AdminSection>(text, origin).err());
+            alone.unwrap_or(flattened)
+        })?;
+        if !config.unknown.is_empty() {
+            let keys: Vec<&str> = config.unknown.keys().map(String::as_str).collect();
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: unknown setting{} `{}` (the settings are listed by `retort serve --help`)",
+                if keys.len() == 1 { "" } else { "s" },
+                keys.join("`, `")
+            )));
+        }
         config.fold_deprecated()?;
         Ok(config)
+    }
+
+    /// The defaults, serving the model packages in `models_dir`.
+    pub fn serving(models_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::default();
+        config.rollout.models_dir = models_dir.into();
+        config
     }
 
     /// Moves `[model_policies]`, `[model_budgets_ms]` and `[degradation.models]` into
@@ -316,7 +432,7 @@ impl Config {
             }
             moved.push(("model_budgets_ms", name, "budget_ms"));
         }
-        for (name, ladder) in std::mem::take(&mut self.degradation.models) {
+        for (name, ladder) in std::mem::take(&mut self.admission.degradation.models) {
             let entry = self.models.entry(name.clone()).or_default();
             if entry.ladder.replace(ladder).is_some() {
                 return Err(clash(&name, "degradation.models", "ladder"));
@@ -338,7 +454,7 @@ impl Config {
 
     /// The degradation ladders, each model's own from `[models.<name>] ladder`.
     pub fn degradation_rules(&self) -> DegradationRules {
-        let mut rules = self.degradation.clone();
+        let mut rules = self.admission.degradation.clone();
         rules.models = self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.ladder.clone()?))).collect();
         rules
     }
@@ -349,45 +465,25 @@ impl Config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        // `$section.$field = flag` for each flag given; `some` for settings that are optional.
         macro_rules! over {
-            ($($field:ident),*) => { $( if let Some(v) = &args.$field { c.$field = v.clone(); } )* };
+            ($section:ident: $($field:ident),* $(; some $opt:ident)*) => {
+                $( if let Some(v) = &args.$section.$field { c.$section.$field = v.clone(); } )*
+                $( if let Some(v) = &args.$section.$opt { c.$section.$opt = Some(v.clone()); } )*
+            };
         }
-        over!(
-            models_dir,
-            listen,
-            engine,
-            inference_threads,
-            queue_capacity,
-            max_body_bytes,
-            max_connections,
-            header_read_timeout_ms,
-            body_read_timeout_ms,
-            max_candidates,
-            max_model_bytes,
-            log_format,
-            drain_timeout_ms,
-            poll_interval_ms,
-            rollout_policy,
-            max_budget_ms,
-            warmup_latency_factor,
-            persist_warmup,
-            warmup_max_bytes
-        );
-        if args.default_model.is_some() {
-            c.default_model = args.default_model.clone();
-        }
-        if args.default_budget_ms.is_some() {
-            c.default_budget_ms = args.default_budget_ms;
-        }
-        if args.admin_token.is_some() {
-            c.admin_token = args.admin_token.clone();
-        }
-        c.admin_open_on_loopback |= args.admin_open_on_loopback;
+        over!(server: listen, max_connections, header_read_timeout_ms, body_read_timeout_ms, max_body_bytes,
+            max_candidates, drain_timeout_ms, log_format);
+        over!(admission: inference_threads, queue_capacity, max_budget_ms; some default_budget_ms);
+        over!(rollout: models_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
+            warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);
+        over!(admin: ; some admin_token);
+        c.admin.admin_open_on_loopback |= args.admin.admin_open_on_loopback;
         c.validate()?;
-        if !c.models_dir.is_dir() {
+        if !c.rollout.models_dir.is_dir() {
             return Err(ConfigError::Invalid(format!(
                 "the models directory {} does not exist (set it with --models)",
-                c.models_dir.display()
+                c.rollout.models_dir.display()
             )));
         }
         Ok(c)
@@ -395,33 +491,34 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.queue_capacity == 0 {
+        let Config { server, admission, admin, .. } = self;
+        if admission.queue_capacity == 0 {
             return bad("queue_capacity must be at least 1");
         }
-        if self.max_body_bytes == 0 || self.max_candidates == 0 {
+        if server.max_body_bytes == 0 || server.max_candidates == 0 {
             return bad("max_body_bytes and max_candidates must be at least 1");
         }
-        if self.header_read_timeout_ms == 0 || self.body_read_timeout_ms == 0 {
+        if server.header_read_timeout_ms == 0 || server.body_read_timeout_ms == 0 {
             return bad("header_read_timeout_ms and body_read_timeout_ms must be at least 1");
         }
-        let budgets =
-            self.default_budget_ms.iter().chain(self.models.values().filter_map(|m| m.budget_ms.as_ref()));
-        if let Some(b) = budgets.chain([&self.max_budget_ms]).find(|b| !(b.is_finite() && **b > 0.0)) {
+        let budgets = admission
+            .default_budget_ms
+            .iter()
+            .chain(self.models.values().filter_map(|m| m.budget_ms.as_ref()));
+        if let Some(b) = budgets.chain([&admission.max_budget_ms]).find(|b| !(b.is_finite() && **b > 0.0)) {
             return bad(&format!("budgets must be positive milliseconds, not {b}"));
         }
-        if !(self.degradation.margin_ms.is_finite() && self.degradation.margin_ms >= 0.0) {
-            return bad(&format!(
-                "degradation.margin_ms must be zero or more, not {}",
-                self.degradation.margin_ms
-            ));
+        let margin = admission.degradation.margin_ms;
+        if !(margin.is_finite() && margin >= 0.0) {
+            return bad(&format!("degradation.margin_ms must be zero or more, not {margin}"));
         }
-        if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if admin.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return bad("admin_token is empty; set a real token or leave it unset");
         }
-        if self.admin_open_on_loopback && self.admin_token.is_none() && !self.listen.ip().is_loopback() {
+        if admin.admin_open_on_loopback && admin.admin_token.is_none() && !server.listen.ip().is_loopback() {
             return bad(&format!(
                 "admin_open_on_loopback needs a loopback listen address, not {}; set an admin token",
-                self.listen
+                server.listen
             ));
         }
         Ok(())
@@ -431,7 +528,7 @@ impl Config {
     /// is most likely a typo, and its setting silently does nothing.
     pub fn named_models(&self) -> Vec<(&'static str, String)> {
         let mut names: Vec<(&'static str, String)> = Vec::new();
-        names.extend(self.default_model.iter().map(|n| ("default_model", n.clone())));
+        names.extend(self.rollout.default_model.iter().map(|n| ("default_model", n.clone())));
         names.extend(self.models.keys().map(|n| ("models", n.clone())));
         names
     }
@@ -439,24 +536,25 @@ impl Config {
     /// The budget rules every request is resolved by.
     pub fn budgets(&self) -> BudgetRules {
         BudgetRules {
-            default_ms: self.default_budget_ms,
+            default_ms: self.admission.default_budget_ms,
             per_model: self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.budget_ms?))).collect(),
-            max_ms: self.max_budget_ms,
+            max_ms: self.admission.max_budget_ms,
         }
     }
 
-    /// The rollout's share of the settings.
-    pub fn rollout(&self) -> RolloutSettings {
+    /// The rollout's share of the settings: its section with the per-model policies.
+    pub fn rollout_settings(&self) -> RolloutSettings {
+        let r = &self.rollout;
         RolloutSettings {
-            models_dir: self.models_dir.clone(),
-            engine: self.engine,
-            max_model_bytes: self.max_model_bytes,
-            default_model: self.default_model.clone(),
-            policy: self.rollout_policy,
+            models_dir: r.models_dir.clone(),
+            engine: r.engine,
+            max_model_bytes: r.max_model_bytes,
+            default_model: r.default_model.clone(),
+            policy: r.rollout_policy,
             policies: self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.policy?))).collect(),
-            latency_factor: self.warmup_latency_factor,
-            persist_warmup: self.persist_warmup,
-            warmup_max_bytes: self.warmup_max_bytes,
+            latency_factor: r.warmup_latency_factor,
+            persist_warmup: r.persist_warmup,
+            warmup_max_bytes: r.warmup_max_bytes,
             named_models: self.named_models(),
             #[cfg(feature = "test-hooks")]
             inference_delays: self.test_inference_delays.clone(),
@@ -465,7 +563,7 @@ impl Config {
 
     /// Inference threads to start: the configured number, or one per core.
     pub fn threads(&self) -> usize {
-        match self.inference_threads {
+        match self.admission.inference_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
@@ -479,9 +577,9 @@ mod tests {
     #[test]
     fn defaults_listen_on_loopback_and_serve_models() {
         let c = Config::default();
-        assert!(c.listen.ip().is_loopback());
-        assert_eq!(c.models_dir, PathBuf::from("models"));
-        assert_eq!((c.max_body_bytes, c.max_candidates), (2 * 1024 * 1024, 2000));
+        assert!(c.server.listen.ip().is_loopback());
+        assert_eq!(c.rollout.models_dir, PathBuf::from("models"));
+        assert_eq!((c.server.max_body_bytes, c.server.max_candidates), (2 * 1024 * 1024, 2000));
     }
 
     #[test]
@@ -491,25 +589,29 @@ mod tests {
         std::fs::write(&path, "max_candidates = 10\nqueue_capacity = 7\n").unwrap();
         let args = ServeArgs {
             config: Some(path),
-            queue_capacity: Some(3),
-            models_dir: Some(dir.path().to_path_buf()),
+            admission: AdmissionFlags { queue_capacity: Some(3), ..Default::default() },
+            rollout: RolloutFlags { models_dir: Some(dir.path().to_path_buf()), ..Default::default() },
             ..Default::default()
         };
         let c = Config::resolve(&args).unwrap();
-        assert_eq!(c.max_candidates, 10);
-        assert_eq!(c.queue_capacity, 3);
-        assert_eq!(c.max_body_bytes, Config::default().max_body_bytes);
+        assert_eq!(c.server.max_candidates, 10);
+        assert_eq!(c.admission.queue_capacity, 3);
+        assert_eq!(c.server.max_body_bytes, Config::default().server.max_body_bytes);
     }
 
     #[test]
     fn an_open_admin_api_needs_loopback_and_a_token_must_not_be_blank() {
-        let open = Config { admin_open_on_loopback: true, ..Config::default() };
+        let mut open = Config::default();
+        open.admin.admin_open_on_loopback = true;
         assert!(open.validate().is_ok());
-        let exposed = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..open.clone() };
+        let mut exposed = open.clone();
+        exposed.server.listen = "0.0.0.0:8080".parse().unwrap();
         assert!(exposed.validate().unwrap_err().to_string().contains("0.0.0.0:8080"));
-        let with_token = Config { admin_token: Some("t".into()), ..exposed };
+        let mut with_token = exposed;
+        with_token.admin.admin_token = Some("t".into());
         assert!(with_token.validate().is_ok());
-        let blank = Config { admin_token: Some("  ".into()), ..Config::default() };
+        let mut blank = Config::default();
+        blank.admin.admin_token = Some("  ".into());
         assert!(blank.validate().unwrap_err().to_string().contains("admin_token"));
     }
 
@@ -581,6 +683,90 @@ mod tests {
         for table in DEPRECATED {
             assert!(!defaults.contains_key(*table), "`{table}` is written out though deprecated");
         }
+    }
+
+    /// Each section's settings are the flags under its heading of `--help`, in the order of
+    /// the sections.
+    #[test]
+    fn the_flags_of_each_section_are_under_its_heading() {
+        use clap::Args;
+        let command = show_defaults(ServeArgs::augment_args(clap::Command::new("serve")));
+        let config = Config::default();
+        let sections = [
+            ("Server", toml::Table::try_from(&config.server).unwrap()),
+            ("Admission", toml::Table::try_from(&config.admission).unwrap()),
+            ("Rollout", toml::Table::try_from(&config.rollout).unwrap()),
+            ("Admin API", toml::Table::try_from(&config.admin).unwrap()),
+        ];
+        for (heading, settings) in &sections {
+            for key in settings.keys().filter(|k| !FILE_ONLY.contains(&k.as_str())) {
+                let flag = flag_of(key);
+                let arg = command.get_arguments().find(|a| a.get_long() == Some(flag.as_str())).unwrap();
+                assert_eq!(arg.get_help_heading(), Some(*heading), "--{flag}");
+            }
+        }
+        let mut headings: Vec<&str> = command.get_arguments().filter_map(|a| a.get_help_heading()).collect();
+        headings.dedup();
+        assert_eq!(headings, sections.map(|(h, _)| h));
+    }
+
+    #[test]
+    fn a_flag_of_every_section_overrides_the_file() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retort.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\ndefault_model = \"a\"\nadmin_token = \"file\"\n")
+            .unwrap();
+        let models = dir.path().to_str().unwrap();
+        let argv = [
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9",
+            "--queue-capacity",
+            "3",
+            "--default-budget-ms",
+            "5",
+            "--models",
+            models,
+            "--default-model",
+            "b",
+            "--admin-token",
+            "flag",
+        ];
+        let c = Config::resolve(&Serve::try_parse_from(argv).unwrap().args).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:9".parse().unwrap());
+        assert_eq!((c.admission.queue_capacity, c.admission.default_budget_ms), (3, Some(5.0)));
+        assert_eq!(
+            (c.rollout.models_dir.as_path(), c.rollout.default_model.as_deref()),
+            (dir.path(), Some("b"))
+        );
+        assert_eq!(c.admin.admin_token.as_deref(), Some("flag"));
+    }
+
+    // Sections are flattened into one table, and serde's flatten reports a wrong type with
+    // no place in the file: the error must still give its line.
+    #[test]
+    fn a_value_of_the_wrong_type_is_an_error_giving_its_line() {
+        for (text, line) in [
+            ("listen = \"127.0.0.1:1\"\nqueue_capacity = \"three\"\n", 2),
+            ("\n\nlisten = 5\n", 3),
+            ("[canary]\nmin_requests = \"x\"\n", 2),
+            ("admin_open_on_loopback = 1\n", 1),
+        ] {
+            let err = Config::parse(text, "retort.toml").unwrap_err().to_string();
+            assert!(err.contains(&format!("retort.toml, line {line}, column")), "{text:?}: {err}");
+        }
+        let err = Config::parse("queue_capacity = 3\nmax_candidate = 10\nlisen = 1\n", "retort.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`lisen`, `max_candidate`"), "{err}");
     }
 
     #[test]

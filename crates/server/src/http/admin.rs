@@ -45,7 +45,7 @@ impl FromRequestParts<Arc<App>> for Operator {
 }
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &app.config.admin_token {
+    match &app.config.admin.admin_token {
         Some(token) => {
             let given = headers
                 .get(header::AUTHORIZATION)
@@ -57,7 +57,9 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
                 _ => Err(ApiError::Unauthorized),
             }
         }
-        None if app.config.admin_open_on_loopback && app.config.listen.ip().is_loopback() => Ok(()),
+        None if app.config.admin.admin_open_on_loopback && app.config.server.listen.ip().is_loopback() => {
+            Ok(())
+        }
         None => Err(ApiError::AdminDisabled),
     }
 }

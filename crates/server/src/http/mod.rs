@@ -57,8 +57,8 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
-        let pool = Arc::new(InferencePool::new(config.threads(), config.queue_capacity));
-        let rollout = Rollout::new(config.rollout());
+        let pool = Arc::new(InferencePool::new(config.threads(), config.admission.queue_capacity));
+        let rollout = Rollout::new(config.rollout_settings());
         let metrics = Metrics::new(&rollout.events);
         Arc::new(App {
             rollout: Arc::new(rollout),
@@ -92,7 +92,7 @@ pub fn router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
             error::ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
         })
-        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(app.config.server.max_body_bytes))
         .with_state(app)
 }
 
@@ -146,7 +146,9 @@ pub enum ServeError {
 
 /// Binds the configured address.
 pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })
+    TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.server.listen, source })
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains in-flight requests (for
@@ -158,7 +160,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, models_dir = %app.config.models_dir.display(), engine = %app.config.engine, "listening");
+    tracing::info!(%addr, models_dir = %app.config.rollout.models_dir.display(), engine = %app.config.rollout.engine, "listening");
     for deprecation in app.config.deprecations() {
         tracing::warn!("config: {deprecation}");
     }
@@ -174,21 +176,26 @@ pub async fn serve(
             let ok = result.is_ok();
             let _ = done.send(result);
             if ok {
-                let poll = Duration::from_millis(app.config.poll_interval_ms);
-                crate::rollout::watch::run(app.rollout.clone(), poll, app.config.canary.clone(), watching);
+                let poll = Duration::from_millis(app.config.rollout.poll_interval_ms);
+                crate::rollout::watch::run(
+                    app.rollout.clone(),
+                    poll,
+                    app.config.rollout.canary.clone(),
+                    watching,
+                );
             }
         })?;
         loaded
     };
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let limits = connections::Limits {
-        max_connections: connections::connection_limit(app.config.max_connections),
-        header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),
-        body_read_timeout: Duration::from_millis(app.config.body_read_timeout_ms),
-        max_body_bytes: app.config.max_body_bytes,
+        max_connections: connections::connection_limit(app.config.server.max_connections),
+        header_read_timeout: Duration::from_millis(app.config.server.header_read_timeout_ms),
+        body_read_timeout: Duration::from_millis(app.config.server.body_read_timeout_ms),
+        max_body_bytes: app.config.server.max_body_bytes,
     };
     tracing::info!(max_connections = limits.max_connections, "accepting connections");
-    let drain = Duration::from_millis(app.config.drain_timeout_ms);
+    let drain = Duration::from_millis(app.config.server.drain_timeout_ms);
     let server = tokio::spawn(connections::serve(
         listener,
         router(app.clone()),
@@ -215,8 +222,8 @@ pub async fn serve(
     };
     watching.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = stop.send(true);
-    if app.config.persist_warmup
-        && let Err(e) = app.rollout.warmup.save(&app.config.models_dir)
+    if app.config.rollout.persist_warmup
+        && let Err(e) = app.rollout.warmup.save(&app.config.rollout.models_dir)
     {
         tracing::warn!(error = %e, "could not keep the warm-up requests for the next start");
     }
@@ -231,7 +238,7 @@ pub async fn serve(
 /// the rollout policy: nothing serves yet). Packages that fail are reported and skipped; it is
 /// an error only when none loads.
 fn load_models(app: &App) -> Result<(), ServeError> {
-    let dir = &app.config.models_dir;
+    let dir = &app.config.rollout.models_dir;
     let mut failures = Vec::new();
     for (name, p) in retort_model::package::latest(dir)? {
         let staged =

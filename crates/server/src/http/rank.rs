@@ -224,9 +224,9 @@ fn arrive(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -
         return Err(ApiError::Shed { reason: Reason::Overload, budget_ms });
     }
     let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.max_body_bytes },
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.server.max_body_bytes },
         _ if super::connections::is_body_timeout(&rejection) => {
-            ApiError::BodyTimeout(app.config.body_read_timeout_ms)
+            ApiError::BodyTimeout(app.config.server.body_read_timeout_ms)
         }
         _ => ApiError::InvalidRequest(rejection.body_text()),
     })?;
@@ -238,10 +238,10 @@ fn decode<'b>(app: &App, body: &'b Bytes) -> Result<RankRequest<'b>, ApiError> {
         DecodeError::Malformed(m) => ApiError::MalformedJson(m),
         DecodeError::Invalid(m) => ApiError::InvalidRequest(m),
     })?;
-    if req.candidates.len() > app.config.max_candidates {
+    if req.candidates.len() > app.config.server.max_candidates {
         return Err(ApiError::TooManyCandidates {
             count: req.candidates.len(),
-            limit: app.config.max_candidates,
+            limit: app.config.server.max_candidates,
         });
     }
     Ok(req)

@@ -863,14 +863,14 @@ mod tests {
             let path = package::write(dir.path(), &manifest, &graph).unwrap();
             served.insert(v, Served::new(Model::load(&path, EngineKind::Tract).unwrap()));
         }
-        let config = Config { models_dir: dir.path().to_path_buf(), ..Config::default() };
+        let config = Config::serving(dir.path());
         Fixture { _dir: dir, config, served }
     }
 
     impl Fixture {
         /// Versions 1-3 loaded (without compiling them again), 1 serving.
         fn rollout(&self) -> Rollout {
-            let rollout = Rollout::new(self.config.rollout());
+            let rollout = Rollout::new(self.config.rollout_settings());
             for v in VERSIONS {
                 self.insert_loaded(&rollout, v);
             }
@@ -981,7 +981,7 @@ mod tests {
         let mut f = fixture();
         f.config.model_budgets_ms.insert("m".into(), 5.0);
         f.config.model_budgets_ms.insert("music-rankr".into(), 5.0);
-        f.config.degradation.models.insert("nope".into(), Vec::new());
+        f.config.admission.degradation.models.insert("nope".into(), Vec::new());
         f.config.model_policies.insert("m".into(), Policy::Manual);
         f.config.fold_deprecated().unwrap();
         let rollout = f.rollout();
