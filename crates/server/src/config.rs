@@ -347,6 +347,27 @@ fn flag_of(key: &str) -> String {
     if key == "models_dir" { "models".to_string() } else { key.replace('_', "-") }
 }
 
+/// Moves each model's value of the deprecated table `[old]` to `[models.<name>] key` (its
+/// `slot`), noting the move in `moved`; refuses a model set both ways.
+fn fold<T>(
+    models: &mut BTreeMap<String, ModelSettings>,
+    moved: &mut Vec<String>,
+    old: &str,
+    key: &str,
+    values: BTreeMap<String, T>,
+    slot: fn(&mut ModelSettings) -> &mut Option<T>,
+) -> Result<(), ConfigError> {
+    for (name, value) in values {
+        if slot(models.entry(name.clone()).or_default()).replace(value).is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "model `{name}` is set in both [{old}] and [models.{name}] {key}; keep one"
+            )));
+        }
+        moved.push(format!("[{old}] is deprecated: write `{key}` under [models.{name}]"));
+    }
+    Ok(())
+}
+
 /// The settings that are tables, set in the TOML file only (per-model overrides, canary rules,
 /// degradation ladders); every other setting also has a flag and a `RETORT_*` variable.
 pub const FILE_ONLY: &[&str] = &["models", "canary", "degradation"];
@@ -412,38 +433,14 @@ impl Config {
     /// `[models.<name>]`, so that no operator's file breaks; a model set both ways is refused,
     /// since one of the two would silently lose.
     pub fn fold_deprecated(&mut self) -> Result<(), ConfigError> {
+        let policies = std::mem::take(&mut self.model_policies);
+        let budgets = std::mem::take(&mut self.model_budgets_ms);
+        let ladders = std::mem::take(&mut self.admission.degradation.models);
         let mut moved = Vec::new();
-        let clash = |name: &str, old: &str, key: &str| {
-            ConfigError::Invalid(format!(
-                "model `{name}` is set in both [{old}] and [models.{name}] {key}; keep one"
-            ))
-        };
-        for (name, policy) in std::mem::take(&mut self.model_policies) {
-            let entry = self.models.entry(name.clone()).or_default();
-            if entry.policy.replace(policy).is_some() {
-                return Err(clash(&name, "model_policies", "policy"));
-            }
-            moved.push(("model_policies", name, "policy"));
-        }
-        for (name, budget) in std::mem::take(&mut self.model_budgets_ms) {
-            let entry = self.models.entry(name.clone()).or_default();
-            if entry.budget_ms.replace(budget).is_some() {
-                return Err(clash(&name, "model_budgets_ms", "budget_ms"));
-            }
-            moved.push(("model_budgets_ms", name, "budget_ms"));
-        }
-        for (name, ladder) in std::mem::take(&mut self.admission.degradation.models) {
-            let entry = self.models.entry(name.clone()).or_default();
-            if entry.ladder.replace(ladder).is_some() {
-                return Err(clash(&name, "degradation.models", "ladder"));
-            }
-            moved.push(("degradation.models", name, "ladder"));
-        }
-        self.deprecated.extend(
-            moved.into_iter().map(|(old, name, key)| {
-                format!("[{old}] is deprecated: write `{key}` under [models.{name}]")
-            }),
-        );
+        fold(&mut self.models, &mut moved, "model_policies", "policy", policies, |m| &mut m.policy)?;
+        fold(&mut self.models, &mut moved, "model_budgets_ms", "budget_ms", budgets, |m| &mut m.budget_ms)?;
+        fold(&mut self.models, &mut moved, "degradation.models", "ladder", ladders, |m| &mut m.ladder)?;
+        self.deprecated.extend(moved);
         Ok(())
     }
 
