@@ -13,6 +13,7 @@
 //! - [`onnx`]: a small ONNX graph writer.
 //! - [`two_tower`]: the student architecture retort exports, with a reference forward pass.
 //! - [`package`]: finding, reading and atomically writing packages.
+//! - [`catalog`]: item features by item id, and catalog packages on disk.
 //! - [`scaffold`]: the seeded-random default model shipped in `models/`.
 //! - [`toml_file`]: reading TOML files with errors that name them.
 //! - [`timestamp`]: UTC times as text, written and parsed.
@@ -20,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod catalog;
 pub mod encode;
 pub mod engine;
 pub mod manifest;

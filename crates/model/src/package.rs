@@ -235,7 +235,8 @@ pub fn write_with(
     result.map(|_| target)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+/// Writes `bytes` to a new file at `path` and syncs it.
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
     let mut f = std::fs::File::create(path).map_err(io_err(path))?;
     f.write_all(bytes).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))

@@ -1,0 +1,454 @@
+//! Catalog packages on disk: `<catalogs>/<name>/<version>/{catalog.toml, items.bin}`.
+//!
+//! `catalog.toml` says what the catalog holds (its columns, item count, and the size and
+//! checksum of `items.bin`); `items.bin` holds the values, columnar and little-endian, so a
+//! million items load at the speed of reading the file. Like a model package, a catalog is
+//! written in a hidden directory and renamed into place whole: a directory whose name starts
+//! with `.` is never read, and a file whose size or checksum disagrees with `catalog.toml` is
+//! refused, so a half-copied catalog is never taken for a whole one.
+//!
+//! `items.bin`: the 8 bytes `RTCAT\0\0\x01`, then the ids as strings, then each column in the
+//! order `catalog.toml` lists them. Strings are a `u32` offset per row plus one (the first 0),
+//! then the UTF-8 bytes; a categorical column adds one byte per row (1 present, 0 missing). A
+//! number is an `f64` per row, a vector `dim` of them; `NaN` is a missing value (finite values
+//! only are ever written).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Catalog, Column, ColumnKind, Strings, Values, hash_id};
+use crate::package::compare_versions;
+
+pub const MANIFEST: &str = "catalog.toml";
+pub const ITEMS: &str = "items.bin";
+const MAGIC: &[u8; 8] = b"RTCAT\0\0\x01";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogFileError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Manifest(#[from] crate::toml_file::TomlFileError),
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+    #[error("{0} already exists; a published catalog version is never overwritten")]
+    Exists(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogFileError + '_ {
+    move |source| CatalogFileError::Io { path: path.display().to_string(), source }
+}
+
+/// `catalog.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogManifest {
+    pub catalog: About,
+    pub data: Data,
+    #[serde(default)]
+    pub columns: Vec<ColumnEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct About {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    pub id_column: String,
+    pub items: usize,
+    pub created_at: String,
+    /// Where the items came from (the files it was built from), for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    pub bytes: u64,
+    /// FNV-1a (64-bit) of `items.bin`, in hex.
+    pub fnv1a64: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnEntry {
+    pub name: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<usize>,
+}
+
+impl ColumnEntry {
+    fn kind(&self) -> Result<ColumnKind, String> {
+        match (self.kind.as_str(), self.dim) {
+            ("categorical", None) => Ok(ColumnKind::Categorical),
+            ("number", None) => Ok(ColumnKind::Number),
+            ("vector", Some(dim)) if dim > 0 => Ok(ColumnKind::Vector { dim }),
+            ("vector", _) => Err(format!("column `{}`: a vector needs a positive `dim`", self.name)),
+            (kind, Some(_)) => Err(format!("column `{}`: `dim` is for vectors, not {kind}", self.name)),
+            (kind, None) => Err(format!(
+                "column `{}`: unknown kind `{kind}` (expected categorical, number or vector)",
+                self.name
+            )),
+        }
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `catalog`'s `items.bin` bytes.
+fn encode(catalog: &Catalog) -> Vec<u8> {
+    let mut out = Vec::with_capacity(catalog.heap_bytes() + 64);
+    out.extend_from_slice(MAGIC);
+    let strings = |out: &mut Vec<u8>, s: &Strings| {
+        for o in &s.offsets {
+            out.extend_from_slice(&o.to_le_bytes());
+        }
+        out.extend_from_slice(s.bytes.as_bytes());
+    };
+    strings(&mut out, &catalog.ids);
+    for column in &catalog.columns {
+        match &column.values {
+            Values::Text { strings: s, present } => {
+                strings(&mut out, s);
+                out.extend(present.iter().map(|&p| p as u8));
+            }
+            Values::Number(v) | Values::Vector { values: v, .. } => {
+                for x in v {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reads `items.bin` back, checking its structure.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("ends inside {what} (at byte {})", self.at))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn strings(&mut self, rows: usize, what: &str) -> Result<Strings, String> {
+        let size = rows.checked_add(1).and_then(|n| n.checked_mul(4));
+        let raw = self.take(size.ok_or_else(|| format!("{what}: too large"))?, what)?;
+        let offsets: Vec<u32> =
+            raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        if offsets[0] != 0 || offsets.windows(2).any(|w| w[0] > w[1]) {
+            return Err(format!("{what}: offsets out of order"));
+        }
+        let text = self.take(offsets[rows] as usize, what)?;
+        let bytes = std::str::from_utf8(text).map_err(|e| format!("{what}: not UTF-8: {e}"))?.to_string();
+        if let Some(o) = offsets.iter().find(|&&o| !bytes.is_char_boundary(o as usize)) {
+            return Err(format!("{what}: offset {o} splits a character"));
+        }
+        Ok(Strings { offsets, bytes })
+    }
+
+    fn numbers(&mut self, n: usize, what: &str) -> Result<Vec<f64>, String> {
+        let raw = self.take(n.checked_mul(8).ok_or_else(|| format!("{what}: too large"))?, what)?;
+        let values: Vec<f64> =
+            raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+        match values.iter().position(|x| x.is_infinite()) {
+            Some(i) => Err(format!("{what}: value {i} is not finite")),
+            None => Ok(values),
+        }
+    }
+}
+
+fn decode(manifest: &CatalogManifest, bytes: &[u8]) -> Result<Catalog, String> {
+    let rows = manifest.catalog.items;
+    let mut r = Reader { bytes, at: 0 };
+    if r.take(8, "the header")? != MAGIC {
+        return Err("not a retort catalog (bad header)".into());
+    }
+    let ids = r.strings(rows, "the ids")?;
+    let mut columns = Vec::with_capacity(manifest.columns.len());
+    for entry in &manifest.columns {
+        let what = format!("column `{}`", entry.name);
+        let values = match entry.kind()? {
+            ColumnKind::Categorical => {
+                let strings = r.strings(rows, &what)?;
+                let present = r.take(rows, &what)?.iter().map(|&b| b != 0).collect();
+                Values::Text { strings, present }
+            }
+            ColumnKind::Number => Values::Number(r.numbers(rows, &what)?),
+            ColumnKind::Vector { dim } => {
+                let n = rows.checked_mul(dim).ok_or_else(|| format!("{what}: too large"))?;
+                Values::Vector { dim, values: r.numbers(n, &what)? }
+            }
+        };
+        columns.push(Column { name: entry.name.clone(), values });
+    }
+    if r.at != bytes.len() {
+        return Err(format!("{} bytes after the last column", bytes.len() - r.at));
+    }
+    let mut index = hashbrown::HashTable::with_capacity(rows);
+    for row in 0..rows {
+        let id = ids.get(row);
+        let hash = hash_id(id);
+        if let Some(&first) = index.find(hash, |&r: &u32| ids.get(r as usize) == id) {
+            return Err(format!("item id `{id}` appears twice (rows {first} and {row})"));
+        }
+        index.insert_unique(hash, row as u32, |&r| hash_id(ids.get(r as usize)));
+    }
+    let about = &manifest.catalog;
+    Ok(Catalog {
+        name: about.name.clone(),
+        version: about.version.clone(),
+        id_column: about.id_column.clone(),
+        ids,
+        index,
+        columns,
+    })
+}
+
+/// The largest `catalog.toml` read: a page of TOML.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Reads the catalog package in `dir`, refusing one whose `items.bin` is not exactly the file
+/// `catalog.toml` describes, or whose name and version are not its directory's.
+pub fn read(dir: &Path) -> Result<Catalog, CatalogFileError> {
+    let manifest_path = dir.join(MANIFEST);
+    let invalid = |path: &Path, problem: String| CatalogFileError::Invalid {
+        path: path.display().to_string(),
+        problem,
+    };
+    let size = std::fs::metadata(&manifest_path).map_err(io_err(&manifest_path))?.len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(invalid(
+            &manifest_path,
+            format!("{size} bytes; a catalog manifest is at most {MAX_MANIFEST_BYTES}"),
+        ));
+    }
+    let manifest: CatalogManifest = crate::toml_file::read(&manifest_path)?;
+    if manifest.catalog.format != FORMAT {
+        return Err(invalid(
+            &manifest_path,
+            format!("format {}; this server reads format {FORMAT}", manifest.catalog.format),
+        ));
+    }
+    let named = (dir.parent().and_then(|p| p.file_name()), dir.file_name());
+    let (name, version) = (&manifest.catalog.name, &manifest.catalog.version);
+    if named != (Some(name.as_ref()), Some(version.as_ref())) {
+        return Err(invalid(
+            &manifest_path,
+            format!("says {name} version {version}, but lies in {}", dir.display()),
+        ));
+    }
+    let items_path = dir.join(ITEMS);
+    let bytes = std::fs::read(&items_path).map_err(io_err(&items_path))?;
+    if bytes.len() as u64 != manifest.data.bytes {
+        return Err(invalid(
+            &items_path,
+            format!("{} bytes; catalog.toml says {} (incomplete copy?)", bytes.len(), manifest.data.bytes),
+        ));
+    }
+    let sum = format!("{:016x}", fnv1a64(&bytes));
+    if sum != manifest.data.fnv1a64 {
+        return Err(invalid(
+            &items_path,
+            format!("checksum {sum}; catalog.toml says {}", manifest.data.fnv1a64),
+        ));
+    }
+    decode(&manifest, &bytes).map_err(|problem| invalid(&items_path, problem))
+}
+
+/// Writes `catalog` as `<catalogs_dir>/<name>/<version>/` and returns that directory: synced
+/// in a hidden directory, then renamed into place, so a crash leaves no catalog or a whole one.
+pub fn write(catalogs_dir: &Path, catalog: &Catalog, source: &str) -> Result<PathBuf, CatalogFileError> {
+    let name_dir = catalogs_dir.join(&catalog.name);
+    std::fs::create_dir_all(&name_dir).map_err(io_err(&name_dir))?;
+    let target = name_dir.join(&catalog.version);
+    if target.exists() {
+        return Err(CatalogFileError::Exists(target.display().to_string()));
+    }
+    let items = encode(catalog);
+    let manifest = CatalogManifest {
+        catalog: About {
+            format: FORMAT,
+            name: catalog.name.clone(),
+            version: catalog.version.clone(),
+            id_column: catalog.id_column.clone(),
+            items: catalog.len(),
+            created_at: crate::timestamp::rfc3339(std::time::SystemTime::now()),
+            source: source.to_string(),
+        },
+        data: Data { bytes: items.len() as u64, fnv1a64: format!("{:016x}", fnv1a64(&items)) },
+        columns: catalog
+            .columns()
+            .map(|(name, kind)| ColumnEntry {
+                name: name.to_string(),
+                kind: kind.name().to_string(),
+                dim: match kind {
+                    ColumnKind::Vector { dim } => Some(dim),
+                    _ => None,
+                },
+            })
+            .collect(),
+    };
+    let text = toml::to_string(&manifest).expect("a catalog manifest serialises");
+    let tmp = name_dir.join(format!(".{}.tmp-{}", catalog.version, std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    let result = (|| {
+        crate::package::write_synced(&tmp.join(ITEMS), &items).map_err(|e| io_of(e, &tmp))?;
+        crate::package::write_synced(&tmp.join(MANIFEST), text.as_bytes()).map_err(|e| io_of(e, &tmp))?;
+        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
+        std::fs::File::open(&name_dir).and_then(|d| d.sync_all()).map_err(io_err(&name_dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|_| target)
+}
+
+fn io_of(e: crate::package::PackageError, dir: &Path) -> CatalogFileError {
+    match e {
+        crate::package::PackageError::Io { path, source } => CatalogFileError::Io { path, source },
+        other => CatalogFileError::Io {
+            path: dir.display().to_string(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+/// A catalog package found on disk (not yet read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRef {
+    pub name: String,
+    pub version: String,
+    pub dir: PathBuf,
+}
+
+/// The newest complete version of each catalog under `catalogs_dir`, by name.
+pub fn latest(catalogs_dir: &Path) -> Result<Vec<CatalogRef>, CatalogFileError> {
+    let mut found = Vec::new();
+    for name in visible_entries(catalogs_dir)? {
+        let name_dir = catalogs_dir.join(&name);
+        if !name_dir.is_dir() {
+            continue;
+        }
+        let newest = visible_entries(&name_dir)?
+            .into_iter()
+            .filter(|v| name_dir.join(v).join(MANIFEST).is_file() && name_dir.join(v).join(ITEMS).is_file())
+            .max_by(|a, b| compare_versions(a, b));
+        if let Some(version) = newest {
+            found.push(CatalogRef { dir: name_dir.join(&version), name: name.clone(), version });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+fn visible_entries(dir: &Path) -> Result<Vec<String>, CatalogFileError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if let Some(name) = entry.file_name().to_str().filter(|n| !n.starts_with('.')) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// One past the newest numeric version of catalog `name`, or "1".
+pub fn next_version(catalogs_dir: &Path, name: &str) -> String {
+    let newest = visible_entries(&catalogs_dir.join(name))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .max();
+    newest.map_or(1, |v| v + 1).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::tracks;
+    use crate::encode::{FeatureSource, Value};
+
+    #[test]
+    fn a_written_catalog_reads_back_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = tracks();
+        let at = write(dir.path(), &catalog, "tracks.parquet").unwrap();
+        assert_eq!(at, dir.path().join("music/1"));
+        let back = read(&at).unwrap();
+        // Byte for byte (a missing number is NaN, which no `==` would call equal).
+        assert_eq!(encode(&back), encode(&catalog));
+        assert_eq!(
+            (&back.name, &back.version, &back.id_column),
+            (&catalog.name, &catalog.version, &catalog.id_column)
+        );
+        assert_eq!(back.get("t3").unwrap().get("duration_s"), Value::Missing);
+        assert!(matches!(write(dir.path(), &catalog, ""), Err(CatalogFileError::Exists(_))));
+        assert_eq!(
+            latest(dir.path()).unwrap(),
+            [CatalogRef { name: "music".into(), version: "1".into(), dir: at }]
+        );
+        assert_eq!(next_version(dir.path(), "music"), "2");
+        assert_eq!(next_version(dir.path(), "other"), "1");
+    }
+
+    #[test]
+    fn a_truncated_changed_or_misplaced_catalog_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = write(dir.path(), &tracks(), "").unwrap();
+        let items = at.join(ITEMS);
+        let whole = std::fs::read(&items).unwrap();
+        std::fs::write(&items, &whole[..whole.len() - 3]).unwrap();
+        let err = read(&at).unwrap_err().to_string();
+        assert!(err.contains("items.bin") && err.contains("incomplete copy"), "{err}");
+        let mut flipped = whole.clone();
+        flipped[20] ^= 1;
+        std::fs::write(&items, &flipped).unwrap();
+        let err = read(&at).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+        std::fs::write(&items, &whole).unwrap();
+        std::fs::rename(&at, dir.path().join("music/7")).unwrap();
+        let err = read(&dir.path().join("music/7")).unwrap_err().to_string();
+        assert!(err.contains("says music version 1"), "{err}");
+        // A hidden (still being written) version is never a candidate.
+        std::fs::rename(dir.path().join("music/7"), dir.path().join("music/.8.tmp-1")).unwrap();
+        assert!(latest(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_structurally_broken_file_with_a_matching_checksum_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = write(dir.path(), &tracks(), "").unwrap();
+        let mut manifest: CatalogManifest = crate::toml_file::read(&at.join(MANIFEST)).unwrap();
+        // Claims one item more than the file holds: the reader runs out inside a column.
+        manifest.catalog.items = 4;
+        std::fs::write(at.join(MANIFEST), toml::to_string(&manifest).unwrap()).unwrap();
+        let err = read(&at).unwrap_err().to_string();
+        assert!(err.contains("ends inside") || err.contains("offsets"), "{err}");
+        manifest.catalog.items = 3;
+        manifest.columns[2].dim = None;
+        std::fs::write(at.join(MANIFEST), toml::to_string(&manifest).unwrap()).unwrap();
+        let err = read(&at).unwrap_err().to_string();
+        assert!(err.contains("column `track_embedding`: a vector needs a positive `dim`"), "{err}");
+    }
+}

@@ -1,0 +1,471 @@
+//! The item side of ranking: a catalog of item features keyed by item id, which the server
+//! looks candidates up in so that a request may send ids alone.
+//!
+//! A catalog is columnar in memory (one array per feature, the ids in one string arena, an
+//! index of 4-byte rows), so a million items cost their values and little more. It is built
+//! once, validated while it is built, and never changed: a new version is a new catalog.
+//!
+//! # Layout
+//! - this file: [`Catalog`], its [`Builder`] and the [`Item`] a lookup gives.
+//! - [`file`]: the catalog package on disk, `<catalogs>/<name>/<version>/{catalog.toml, items.bin}`.
+
+pub mod file;
+
+use std::borrow::Cow;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+use hashbrown::HashTable;
+
+use crate::encode::{FeatureSource, Value};
+
+/// What a catalog column holds. A categorical value is kept as text: an integer id hashes as
+/// its decimal text anyway (see `encode.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnKind {
+    Categorical,
+    Number,
+    Vector { dim: usize },
+}
+
+impl ColumnKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ColumnKind::Categorical => "categorical",
+            ColumnKind::Number => "number",
+            ColumnKind::Vector { .. } => "vector",
+        }
+    }
+}
+
+/// Strings in one arena: row `i` is `bytes[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Strings {
+    offsets: Vec<u32>,
+    bytes: String,
+}
+
+impl Strings {
+    fn with_capacity(rows: usize) -> Strings {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Strings { offsets, bytes: String::new() }
+    }
+
+    fn push(&mut self, s: &str) -> Result<(), CatalogError> {
+        self.bytes.push_str(s);
+        let end = u32::try_from(self.bytes.len()).map_err(|_| CatalogError::TooLarge)?;
+        self.offsets.push(end);
+        Ok(())
+    }
+
+    fn get(&self, row: usize) -> &str {
+        &self.bytes[self.offsets[row] as usize..self.offsets[row + 1] as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+}
+
+/// One column's values, row by row. A missing value is `NaN` for numbers and vectors (finite
+/// values only are accepted, so `NaN` is free to mean "missing") and `false` in `present` for
+/// text.
+#[derive(Debug, Clone)]
+enum Values {
+    Text { strings: Strings, present: Vec<bool> },
+    Number(Vec<f64>),
+    Vector { dim: usize, values: Vec<f64> },
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    values: Values,
+}
+
+impl Column {
+    fn kind(&self) -> ColumnKind {
+        match &self.values {
+            Values::Text { .. } => ColumnKind::Categorical,
+            Values::Number(_) => ColumnKind::Number,
+            Values::Vector { dim, .. } => ColumnKind::Vector { dim: *dim },
+        }
+    }
+
+    fn value(&self, row: usize) -> Value<'_> {
+        match &self.values {
+            Values::Text { strings, present } => match present[row] {
+                true => Value::Str(strings.get(row)),
+                false => Value::Missing,
+            },
+            Values::Number(v) => match v[row] {
+                x if x.is_nan() => Value::Missing,
+                x => Value::Float(x),
+            },
+            Values::Vector { dim, values } => {
+                let v = &values[row * dim..(row + 1) * dim];
+                match v.first() {
+                    Some(x) if x.is_nan() => Value::Missing,
+                    _ => Value::List(Cow::Borrowed(v)),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CatalogError {
+    #[error("row {row}: item id `{id}` appears twice (first at row {first})")]
+    DuplicateId { row: usize, id: String, first: usize },
+    #[error("row {row}: an empty item id")]
+    EmptyId { row: usize },
+    #[error("row {row}, column `{column}`: {problem}")]
+    Value { row: usize, column: String, problem: String },
+    #[error("column `{0}` is declared twice")]
+    DuplicateColumn(String),
+    #[error("the catalog's text is over 4 GiB; split it")]
+    TooLarge,
+}
+
+/// The ids' hasher: SipHash with fixed keys, so an index is the same from run to run.
+type IdHasher = BuildHasherDefault<DefaultHasher>;
+
+fn hash_id(id: &str) -> u64 {
+    IdHasher::default().hash_one(id)
+}
+
+/// A versioned table of item features keyed by item id. Immutable once built.
+#[derive(Clone)]
+pub struct Catalog {
+    pub name: String,
+    pub version: String,
+    /// The column of the examples the ids come from (`track_id`): a feature of that name reads
+    /// the id itself.
+    pub id_column: String,
+    ids: Strings,
+    index: HashTable<u32>,
+    columns: Vec<Column>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("items", &self.len())
+            .field("columns", &self.columns().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Catalog {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The item with this id, or `None` when the catalog lacks it.
+    pub fn get(&self, id: &str) -> Option<Item<'_>> {
+        let row = *self.index.find(hash_id(id), |&row| self.ids.get(row as usize) == id)?;
+        Some(Item { catalog: self, row: row as usize })
+    }
+
+    /// The item at `row` (0..len), in the order the catalog was built.
+    pub fn item(&self, row: usize) -> Item<'_> {
+        Item { catalog: self, row }
+    }
+
+    /// Each column's name and kind, in order.
+    pub fn columns(&self) -> impl Iterator<Item = (&str, ColumnKind)> {
+        self.columns.iter().map(|c| (c.name.as_str(), c.kind()))
+    }
+
+    /// Bytes held by the values, ids and index (not counting allocator overhead).
+    pub fn heap_bytes(&self) -> usize {
+        let strings = |s: &Strings| s.bytes.capacity() + 4 * s.offsets.capacity();
+        let values: usize = self
+            .columns
+            .iter()
+            .map(|c| match &c.values {
+                Values::Text { strings: s, present } => strings(s) + present.capacity(),
+                Values::Number(v) | Values::Vector { values: v, .. } => 8 * v.capacity(),
+            })
+            .sum();
+        strings(&self.ids) + values + self.index.capacity() * 5
+    }
+}
+
+/// One catalog item: its features, read as a request's would be.
+#[derive(Clone, Copy)]
+pub struct Item<'c> {
+    catalog: &'c Catalog,
+    row: usize,
+}
+
+impl<'c> Item<'c> {
+    pub fn id(&self) -> &'c str {
+        self.catalog.ids.get(self.row)
+    }
+
+    pub fn row(&self) -> usize {
+        self.row
+    }
+}
+
+impl FeatureSource for Item<'_> {
+    fn get(&self, name: &str) -> Value<'_> {
+        if let Some(c) = self.catalog.columns.iter().find(|c| c.name == name) {
+            return c.value(self.row);
+        }
+        if name == self.catalog.id_column {
+            return Value::Str(self.id());
+        }
+        Value::Missing
+    }
+}
+
+/// One value given to [`Builder::push`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    Missing,
+    Text(Cow<'a, str>),
+    Number(f64),
+    Vector(Cow<'a, [f64]>),
+}
+
+/// Builds a catalog row by row, refusing a duplicate id or a bad value with its row and column.
+pub struct Builder {
+    catalog: Catalog,
+}
+
+impl Builder {
+    pub fn new(
+        name: &str,
+        version: &str,
+        id_column: &str,
+        columns: &[(String, ColumnKind)],
+        rows: usize,
+    ) -> Result<Builder, CatalogError> {
+        let mut built = Vec::with_capacity(columns.len());
+        for (name, kind) in columns {
+            if built.iter().any(|c: &Column| &c.name == name) || name == id_column {
+                return Err(CatalogError::DuplicateColumn(name.clone()));
+            }
+            let values = match kind {
+                ColumnKind::Categorical => {
+                    Values::Text { strings: Strings::with_capacity(rows), present: Vec::with_capacity(rows) }
+                }
+                ColumnKind::Number => Values::Number(Vec::with_capacity(rows)),
+                ColumnKind::Vector { dim } => {
+                    Values::Vector { dim: *dim, values: Vec::with_capacity(rows * dim) }
+                }
+            };
+            built.push(Column { name: name.clone(), values });
+        }
+        Ok(Builder {
+            catalog: Catalog {
+                name: name.to_string(),
+                version: version.to_string(),
+                id_column: id_column.to_string(),
+                ids: Strings::with_capacity(rows),
+                index: HashTable::with_capacity(rows),
+                columns: built,
+            },
+        })
+    }
+
+    /// Rows pushed so far.
+    pub fn len(&self) -> usize {
+        self.catalog.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds an item, its `cells` in the columns' order. Nothing is added when it is refused.
+    pub fn push(&mut self, id: &str, cells: &[Cell<'_>]) -> Result<(), CatalogError> {
+        let row = self.len();
+        let c = &mut self.catalog;
+        if id.is_empty() {
+            return Err(CatalogError::EmptyId { row });
+        }
+        let hash = hash_id(id);
+        if let Some(&first) = c.index.find(hash, |&r| c.ids.get(r as usize) == id) {
+            return Err(CatalogError::DuplicateId { row, id: id.to_string(), first: first as usize });
+        }
+        assert_eq!(cells.len(), c.columns.len(), "one cell per column");
+        // Check every cell before writing any, so that a refused row leaves no trace.
+        for (column, cell) in c.columns.iter().zip(cells) {
+            check(column, cell).map_err(|problem| CatalogError::Value {
+                row,
+                column: column.name.clone(),
+                problem,
+            })?;
+        }
+        for (column, cell) in c.columns.iter_mut().zip(cells) {
+            match (&mut column.values, cell) {
+                (Values::Text { strings, present }, Cell::Text(s)) => {
+                    strings.push(s)?;
+                    present.push(true);
+                }
+                (Values::Text { strings, present }, _) => {
+                    strings.push("")?;
+                    present.push(false);
+                }
+                (Values::Number(v), Cell::Number(x)) => v.push(*x),
+                (Values::Number(v), _) => v.push(f64::NAN),
+                (Values::Vector { values, .. }, Cell::Vector(x)) => values.extend_from_slice(x),
+                (Values::Vector { dim, values }, _) => values.extend(std::iter::repeat_n(f64::NAN, *dim)),
+            }
+        }
+        c.ids.push(id)?;
+        let ids = &c.ids;
+        c.index.insert_unique(hash, row as u32, |&r| hash_id(ids.get(r as usize)));
+        Ok(())
+    }
+
+    pub fn finish(self) -> Catalog {
+        self.catalog
+    }
+}
+
+/// Why `cell` cannot go in `column`, if it cannot.
+fn check(column: &Column, cell: &Cell<'_>) -> Result<(), String> {
+    match (&column.values, cell) {
+        (_, Cell::Missing) | (Values::Text { .. }, Cell::Text(_)) => Ok(()),
+        (Values::Number(_), Cell::Number(x)) if x.is_finite() => Ok(()),
+        (Values::Number(_), Cell::Number(x)) => Err(format!("{x} is not a finite number")),
+        (Values::Vector { dim, .. }, Cell::Vector(v)) => {
+            if v.len() != *dim {
+                Err(format!("a vector of {} numbers; expected {dim}", v.len()))
+            } else if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+                Err(format!("element {i} is {x}, not a finite number"))
+            } else {
+                Ok(())
+            }
+        }
+        (values, cell) => {
+            let expected = match values {
+                Values::Text { .. } => "text",
+                Values::Number(_) => "a number",
+                Values::Vector { .. } => "a vector",
+            };
+            let found = match cell {
+                Cell::Text(_) => "text",
+                Cell::Number(_) => "a number",
+                Cell::Vector(_) => "a vector",
+                Cell::Missing => "nothing",
+            };
+            Err(format!("{found}; expected {expected}"))
+        }
+    }
+}
+
+/// A candidate's features: those the request gave, over the catalog item's.
+pub struct Overlay<'a, R> {
+    pub request: &'a R,
+    pub item: Option<Item<'a>>,
+}
+
+impl<R: FeatureSource> FeatureSource for Overlay<'_, R> {
+    fn get(&self, name: &str) -> Value<'_> {
+        match self.request.get(name) {
+            Value::Missing => self.item.as_ref().map_or(Value::Missing, |item| item.get(name)),
+            given => given,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Three tracks: an artist, a duration and an embedding each, the third without a duration.
+    pub fn tracks() -> Catalog {
+        let columns = [
+            ("artist_id".to_string(), ColumnKind::Categorical),
+            ("duration_s".to_string(), ColumnKind::Number),
+            ("track_embedding".to_string(), ColumnKind::Vector { dim: 2 }),
+        ];
+        let mut b = Builder::new("music", "1", "track_id", &columns, 3).unwrap();
+        for (id, artist, duration, e) in [("t1", "a1", 200.0, [0.5, 1.0]), ("t2", "a2", 180.0, [-1.0, 0.0])] {
+            let cells = [Cell::Text(artist.into()), Cell::Number(duration), Cell::Vector(e.to_vec().into())];
+            b.push(id, &cells).unwrap();
+        }
+        b.push("t3", &[Cell::Text("a1".into()), Cell::Missing, Cell::Vector(vec![0.0, 0.0].into())]).unwrap();
+        b.finish()
+    }
+
+    #[test]
+    fn an_item_reads_its_features_and_its_id() {
+        let c = tracks();
+        assert_eq!(c.len(), 3);
+        let t2 = c.get("t2").unwrap();
+        assert_eq!((t2.id(), t2.row()), ("t2", 1));
+        assert_eq!(t2.get("artist_id"), Value::Str("a2"));
+        assert_eq!(t2.get("duration_s"), Value::Float(180.0));
+        assert_eq!(t2.get("track_embedding"), Value::List(Cow::Borrowed(&[-1.0, 0.0])));
+        assert_eq!(t2.get("track_id"), Value::Str("t2"));
+        assert_eq!(t2.get("genre"), Value::Missing);
+        assert_eq!(c.get("t3").unwrap().get("duration_s"), Value::Missing);
+        assert!(c.get("t4").is_none() && c.get("").is_none());
+    }
+
+    #[test]
+    fn a_duplicate_id_or_a_bad_value_is_refused_with_its_row_and_column_and_leaves_no_trace() {
+        let columns =
+            [("d".to_string(), ColumnKind::Number), ("v".to_string(), ColumnKind::Vector { dim: 2 })];
+        let mut b = Builder::new("c", "1", "id", &columns, 0).unwrap();
+        let ok = |x: f64| [Cell::Number(x), Cell::Vector(vec![1.0, 2.0].into())];
+        b.push("a", &ok(1.0)).unwrap();
+        let err = b.push("a", &ok(2.0)).unwrap_err();
+        assert_eq!(err, CatalogError::DuplicateId { row: 1, id: "a".into(), first: 0 });
+        let err = b.push("b", &ok(f64::INFINITY)).unwrap_err().to_string();
+        assert_eq!(err, "row 1, column `d`: inf is not a finite number");
+        let err = b.push("b", &[Cell::Number(1.0), Cell::Vector(vec![1.0].into())]).unwrap_err().to_string();
+        assert!(err.contains("column `v`") && err.contains("expected 2"), "{err}");
+        let err = b.push("b", &[Cell::Text("x".into()), Cell::Missing]).unwrap_err().to_string();
+        assert_eq!(err, "row 1, column `d`: text; expected a number");
+        assert!(matches!(b.push("", &ok(1.0)), Err(CatalogError::EmptyId { row: 1 })));
+        b.push("b", &ok(3.0)).unwrap();
+        let c = b.finish();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.get("b").unwrap().get("d"), Value::Float(3.0));
+        assert_eq!(c.get("b").unwrap().get("v"), Value::List(Cow::Borrowed(&[1.0, 2.0])));
+        assert!(matches!(
+            Builder::new("c", "1", "id", &[("id".into(), ColumnKind::Number)], 0),
+            Err(CatalogError::DuplicateColumn(_))
+        ));
+    }
+
+    #[test]
+    fn a_request_feature_overrides_the_catalog_and_a_miss_reads_nothing() {
+        let c = tracks();
+        let request =
+            crate::request::Features(vec![("duration_s".into(), crate::request::FeatureValue::Float(1.0))]);
+        let over = Overlay { request: &request, item: c.get("t1") };
+        assert_eq!(over.get("duration_s"), Value::Float(1.0));
+        assert_eq!(over.get("artist_id"), Value::Str("a1"));
+        let miss = Overlay { request: &request, item: c.get("nope") };
+        assert_eq!(miss.get("artist_id"), Value::Missing);
+    }
+
+    #[test]
+    fn a_large_catalog_finds_every_item() {
+        let columns = [("n".to_string(), ColumnKind::Number)];
+        let mut b = Builder::new("c", "1", "id", &columns, 100_000).unwrap();
+        for i in 0..100_000 {
+            b.push(&format!("item-{i}"), &[Cell::Number(i as f64)]).unwrap();
+        }
+        let c = b.finish();
+        for i in (0..100_000).step_by(997) {
+            assert_eq!(c.get(&format!("item-{i}")).unwrap().get("n"), Value::Float(i as f64));
+        }
+        assert!(c.get("item-100000").is_none());
+        assert!(c.heap_bytes() < 100_000 * 40, "{} bytes", c.heap_bytes());
+    }
+}
