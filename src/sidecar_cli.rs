@@ -11,6 +11,7 @@ use clap::Subcommand;
 use retort_model::engine::EngineKind;
 use retort_model::{package, scaffold};
 use retort_server::config::{Config, LogFormat, ServeArgs};
+use retort_sidecar::data::catalog::{self, CatalogSource};
 use retort_sidecar::data::dataset::Dataset;
 use retort_sidecar::data::demo::{self, DemoConfig, Domain};
 use retort_sidecar::data::mapping::Mapping;
@@ -156,6 +157,28 @@ pub enum Command {
         /// The server's settings; `--models` is also where the student is published.
         #[command(flatten)]
         server: ServeArgs,
+    },
+    /// Build a catalog package from an item table (one row per item, Parquet or CSV): the
+    /// server looks candidates up in it, so a request may send ids alone.
+    Catalog {
+        /// The item table: a .parquet or .csv file, or a directory of them.
+        #[arg(long)]
+        items: PathBuf,
+        /// Feature spec whose item features are the catalog's columns (`docs/data.md`).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The column holding each item's id.
+        #[arg(long)]
+        id_column: String,
+        /// Catalogs directory the server reads (`<catalogs>/<name>/<version>/`).
+        #[arg(long, default_value = "catalogs")]
+        catalogs: PathBuf,
+        /// Catalog name.
+        #[arg(long)]
+        name: String,
+        /// Version to publish [default: one past the newest]
+        #[arg(long)]
+        version: Option<String>,
     },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
@@ -400,6 +423,20 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 );
                 serve_until_signal(config)?;
             }
+            Ok(())
+        }
+        Command::Catalog { items, spec, id_column, catalogs, name, version } => {
+            let spec = DataSpec::from_path(&spec)?;
+            let started = std::time::Instant::now();
+            let source = CatalogSource { items: &items, spec: &spec, id_column: &id_column };
+            let (dir, catalog) = catalog::publish(&source, &catalogs, &name, version.as_deref())?;
+            println!(
+                "published {}: {} items, {} columns, in {:.2} s",
+                dir.display(),
+                catalog.len(),
+                catalog.columns().count(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::DemoData { out, seed, scale, users, days, target_requests, source_ratio, domains } => {

@@ -97,7 +97,12 @@ fn parses_as(text: &str) -> Result<&'static str, String> {
             }
         };
     }
-    attempt!("a server config", Config);
+    // Through `Config::parse`: the sections are flattened, so `toml::from_str` alone would
+    // take an unknown key without a word.
+    match Config::parse(text, "the block") {
+        Ok(_) => return Ok("a server config"),
+        Err(e) => why.push(format!("as a server config: {e}")),
+    }
     attempt!("a training config", RunConfig);
     attempt!("a feature spec", DataSpec);
     attempt!("a mapping", Mapping);

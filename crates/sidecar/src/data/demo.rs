@@ -323,6 +323,46 @@ impl World {
         b.finish(domain, &tasks)
     }
 
+    /// The domain's item table: one row per item, its item columns only (`items/<domain>.parquet`,
+    /// what `retort catalog` builds a catalog from).
+    pub fn items(&self, domain: Domain) -> RecordBatch {
+        let items = match domain {
+            Domain::Target => &self.tracks,
+            Domain::Source => &self.videos,
+        };
+        let mut id = StringBuilder::new();
+        let mut group = StringBuilder::new();
+        let mut family = StringBuilder::new();
+        let mut duration = Float64Builder::new();
+        let mut popularity = Float64Builder::new();
+        let mut content =
+            ListBuilder::new(Float32Builder::new()).with_field(Field::new("item", DataType::Float32, false));
+        for item in items {
+            id.append_value(&item.id);
+            group.append_value(&item.group);
+            family.append_value(&item.family);
+            duration.append_value(item.duration_s);
+            popularity.append_value(item.popularity);
+            content.values().append_slice(&item.content);
+            content.append(true);
+        }
+        let names = item_columns(domain);
+        let list = DataType::List(Arc::new(Field::new("item", DataType::Float32, false)));
+        let types =
+            [DataType::Utf8, DataType::Utf8, DataType::Utf8, DataType::Float64, DataType::Float64, list];
+        let fields: Vec<Field> = names.iter().zip(types).map(|(n, t)| Field::new(*n, t, false)).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(group.finish()),
+            Arc::new(family.finish()),
+            Arc::new(duration.finish()),
+            Arc::new(popularity.finish()),
+            Arc::new(content.finish()),
+        ];
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .expect("the demo item schema matches its columns. This is a bug.")
+    }
+
     /// A slate: mostly popular items, some the user would like, no repeats.
     fn slate(&self, user: &User, items: &[Item], item_cdf: &[f64], rng: &mut SplitMix64) -> Vec<usize> {
         let size = self.config.slate.min(items.len());
@@ -587,8 +627,8 @@ pub struct Generated {
     pub rows: usize,
 }
 
-/// Writes the world under `out`: `world.toml`, and per domain `features.toml` and one Parquet
-/// partition per day. Partitions already there (from an interrupted run of the same world) are
+/// Writes the world under `out`: `world.toml`, per domain `features.toml` and one Parquet
+/// partition per day, and each domain's item table in `items/<domain>.parquet`. Partitions already there (from an interrupted run of the same world) are
 /// kept, not rewritten.
 pub fn generate(out: &Path, config: &DemoConfig, domains: &[Domain]) -> Result<Generated, DemoError> {
     let io = |p: &Path| {
@@ -614,6 +654,13 @@ pub fn generate(out: &Path, config: &DemoConfig, domains: &[Domain]) -> Result<G
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let spec_file = dir.join("features.toml");
         parquet_io::write_text(&spec_file, &spec(domain).to_toml()).map_err(io(&spec_file))?;
+        // Beside the examples, not among them: a dataset directory's files are its partitions.
+        let items_file = out.join("items").join(format!("{}.parquet", domain.as_str()));
+        if !items_file.exists() {
+            std::fs::create_dir_all(out.join("items")).map_err(io(out))?;
+            let batch = world.items(domain);
+            parquet_io::write_atomic(&items_file, batch.schema(), &[batch], &[])?;
+        }
         for day in 0..config.days {
             jobs.push((domain, day, dir.join(format!("day-{day:03}.parquet"))));
         }

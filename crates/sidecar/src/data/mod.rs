@@ -6,7 +6,9 @@
 //! - [`parquet_io`]: writing Parquet files atomically.
 //! - [`demo`]: the seeded two-domain demo world.
 //! - [`mapping`]: how a teacher's inputs are built from another product's examples.
+//! - [`catalog`]: catalog packages built from item tables (`retort catalog`).
 
+pub mod catalog;
 pub mod dataset;
 pub mod demo;
 pub mod mapping;
