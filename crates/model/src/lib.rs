@@ -412,9 +412,15 @@ impl Model {
         Ok(Scored { values, scores, inference })
     }
 
-    /// [`Model::score`] of a decoded rank request: its context, candidates and objective.
-    pub fn score_request(&self, req: &request::RankRequest<'_>) -> Result<Scored, ScoreError> {
-        self.score(&req.context, &req.candidates, req.objective())
+    /// [`Model::score`] of a decoded rank request: its context, its candidates (over their
+    /// items in `catalog`, when there is one) and its objective.
+    pub fn score_request(
+        &self,
+        req: &request::RankRequest<'_>,
+        catalog: Option<&catalog::Catalog>,
+    ) -> Result<Scored, ScoreError> {
+        let found = catalog::look_up(catalog, &req.candidates);
+        self.score(&req.context, &found.sources, req.objective())
     }
 
     /// Runs one golden example and returns its head values.

@@ -119,7 +119,8 @@ fn candidates<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Vec<Candidate<'
 }
 
 /// One candidate: an object with its `id`, and optionally `features` and a `prior` (never a
-/// positional array, which a derived decoder would also take).
+/// positional array, which a derived decoder would also take); or its id alone (`"t1"`, `42`),
+/// whose features then come from the server's catalog.
 #[derive(Debug)]
 pub struct Candidate<'a> {
     pub id: CandidateId<'a>,
@@ -142,7 +143,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for Candidate<'a> {
         impl<'de> Visitor<'de> for V {
             type Value = Candidate<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a candidate object (`id`, `features`, `prior`)")
+                f.write_str("a candidate id or object (`id`, `features`, `prior`)")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Candidate::id_only(CandidateId::Str(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Candidate::id_only(CandidateId::Str(Cow::Owned(v.to_string()))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Candidate::id_only(CandidateId::Int(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Candidate::id_only(i64::try_from(v).map_or(CandidateId::Uint(v), CandidateId::Int)))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let (mut id, mut features, mut prior) = (None, None, None);
@@ -166,13 +179,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for Candidate<'a> {
                 })
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
+    }
+}
+
+impl<'a> Candidate<'a> {
+    fn id_only(id: CandidateId<'a>) -> Candidate<'a> {
+        Candidate { id, features: Features::default(), prior: None }
     }
 }
 
 impl FeatureSource for Candidate<'_> {
     fn get(&self, name: &str) -> Value<'_> {
         self.features.get(name)
+    }
+}
+
+impl CandidateId<'_> {
+    /// The id as text, as a catalog keys it (an integer by its decimal digits).
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            CandidateId::Str(s) => Cow::Borrowed(s),
+            CandidateId::Int(i) => Cow::Owned(i.to_string()),
+            CandidateId::Uint(u) => Cow::Owned(u.to_string()),
+        }
     }
 }
 
@@ -484,6 +514,24 @@ mod tests {
         assert!(matches!(r.request_id, Some(Text(Cow::Borrowed(_)))));
     }
 
+    // See: issue 16 (2).
+    #[test]
+    fn a_candidate_may_be_its_id_alone() {
+        let r = decode(br#"{"context": {}, "candidates": ["t1", 7, 18446744073709551615, {"id": "t4"}]}"#)
+            .unwrap();
+        let ids: Vec<_> = r.candidates.iter().map(|c| c.id.text().into_owned()).collect();
+        assert_eq!(ids, ["t1", "7", "18446744073709551615", "t4"]);
+        assert!(r.candidates.iter().all(|c| c.features.0.is_empty() && c.prior.is_none()));
+        assert!(matches!(r.candidates[0].id, CandidateId::Str(Cow::Borrowed("t1"))));
+        for bad in ["[1.5]", "[true]", "[null]", "[[\"t1\"]]"] {
+            let body = format!(r#"{{"context": {{}}, "candidates": {bad}}}"#);
+            match decode(body.as_bytes()) {
+                Err(DecodeError::Invalid(m)) => assert!(m.contains("candidate 0"), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn keeps_odd_values_for_the_encoder_to_name() {
         let body = br#"{"context": {"a": null, "b": [1, 2.5], "c": [1, "x", [2]], "d": {"x": 1}, "e": true, "f": "caf\u00e9"},
@@ -519,7 +567,7 @@ mod tests {
         };
         assert!(invalid(r#"[{"a": 1}, [{"id": "t1"}]]"#).contains("not an array"));
         let m = invalid(r#"{"context": {}, "candidates": [{"id": "t0"}, ["t1", {}]]}"#);
-        assert!(m.contains("candidate 1") && m.contains("candidate object"), "{m}");
+        assert!(m.contains("candidate 1") && m.contains("candidate id or object"), "{m}");
         let m = invalid(r#"{"context": {}, "candidates": [], "top_k": -1}"#);
         assert!(m.starts_with("`top_k`") && m.contains("-1"), "{m}");
         assert_eq!(m.matches(" at line ").count(), 1, "{m}");

@@ -126,6 +126,9 @@ impl Default for AdmissionSection {
 pub struct RolloutSection {
     /// Directory of model packages: `<name>/<version>/{model.onnx, manifest.toml}`.
     pub models_dir: PathBuf,
+    /// Directory of catalog packages, `<name>/<version>/{catalog.toml, items.bin}` (written by
+    /// `retort catalog`); none there, or no directory, means candidates carry their features.
+    pub catalogs_dir: PathBuf,
     /// Inference engine.
     pub engine: EngineKind,
     /// The largest `model.onnx` the server loads, in bytes; a larger one is refused before it
@@ -157,6 +160,7 @@ impl Default for RolloutSection {
     fn default() -> Self {
         RolloutSection {
             models_dir: PathBuf::from("models"),
+            catalogs_dir: PathBuf::from("catalogs"),
             engine: EngineKind::Tract,
             max_model_bytes: 512 * 1024 * 1024,
             default_model: None,
@@ -195,6 +199,10 @@ pub struct ModelSettings {
     /// Overrides `[degradation] ladder`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ladder: Option<Vec<Step>>,
+    /// The catalog its candidates are looked up in, by name; without one, the catalog keyed by
+    /// one of its item features, when exactly one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -278,6 +286,9 @@ pub struct RolloutFlags {
     /// Directory of model packages
     #[arg(long = "models", env = "RETORT_MODELS")]
     pub models_dir: Option<PathBuf>,
+    /// Directory of catalog packages (item features by item id)
+    #[arg(long = "catalogs", env = "RETORT_CATALOGS")]
+    pub catalogs_dir: Option<PathBuf>,
     /// Inference engine
     #[arg(long, env = "RETORT_ENGINE")]
     pub engine: Option<EngineKind>,
@@ -344,7 +355,11 @@ pub fn show_defaults(command: clap::Command) -> clap::Command {
 
 /// The flag that sets a setting: its name with dashes (`models_dir` is `--models`).
 fn flag_of(key: &str) -> String {
-    if key == "models_dir" { "models".to_string() } else { key.replace('_', "-") }
+    match key {
+        "models_dir" => "models".to_string(),
+        "catalogs_dir" => "catalogs".to_string(),
+        _ => key.replace('_', "-"),
+    }
 }
 
 /// Moves each model's value of the deprecated table `[old]` to `[models.<name>] key` (its
@@ -472,7 +487,7 @@ impl Config {
         over!(server: listen, max_connections, header_read_timeout_ms, body_read_timeout_ms, max_body_bytes,
             max_candidates, drain_timeout_ms, log_format);
         over!(admission: inference_threads, queue_capacity, max_budget_ms; some default_budget_ms);
-        over!(rollout: models_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
+        over!(rollout: models_dir, catalogs_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
             warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);
         over!(admin: ; some admin_token);
         c.admin.admin_open_on_loopback |= args.admin.admin_open_on_loopback;
@@ -544,6 +559,8 @@ impl Config {
         let r = &self.rollout;
         RolloutSettings {
             models_dir: r.models_dir.clone(),
+            catalogs_dir: r.catalogs_dir.clone(),
+            catalogs: self.models.iter().filter_map(|(n, m)| Some((n.clone(), m.catalog.clone()?))).collect(),
             engine: r.engine,
             max_model_bytes: r.max_model_bytes,
             default_model: r.default_model.clone(),

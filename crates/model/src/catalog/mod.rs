@@ -365,19 +365,64 @@ fn check(column: &Column, cell: &Cell<'_>) -> Result<(), String> {
     }
 }
 
-/// A candidate's features: those the request gave, over the catalog item's.
+/// A candidate's features: those the request gave, over its catalog item's. With a catalog,
+/// the catalog's id column reads the candidate's id, even for an item the catalog lacks.
 pub struct Overlay<'a, R> {
     pub request: &'a R,
     pub item: Option<Item<'a>>,
+    /// The catalog's id column, and the candidate's id.
+    pub id: Option<(&'a str, Cow<'a, str>)>,
+}
+
+impl<'a, R> Overlay<'a, R> {
+    /// The request's features alone (no catalog).
+    pub fn alone(request: &'a R) -> Overlay<'a, R> {
+        Overlay { request, item: None, id: None }
+    }
 }
 
 impl<R: FeatureSource> FeatureSource for Overlay<'_, R> {
     fn get(&self, name: &str) -> Value<'_> {
         match self.request.get(name) {
-            Value::Missing => self.item.as_ref().map_or(Value::Missing, |item| item.get(name)),
-            given => given,
+            Value::Missing => {}
+            given => return given,
+        }
+        match (&self.item, &self.id) {
+            (Some(item), _) => item.get(name),
+            (None, Some((column, id))) if *column == name => Value::Str(id),
+            _ => Value::Missing,
         }
     }
+}
+
+/// Candidates over their catalog items, in the order given, and the positions (in that order)
+/// of those the catalog lacks.
+pub struct Lookup<'a, 'r> {
+    pub sources: Vec<Overlay<'a, crate::request::Candidate<'r>>>,
+    pub misses: Vec<usize>,
+}
+
+/// Looks each candidate up in `catalog` by its id (none looked up without a catalog).
+pub fn look_up<'a, 'r>(
+    catalog: Option<&'a Catalog>,
+    candidates: impl IntoIterator<Item = &'a crate::request::Candidate<'r>>,
+) -> Lookup<'a, 'r> {
+    let candidates = candidates.into_iter();
+    let mut sources = Vec::with_capacity(candidates.size_hint().0);
+    let mut misses = Vec::new();
+    for (i, candidate) in candidates.enumerate() {
+        let Some(catalog) = catalog else {
+            sources.push(Overlay::alone(candidate));
+            continue;
+        };
+        let id = candidate.id.text();
+        let item = catalog.get(&id);
+        if item.is_none() {
+            misses.push(i);
+        }
+        sources.push(Overlay { request: candidate, item, id: Some((catalog.id_column.as_str(), id)) });
+    }
+    Lookup { sources, misses }
 }
 
 #[cfg(test)]
@@ -447,11 +492,30 @@ pub(crate) mod tests {
         let c = tracks();
         let request =
             crate::request::Features(vec![("duration_s".into(), crate::request::FeatureValue::Float(1.0))]);
-        let over = Overlay { request: &request, item: c.get("t1") };
+        let over = Overlay { request: &request, item: c.get("t1"), id: None };
         assert_eq!(over.get("duration_s"), Value::Float(1.0));
         assert_eq!(over.get("artist_id"), Value::Str("a1"));
-        let miss = Overlay { request: &request, item: c.get("nope") };
+        let miss = Overlay { request: &request, item: c.get("nope"), id: Some(("track_id", "nope".into())) };
         assert_eq!(miss.get("artist_id"), Value::Missing);
+        assert_eq!(miss.get("track_id"), Value::Str("nope"));
+        assert_eq!(Overlay::alone(&request).get("track_id"), Value::Missing);
+    }
+
+    #[test]
+    fn a_lookup_names_the_candidates_the_catalog_lacks() {
+        let c = tracks();
+        let req = crate::request::decode(
+            br#"{"context": {}, "candidates": ["t2", 5, {"id": "t1", "features": {"artist_id": "x"}}]}"#,
+        )
+        .unwrap();
+        let found = look_up(Some(&c), &req.candidates);
+        assert_eq!(found.misses, [1]);
+        assert_eq!(found.sources[0].get("artist_id"), Value::Str("a2"));
+        assert_eq!(found.sources[1].get("track_id"), Value::Str("5"));
+        assert_eq!(found.sources[2].get("artist_id"), Value::Str("x"));
+        assert_eq!(found.sources[2].get("duration_s"), Value::Float(200.0));
+        let alone = look_up(None, &req.candidates);
+        assert!(alone.misses.is_empty() && alone.sources[0].get("artist_id") == Value::Missing);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const RANK_OUTCOMES: &str = "retort_rank_outcomes";
 pub const COST_PREDICTION_RATIO: &str = "retort_cost_prediction_ratio";
 pub const CONNECTIONS_OPEN: &str = "retort_connections_open";
 /// Registered without `_total`: the client appends it to counters.
+pub const CATALOG_MISSES: &str = "retort_catalog_misses";
+/// Registered without `_total`: the client appends it to counters.
 pub const CONNECTIONS_CLOSED: &str = "retort_connections_closed";
 
 /// Why the server closed (or never served) a connection.
@@ -63,6 +65,12 @@ pub struct StageLabels {
 pub struct ModelLabels {
     pub model: String,
     pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CatalogLabels {
+    pub model: String,
+    pub catalog: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +118,7 @@ pub struct Metrics {
     pub stage_duration: Histograms<StageLabels>,
     pub candidates: Histograms<ModelLabels>,
     pub missing_features: Family<FeatureLabels, Counter>,
+    pub catalog_misses: Family<CatalogLabels, Counter>,
     pub queue_depth: Gauge,
     pub models_loaded: Gauge,
     pub outcomes: Family<OutcomeLabels, Counter>,
@@ -127,6 +136,7 @@ impl Metrics {
         let stage_duration: Histograms<StageLabels> = Family::new_with_constructor(latency_histogram);
         let candidates: Histograms<ModelLabels> = Family::new_with_constructor(candidates_histogram);
         let missing_features = Family::<FeatureLabels, Counter>::default();
+        let catalog_misses = Family::<CatalogLabels, Counter>::default();
         let queue_depth = Gauge::default();
         let models_loaded = Gauge::default();
         let outcomes = Family::<OutcomeLabels, Counter>::default();
@@ -159,6 +169,11 @@ impl Metrics {
             missing_features.clone(),
         );
         registry.register(
+            CATALOG_MISSES,
+            "Candidates whose id the model's catalog lacks, answered with the manifest's defaults",
+            catalog_misses.clone(),
+        );
+        registry.register(
             INFERENCE_QUEUE_DEPTH,
             "Requests waiting for an inference thread",
             queue_depth.clone(),
@@ -178,6 +193,7 @@ impl Metrics {
             stage_duration,
             candidates,
             missing_features,
+            catalog_misses,
             queue_depth,
             models_loaded,
             outcomes,

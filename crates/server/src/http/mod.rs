@@ -238,6 +238,8 @@ pub async fn serve(
 /// the rollout policy: nothing serves yet). Packages that fail are reported and skipped; it is
 /// an error only when none loads.
 fn load_models(app: &App) -> Result<(), ServeError> {
+    // Before the models, so that their warm-up replays requests over the items they will read.
+    app.rollout.items.refresh();
     let dir = &app.config.rollout.models_dir;
     let mut failures = Vec::new();
     for (name, p) in retort_model::package::latest(dir)? {
@@ -249,6 +251,19 @@ fn load_models(app: &App) -> Result<(), ServeError> {
         }
     }
     app.rollout.settle_default();
+    for route in app.rollout.catalog.load().routes.values() {
+        let manifest = &route.serving.model.manifest;
+        match app.rollout.items.for_model(manifest) {
+            Some(c) => {
+                tracing::info!(model = %manifest.model.name, catalog = %c.name, "candidates looked up in a catalog")
+            }
+            None => {
+                if let Some(why) = app.rollout.items.ambiguity(manifest) {
+                    tracing::warn!("{why}");
+                }
+            }
+        }
+    }
     app.started.store(true, std::sync::atomic::Ordering::Release);
     if app.rollout.catalog.load().routes.is_empty() {
         let reasons = if failures.is_empty() {

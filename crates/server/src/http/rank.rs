@@ -20,11 +20,12 @@ use serde::ser::SerializeMap;
 
 use super::App;
 use super::error::{ApiError, Counts};
-use super::metrics::{FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
+use super::metrics::{CatalogLabels, FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
 use crate::admission::budget::{self, Asked};
 use crate::admission::degrade::{self, Degraded, Pickup, Planned, Reason, Situation};
 use crate::admission::pool::PoolError;
 use crate::rollout::catalog::{Catalog, Served};
+use retort_model::catalog::Catalog as ItemCatalog;
 use retort_model::encode::{Encoded, Location};
 use retort_model::request::{self, CandidateId, DecodeError, RankRequest};
 use retort_model::{HeadValues, Model};
@@ -119,7 +120,8 @@ fn record(app: &App, outcome: Result<Answer, Failure>, elapsed: Duration) -> Res
         Ok(answer) => {
             app.rollout.warmup.record(answer.served.model.name(), answer.body.clone());
             if let Some((shadow, scores)) = answer.shadow {
-                crate::rollout::shadow::spawn(app.pool.clone(), shadow, answer.body, scores);
+                let items = app.rollout.items.for_model(&shadow.model.manifest);
+                crate::rollout::shadow::spawn(app.pool.clone(), shadow, items, answer.body, scores);
             }
             answer.response
         }
@@ -353,12 +355,15 @@ fn admit(
 }
 
 /// Candidates scored: the head values of the rows inference ran, their combined scores, the
-/// order they were scored in, and how the answer ended up degraded.
+/// order they were scored in, how the answer ended up degraded, and the catalog the candidates
+/// were looked up in with those it lacked (by index in the request).
 struct Scored {
     values: HeadValues,
     scores: Vec<f32>,
     order: Option<Vec<usize>>,
     degraded: Option<Degraded>,
+    catalog: Option<Arc<ItemCatalog>>,
+    misses: Vec<usize>,
 }
 
 /// Validates and encodes the candidates to score, in the order they are scored (the objective
@@ -380,8 +385,11 @@ async fn score(
     let t = Instant::now();
     let weights = model.objective(req.objective())?;
     let order = scoring_order(&req.candidates);
-    let encoded = encode_in_order(model, req, order.as_deref(), planned.scored)?;
+    let catalog = app.rollout.items.for_model(&model.manifest);
+    let (encoded, misses) =
+        encode_in_order(model, catalog.as_deref(), req, order.as_deref(), planned.scored)?;
     record_missing(app, model, &encoded.missing);
+    record_misses(app, model, catalog.as_deref(), misses.len());
     let encode_time = t.elapsed();
     timing.encode = micros(encode_time);
 
@@ -451,7 +459,7 @@ async fn score(
     let t = Instant::now();
     let scores = model.combine(&values, &weights)?;
     timing.rank = micros(t.elapsed());
-    Ok(Scored { values, scores, order, degraded })
+    Ok(Scored { values, scores, order, degraded, catalog, misses })
 }
 
 /// The best `top_k` best first; candidates left unscored follow in the order they would have
@@ -497,6 +505,11 @@ fn respond(
         version: model.version(),
         items,
         degraded: scored.degraded,
+        catalog: scored.catalog.as_deref().map(|c| CatalogAnswer {
+            name: &c.name,
+            version: &c.version,
+            misses: scored.misses.iter().map(|&i| &req.candidates[i].id).collect(),
+        }),
         timing_us: timing,
     };
     let json = serde_json::to_vec(&response).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -538,22 +551,26 @@ fn scoring_order(candidates: &[request::Candidate<'_>]) -> Option<Vec<usize>> {
     Some(order)
 }
 
-/// Encodes the first `count` candidates of `order` (the order sent when `None`); an error
-/// names the candidate by its index in the request.
+/// Encodes the first `count` candidates of `order` (the order sent when `None`), each over
+/// its item in `catalog` when there is one; returns the encoding and the candidates the
+/// catalog lacks. Indices, in an error as in the misses, are the candidates' in the request.
 fn encode_in_order(
     model: &Model,
+    catalog: Option<&ItemCatalog>,
     req: &request::RankRequest<'_>,
     order: Option<&[usize]>,
     count: usize,
-) -> Result<Encoded, ApiError> {
-    let Some(order) = order else { return Ok(model.encode(&req.context, &req.candidates[..count])?) };
-    let picked: Vec<&request::Candidate<'_>> = order[..count].iter().map(|&i| &req.candidates[i]).collect();
-    model.encode(&req.context, &picked).map_err(|mut e| {
+) -> Result<(Encoded, Vec<usize>), ApiError> {
+    let in_request = |i: usize| order.map_or(i, |o| o[i]);
+    let picked = (0..count).map(|i| &req.candidates[in_request(i)]);
+    let found = retort_model::catalog::look_up(catalog, picked);
+    let encoded = model.encode(&req.context, &found.sources).map_err(|mut e| {
         if let Location::Candidate(row) = e.location {
-            e.location = Location::Candidate(order[row]);
+            e.location = Location::Candidate(in_request(row));
         }
         ApiError::from(e)
-    })
+    })?;
+    Ok((encoded, found.misses.into_iter().map(in_request).collect()))
 }
 
 /// Row indices of the `k` best scores, best first; ties keep the caller's order.
@@ -584,6 +601,16 @@ fn record_missing(app: &App, model: &Model, missing: &[u32]) {
                 })
                 .inc_by(count as u64);
         }
+    }
+}
+
+/// Candidates the catalog lacked, which took the manifest's defaults.
+fn record_misses(app: &App, model: &Model, catalog: Option<&ItemCatalog>, misses: usize) {
+    if let Some(catalog) = catalog.filter(|_| misses > 0) {
+        app.metrics
+            .catalog_misses
+            .get_or_create(&CatalogLabels { model: model.name().to_string(), catalog: catalog.name.clone() })
+            .inc_by(misses as u64);
     }
 }
 
@@ -618,7 +645,18 @@ struct RankResponse<'a> {
     version: &'a str,
     items: Vec<Item<'a>>,
     degraded: Option<Degraded>,
+    /// The catalog the candidates were looked up in, when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    catalog: Option<CatalogAnswer<'a>>,
     timing_us: &'a Timing,
+}
+
+#[derive(Serialize)]
+struct CatalogAnswer<'a> {
+    name: &'a str,
+    version: &'a str,
+    /// Candidates it lacks, in the order sent: they took the manifest's defaults.
+    misses: Vec<&'a CandidateId<'a>>,
 }
 
 #[derive(Serialize)]

@@ -13,6 +13,7 @@
 //! - [`catalog`]: the served models, their routes, and how a request picks a version.
 //! - [`shadow`]: scoring a share of requests with a shadow version, and the agreement found.
 //! - [`events`]: what the rollout did, counted for Prometheus.
+//! - [`items`]: the item catalogs candidates are looked up in, and which one each model reads.
 //! - [`memory`]: handing retired versions' memory back to the system.
 //! - [`stats`]: per-version request counts and latency quantiles.
 //! - [`registry`]: the versions, their states and the operations.
@@ -22,6 +23,7 @@
 
 pub mod catalog;
 pub mod events;
+pub mod items;
 pub mod memory;
 pub mod registry;
 pub mod shadow;

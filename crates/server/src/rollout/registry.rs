@@ -144,6 +144,8 @@ pub enum RolloutError {
 pub struct Rollout {
     /// What requests read: one atomic load per request.
     pub catalog: ArcSwap<Catalog>,
+    /// The item catalogs candidates are looked up in.
+    pub items: super::items::Items,
     /// Recent requests per model, replayed to new versions.
     pub warmup: WarmupRing,
     latency_factor: f64,
@@ -194,6 +196,10 @@ fn key(name: &str, version: &str) -> Key {
 #[derive(Debug, Clone)]
 pub struct RolloutSettings {
     pub models_dir: PathBuf,
+    /// Where catalog packages are (`<catalogs>/<name>/<version>/`).
+    pub catalogs_dir: PathBuf,
+    /// Per-model catalog names overriding the match by id column.
+    pub catalogs: BTreeMap<String, String>,
     pub engine: EngineKind,
     /// The largest `model.onnx` staged; a larger one is refused before it is read.
     pub max_model_bytes: u64,
@@ -218,6 +224,8 @@ impl Rollout {
     pub fn new(settings: RolloutSettings) -> Rollout {
         let RolloutSettings {
             models_dir,
+            catalogs_dir,
+            catalogs,
             engine,
             max_model_bytes,
             default_model,
@@ -235,6 +243,7 @@ impl Rollout {
                 routes: BTreeMap::new(),
                 default_model: default_model.clone(),
             }),
+            items: super::items::Items::new(catalogs_dir, catalogs),
             warmup: if persist_warmup {
                 WarmupRing::load(&models_dir, warmup_max_bytes)
             } else {
@@ -379,9 +388,12 @@ impl Rollout {
         // The first pass sizes buffers and builds plans for these request shapes (a batch size
         // the golden examples did not have costs a plan the first time); the second is timed,
         // so a new version is not judged on its cold start against a warm one.
-        replay(model, &requests)?;
-        let new = replay(model, &requests)?;
-        let old = serving.and_then(|s| replay(s, &requests).ok().flatten());
+        // Over the catalogs the versions read, as the requests were answered.
+        let items = self.items.for_model(&model.manifest);
+        replay(model, items.as_deref(), &requests)?;
+        let new = replay(model, items.as_deref(), &requests)?;
+        let old = serving
+            .and_then(|s| replay(s, self.items.for_model(&s.manifest).as_deref(), &requests).ok().flatten());
         if let (Some(new), Some(old)) = (new, old)
             && new.as_secs_f64() > old.as_secs_f64() * self.latency_factor
         {

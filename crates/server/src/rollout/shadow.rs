@@ -72,9 +72,16 @@ impl ShadowAgreement {
     }
 }
 
-/// Scores `body` with `shadow` and records its agreement with `serving_scores`. Called after the
-/// response is built; spawns and returns at once.
-pub fn spawn(pool: Arc<InferencePool>, shadow: Arc<Served>, body: Bytes, serving_scores: Vec<f32>) {
+/// Scores `body` with `shadow` (over `catalog`, as the serving version read it) and records its
+/// agreement with `serving_scores`. Called after the response is built; spawns and returns at
+/// once.
+pub fn spawn(
+    pool: Arc<InferencePool>,
+    shadow: Arc<Served>,
+    catalog: Option<Arc<retort_model::catalog::Catalog>>,
+    body: Bytes,
+    serving_scores: Vec<f32>,
+) {
     if pool.queued() > 0 {
         shadow.stats.shadow.skipped();
         return;
@@ -84,7 +91,7 @@ pub fn spawn(pool: Arc<InferencePool>, shadow: Arc<Served>, body: Bytes, serving
         let scored = pool
             .run(move || -> Option<Vec<f32>> {
                 let req = request::decode(&body).ok()?;
-                model.score_request(&req).ok().map(|scored| scored.scores)
+                model.score_request(&req, catalog.as_deref()).ok().map(|scored| scored.scores)
             })
             .await;
         match scored {

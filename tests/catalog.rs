@@ -1,0 +1,150 @@
+//! Candidates by id alone, their features looked up in a catalog the server loads and swaps
+//! while serving. See: issue 16 (1, 2).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{TestServer, shipped_models};
+use retort_model::catalog::{Builder, Catalog, Cell, ColumnKind, file};
+use retort_server::config::Config;
+use serde_json::{Value, json};
+
+const COLUMNS: [(&str, ColumnKind); 5] = [
+    ("artist_id", ColumnKind::Categorical),
+    ("genre", ColumnKind::Categorical),
+    ("duration_s", ColumnKind::Number),
+    ("popularity", ColumnKind::Number),
+    ("track_embedding", ColumnKind::Vector { dim: 8 }),
+];
+
+/// A request of `n` candidates with every item feature in the request, the candidates named
+/// `t0`, `t1`, … (their `track_id`s too).
+fn full_request(n: usize) -> Value {
+    let mut req = common::request(n, 7);
+    for (i, c) in req["candidates"].as_array_mut().unwrap().iter_mut().enumerate() {
+        c["id"] = json!(format!("t{i}"));
+        c["features"]["track_id"] = json!(format!("t{i}"));
+    }
+    req
+}
+
+/// The catalog of `req`'s candidates: their item features, keyed by id.
+fn catalog_of(req: &Value, version: &str) -> Catalog {
+    let columns: Vec<(String, ColumnKind)> =
+        COLUMNS.iter().map(|(n, k)| (n.to_string(), k.clone())).collect();
+    let mut b = Builder::new("music", version, "track_id", &columns, 0).unwrap();
+    for c in req["candidates"].as_array().unwrap() {
+        let f = &c["features"];
+        let cells: Vec<Cell<'_>> = COLUMNS
+            .iter()
+            .map(|(name, kind)| match (&f[*name], kind) {
+                (Value::Null, _) => Cell::Missing,
+                (Value::String(s), _) => Cell::Text(s.as_str().into()),
+                (Value::Array(v), _) => {
+                    Cell::Vector(v.iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>().into())
+                }
+                (x, _) => Cell::Number(x.as_f64().unwrap()),
+            })
+            .collect();
+        b.push(c["id"].as_str().unwrap(), &cells).unwrap();
+    }
+    b.finish()
+}
+
+fn config(catalogs: &Path, poll_ms: u64) -> Config {
+    let mut config = Config::serving(shipped_models());
+    config.rollout.catalogs_dir = catalogs.to_path_buf();
+    config.rollout.poll_interval_ms = poll_ms;
+    config.rollout.persist_warmup = false;
+    config
+}
+
+/// Each answered candidate's score, by id.
+fn scores(reply: &Value) -> BTreeMap<String, f64> {
+    let items = reply["items"].as_array().unwrap();
+    items
+        .iter()
+        .map(|i| (i["id"].to_string().trim_matches('"').to_string(), i["score"].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_only_candidates_score_as_if_they_carried_the_catalogs_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogs = dir.path().join("catalogs");
+    let full = full_request(40);
+    file::write(&catalogs, &catalog_of(&full, "1"), "test").unwrap();
+    let server = TestServer::start(config(&catalogs, 0)).await;
+
+    let r = server.rank(&full).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let expected = scores(&r.json());
+
+    // By id alone, as strings and as objects, with an id the catalog lacks and an integer one.
+    let mut ids: Vec<Value> = (0..40).map(|i| json!(format!("t{i}"))).collect();
+    ids[1] = json!({"id": "t1"});
+    ids.extend([json!("nope"), json!(12345)]);
+    let by_id = json!({"context": full["context"], "candidates": ids});
+    let r = server.rank(&by_id).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reply = r.json();
+    let got = scores(&reply);
+    for (id, score) in &expected {
+        assert!((got[id] - score).abs() <= 1e-6, "{id}: {} by id, {score} with features", got[id]);
+    }
+    assert_eq!(reply["catalog"], json!({"name": "music", "version": "1", "misses": ["nope", 12345]}));
+    assert_eq!(got.len(), 42, "the misses are answered too, with the manifest's defaults");
+
+    // A feature in the request wins over the catalog's.
+    let mut over = by_id.clone();
+    over["candidates"][0] = json!({"id": "t0", "features": {"duration_s": 999.0}});
+    let mut full_over = full.clone();
+    full_over["candidates"][0]["features"]["duration_s"] = json!(999.0);
+    let (a, b) = (scores(&server.rank(&over).await.json()), scores(&server.rank(&full_over).await.json()));
+    assert!((a["t0"] - b["t0"]).abs() <= 1e-6 && (a["t0"] - expected["t0"]).abs() > 1e-6, "{a:?} {b:?}");
+
+    let metrics = server.get("/metrics").await.text();
+    let line = "retort_catalog_misses_total{model=\"music-ranker\",catalog=\"music\"} 4";
+    assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_catalog_version_swaps_in_while_serving_and_a_broken_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogs = dir.path().join("catalogs");
+    let full = full_request(10);
+    file::write(&catalogs, &catalog_of(&full, "1"), "test").unwrap();
+    let server = TestServer::start(config(&catalogs, 50)).await;
+    let by_id = json!({"context": full["context"], "candidates": (0..10).map(|i| format!("t{i}")).collect::<Vec<_>>()});
+    let answer = || async { server.rank(&by_id).await.json() };
+    assert_eq!(answer().await["catalog"]["version"], "1");
+
+    // Version 2 changes t0's duration; it serves within a few polls, and every answer on the
+    // way is whole.
+    let mut changed = full.clone();
+    changed["candidates"][0]["features"]["duration_s"] = json!(999.0);
+    file::write(&catalogs, &catalog_of(&changed, "2"), "test").unwrap();
+    let started = Instant::now();
+    let mut reply = answer().await;
+    while reply["catalog"]["version"] != "2" {
+        assert!(started.elapsed() < Duration::from_secs(20), "version 2 never served: {reply}");
+        assert_eq!(reply["items"].as_array().unwrap().len(), 10);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reply = answer().await;
+    }
+    assert!(reply["catalog"]["misses"].as_array().unwrap().is_empty());
+
+    // Version 3 arrives broken (cut short): refused, and version 2 keeps serving.
+    let staging = dir.path().join("staging");
+    let written = file::write(&staging, &catalog_of(&full, "3"), "test").unwrap();
+    let bytes = std::fs::read(written.join(file::ITEMS)).unwrap();
+    std::fs::write(written.join(file::ITEMS), &bytes[..bytes.len() - 8]).unwrap();
+    std::fs::rename(&written, catalogs.join("music/3")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(answer().await["catalog"]["version"], "2");
+    server.stop().await.unwrap();
+}
