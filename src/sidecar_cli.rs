@@ -137,7 +137,7 @@ pub enum Command {
     },
     /// The whole loop on the demo world: generate it, train a teacher on the source product,
     /// label the target zero-shot, compare control/direct/aux over paired seeds, publish the aux
-    /// student, and (with --serve) serve it.
+    /// student and the demo tracks as a catalog, and (with --serve) serve them.
     Quickstart {
         /// Working directory for the world, the teacher and the labels (reused when rerun).
         #[arg(long, default_value = "data/quickstart")]
@@ -154,7 +154,8 @@ pub enum Command {
         /// (and their RETORT_* variables, the admin token among them) would.
         #[arg(long)]
         serve: bool,
-        /// The server's settings; `--models` is also where the student is published.
+        /// The server's settings; `--models` is also where the student is published, and
+        /// `--catalogs` where the catalog is.
         #[command(flatten)]
         server: ServeArgs,
     },
@@ -382,13 +383,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Quickstart { work, name, version, seeds, serve, server } => {
             init_tracing(LogFormat::Text);
-            let models_dir = match &server.rollout.models_dir {
-                Some(dir) => dir.clone(),
-                None => match &server.config {
-                    Some(file) => Config::from_file(file)?.rollout.models_dir,
-                    None => Config::default().rollout.models_dir,
-                },
-            };
+            // Where the server will look: its flag, else its file, else the default.
+            let file = server.config.as_deref().map(Config::from_file).transpose()?.unwrap_or_default();
+            let models_dir = server.rollout.models_dir.clone().unwrap_or(file.rollout.models_dir);
+            let catalogs_dir = server.rollout.catalogs_dir.clone().unwrap_or(file.rollout.catalogs_dir);
             let version = match version {
                 Some(v) => v,
                 None => package::next_version(&models_dir, &name),
@@ -403,11 +401,19 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 seeds,
                 &mut |step| println!("{step}"),
             )?;
+            // The demo world's tracks as a catalog, so that the served student takes candidates
+            // by id.
+            let demo = work.join("demo");
+            let spec = DataSpec::from_path(&demo.join("target/features.toml"))?;
+            let items = demo.join("items/target.parquet");
+            let source = CatalogSource { items: &items, spec: &spec, id_column: "track_id" };
+            let (catalog, _) = catalog::publish(&source, &catalogs_dir, "music", None)?;
             print!("\n{}", done.comparison.markdown());
             println!(
-                "\npublished {} with its fallback {} in {:.0} s (teacher {}, labels {})",
+                "\npublished {} with its fallback {} and the catalog {} in {:.0} s (teacher {}, labels {})",
                 done.published.display(),
                 done.fallback.display(),
+                catalog.dir().display(),
                 started.elapsed().as_secs_f64(),
                 done.teacher.display(),
                 done.labels.display()
@@ -415,6 +421,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             if serve {
                 let mut server = server;
                 server.rollout.models_dir = Some(models_dir);
+                server.rollout.catalogs_dir = Some(catalogs_dir);
                 let config = Config::resolve(&server)?;
                 println!(
                     "serving {} on http://{} (ctrl-c to stop)",
@@ -429,10 +436,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let spec = DataSpec::from_path(&spec)?;
             let started = std::time::Instant::now();
             let source = CatalogSource { items: &items, spec: &spec, id_column: &id_column };
-            let (dir, catalog) = catalog::publish(&source, &catalogs, &name, version.as_deref())?;
+            let (published, catalog) = catalog::publish(&source, &catalogs, &name, version.as_deref())?;
+            let what = match published {
+                catalog::Published::New(_) => "published",
+                catalog::Published::Unchanged(_) => "unchanged (the newest version holds these items)",
+            };
             println!(
-                "published {}: {} items, {} columns, in {:.2} s",
-                dir.display(),
+                "{what} {}: {} items, {} columns, in {:.2} s",
+                published.dir().display(),
                 catalog.len(),
                 catalog.columns().count(),
                 started.elapsed().as_secs_f64()

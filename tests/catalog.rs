@@ -148,3 +148,39 @@ async fn a_new_catalog_version_swaps_in_while_serving_and_a_broken_one_changes_n
     assert_eq!(answer().await["catalog"]["version"], "2");
     server.stop().await.unwrap();
 }
+
+/// The shipped catalog is what the README says it is: the demo world's item table through
+/// `retort catalog`, byte for byte.
+#[test]
+fn the_shipped_catalog_is_built_from_the_demo_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_retort"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "retort {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["demo-data", "--out", "data/demo", "--domains", "target"]);
+    run(&[
+        "catalog",
+        "--items",
+        "data/demo/items/target.parquet",
+        "--spec",
+        "data/demo/target/features.toml",
+        "--id-column",
+        "track_id",
+        "--catalogs",
+        "catalogs",
+        "--name",
+        "music",
+    ]);
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogs/music/1");
+    let built = dir.path().join("catalogs/music/1");
+    let bytes = |d: &Path| std::fs::read(d.join(file::ITEMS)).unwrap();
+    assert!(bytes(&shipped) == bytes(&built), "catalogs/music/1/items.bin is not what the demo world builds");
+    let catalog = file::read(&shipped).unwrap();
+    assert_eq!((catalog.len(), catalog.id_column.as_str()), (3000, "track_id"));
+}

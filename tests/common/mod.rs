@@ -57,9 +57,17 @@ impl Reply {
 }
 
 impl TestServer {
-    /// Starts a server on `127.0.0.1:0` with `config` and waits until it is ready.
+    /// Starts a server on `127.0.0.1:0` with `config` and waits until it is ready. The shipped
+    /// models read the shipped catalog (`catalogs/`, as `retort serve` from the repository root
+    /// does); a test's own models read a catalog only where the test puts one.
     pub async fn start(mut config: Config) -> TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        if config.rollout.catalogs_dir == Config::default().rollout.catalogs_dir {
+            config.rollout.catalogs_dir = match config.rollout.models_dir == shipped_models() {
+                true => shipped_models().with_file_name("catalogs"),
+                false => config.rollout.models_dir.join("catalogs"),
+            };
+        }
         let listener = retort_server::http::bind(&config).await.expect("bind loopback");
         let addr = listener.local_addr().unwrap();
         let app = App::new(config);

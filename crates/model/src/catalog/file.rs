@@ -334,6 +334,11 @@ fn io_of(e: crate::package::PackageError, dir: &Path) -> CatalogFileError {
     }
 }
 
+/// Whether `a` and `b` hold the same items with the same values (whatever their versions).
+pub fn same_items(a: &Catalog, b: &Catalog) -> bool {
+    a.id_column == b.id_column && a.columns().eq(b.columns()) && encode(a) == encode(b)
+}
+
 /// A catalog package found on disk (not yet read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogRef {

@@ -156,18 +156,42 @@ fn cell<'a>(value: Value<'a>, kind: &ColumnKind) -> Cell<'a> {
     }
 }
 
+/// What publishing a catalog did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// A new version, in this directory.
+    New(PathBuf),
+    /// Nothing: the newest version, in this directory, holds exactly these items. A rerun on
+    /// the same table is not a new version.
+    Unchanged(PathBuf),
+}
+
+impl Published {
+    pub fn dir(&self) -> &Path {
+        match self {
+            Published::New(d) | Published::Unchanged(d) => d,
+        }
+    }
+}
+
 /// Builds the catalog and publishes it under `catalogs_dir` as `name`, version `version` (one
-/// past the newest when `None`). Returns its directory and the catalog.
+/// past the newest when `None`), unless the newest version already holds the same items.
 pub fn publish(
     source: &CatalogSource<'_>,
     catalogs_dir: &Path,
     name: &str,
     version: Option<&str>,
-) -> Result<(PathBuf, Catalog), CatalogBuildError> {
+) -> Result<(Published, Catalog), CatalogBuildError> {
     let version = version.map_or_else(|| file::next_version(catalogs_dir, name), str::to_string);
     let catalog = build(source, name, &version)?;
+    let newest = catalogs_dir.is_dir().then(|| file::latest(catalogs_dir)).transpose()?.unwrap_or_default();
+    if let Some(newest) = newest.into_iter().find(|c| c.name == name)
+        && file::read(&newest.dir).is_ok_and(|old| file::same_items(&old, &catalog))
+    {
+        return Ok((Published::Unchanged(newest.dir), catalog));
+    }
     let dir = file::write(catalogs_dir, &catalog, &source.items.display().to_string())?;
-    Ok((dir, catalog))
+    Ok((Published::New(dir), catalog))
 }
 
 #[cfg(test)]
@@ -213,9 +237,10 @@ dim = 2
         let items = dir.path().join("tracks.csv");
         std::fs::write(&items, "track_id,duration_s,track_embedding,other\nt1,200,0.5;1,x\nt2,,1;2,y\n")
             .unwrap();
-        let (at, catalog) =
+        let (published, catalog) =
             publish(&source(&items, &spec), &dir.path().join("catalogs"), "music", None).unwrap();
-        assert!(at.ends_with("catalogs/music/1"), "{}", at.display());
+        let at = published.dir().to_path_buf();
+        assert!(matches!(published, Published::New(_)) && at.ends_with("catalogs/music/1"), "{published:?}");
         assert_eq!(catalog.len(), 2);
         let back = file::read(&at).unwrap();
         let t1 = back.get("t1").unwrap();
@@ -224,7 +249,11 @@ dim = 2
         assert_eq!(back.get("t2").unwrap().get("duration_s"), Value::Missing);
         let (again, _) =
             publish(&source(&items, &spec), &dir.path().join("catalogs"), "music", None).unwrap();
-        assert!(again.ends_with("music/2"));
+        assert_eq!(again, Published::Unchanged(at), "the same table again is not a new version");
+        std::fs::write(&items, "track_id,duration_s,track_embedding\nt1,201,0.5;1\nt2,,1;2\n").unwrap();
+        let (changed, _) =
+            publish(&source(&items, &spec), &dir.path().join("catalogs"), "music", None).unwrap();
+        assert!(matches!(&changed, Published::New(d) if d.ends_with("music/2")), "{changed:?}");
     }
 
     #[test]
