@@ -1,6 +1,8 @@
 //! Criterion benches on the shipped model: engine inference by candidate count (tract, and ort
-//! where `ORT_DYLIB_PATH` is set and the `ort` feature is built), request decode + encode, and
-//! the whole `POST /v1/rank` handler in-process (router to response body, no network).
+//! where `ORT_DYLIB_PATH` is set and the `ort` feature is built), request decode + encode, the
+//! whole `POST /v1/rank` handler in-process (router to response body, no network) with the
+//! candidates' features in the request and as ids of the shipped catalog, and catalog loads and
+//! lookups at a million items.
 //!
 //! `cargo bench --features ort --bench rank`
 
@@ -85,25 +87,94 @@ fn handler(c: &mut Criterion) {
             (app, stop)
         });
         let router = retort_server::http::router(app);
-        let body = hyper::body::Bytes::from(serde_json::to_vec(&common::request(500, 11)).unwrap());
+        let features = common::request(500, 11);
+        // The same context, the candidates as ids of the shipped catalog (`catalogs/music/1`).
+        let ids: Vec<String> = (0..500).map(|i| format!("t{}", i * 6)).collect();
+        let by_id = serde_json::json!({"context": features["context"], "candidates": ids});
         group.throughput(Throughput::Elements(500));
-        group.bench_function(BenchmarkId::new(kind.as_str(), 500), |b| {
-            b.iter(|| {
-                runtime.block_on(async {
-                    let req = axum::http::Request::post("/v1/rank")
-                        .header("content-type", "application/json")
-                        .body(axum::body::Body::from(body.clone()))
-                        .unwrap();
-                    let response = router.clone().oneshot(req).await.unwrap();
-                    assert_eq!(response.status(), 200);
-                    response.into_body().collect().await.unwrap().to_bytes()
+        for (shape, request) in [("features", &features), ("ids", &by_id)] {
+            let body = hyper::body::Bytes::from(serde_json::to_vec(request).unwrap());
+            eprintln!("handler/{shape}: a {} byte body", body.len());
+            group.bench_function(BenchmarkId::new(format!("{}/{shape}", kind.as_str()), 500), |b| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        let req = axum::http::Request::post("/v1/rank")
+                            .header("content-type", "application/json")
+                            .body(axum::body::Body::from(body.clone()))
+                            .unwrap();
+                        let response = router.clone().oneshot(req).await.unwrap();
+                        assert_eq!(response.status(), 200);
+                        response.into_body().collect().await.unwrap().to_bytes()
+                    })
                 })
-            })
-        });
+            });
+        }
         let _ = stop.send(());
     }
     group.finish();
 }
 
-criterion_group!(benches, inference, decode_encode, handler);
+/// A million items shaped like the demo's tracks (two categorical columns, two numbers, an
+/// 8-dimensional embedding): reading the package, and looking up a request's 500 ids.
+fn catalog(c: &mut Criterion) {
+    use retort_model::catalog::{Builder, Cell, ColumnKind, file};
+    const ITEMS: usize = 1_000_000;
+    let columns: Vec<(String, ColumnKind)> = [
+        ("artist_id", ColumnKind::Categorical),
+        ("genre", ColumnKind::Categorical),
+        ("duration_s", ColumnKind::Number),
+        ("popularity", ColumnKind::Number),
+        ("track_embedding", ColumnKind::Vector { dim: 8 }),
+    ]
+    .into_iter()
+    .map(|(n, k)| (n.to_string(), k))
+    .collect();
+    let mut rng = retort_model::rng::SplitMix64::new(1);
+    let mut b = Builder::new("bench", "1", "track_id", &columns, ITEMS).unwrap();
+    for i in 0..ITEMS {
+        let embedding: Vec<f64> = (0..8).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let cells = [
+            Cell::Text(format!("a{}", rng.below(100_000)).into()),
+            Cell::Text(format!("g{}", rng.below(64)).into()),
+            Cell::Number(rng.uniform(60.0, 420.0)),
+            Cell::Number(rng.next_f64()),
+            Cell::Vector(embedding.into()),
+        ];
+        b.push(&format!("t{i}"), &cells).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let at = file::write(dir.path(), &b.finish(), "bench").unwrap();
+    let bytes = std::fs::metadata(at.join(file::ITEMS)).unwrap().len();
+    let rss = || {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+    };
+    let before = rss();
+    let started = std::time::Instant::now();
+    let catalog = file::read(&at).unwrap();
+    eprintln!(
+        "catalog: {ITEMS} items, items.bin {:.1} MB, read in {:.2} s; {:.1} MB held, resident grew {:.1} MB",
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        catalog.heap_bytes() as f64 / 1e6,
+        rss().saturating_sub(before) as f64 / 1e6
+    );
+    let mut group = c.benchmark_group("catalog");
+    group.sample_size(10);
+    group.bench_function("read/1M", |b| b.iter(|| file::read(&at).unwrap().len()));
+    let req_body = serde_json::to_vec(&serde_json::json!({
+        "context": {},
+        "candidates": (0..500).map(|i| format!("t{}", i * 1999)).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let req = decode(&req_body).unwrap();
+    group.sample_size(50);
+    group.throughput(Throughput::Elements(500));
+    group.bench_function("look_up/500", |b| {
+        b.iter(|| retort_model::catalog::look_up(Some(&catalog), &req.candidates).sources.len())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, inference, decode_encode, handler, catalog);
 criterion_main!(benches);

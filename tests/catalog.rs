@@ -184,3 +184,74 @@ fn the_shipped_catalog_is_built_from_the_demo_world() {
     let catalog = file::read(&shipped).unwrap();
     assert_eq!((catalog.len(), catalog.id_column.as_str()), (3000, "track_id"));
 }
+
+/// The admin API lists catalogs and moves between their versions, the way requests then see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_loads_and_rolls_back_catalog_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogs = dir.path().join("catalogs");
+    let full = full_request(5);
+    file::write(&catalogs, &catalog_of(&full, "1"), "test").unwrap();
+    let mut config = config(&catalogs, 0);
+    config.admin.admin_token = Some("t".into());
+    let server = TestServer::start(config).await;
+    let admin = |method: &'static str, path: &'static str| {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(server.url(path))
+            .header("authorization", "Bearer t")
+            .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+            .unwrap();
+        server.send(req)
+    };
+    let by_id = json!({"context": full["context"], "candidates": ["t0"]});
+    let version = || async { server.rank(&by_id).await.json()["catalog"]["version"].clone() };
+
+    let listed = admin("GET", "/v1/catalogs").await.json();
+    assert_eq!(listed["catalogs"][0]["name"], "music");
+    assert_eq!(listed["catalogs"][0]["items"], 5);
+    assert_eq!(
+        listed["catalogs"][0]["columns"][4],
+        json!({"name": "track_embedding", "kind": "vector", "dim": 8})
+    );
+    assert_eq!(listed["published"], json!([{"name": "music", "version": "1"}]));
+
+    // No poll (interval 0): version 2 serves when loaded.
+    file::write(&catalogs, &catalog_of(&full, "2"), "test").unwrap();
+    let r = admin("POST", "/v1/catalogs/music/versions/2/load").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!((r.json()["version"].clone(), r.json()["previous"].clone()), (json!("2"), json!("1")));
+    assert_eq!(version().await, "2");
+
+    let r = admin("POST", "/v1/catalogs/music/rollback").await;
+    assert_eq!((r.status, r.json()["version"].clone()), (200, json!("1")));
+    assert_eq!(version().await, "1");
+    let r = admin("POST", "/v1/catalogs/music/rollback").await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (409, json!("nothing_to_roll_back")));
+    let r = admin("POST", "/v1/catalogs/music/versions/7/load").await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (404, json!("unknown_version")));
+
+    // A broken version: 422 naming the file, and version 1 keeps serving.
+    let staging = dir.path().join("staging");
+    let broken = file::write(&staging, &catalog_of(&full, "3"), "test").unwrap();
+    std::fs::write(broken.join(file::ITEMS), b"RTCAT").unwrap();
+    std::fs::rename(&broken, catalogs.join("music/3")).unwrap();
+    let r = admin("POST", "/v1/catalogs/music/versions/3/load").await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (422, json!("invalid_catalog")));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("items.bin"), "{}", r.text());
+    assert_eq!(version().await, "1");
+    assert_eq!(admin("GET", "/v1/catalogs").await.json()["refused"][0]["version"], "3");
+
+    let metrics = server.get("/metrics").await.text();
+    for line in [
+        "retort_catalog_swaps_total{catalog=\"music\",operation=\"load\"} 1",
+        "retort_catalog_swaps_total{catalog=\"music\",operation=\"rollback\"} 1",
+        "retort_catalog_refused_total{catalog=\"music\"} 1",
+        "retort_catalog_items{catalog=\"music\"} 5",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
+    // Without the token: refused, as every admin call.
+    assert_eq!(server.get("/v1/catalogs").await.status, 401);
+    server.stop().await.unwrap();
+}

@@ -396,7 +396,8 @@ impl<R: FeatureSource> FeatureSource for Overlay<'_, R> {
 }
 
 /// Candidates over their catalog items, in the order given, and the positions (in that order)
-/// of those the catalog lacks.
+/// of the misses: candidates sent as ids alone whose id the catalog lacks. (One that carries
+/// features of its own and is not in the catalog is a request-time item, not a miss.)
 pub struct Lookup<'a, 'r> {
     pub sources: Vec<Overlay<'a, crate::request::Candidate<'r>>>,
     pub misses: Vec<usize>,
@@ -417,7 +418,7 @@ pub fn look_up<'a, 'r>(
         };
         let id = candidate.id.text();
         let item = catalog.get(&id);
-        if item.is_none() {
+        if item.is_none() && candidate.features.0.is_empty() {
             misses.push(i);
         }
         sources.push(Overlay { request: candidate, item, id: Some((catalog.id_column.as_str(), id)) });
@@ -505,11 +506,12 @@ pub(crate) mod tests {
     fn a_lookup_names_the_candidates_the_catalog_lacks() {
         let c = tracks();
         let req = crate::request::decode(
-            br#"{"context": {}, "candidates": ["t2", 5, {"id": "t1", "features": {"artist_id": "x"}}]}"#,
+            br#"{"context": {}, "candidates": ["t2", 5, {"id": "t1", "features": {"artist_id": "x"}},
+                {"id": "new", "features": {"genre": "g"}}]}"#,
         )
         .unwrap();
         let found = look_up(Some(&c), &req.candidates);
-        assert_eq!(found.misses, [1]);
+        assert_eq!(found.misses, [1], "a candidate with features of its own is not a miss");
         assert_eq!(found.sources[0].get("artist_id"), Value::Str("a2"));
         assert_eq!(found.sources[1].get("track_id"), Value::Str("5"));
         assert_eq!(found.sources[2].get("artist_id"), Value::Str("x"));

@@ -1,4 +1,5 @@
-//! The admin API: which versions are served, and loading a published version into service.
+//! The admin API: which model versions and catalogs are served, and loading a published
+//! version into service.
 //!
 //! Every call needs `Authorization: Bearer <admin_token>`. With no token configured the admin
 //! API refuses every call (403), unless the operator opened it with `admin_open_on_loopback`
@@ -30,6 +31,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/v1/models/{name}/versions/{version}/canary", post(canary))
         .route("/v1/models/{name}/versions/{version}/shadow", post(shadow))
         .route("/v1/models/{name}/rollback", post(rollback))
+        .route("/v1/catalogs", get(catalogs))
+        .route("/v1/catalogs/{name}/versions/{version}/load", post(load_catalog))
+        .route("/v1/catalogs/{name}/rollback", post(roll_back_catalog))
 }
 
 /// An authorized operator: every admin handler takes one, and extracting it checks the bearer
@@ -178,6 +182,61 @@ async fn rollback(
 ) -> Result<Response, ApiError> {
     let version = app.rollout.rollback(&name, "rolled back by an operator")?;
     Ok(answer(&app, &name, &version))
+}
+
+/// `GET /v1/catalogs`: every catalog serving (version, items, columns, memory, the version a
+/// rollback returns to), every version refused and why, and the newest published.
+async fn catalogs(_: Operator, State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let rollout = app.rollout.clone();
+    let (serving, refused, published) = tokio::task::spawn_blocking(move || {
+        let (serving, refused) = rollout.items.list();
+        let dir = rollout.items.dir();
+        let published = if dir.is_dir() {
+            retort_model::catalog::file::latest(dir).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        (serving, refused, published)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let published: Vec<Value> =
+        published.iter().map(|p| json!({ "name": p.name, "version": p.version })).collect();
+    Ok(json_response(json!({ "catalogs": serving, "refused": refused, "published": published })))
+}
+
+/// The catalog `name` as listed.
+fn catalog_answer(app: &App, name: &str) -> Response {
+    let (serving, _) = app.rollout.items.list();
+    json_response(serde_json::to_value(serving.into_iter().find(|c| c.name == name)).unwrap_or(Value::Null))
+}
+
+/// `POST /v1/catalogs/{name}/versions/{version}/load`: read and check that version beside the
+/// serving one, then swap it in (an older one too).
+async fn load_catalog(
+    _: Operator,
+    State(app): State<Arc<App>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    segment(&name)?;
+    segment(&version)?;
+    let rollout = app.rollout.clone();
+    let (n, v) = (name.clone(), version.clone());
+    // Reading a large catalog takes a while: off the async workers.
+    tokio::task::spawn_blocking(move || rollout.items.load(&n, &v))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(catalog_answer(&app, &name))
+}
+
+/// `POST /v1/catalogs/{name}/rollback`: the previous version serves again, in one swap.
+async fn roll_back_catalog(
+    _: Operator,
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    app.rollout.items.rollback(&name)?;
+    Ok(catalog_answer(&app, &name))
 }
 
 #[cfg(test)]

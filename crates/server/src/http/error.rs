@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::rollout::RolloutError;
 use crate::rollout::catalog::ResolveError;
+use crate::rollout::items::ItemsError;
 use retort_model::encode::{EncodeError, Location};
 use retort_model::{InferError, ObjectiveError};
 
@@ -61,6 +62,8 @@ pub enum ApiError {
     AdminDisabled,
     #[error(transparent)]
     Rollout(#[from] crate::rollout::RolloutError),
+    #[error(transparent)]
+    Items(#[from] ItemsError),
 }
 
 /// A budget that is not a positive number is the caller's mistake, named like any other.
@@ -119,6 +122,7 @@ impl ApiError {
         "invalid_model",
         "wrong_state",
         "nothing_to_roll_back",
+        "invalid_catalog",
     ];
 
     /// How this error is answered and counted: the one table (status, code, what it counts
@@ -160,6 +164,11 @@ impl ApiError {
                 RolloutError::WrongState { .. } => (S::CONFLICT, "wrong_state", Fault),
                 RolloutError::NothingToRollBack { .. } => (S::CONFLICT, "nothing_to_roll_back", Fault),
                 RolloutError::Percent(_) => (S::UNPROCESSABLE_ENTITY, "invalid_request", Fault),
+            },
+            ApiError::Items(e) => match e {
+                ItemsError::Unknown { .. } => (S::NOT_FOUND, "unknown_version", Fault),
+                ItemsError::Invalid { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_catalog", Fault),
+                ItemsError::NothingToRollBack { .. } => (S::CONFLICT, "nothing_to_roll_back", Fault),
             },
         };
         Class { status, code, counts }
@@ -309,6 +318,13 @@ mod tests {
             }),
             ApiError::Rollout(RolloutError::NothingToRollBack { name: String::new() }),
             ApiError::Rollout(RolloutError::Percent(101)),
+            ApiError::Items(ItemsError::Unknown { name: String::new(), version: String::new() }),
+            ApiError::Items(ItemsError::Invalid {
+                name: String::new(),
+                version: String::new(),
+                reason: String::new(),
+            }),
+            ApiError::Items(ItemsError::NothingToRollBack { name: String::new() }),
         ];
         for e in &all {
             match e {
@@ -332,7 +348,8 @@ mod tests {
                 | ApiError::Internal(_)
                 | ApiError::Unauthorized
                 | ApiError::AdminDisabled
-                | ApiError::Rollout(_) => {}
+                | ApiError::Rollout(_)
+                | ApiError::Items(_) => {}
             }
         }
         all

@@ -17,6 +17,10 @@ pub const LOAD_SECONDS: &str = "retort_rollout_load_duration_seconds";
 pub const FAILED_LOADS: &str = "retort_rollout_failed_loads";
 pub const CANARY_VERDICTS: &str = "retort_rollout_canary_verdicts";
 pub const VERSIONS: &str = "retort_rollout_versions";
+/// Registered without `_total`: the client appends it to counters.
+pub const CATALOG_SWAPS: &str = "retort_catalog_swaps";
+pub const CATALOG_REFUSED: &str = "retort_catalog_refused";
+pub const CATALOG_ITEMS: &str = "retort_catalog_items";
 
 /// What changed the routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +40,26 @@ impl Swap {
             Swap::Rollback => "rollback",
             Swap::Split => "split",
             Swap::CanaryFailed => "canary_failed",
+        }
+    }
+}
+
+/// What made a catalog version serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CatalogSwap {
+    /// A newer version found in the catalogs directory.
+    New,
+    /// A version an operator loaded.
+    Load,
+    Rollback,
+}
+
+impl CatalogSwap {
+    fn as_str(self) -> &'static str {
+        match self {
+            CatalogSwap::New => "new",
+            CatalogSwap::Load => "load",
+            CatalogSwap::Rollback => "rollback",
         }
     }
 }
@@ -88,6 +112,18 @@ pub struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CatalogLabel {
+    pub catalog: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CatalogSwapLabels {
+    pub catalog: String,
+    /// `new`, `load`, `rollback`.
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub model: String,
     pub state: &'static str,
@@ -110,6 +146,10 @@ pub struct RolloutEvents {
     pub canary_verdicts: Family<VerdictLabels, Counter>,
     /// Set at each scrape from the records ([`RolloutEvents::set_versions`]).
     pub versions: Family<StateLabels, Gauge>,
+    pub catalog_swaps: Family<CatalogSwapLabels, Counter>,
+    pub catalog_refused: Family<CatalogLabel, Counter>,
+    /// Items in each catalog's serving version.
+    pub catalog_items: Family<CatalogLabel, Gauge>,
 }
 
 impl Default for RolloutEvents {
@@ -121,6 +161,9 @@ impl Default for RolloutEvents {
             failed_loads: Family::default(),
             canary_verdicts: Family::default(),
             versions: Family::default(),
+            catalog_swaps: Family::default(),
+            catalog_refused: Family::default(),
+            catalog_items: Family::default(),
         }
     }
 }
@@ -149,6 +192,31 @@ impl RolloutEvents {
             self.canary_verdicts.clone(),
         );
         registry.register(VERSIONS, "Versions the server knows, by state", self.versions.clone());
+        registry.register(
+            CATALOG_SWAPS,
+            "Catalog versions swapped in, by operation: new, load, rollback",
+            self.catalog_swaps.clone(),
+        );
+        registry.register(
+            CATALOG_REFUSED,
+            "Catalog versions refused (unreadable, cut short, a checksum or an id that disagrees)",
+            self.catalog_refused.clone(),
+        );
+        registry.register(
+            CATALOG_ITEMS,
+            "Items in each catalog's serving version",
+            self.catalog_items.clone(),
+        );
+    }
+
+    pub fn catalog_swapped(&self, catalog: &str, how: CatalogSwap, items: usize) {
+        let labels = CatalogSwapLabels { catalog: catalog.to_string(), operation: how.as_str() };
+        self.catalog_swaps.get_or_create(&labels).inc();
+        self.catalog_items.get_or_create(&CatalogLabel { catalog: catalog.to_string() }).set(items as i64);
+    }
+
+    pub fn catalog_refused(&self, catalog: &str) {
+        self.catalog_refused.get_or_create(&CatalogLabel { catalog: catalog.to_string() }).inc();
     }
 
     pub fn swapped(&self, model: &str, swap: Swap) {

@@ -238,12 +238,13 @@ impl Rollout {
             #[cfg(feature = "test-hooks")]
             inference_delays,
         } = settings;
+        let events = RolloutEvents::default();
         Rollout {
             catalog: ArcSwap::from_pointee(Catalog {
                 routes: BTreeMap::new(),
                 default_model: default_model.clone(),
             }),
-            items: super::items::Items::new(catalogs_dir, catalogs),
+            items: super::items::Items::new(catalogs_dir, catalogs, events.clone()),
             warmup: if persist_warmup {
                 WarmupRing::load(&models_dir, warmup_max_bytes)
             } else {
@@ -258,7 +259,7 @@ impl Rollout {
             #[cfg(feature = "test-hooks")]
             inference_delays,
             records: Mutex::new(BTreeMap::new()),
-            events: RolloutEvents::default(),
+            events,
             retirements: std::sync::atomic::AtomicU64::new(0),
             loads: crossbeam_channel::unbounded(),
             ops: Mutex::new(()),
