@@ -178,8 +178,12 @@ pub enum Command {
         #[arg(long)]
         name: String,
         /// Version to publish [default: one past the newest]
-        #[arg(long)]
+        #[arg(long, conflicts_with = "base")]
         version: Option<String>,
+        /// Publish the table as a delta (new and changed items) over this published version:
+        /// the server applies it to that version in memory, reading only the delta.
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Generate the two-domain demo world (source "video", target "music") as Parquet.
     DemoData {
@@ -432,10 +436,20 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Catalog { items, spec, id_column, catalogs, name, version } => {
+        Command::Catalog { items, spec, id_column, catalogs, name, version, base } => {
             let spec = DataSpec::from_path(&spec)?;
             let started = std::time::Instant::now();
             let source = CatalogSource { items: &items, spec: &spec, id_column: &id_column };
+            if let Some(base) = base {
+                let (dir, composed) = catalog::publish_delta(&source, &catalogs, &name, &base)?;
+                println!(
+                    "published {} over {base}: {} items in all, in {:.2} s",
+                    dir.display(),
+                    composed.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
             let (published, catalog) = catalog::publish(&source, &catalogs, &name, version.as_deref())?;
             let what = match published {
                 catalog::Published::New(_) => "published",

@@ -255,3 +255,40 @@ async fn an_operator_lists_loads_and_rolls_back_catalog_versions() {
     assert_eq!(server.get("/v1/catalogs").await.status, 401);
     server.stop().await.unwrap();
 }
+
+/// A delta (new and changed items) lands while serving and applies over the serving version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_applies_over_the_serving_version_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalogs = dir.path().join("catalogs");
+    let full = full_request(6);
+    file::write(&catalogs, &catalog_of(&full, "1"), "test").unwrap();
+    let server = TestServer::start(config(&catalogs, 50)).await;
+    let ids: Vec<String> = (0..6).map(|i| format!("t{i}")).collect();
+    let mut by_id = json!({"context": full["context"], "candidates": ids});
+    let before = scores(&server.rank(&by_id).await.json());
+
+    // The delta holds t0, changed, and a new t6; nothing else.
+    let mut changed = full.clone();
+    changed["candidates"][0]["features"]["duration_s"] = json!(999.0);
+    let mut extra = full_request(7)["candidates"][6].clone();
+    extra["features"]["duration_s"] = json!(123.0);
+    let delta_items = json!({"candidates": [changed["candidates"][0].clone(), extra]});
+    file::write_delta(&catalogs, &catalog_of(&delta_items, "2"), "1", "test").unwrap();
+    by_id["candidates"].as_array_mut().unwrap().push(json!("t6"));
+    let started = Instant::now();
+    let mut reply = server.rank(&by_id).await.json();
+    while reply["catalog"]["version"] != "2" {
+        assert!(started.elapsed() < Duration::from_secs(20), "the delta never served: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        reply = server.rank(&by_id).await.json();
+    }
+    let after = scores(&reply);
+    assert!(reply["catalog"]["misses"].as_array().unwrap().is_empty(), "{reply}");
+    assert!((after["t0"] - before["t0"]).abs() > 1e-6, "t0 changed");
+    for i in 1..6 {
+        let id = format!("t{i}");
+        assert!((after[&id] - before[&id]).abs() <= 1e-6, "{id} did not change");
+    }
+    server.stop().await.unwrap();
+}

@@ -63,6 +63,9 @@ pub struct About {
     /// Where the items came from (the files it was built from), for people.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
+    /// For a delta: the version its new and changed items apply over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,9 +109,10 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-/// `catalog`'s `items.bin` bytes.
+/// `catalog`'s `items.bin` bytes (of its one layer).
 fn encode(catalog: &Catalog) -> Vec<u8> {
-    let mut out = Vec::with_capacity(catalog.heap_bytes() + 64);
+    let layer = catalog.only_layer();
+    let mut out = Vec::with_capacity(layer.heap_bytes() + 64);
     out.extend_from_slice(MAGIC);
     let strings = |out: &mut Vec<u8>, s: &Strings| {
         for o in &s.offsets {
@@ -116,8 +120,8 @@ fn encode(catalog: &Catalog) -> Vec<u8> {
         }
         out.extend_from_slice(s.bytes.as_bytes());
     };
-    strings(&mut out, &catalog.ids);
-    for column in &catalog.columns {
+    strings(&mut out, &layer.ids);
+    for column in &layer.columns {
         match &column.values {
             Values::Text { strings: s, present } => {
                 strings(&mut out, s);
@@ -216,18 +220,60 @@ fn decode(manifest: &CatalogManifest, bytes: &[u8]) -> Result<Catalog, String> {
         name: about.name.clone(),
         version: about.version.clone(),
         id_column: about.id_column.clone(),
-        ids,
-        index,
-        columns,
+        layers: vec![std::sync::Arc::new(super::Layer { ids, index, columns })],
+        len: rows,
     })
 }
 
 /// The largest `catalog.toml` read: a page of TOML.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// Reads the catalog package in `dir`, refusing one whose `items.bin` is not exactly the file
-/// `catalog.toml` describes, or whose name and version are not its directory's.
+/// Reads the catalog version in `dir` (a delta over its base, read from disk).
 pub fn read(dir: &Path) -> Result<Catalog, CatalogFileError> {
+    read_over(dir, None)
+}
+
+/// The longest chain of deltas read.
+const MAX_CHAIN: usize = 64;
+
+/// Reads the catalog version in `dir`. A delta applies over its base: `serving` when that is
+/// the base (nothing is read again), else the base read from disk, down its own chain.
+pub fn read_over(dir: &Path, serving: Option<&Catalog>) -> Result<Catalog, CatalogFileError> {
+    let mut chain = Vec::new();
+    let mut at = dir.to_path_buf();
+    let base = loop {
+        let (manifest, layer) = read_one(&at)?;
+        let invalid = |problem: String| CatalogFileError::Invalid { path: at.display().to_string(), problem };
+        let Some(base) = manifest.catalog.base.clone() else { break layer };
+        if !compare_versions(&base, &manifest.catalog.version).is_lt() {
+            return Err(invalid(format!("its base {base} is not an older version")));
+        }
+        chain.push(layer);
+        if chain.len() > MAX_CHAIN {
+            return Err(invalid(format!(
+                "over {MAX_CHAIN} deltas down to a whole version; publish a whole one"
+            )));
+        }
+        if let Some(s) = serving.filter(|s| s.name == manifest.catalog.name && s.version == base) {
+            break s.clone();
+        }
+        at = at.with_file_name(&base);
+    };
+    let mut catalog = base;
+    for delta in chain.into_iter().rev() {
+        let version = delta.version.clone();
+        catalog = catalog.with_delta(delta).map_err(|problem| CatalogFileError::Invalid {
+            path: dir.with_file_name(&version).display().to_string(),
+            problem,
+        })?;
+    }
+    Ok(catalog)
+}
+
+/// Reads the one version in `dir` (a delta's own items only), refusing one whose `items.bin`
+/// is not exactly the file `catalog.toml` describes, or whose name and version are not its
+/// directory's.
+fn read_one(dir: &Path) -> Result<(CatalogManifest, Catalog), CatalogFileError> {
     let manifest_path = dir.join(MANIFEST);
     let invalid = |path: &Path, problem: String| CatalogFileError::Invalid {
         path: path.display().to_string(),
@@ -270,12 +316,36 @@ pub fn read(dir: &Path) -> Result<Catalog, CatalogFileError> {
             format!("checksum {sum}; catalog.toml says {}", manifest.data.fnv1a64),
         ));
     }
-    decode(&manifest, &bytes).map_err(|problem| invalid(&items_path, problem))
+    let catalog = decode(&manifest, &bytes).map_err(|problem| invalid(&items_path, problem))?;
+    Ok((manifest, catalog))
 }
 
 /// Writes `catalog` as `<catalogs_dir>/<name>/<version>/` and returns that directory: synced
 /// in a hidden directory, then renamed into place, so a crash leaves no catalog or a whole one.
+/// A catalog made of deltas is written whole, merged.
 pub fn write(catalogs_dir: &Path, catalog: &Catalog, source: &str) -> Result<PathBuf, CatalogFileError> {
+    if catalog.layers() > 1 {
+        return write_version(catalogs_dir, &catalog.merged(), None, source);
+    }
+    write_version(catalogs_dir, catalog, None, source)
+}
+
+/// Writes `delta` (new and changed items) as a version that applies over version `base`.
+pub fn write_delta(
+    catalogs_dir: &Path,
+    delta: &Catalog,
+    base: &str,
+    source: &str,
+) -> Result<PathBuf, CatalogFileError> {
+    write_version(catalogs_dir, &delta.merged(), Some(base), source)
+}
+
+fn write_version(
+    catalogs_dir: &Path,
+    catalog: &Catalog,
+    base: Option<&str>,
+    source: &str,
+) -> Result<PathBuf, CatalogFileError> {
     let name_dir = catalogs_dir.join(&catalog.name);
     std::fs::create_dir_all(&name_dir).map_err(io_err(&name_dir))?;
     let target = name_dir.join(&catalog.version);
@@ -292,6 +362,7 @@ pub fn write(catalogs_dir: &Path, catalog: &Catalog, source: &str) -> Result<Pat
             items: catalog.len(),
             created_at: crate::timestamp::rfc3339(std::time::SystemTime::now()),
             source: source.to_string(),
+            base: base.map(str::to_string),
         },
         data: Data { bytes: items.len() as u64, fnv1a64: format!("{:016x}", fnv1a64(&items)) },
         columns: catalog
@@ -336,7 +407,10 @@ fn io_of(e: crate::package::PackageError, dir: &Path) -> CatalogFileError {
 
 /// Whether `a` and `b` hold the same items with the same values (whatever their versions).
 pub fn same_items(a: &Catalog, b: &Catalog) -> bool {
-    a.id_column == b.id_column && a.columns().eq(b.columns()) && encode(a) == encode(b)
+    a.id_column == b.id_column
+        && a.columns().eq(b.columns())
+        && a.len() == b.len()
+        && encode(&a.merged()) == encode(&b.merged())
 }
 
 /// A catalog package found on disk (not yet read).
@@ -415,6 +489,66 @@ mod tests {
         );
         assert_eq!(next_version(dir.path(), "music"), "2");
         assert_eq!(next_version(dir.path(), "other"), "1");
+    }
+
+    /// Version 2 changes `t1` and adds `t9` over version 1.
+    fn delta() -> Catalog {
+        let columns: Vec<(String, ColumnKind)> =
+            tracks().columns().map(|(n, k)| (n.to_string(), k)).collect();
+        let mut b = super::super::Builder::new("music", "2", "track_id", &columns, 2).unwrap();
+        use super::super::Cell;
+        b.push("t1", &[Cell::Text("a7".into()), Cell::Number(1.0), Cell::Vector(vec![0.0, 0.0].into())])
+            .unwrap();
+        b.push("t9", &[Cell::Text("a9".into()), Cell::Missing, Cell::Vector(vec![1.0, 1.0].into())]).unwrap();
+        b.finish()
+    }
+
+    // See: issue 16 (1): a catalogue grows daily.
+    #[test]
+    fn a_delta_applies_over_its_base_read_or_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &tracks(), "").unwrap();
+        let at = write_delta(dir.path(), &delta(), "1", "new.csv").unwrap();
+        let check = |c: &Catalog| {
+            assert_eq!((c.version.as_str(), c.len(), c.layers()), ("2", 4, 2));
+            assert_eq!(c.get("t1").unwrap().get("artist_id"), Value::Str("a7"));
+            assert_eq!(c.get("t2").unwrap().get("artist_id"), Value::Str("a2"));
+            assert_eq!(c.get("t9").unwrap().get("duration_s"), Value::Missing);
+        };
+        check(&read(&at).unwrap());
+        let serving = read(&dir.path().join("music/1")).unwrap();
+        check(&read_over(&at, Some(&serving)).unwrap());
+        // Merged into one layer, the same items; written whole, it reads back whole.
+        let merged = read(&at).unwrap().merged();
+        assert_eq!((merged.layers(), merged.len()), (1, 4));
+        assert!(same_items(&merged, &read(&at).unwrap()));
+        let whole = write(&dir.path().join("other"), &read(&at).unwrap(), "").unwrap();
+        check_whole(&read(&whole).unwrap());
+        fn check_whole(c: &Catalog) {
+            assert_eq!((c.len(), c.layers()), (4, 1));
+            assert_eq!(c.get("t1").unwrap().get("duration_s"), Value::Float(1.0));
+        }
+    }
+
+    #[test]
+    fn a_delta_without_its_base_or_with_other_columns_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = write_delta(dir.path(), &delta(), "1", "").unwrap();
+        let err = read(&at).unwrap_err().to_string();
+        assert!(err.contains("music/1") && err.contains("catalog.toml"), "{err}");
+        let columns = [("other".to_string(), ColumnKind::Number)];
+        let base = super::super::Builder::new("music", "1", "track_id", &columns, 0).unwrap().finish();
+        write(dir.path(), &base, "").unwrap();
+        let err = read(&at).unwrap_err().to_string();
+        assert!(err.contains("music/2") && err.contains("other columns than its base"), "{err}");
+        let mut many = tracks();
+        for v in 2..=(crate::catalog::MAX_LAYERS + 3) {
+            let mut d = delta();
+            d.version = v.to_string();
+            many = many.with_delta(d).unwrap();
+            assert!(many.layers() <= crate::catalog::MAX_LAYERS, "{} layers", many.layers());
+            assert_eq!(many.len(), 4);
+        }
     }
 
     #[test]

@@ -92,6 +92,16 @@ impl Column {
         }
     }
 
+    /// The value at `row` as the cell it was built from.
+    fn cell(&self, row: usize) -> Cell<'_> {
+        match self.value(row) {
+            Value::Str(s) => Cell::Text(Cow::Borrowed(s)),
+            Value::Float(x) => Cell::Number(x),
+            Value::List(v) => Cell::Vector(v),
+            _ => Cell::Missing,
+        }
+    }
+
     fn value(&self, row: usize) -> Value<'_> {
         match &self.values {
             Values::Text { strings, present } => match present[row] {
@@ -134,7 +144,39 @@ fn hash_id(id: &str) -> u64 {
     IdHasher::default().hash_one(id)
 }
 
-/// A versioned table of item features keyed by item id. Immutable once built.
+/// Items with their values: a whole catalog version, or a delta's new and changed items.
+#[derive(Clone)]
+struct Layer {
+    ids: Strings,
+    index: HashTable<u32>,
+    columns: Vec<Column>,
+}
+
+impl Layer {
+    fn find(&self, id: &str) -> Option<usize> {
+        self.index.find(hash_id(id), |&row| self.ids.get(row as usize) == id).map(|&r| r as usize)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let strings = |s: &Strings| s.bytes.capacity() + 4 * s.offsets.capacity();
+        let values: usize = self
+            .columns
+            .iter()
+            .map(|c| match &c.values {
+                Values::Text { strings: s, present } => strings(s) + present.capacity(),
+                Values::Number(v) | Values::Vector { values: v, .. } => 8 * v.capacity(),
+            })
+            .sum();
+        strings(&self.ids) + values + self.index.capacity() * 5
+    }
+}
+
+/// Past this many layers (a whole version and its deltas), a new delta is merged with them
+/// into one layer: each lookup probes every layer, so their number stays small.
+pub const MAX_LAYERS: usize = 8;
+
+/// A versioned table of item features keyed by item id. Immutable once built; a delta makes a
+/// new catalog that shares its base's layers.
 #[derive(Clone)]
 pub struct Catalog {
     pub name: String,
@@ -142,9 +184,10 @@ pub struct Catalog {
     /// The column of the examples the ids come from (`track_id`): a feature of that name reads
     /// the id itself.
     pub id_column: String,
-    ids: Strings,
-    index: HashTable<u32>,
-    columns: Vec<Column>,
+    /// Newest first: a delta's items over those of the versions below it.
+    layers: Vec<std::sync::Arc<Layer>>,
+    /// Distinct items over all layers.
+    len: usize,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -160,67 +203,118 @@ impl std::fmt::Debug for Catalog {
 
 impl Catalog {
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The item with this id, or `None` when the catalog lacks it.
+    /// The item with this id (from the newest layer that has it), or `None`.
     pub fn get(&self, id: &str) -> Option<Item<'_>> {
-        let row = *self.index.find(hash_id(id), |&row| self.ids.get(row as usize) == id)?;
-        Some(Item { catalog: self, row: row as usize })
-    }
-
-    /// The item at `row` (0..len), in the order the catalog was built.
-    pub fn item(&self, row: usize) -> Item<'_> {
-        Item { catalog: self, row }
+        self.layers.iter().find_map(|layer| {
+            let row = layer.find(id)?;
+            Some(Item { layer, id_column: &self.id_column, row })
+        })
     }
 
     /// Each column's name and kind, in order.
     pub fn columns(&self) -> impl Iterator<Item = (&str, ColumnKind)> {
-        self.columns.iter().map(|c| (c.name.as_str(), c.kind()))
+        self.layers[0].columns.iter().map(|c| (c.name.as_str(), c.kind()))
     }
 
-    /// Bytes held by the values, ids and index (not counting allocator overhead).
+    /// Bytes held by the values, ids and index of every layer (not counting allocator
+    /// overhead; a layer shared with the previous version counts here too).
     pub fn heap_bytes(&self) -> usize {
-        let strings = |s: &Strings| s.bytes.capacity() + 4 * s.offsets.capacity();
-        let values: usize = self
-            .columns
-            .iter()
-            .map(|c| match &c.values {
-                Values::Text { strings: s, present } => strings(s) + present.capacity(),
-                Values::Number(v) | Values::Vector { values: v, .. } => 8 * v.capacity(),
-            })
-            .sum();
-        strings(&self.ids) + values + self.index.capacity() * 5
+        self.layers.iter().map(|l| l.heap_bytes()).sum()
+    }
+
+    /// Layers: 1 for a whole version, one more per delta over it (at most [`MAX_LAYERS`]).
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// `delta` (new and changed items, as version `delta.version`) over this catalog. Its id
+    /// column and columns must be this catalog's. Shares this catalog's layers, unless there
+    /// would be more than [`MAX_LAYERS`]: then all are merged into one.
+    pub fn with_delta(&self, delta: Catalog) -> Result<Catalog, String> {
+        if delta.id_column != self.id_column || !delta.columns().eq(self.columns()) {
+            return Err(format!(
+                "delta {}/{} has other columns than its base {}/{} (id column `{}`, columns {:?}; the base: `{}`, {:?})",
+                delta.name,
+                delta.version,
+                self.name,
+                self.version,
+                delta.id_column,
+                delta.columns().map(|(n, _)| n).collect::<Vec<_>>(),
+                self.id_column,
+                self.columns().map(|(n, _)| n).collect::<Vec<_>>(),
+            ));
+        }
+        let top = delta.layers.into_iter().next().expect("a built catalog has a layer");
+        let added = (0..top.ids.len()).filter(|&r| self.get(top.ids.get(r)).is_none()).count();
+        let mut layers = vec![top];
+        layers.extend(self.layers.iter().cloned());
+        let layered = Catalog {
+            name: self.name.clone(),
+            version: delta.version,
+            id_column: self.id_column.clone(),
+            layers,
+            len: self.len + added,
+        };
+        Ok(if layered.layers.len() > MAX_LAYERS { layered.merged() } else { layered })
+    }
+
+    /// The same items in one layer, each with its newest values.
+    pub fn merged(&self) -> Catalog {
+        if self.layers.len() == 1 {
+            return self.clone();
+        }
+        let columns: Vec<(String, ColumnKind)> = self.columns().map(|(n, k)| (n.to_string(), k)).collect();
+        let mut b = Builder::new(&self.name, &self.version, &self.id_column, &columns, self.len)
+            .expect("a catalog's columns are valid");
+        let mut cells = Vec::with_capacity(columns.len());
+        for layer in &self.layers {
+            for row in 0..layer.ids.len() {
+                let id = layer.ids.get(row);
+                if b.layer.find(id).is_some() {
+                    continue; // a newer layer had it
+                }
+                cells.clear();
+                cells.extend(layer.columns.iter().map(|c| c.cell(row)));
+                b.push(id, &cells).expect("a catalog's values are valid");
+            }
+        }
+        b.finish()
+    }
+
+    /// The one layer of a catalog that has one (a built catalog, a whole version read).
+    fn only_layer(&self) -> &Layer {
+        assert_eq!(self.layers.len(), 1, "one layer: write a delta's catalog before composing it");
+        &self.layers[0]
     }
 }
 
 /// One catalog item: its features, read as a request's would be.
 #[derive(Clone, Copy)]
 pub struct Item<'c> {
-    catalog: &'c Catalog,
+    layer: &'c Layer,
+    id_column: &'c str,
     row: usize,
 }
 
 impl<'c> Item<'c> {
     pub fn id(&self) -> &'c str {
-        self.catalog.ids.get(self.row)
-    }
-
-    pub fn row(&self) -> usize {
-        self.row
+        self.layer.ids.get(self.row)
     }
 }
 
 impl FeatureSource for Item<'_> {
     fn get(&self, name: &str) -> Value<'_> {
-        if let Some(c) = self.catalog.columns.iter().find(|c| c.name == name) {
+        if let Some(c) = self.layer.columns.iter().find(|c| c.name == name) {
             return c.value(self.row);
         }
-        if name == self.catalog.id_column {
+        if name == self.id_column {
             return Value::Str(self.id());
         }
         Value::Missing
@@ -238,7 +332,9 @@ pub enum Cell<'a> {
 
 /// Builds a catalog row by row, refusing a duplicate id or a bad value with its row and column.
 pub struct Builder {
+    /// Its name, version and id column (no layer yet).
     catalog: Catalog,
+    layer: Layer,
 }
 
 impl Builder {
@@ -265,21 +361,26 @@ impl Builder {
             };
             built.push(Column { name: name.clone(), values });
         }
+        let layer = Layer {
+            ids: Strings::with_capacity(rows),
+            index: HashTable::with_capacity(rows),
+            columns: built,
+        };
         Ok(Builder {
             catalog: Catalog {
                 name: name.to_string(),
                 version: version.to_string(),
                 id_column: id_column.to_string(),
-                ids: Strings::with_capacity(rows),
-                index: HashTable::with_capacity(rows),
-                columns: built,
+                layers: Vec::new(),
+                len: 0,
             },
+            layer,
         })
     }
 
     /// Rows pushed so far.
     pub fn len(&self) -> usize {
-        self.catalog.len()
+        self.layer.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -289,7 +390,7 @@ impl Builder {
     /// Adds an item, its `cells` in the columns' order. Nothing is added when it is refused.
     pub fn push(&mut self, id: &str, cells: &[Cell<'_>]) -> Result<(), CatalogError> {
         let row = self.len();
-        let c = &mut self.catalog;
+        let c = &mut self.layer;
         if id.is_empty() {
             return Err(CatalogError::EmptyId { row });
         }
@@ -329,7 +430,8 @@ impl Builder {
     }
 
     pub fn finish(self) -> Catalog {
-        self.catalog
+        let len = self.layer.ids.len();
+        Catalog { layers: vec![std::sync::Arc::new(self.layer)], len, ..self.catalog }
     }
 }
 
@@ -451,7 +553,7 @@ pub(crate) mod tests {
         let c = tracks();
         assert_eq!(c.len(), 3);
         let t2 = c.get("t2").unwrap();
-        assert_eq!((t2.id(), t2.row()), ("t2", 1));
+        assert_eq!(t2.id(), "t2");
         assert_eq!(t2.get("artist_id"), Value::Str("a2"));
         assert_eq!(t2.get("duration_s"), Value::Float(180.0));
         assert_eq!(t2.get("track_embedding"), Value::List(Cow::Borrowed(&[-1.0, 0.0])));

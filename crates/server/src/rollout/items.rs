@@ -76,6 +76,8 @@ pub struct CatalogInfo {
     pub previous: Option<String>,
     /// Bytes its values, ids and index hold.
     pub bytes: usize,
+    /// 1 for a whole version; one more for each delta over it.
+    pub layers: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,7 +159,9 @@ impl Items {
                 continue;
             }
             let started = std::time::Instant::now();
-            match file::read(&found.dir) {
+            // A delta over the serving version applies to it in memory: only its items are read.
+            let serving = versions.entries.get(&found.name).map(|e| e.serving.clone());
+            match file::read_over(&found.dir, serving.as_deref()) {
                 Ok(catalog) => {
                     let items = catalog.len();
                     tracing::info!(
@@ -194,7 +198,8 @@ impl Items {
         if versions.entries.get(name).is_some_and(|e| e.serving.version == version) {
             return Ok(());
         }
-        match file::read(&dir) {
+        let serving = versions.entries.get(name).map(|e| e.serving.clone());
+        match file::read_over(&dir, serving.as_deref()) {
             Ok(catalog) => {
                 versions.refused.remove(&(name.to_string(), version.to_string()));
                 self.install(&mut versions, catalog, CatalogSwap::Load);
@@ -252,6 +257,7 @@ impl Items {
                         .collect(),
                     previous: e.previous.as_ref().map(|p| p.version.clone()),
                     bytes: c.heap_bytes(),
+                    layers: c.layers(),
                 }
             })
             .collect();

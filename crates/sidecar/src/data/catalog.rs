@@ -174,6 +174,23 @@ impl Published {
     }
 }
 
+/// Builds a delta of `source`'s items (new and changed ones) and publishes it as the next
+/// version of `name`, applying over version `base`, which must be published and have the same
+/// columns.
+pub fn publish_delta(
+    source: &CatalogSource<'_>,
+    catalogs_dir: &Path,
+    name: &str,
+    base: &str,
+) -> Result<(PathBuf, Catalog), CatalogBuildError> {
+    let base_catalog = file::read(&catalogs_dir.join(name).join(base))?;
+    let version = file::next_version(catalogs_dir, name);
+    let delta = build(source, name, &version)?;
+    let composed = base_catalog.with_delta(delta.clone()).map_err(CatalogBuildError::Invalid)?;
+    let dir = file::write_delta(catalogs_dir, &delta, base, &source.items.display().to_string())?;
+    Ok((dir, composed))
+}
+
 /// Builds the catalog and publishes it under `catalogs_dir` as `name`, version `version` (one
 /// past the newest when `None`), unless the newest version already holds the same items.
 pub fn publish(
@@ -254,6 +271,26 @@ dim = 2
         let (changed, _) =
             publish(&source(&items, &spec), &dir.path().join("catalogs"), "music", None).unwrap();
         assert!(matches!(&changed, Published::New(d) if d.ends_with("music/2")), "{changed:?}");
+    }
+
+    #[test]
+    fn a_delta_publishes_only_its_items_over_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec: DataSpec = toml::from_str(SPEC).unwrap();
+        let catalogs = dir.path().join("catalogs");
+        let items = dir.path().join("tracks.csv");
+        std::fs::write(&items, "track_id,duration_s,track_embedding\nt1,200,0.5;1\nt2,180,1;2\n").unwrap();
+        publish(&source(&items, &spec), &catalogs, "music", None).unwrap();
+        let new = dir.path().join("new.csv");
+        std::fs::write(&new, "track_id,duration_s,track_embedding\nt2,999,1;2\nt3,100,0;0\n").unwrap();
+        let (at, composed) = publish_delta(&source(&new, &spec), &catalogs, "music", "1").unwrap();
+        assert!(at.ends_with("music/2"));
+        assert_eq!(composed.len(), 3);
+        let read = file::read(&at).unwrap();
+        assert_eq!(read.get("t2").unwrap().get("duration_s"), Value::Float(999.0));
+        assert_eq!(read.get("t1").unwrap().get("duration_s"), Value::Float(200.0));
+        let err = publish_delta(&source(&new, &spec), &catalogs, "music", "7").unwrap_err().to_string();
+        assert!(err.contains("music/7"), "{err}");
     }
 
     #[test]
