@@ -168,6 +168,24 @@ fn catalog(c: &mut Criterion) {
     }))
     .unwrap();
     let req = decode(&req_body).unwrap();
+    // A day's delta: 10k items, half of them changed, half new, applied over the serving
+    // million (only the delta is read).
+    let mut d = Builder::new("bench", "2", "track_id", &columns, 10_000).unwrap();
+    for i in 0..10_000 {
+        let id = if i % 2 == 0 { format!("t{}", i * 97) } else { format!("new-{i}") };
+        let cells = [
+            Cell::Text("a1".into()),
+            Cell::Text("g1".into()),
+            Cell::Number(200.0),
+            Cell::Number(0.5),
+            Cell::Vector(vec![0.0; 8].into()),
+        ];
+        d.push(&id, &cells).unwrap();
+    }
+    let delta = file::write_delta(dir.path(), &d.finish(), "1", "bench").unwrap();
+    group.bench_function("delta/10k-over-1M", |b| {
+        b.iter(|| file::read_over(&delta, Some(&catalog)).unwrap().len())
+    });
     group.sample_size(50);
     group.throughput(Throughput::Elements(500));
     group.bench_function("look_up/500", |b| {
