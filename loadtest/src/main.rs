@@ -37,6 +37,10 @@ struct Args {
     /// Send this rank request (JSON), its candidates repeated or cut to `--candidates`.
     #[arg(long)]
     template: Option<PathBuf>,
+    /// With --manifest: send candidates as ids alone, drawn from this catalog version
+    /// (`catalogs/<name>/<version>`), as a frontend with a catalog on the server would.
+    #[arg(long, requires = "manifest")]
+    catalog: Option<PathBuf>,
     /// Candidates per request (0 with a template: as many as it has).
     #[arg(long, default_value_t = 500)]
     candidates: usize,
@@ -138,6 +142,7 @@ async fn run(args: Args) -> Result<bool, Error> {
         budget_ms: None,
         priors: args.priors,
         top_k: args.top_k,
+        ids: args.catalog.as_deref().map(requests::catalog_ids).transpose()?,
     };
     let bodies = match (&args.manifest, &args.template) {
         (Some(m), _) => requests::from_manifest(m, &shape, 64, args.seed)?,

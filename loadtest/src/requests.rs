@@ -22,6 +22,9 @@ pub struct Shape {
     /// Give every candidate a `prior` (for truncated answers).
     pub priors: bool,
     pub top_k: Option<usize>,
+    /// Send candidates as ids alone, drawn from these (a catalog's: [`catalog_ids`]), instead
+    /// of with generated item features.
+    pub ids: Option<Vec<String>>,
 }
 
 /// The parts of `manifest.toml` (docs/model-package.md) that say what a request must carry.
@@ -62,8 +65,12 @@ pub fn from_manifest(path: &Path, shape: &Shape, count: usize, seed: u64) -> Res
     Ok((0..count.max(1))
         .map(|_| {
             let context = features(&manifest.features, "context", &mut rng);
+            let picked = shape.ids.as_deref().map(|ids| distinct(ids, shape.candidates, &mut rng));
             let candidates: Vec<Value> = (0..shape.candidates)
                 .map(|i| {
+                    if let Some(picked) = &picked {
+                        return json!(picked[i]);
+                    }
                     let mut c = json!({"id": format!("c{i}"), "features": features(&manifest.features, "item", &mut rng)});
                     if shape.priors {
                         c["prior"] = json!(rng.unit());
@@ -74,6 +81,65 @@ pub fn from_manifest(path: &Path, shape: &Shape, count: usize, seed: u64) -> Res
             body(json!({"model": model, "context": context, "candidates": candidates}), shape)
         })
         .collect())
+}
+
+/// `n` distinct ids of `ids` (all of them, repeated, when it has fewer), the first ones more
+/// often, as popular items are.
+fn distinct<'a>(ids: &'a [String], n: usize, rng: &mut Rng) -> Vec<&'a str> {
+    if ids.len() <= n {
+        return ids.iter().cycle().take(n).map(String::as_str).collect();
+    }
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    // Bounded: past 100 draws per id wanted, take the rest in order.
+    for _ in 0..n * 100 {
+        if out.len() == n {
+            break;
+        }
+        let k = ((rng.unit().powi(2) * ids.len() as f64) as usize).min(ids.len() - 1);
+        if seen.insert(k) {
+            out.push(ids[k].as_str());
+        }
+    }
+    out.extend(
+        ids.iter()
+            .enumerate()
+            .filter(|(k, _)| !seen.contains(k))
+            .map(|(_, id)| id.as_str())
+            .take(n - out.len()),
+    );
+    out
+}
+
+/// The item ids of the whole catalog version in `dir` (`<catalogs>/<name>/<version>/`, laid
+/// out as docs/catalog.md says): `catalog.toml`'s item count, then `items.bin`'s ids.
+pub fn catalog_ids(dir: &Path) -> Result<Vec<String>, Error> {
+    let bad = |message: String| Error::Input { path: dir.display().to_string(), message };
+    let text = std::fs::read_to_string(dir.join("catalog.toml")).map_err(|e| bad(e.to_string()))?;
+    let manifest: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let about =
+        manifest.get("catalog").and_then(|c| c.as_table()).ok_or_else(|| bad("no [catalog]".into()))?;
+    if about.contains_key("base") {
+        return Err(bad("a delta holds only its own items: give a whole version".into()));
+    }
+    let items =
+        about.get("items").and_then(|v| v.as_integer()).ok_or_else(|| bad("no `items` count".into()))?;
+    let bytes = std::fs::read(dir.join("items.bin")).map_err(|e| bad(e.to_string()))?;
+    let items = items as usize;
+    let offsets_end = 8 + 4 * (items + 1);
+    if bytes.len() < offsets_end || &bytes[..5] != b"RTCAT" {
+        return Err(bad("items.bin is not a retort catalog".into()));
+    }
+    let offset = |i: usize| u32::from_le_bytes(bytes[8 + 4 * i..12 + 4 * i].try_into().unwrap()) as usize;
+    let text = bytes
+        .get(offsets_end..offsets_end + offset(items))
+        .ok_or_else(|| bad("items.bin is cut short".into()))?;
+    let text = std::str::from_utf8(text).map_err(|e| bad(e.to_string()))?;
+    (0..items)
+        .map(|i| {
+            text.get(offset(i)..offset(i + 1)).map(str::to_string).ok_or_else(|| bad("bad id offsets".into()))
+        })
+        .collect()
 }
 
 /// The template request in `path`, its candidates repeated (or cut) to `shape.candidates`
@@ -206,6 +272,16 @@ dim = 3
         std::fs::write(&path, MANIFEST).unwrap();
         let shape = Shape { candidates: 5, budget_ms: Some(25.0), priors: true, ..Shape::default() };
         let bodies = from_manifest(&path, &shape, 3, 1).unwrap();
+        let ids = catalog_ids(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../catalogs/music/1")).unwrap();
+        assert_eq!((ids.len(), ids[0].as_str(), ids[2999].as_str()), (3000, "t0", "t2999"));
+        let by_id = Shape { ids: Some(ids), ..shape.clone() };
+        for body in from_manifest(&path, &by_id, 3, 1).unwrap() {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let sent: Vec<&str> =
+                v["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+            let unique: std::collections::HashSet<&&str> = sent.iter().collect();
+            assert_eq!((sent.len(), unique.len()), (shape.candidates, shape.candidates), "distinct ids");
+        }
         assert_eq!(bodies.len(), 3);
         assert_ne!(bodies[0], bodies[1], "distinct requests");
         let r: Value = serde_json::from_slice(&bodies[0]).unwrap();
