@@ -423,21 +423,34 @@ pub struct CatalogRef {
 
 /// The newest complete version of each catalog under `catalogs_dir`, by name.
 pub fn latest(catalogs_dir: &Path) -> Result<Vec<CatalogRef>, CatalogFileError> {
+    Ok(every_version(catalogs_dir)?.into_iter().filter_map(|versions| versions.into_iter().next()).collect())
+}
+
+/// Every complete version of every catalog under `catalogs_dir`: one list per catalog (by
+/// name), newest first.
+pub fn every_version(catalogs_dir: &Path) -> Result<Vec<Vec<CatalogRef>>, CatalogFileError> {
     let mut found = Vec::new();
-    for name in visible_entries(catalogs_dir)? {
+    let mut names = visible_entries(catalogs_dir)?;
+    names.sort();
+    for name in names {
         let name_dir = catalogs_dir.join(&name);
         if !name_dir.is_dir() {
             continue;
         }
-        let newest = visible_entries(&name_dir)?
+        let mut versions: Vec<String> = visible_entries(&name_dir)?
             .into_iter()
             .filter(|v| name_dir.join(v).join(MANIFEST).is_file() && name_dir.join(v).join(ITEMS).is_file())
-            .max_by(|a, b| compare_versions(a, b));
-        if let Some(version) = newest {
-            found.push(CatalogRef { dir: name_dir.join(&version), name: name.clone(), version });
+            .collect();
+        versions.sort_by(|a, b| compare_versions(b, a));
+        if !versions.is_empty() {
+            found.push(
+                versions
+                    .into_iter()
+                    .map(|version| CatalogRef { dir: name_dir.join(&version), name: name.clone(), version })
+                    .collect(),
+            );
         }
     }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
 }
 

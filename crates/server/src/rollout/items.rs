@@ -135,14 +135,15 @@ impl Items {
         versions.refused.insert((name.to_string(), version.to_string()), reason);
     }
 
-    /// Reads every catalog whose newest complete version is newer than any it has served, and
-    /// swaps each in whole. A version that fails to read is reported once and refused, and the
-    /// serving version stays. A missing catalogs directory is no catalog.
+    /// For each catalog, reads the newest complete version newer than any it has served and
+    /// swaps it in whole; a version that fails to read is reported once and refused, and the
+    /// next older one is tried (so a broken newest version at start still leaves the last
+    /// good one serving). A missing catalogs directory is no catalog.
     pub fn refresh(&self) -> Vec<Refreshed> {
         if !self.dir.is_dir() {
             return Vec::new();
         }
-        let found = match file::latest(&self.dir) {
+        let found = match file::every_version(&self.dir) {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the catalogs directory");
@@ -151,36 +152,41 @@ impl Items {
         };
         let mut versions = self.lock();
         let mut done = Vec::new();
-        for found in found {
-            let seen = versions.entries.get(&found.name).map(|e| e.newest_served.as_str());
-            if seen.is_some_and(|v| !compare_versions(&found.version, v).is_gt())
-                || versions.refused.contains_key(&(found.name.clone(), found.version.clone()))
-            {
-                continue;
-            }
-            let started = std::time::Instant::now();
-            // A delta over the serving version applies to it in memory: only its items are read.
-            let serving = versions.entries.get(&found.name).map(|e| e.serving.clone());
-            match file::read_over(&found.dir, serving.as_deref()) {
-                Ok(catalog) => {
-                    let items = catalog.len();
-                    tracing::info!(
-                        catalog = %found.name,
-                        version = %found.version,
-                        items,
-                        seconds = started.elapsed().as_secs_f64(),
-                        "catalog loaded"
-                    );
-                    self.install(&mut versions, catalog, CatalogSwap::New);
-                    done.push(Refreshed::Loaded { name: found.name, version: found.version, items });
+        for newest_first in found {
+            for found in newest_first {
+                let seen = versions.entries.get(&found.name).map(|e| e.newest_served.as_str());
+                if seen.is_some_and(|v| !compare_versions(&found.version, v).is_gt()) {
+                    break;
                 }
-                Err(e) => {
-                    self.refuse(&mut versions, &found.name, &found.version, e.to_string());
-                    done.push(Refreshed::Refused {
-                        name: found.name,
-                        version: found.version,
-                        error: e.to_string(),
-                    });
+                if versions.refused.contains_key(&(found.name.clone(), found.version.clone())) {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                // A delta over the serving version applies to it in memory: only its items
+                // are read.
+                let serving = versions.entries.get(&found.name).map(|e| e.serving.clone());
+                match file::read_over(&found.dir, serving.as_deref()) {
+                    Ok(catalog) => {
+                        let items = catalog.len();
+                        tracing::info!(
+                            catalog = %found.name,
+                            version = %found.version,
+                            items,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "catalog loaded"
+                        );
+                        self.install(&mut versions, catalog, CatalogSwap::New);
+                        done.push(Refreshed::Loaded { name: found.name, version: found.version, items });
+                        break;
+                    }
+                    Err(e) => {
+                        self.refuse(&mut versions, &found.name, &found.version, e.to_string());
+                        done.push(Refreshed::Refused {
+                            name: found.name,
+                            version: found.version,
+                            error: e.to_string(),
+                        });
+                    }
                 }
             }
         }
@@ -457,6 +463,25 @@ mod tests {
                 assert_eq!(refused.len(), bad, "{first:?} then {second:?}: {refused:?}");
             }
         }
+    }
+
+    // A broken newest version at start must not leave the catalog unserved.
+    #[test]
+    fn at_start_a_broken_newest_version_leaves_the_last_good_one_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalogs = dir.path().join("catalogs");
+        file::write(&catalogs, &catalog("music", "1", "track_id", 2), "").unwrap();
+        let two = file::write(&catalogs, &catalog("music", "2", "track_id", 3), "").unwrap();
+        std::fs::write(two.join(file::ITEMS), b"RTCAT").unwrap();
+        let items = Items::new(catalogs, BTreeMap::new(), RolloutEvents::default());
+        let refreshed = items.refresh();
+        assert!(
+            matches!(&refreshed[..], [Refreshed::Refused { version: v2, .. }, Refreshed::Loaded { version: v1, .. }]
+            if v2 == "2" && v1 == "1"),
+            "{refreshed:?}"
+        );
+        assert_eq!(items.serving()["music"].version, "1");
+        assert!(items.refresh().is_empty());
     }
 
     #[test]
