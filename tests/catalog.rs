@@ -251,6 +251,17 @@ async fn an_operator_lists_loads_and_rolls_back_catalog_versions() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
+    // A version the serving model cannot read (`duration_s` as text): refused, naming both.
+    let columns = [("duration_s".to_string(), ColumnKind::Categorical)];
+    let mut b = Builder::new("music", "4", "track_id", &columns, 1).unwrap();
+    b.push("t0", &[Cell::Text("long".into())]).unwrap();
+    file::write(&catalogs, &b.finish(), "test").unwrap();
+    let r = admin("POST", "/v1/catalogs/music/versions/4/load").await;
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (422, json!("invalid_catalog")));
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("`duration_s` as categorical") && message.contains("music-ranker"), "{message}");
+    assert_eq!(version().await, "1");
+
     // Without the token: refused, as every admin call.
     assert_eq!(server.get("/v1/catalogs").await.status, 401);
     server.stop().await.unwrap();

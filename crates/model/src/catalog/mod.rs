@@ -467,6 +467,47 @@ fn check(column: &Column, cell: &Cell<'_>) -> Result<(), String> {
     }
 }
 
+/// Whether a model whose manifest is `manifest` can read its item features from `catalog`: each
+/// catalog column the model reads must be of the feature's kind (a vector of its length), and
+/// the id column, when the model reads it, categorical. A catalog that fails would make every
+/// request by id fail, blamed on the caller.
+pub fn compatible(manifest: &crate::manifest::Manifest, catalog: &Catalog) -> Result<(), String> {
+    use crate::manifest::{FeatureKind, Side};
+    for f in manifest.features.iter().filter(|f| f.side == Side::Item) {
+        let fits = |kind: &ColumnKind| match (&f.kind, kind) {
+            (FeatureKind::Categorical { .. }, ColumnKind::Categorical) => true,
+            (FeatureKind::Number { .. }, ColumnKind::Number) => true,
+            (FeatureKind::Vector { dim, .. }, ColumnKind::Vector { dim: d }) => dim == d,
+            _ => false,
+        };
+        let kind = if f.name == catalog.id_column {
+            Some(ColumnKind::Categorical)
+        } else {
+            catalog.columns().find(|(n, _)| *n == f.name).map(|(_, k)| k)
+        };
+        if let Some(kind) = kind.filter(|k| !fits(k)) {
+            let dim = |k: &ColumnKind| match k {
+                ColumnKind::Vector { dim } => format!(" of {dim}"),
+                _ => String::new(),
+            };
+            let wanted = match &f.kind {
+                FeatureKind::Vector { dim, .. } => format!("vector of {dim}"),
+                other => other.name().to_string(),
+            };
+            return Err(format!(
+                "catalog {}/{} holds `{}` as {}{}, but model {} reads it as {wanted}",
+                catalog.name,
+                catalog.version,
+                f.name,
+                kind.name(),
+                dim(&kind),
+                manifest.id(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A candidate's features: those the request gave, over its catalog item's. With a catalog,
 /// the catalog's id column reads the candidate's id, even for an item the catalog lacks.
 pub struct Overlay<'a, R> {
@@ -620,6 +661,32 @@ pub(crate) mod tests {
         assert_eq!(found.sources[2].get("duration_s"), Value::Float(200.0));
         let alone = look_up(None, &req.candidates);
         assert!(alone.misses.is_empty() && alone.sources[0].get("artist_id") == Value::Missing);
+    }
+
+    #[test]
+    fn a_catalog_is_compatible_with_a_model_only_if_its_columns_are_the_features_kinds() {
+        let (manifest, _) = crate::scaffold::seeded_package("m", "1", 1);
+        let good = {
+            let columns = [
+                ("duration_s".to_string(), ColumnKind::Number),
+                ("track_embedding".to_string(), ColumnKind::Vector { dim: 8 }),
+            ];
+            Builder::new("music", "1", "track_id", &columns, 0).unwrap().finish()
+        };
+        compatible(&manifest, &good).unwrap();
+        let bad = |name: &str, kind: ColumnKind| {
+            let columns = [(name.to_string(), kind)];
+            compatible(&manifest, &Builder::new("music", "2", "track_id", &columns, 0).unwrap().finish())
+        };
+        let err = bad("track_embedding", ColumnKind::Vector { dim: 2 }).unwrap_err();
+        assert!(err.contains("`track_embedding` as vector of 2") && err.contains("vector of 8"), "{err}");
+        let err = bad("duration_s", ColumnKind::Categorical).unwrap_err();
+        assert!(
+            err.contains("catalog music/2 holds `duration_s` as categorical") && err.contains("as number"),
+            "{err}"
+        );
+        // Columns the model does not read are its own business.
+        bad("lyrics_language", ColumnKind::Categorical).unwrap();
     }
 
     #[test]

@@ -223,7 +223,7 @@ async fn load_catalog(
     let rollout = app.rollout.clone();
     let (n, v) = (name.clone(), version.clone());
     // Reading a large catalog takes a while: off the async workers.
-    tokio::task::spawn_blocking(move || rollout.items.load(&n, &v))
+    tokio::task::spawn_blocking(move || rollout.load_items(&n, &v))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(catalog_answer(&app, &name))

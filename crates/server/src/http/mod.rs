@@ -239,7 +239,7 @@ pub async fn serve(
 /// an error only when none loads.
 fn load_models(app: &App) -> Result<(), ServeError> {
     // Before the models, so that their warm-up replays requests over the items they will read.
-    app.rollout.items.refresh();
+    app.rollout.refresh_items();
     let dir = &app.config.rollout.models_dir;
     let mut failures = Vec::new();
     for (name, p) in retort_model::package::latest(dir)? {

@@ -139,7 +139,9 @@ impl Items {
     /// swaps it in whole; a version that fails to read is reported once and refused, and the
     /// next older one is tried (so a broken newest version at start still leaves the last
     /// good one serving). A missing catalogs directory is no catalog.
-    pub fn refresh(&self) -> Vec<Refreshed> {
+    /// `check` says whether a version may serve (the models that would read it can); one it
+    /// refuses is refused like an unreadable one.
+    pub fn refresh(&self, check: &dyn Fn(&Catalog) -> Result<(), String>) -> Vec<Refreshed> {
         if !self.dir.is_dir() {
             return Vec::new();
         }
@@ -165,7 +167,8 @@ impl Items {
                 // A delta over the serving version applies to it in memory: only its items
                 // are read.
                 let serving = versions.entries.get(&found.name).map(|e| e.serving.clone());
-                match file::read_over(&found.dir, serving.as_deref()) {
+                let read = file::read_over(&found.dir, serving.as_deref()).map_err(|e| e.to_string());
+                match read.and_then(|c| check(&c).map(|()| c)) {
                     Ok(catalog) => {
                         let items = catalog.len();
                         tracing::info!(
@@ -180,12 +183,8 @@ impl Items {
                         break;
                     }
                     Err(e) => {
-                        self.refuse(&mut versions, &found.name, &found.version, e.to_string());
-                        done.push(Refreshed::Refused {
-                            name: found.name,
-                            version: found.version,
-                            error: e.to_string(),
-                        });
+                        self.refuse(&mut versions, &found.name, &found.version, e.clone());
+                        done.push(Refreshed::Refused { name: found.name, version: found.version, error: e });
                     }
                 }
             }
@@ -194,8 +193,14 @@ impl Items {
     }
 
     /// Makes `name`/`version` serve (an older one too: a way back past the previous version).
-    /// It is read and checked first; one that cannot be read changes nothing.
-    pub fn load(&self, name: &str, version: &str) -> Result<(), ItemsError> {
+    /// It is read and checked first (by `check` too, as in [`Items::refresh`]); one that fails
+    /// changes nothing.
+    pub fn load(
+        &self,
+        name: &str,
+        version: &str,
+        check: &dyn Fn(&Catalog) -> Result<(), String>,
+    ) -> Result<(), ItemsError> {
         let dir = self.dir.join(name).join(version);
         if !(dir.join(file::MANIFEST).is_file() && dir.join(file::ITEMS).is_file()) {
             return Err(ItemsError::Unknown { name: name.into(), version: version.into() });
@@ -205,15 +210,16 @@ impl Items {
             return Ok(());
         }
         let serving = versions.entries.get(name).map(|e| e.serving.clone());
-        match file::read_over(&dir, serving.as_deref()) {
+        let read = file::read_over(&dir, serving.as_deref()).map_err(|e| e.to_string());
+        match read.and_then(|c| check(&c).map(|()| c)) {
             Ok(catalog) => {
                 versions.refused.remove(&(name.to_string(), version.to_string()));
                 self.install(&mut versions, catalog, CatalogSwap::Load);
                 Ok(())
             }
             Err(e) => {
-                self.refuse(&mut versions, name, version, e.to_string());
-                Err(ItemsError::Invalid { name: name.into(), version: version.into(), reason: e.to_string() })
+                self.refuse(&mut versions, name, version, e.clone());
+                Err(ItemsError::Invalid { name: name.into(), version: version.into(), reason: e })
             }
         }
     }
@@ -284,6 +290,15 @@ impl Items {
         &self.dir
     }
 
+    /// Whether `manifest`'s model would read `catalog` when it serves (by the rule of
+    /// [`Items::for_model`], leaving aside other catalogs that would make it ambiguous).
+    pub fn would_read(&self, manifest: &Manifest, catalog: &Catalog) -> bool {
+        match self.named.get(&manifest.model.name) {
+            Some(name) => *name == catalog.name,
+            None => keyed_by_item_feature(manifest, catalog),
+        }
+    }
+
     /// The catalog `manifest`'s model reads, if any.
     pub fn for_model(&self, manifest: &Manifest) -> Option<Arc<Catalog>> {
         let current = self.current.load();
@@ -348,13 +363,13 @@ mod tests {
     fn a_new_version_swaps_in_whole_and_a_bad_one_leaves_the_serving_one() {
         let dir = tempfile::tempdir().unwrap();
         let items = Items::new(dir.path().join("catalogs"), BTreeMap::new(), RolloutEvents::default());
-        assert!(items.refresh().is_empty());
+        assert!(items.refresh(&|_| Ok(())).is_empty());
         file::write(&dir.path().join("catalogs"), &catalog("music", "1", "track_id", 3), "").unwrap();
         assert_eq!(
-            items.refresh(),
+            items.refresh(&|_| Ok(())),
             [Refreshed::Loaded { name: "music".into(), version: "1".into(), items: 3 }]
         );
-        assert!(items.refresh().is_empty(), "nothing new: nothing read");
+        assert!(items.refresh(&|_| Ok(())).is_empty(), "nothing new: nothing read");
         let m = manifest("music-ranker");
         assert_eq!(items.for_model(&m).unwrap().version, "1");
 
@@ -362,16 +377,16 @@ mod tests {
             file::write(&dir.path().join("catalogs"), &catalog("music", "2", "track_id", 5), "").unwrap();
         let bytes = std::fs::read(bad.join(file::ITEMS)).unwrap();
         std::fs::write(bad.join(file::ITEMS), &bytes[..bytes.len() / 2]).unwrap();
-        let refreshed = items.refresh();
+        let refreshed = items.refresh(&|_| Ok(()));
         assert!(
             matches!(&refreshed[..], [Refreshed::Refused { version, .. }] if version == "2"),
             "{refreshed:?}"
         );
-        assert!(items.refresh().is_empty(), "a refused version is reported once");
+        assert!(items.refresh(&|_| Ok(())).is_empty(), "a refused version is reported once");
         assert_eq!(items.for_model(&m).unwrap().version, "1");
 
         file::write(&dir.path().join("catalogs"), &catalog("music", "3", "track_id", 7), "").unwrap();
-        items.refresh();
+        items.refresh(&|_| Ok(()));
         assert_eq!(items.for_model(&m).unwrap().len(), 7);
     }
 
@@ -409,7 +424,7 @@ mod tests {
                 let version = e.next.to_string();
                 e.next += 1;
                 publish(&version, op == Op::PublishBad);
-                let refreshed = items.refresh();
+                let refreshed = items.refresh(&|_| Ok(()));
                 if op == Op::PublishGood {
                     e.previous = Some(std::mem::replace(&mut e.serving, version));
                 }
@@ -419,7 +434,7 @@ mod tests {
                 if e.serving != "1" {
                     e.previous = Some(std::mem::replace(&mut e.serving, "1".into()));
                 }
-                items.load("music", "1").is_ok()
+                items.load("music", "1", &|_| Ok(())).is_ok()
             }
             Op::Rollback => match e.previous.take() {
                 Some(p) => {
@@ -430,7 +445,7 @@ mod tests {
             },
         };
         // The poller never undoes an operator's load or rollback, nor retries a refused one.
-        ok && items.refresh().is_empty()
+        ok && items.refresh(&|_| Ok(())).is_empty()
     }
 
     // Every ordered pair of operations, from one version serving. See: issue 16 (1).
@@ -443,7 +458,7 @@ mod tests {
                 file::write(&dir.path().join("catalogs"), &catalog("music", "1", "track_id", 2), "").unwrap();
                 let items =
                     Items::new(dir.path().join("catalogs"), BTreeMap::new(), RolloutEvents::default());
-                items.refresh();
+                items.refresh(&|_| Ok(()));
                 let mut expected = Expected { serving: "1".into(), previous: None, next: 2 };
                 for op in [first, second] {
                     assert!(
@@ -474,14 +489,14 @@ mod tests {
         let two = file::write(&catalogs, &catalog("music", "2", "track_id", 3), "").unwrap();
         std::fs::write(two.join(file::ITEMS), b"RTCAT").unwrap();
         let items = Items::new(catalogs, BTreeMap::new(), RolloutEvents::default());
-        let refreshed = items.refresh();
+        let refreshed = items.refresh(&|_| Ok(()));
         assert!(
             matches!(&refreshed[..], [Refreshed::Refused { version: v2, .. }, Refreshed::Loaded { version: v1, .. }]
             if v2 == "2" && v1 == "1"),
             "{refreshed:?}"
         );
         assert_eq!(items.serving()["music"].version, "1");
-        assert!(items.refresh().is_empty());
+        assert!(items.refresh(&|_| Ok(())).is_empty());
     }
 
     #[test]
@@ -490,14 +505,14 @@ mod tests {
         let catalogs = dir.path().join("catalogs");
         file::write(&catalogs, &catalog("music", "1", "track_id", 2), "").unwrap();
         let items = Items::new(catalogs.clone(), BTreeMap::new(), RolloutEvents::default());
-        items.refresh();
-        assert!(matches!(items.load("music", "9"), Err(ItemsError::Unknown { .. })));
-        assert!(matches!(items.load("other", "1"), Err(ItemsError::Unknown { .. })));
+        items.refresh(&|_| Ok(()));
+        assert!(matches!(items.load("music", "9", &|_| Ok(())), Err(ItemsError::Unknown { .. })));
+        assert!(matches!(items.load("other", "1", &|_| Ok(())), Err(ItemsError::Unknown { .. })));
         let two =
             file::write(&dir.path().join("staging"), &catalog("music", "2", "track_id", 2), "").unwrap();
         std::fs::write(two.join(file::ITEMS), b"RTCAT").unwrap();
         std::fs::rename(two, catalogs.join("music/2")).unwrap();
-        let err = items.load("music", "2").unwrap_err().to_string();
+        let err = items.load("music", "2", &|_| Ok(())).unwrap_err().to_string();
         assert!(err.contains("music/2") && err.contains("items.bin"), "{err}");
         assert_eq!(items.serving()["music"].version, "1");
     }
@@ -510,7 +525,7 @@ mod tests {
         file::write(&catalogs, &catalog("artists", "1", "artist_id", 1), "").unwrap();
         file::write(&catalogs, &catalog("videos", "1", "video_id", 1), "").unwrap();
         let items = Items::new(catalogs.clone(), BTreeMap::new(), RolloutEvents::default());
-        items.refresh();
+        items.refresh(&|_| Ok(()));
         let m = manifest("music-ranker");
         // The shipped model has both `track_id` and `artist_id` item features: ambiguous.
         assert!(items.for_model(&m).is_none());
@@ -520,7 +535,7 @@ mod tests {
             [("music-ranker".to_string(), "music".to_string())].into(),
             RolloutEvents::default(),
         );
-        named.refresh();
+        named.refresh(&|_| Ok(()));
         assert_eq!(named.for_model(&m).unwrap().name, "music");
         assert!(named.ambiguity(&m).is_none());
     }

@@ -331,6 +331,11 @@ impl Rollout {
                     .map_err(|e| (LoadFailure::Invalid, e))
             })
             .and_then(|(model, notes)| {
+                // The catalog it would read must hold its item features as it reads them.
+                if let Some(items) = self.items.for_model(&model.manifest) {
+                    retort_model::catalog::compatible(&model.manifest, &items)
+                        .map_err(|e| (LoadFailure::Invalid, e))?;
+                }
                 self.warm_on_traffic(&model, name, serving.as_deref())
                     .map_err(|e| (LoadFailure::WarmUp, e))?;
                 Ok((model, notes))
@@ -372,6 +377,35 @@ impl Rollout {
                 Err(RolloutError::Invalid { name: name.into(), version: version.into(), reason })
             }
         }
+    }
+
+    /// Reads the catalogs' new versions ([`super::items::Items::refresh`]), each checked against
+    /// every loaded version that would read it.
+    pub fn refresh_items(&self) -> Vec<super::items::Refreshed> {
+        self.items.refresh(&|c| self.check_catalog(c))
+    }
+
+    /// Makes catalog `name`/`version` serve, checked as [`Rollout::refresh_items`] checks.
+    pub fn load_items(&self, name: &str, version: &str) -> Result<(), super::items::ItemsError> {
+        self.items.load(name, version, &|c| self.check_catalog(c))
+    }
+
+    /// Whether every version routed to (serving, canary, shadow, fallback) that would read
+    /// `catalog` can.
+    fn check_catalog(&self, catalog: &retort_model::catalog::Catalog) -> Result<(), String> {
+        let routes = self.catalog.load();
+        for route in routes.routes.values() {
+            let versions = std::iter::once(&route.serving)
+                .chain(route.canary.as_ref().map(|c| &c.to))
+                .chain(route.shadow.as_ref().map(|s| &s.to));
+            for v in versions {
+                let manifest = &v.model.manifest;
+                if self.items.would_read(manifest, catalog) {
+                    retort_model::catalog::compatible(manifest, catalog)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Replays the recent requests of `name` to `model`: its outputs must be finite (and

@@ -85,7 +85,7 @@ pub fn run(rollout: Arc<Rollout>, poll: Duration, rules: CanaryRules, stop: Arc<
         if !poll.is_zero() && last_poll.elapsed() >= poll {
             last_poll = Instant::now();
             // Catalogs first: a model version found in the same poll warms on the new items.
-            rollout.items.refresh();
+            rollout.refresh_items();
             discover(&rollout);
         }
         judge_canaries(&rollout, &rules);
