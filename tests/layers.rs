@@ -129,5 +129,5 @@ fn the_layer_check_sees_an_upward_import_and_allows_a_downward_one() {
         ["2: rollout uses crate::http", "3: rollout uses crate::config"]
     );
     assert!(upward_imports("http", code).is_empty());
-    assert_eq!(upward_imports("admission", "x(crate::rollout::Catalog)").len(), 1);
+    assert_eq!(upward_imports("admission", "x(crate::rollout::Routes)").len(), 1);
 }

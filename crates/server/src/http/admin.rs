@@ -95,16 +95,16 @@ async fn list(_: Operator, State(app): State<Arc<App>>) -> Result<Response, ApiE
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
     let published = published.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let catalog = app.rollout.catalog.load_full();
+    let table = app.rollout.routes.load_full();
     let models: Vec<Value> = versions
         .iter()
         .map(|v| {
             let mut entry = serde_json::to_value(v).unwrap_or(Value::Null);
-            if let (Some(obj), Some(route)) = (entry.as_object_mut(), catalog.routes.get(&v.name))
+            if let (Some(obj), Some(route)) = (entry.as_object_mut(), table.routes.get(&v.name))
                 && route.serving.version() == v.version
             {
                 obj.insert("fallback".into(), json!(route.serving.model.manifest.model.fallback));
-                obj.insert("is_fallback".into(), json!(catalog.is_fallback(&v.name)));
+                obj.insert("is_fallback".into(), json!(table.is_fallback(&v.name)));
             }
             entry
         })

@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::rollout::RolloutError;
-use crate::rollout::catalog::ResolveError;
 use crate::rollout::items::ItemsError;
+use crate::rollout::routes::ResolveError;
 use retort_model::encode::{EncodeError, Location};
 use retort_model::{InferError, ObjectiveError};
 

@@ -37,7 +37,7 @@ use metrics::Metrics;
 /// State shared by every request.
 pub struct App {
     pub config: Config,
-    /// The model versions and what serves. Requests take a snapshot of its catalog and keep it
+    /// The model versions and what serves. Requests take a snapshot of its routing table and keep it
     /// for their whole life, so a swap never changes a request's model midway.
     pub rollout: Arc<Rollout>,
     /// Shared with the shadow tasks that outlive a request.
@@ -76,7 +76,7 @@ impl App {
     /// True once the models found at start are loaded and warmed, and at least one serves.
     pub fn ready(&self) -> bool {
         self.started.load(std::sync::atomic::Ordering::Acquire)
-            && !self.rollout.catalog.load().routes.is_empty()
+            && !self.rollout.routes.load().routes.is_empty()
     }
 }
 
@@ -101,7 +101,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    let models = app.rollout.catalog.load().serving();
+    let models = app.rollout.routes.load().serving();
     let ready = app.ready();
     let body = serde_json::json!({ "ready": ready, "models": models });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -110,7 +110,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     app.metrics.queue_depth.set(app.pool.queued() as i64);
-    app.metrics.models_loaded.set(app.rollout.catalog.load().routes.len() as i64);
+    app.metrics.models_loaded.set(app.rollout.routes.load().routes.len() as i64);
     let mut by_state = std::collections::BTreeMap::<(String, &'static str), i64>::new();
     for v in app.rollout.versions() {
         *by_state.entry((v.name, v.state.as_str())).or_default() += 1;
@@ -251,7 +251,7 @@ fn load_models(app: &App) -> Result<(), ServeError> {
         }
     }
     app.rollout.settle_default();
-    for route in app.rollout.catalog.load().routes.values() {
+    for route in app.rollout.routes.load().routes.values() {
         let manifest = &route.serving.model.manifest;
         match app.rollout.items.for_model(manifest) {
             Some(c) => {
@@ -265,7 +265,7 @@ fn load_models(app: &App) -> Result<(), ServeError> {
         }
     }
     app.started.store(true, std::sync::atomic::Ordering::Release);
-    if app.rollout.catalog.load().routes.is_empty() {
+    if app.rollout.routes.load().routes.is_empty() {
         let reasons = if failures.is_empty() {
             "it holds no model package (<name>/<version>/{model.onnx, manifest.toml})".to_string()
         } else {

@@ -24,7 +24,7 @@ use super::metrics::{CatalogLabels, FeatureLabels, ModelLabels, OutcomeLabels, R
 use crate::admission::budget::{self, Asked};
 use crate::admission::degrade::{self, Degraded, Pickup, Planned, Reason, Situation};
 use crate::admission::pool::PoolError;
-use crate::rollout::catalog::{Catalog, Served};
+use crate::rollout::routes::{Routes, Served};
 use retort_model::catalog::Catalog as ItemCatalog;
 use retort_model::encode::{Encoded, Location};
 use retort_model::request::{self, CandidateId, DecodeError, RankRequest};
@@ -279,8 +279,8 @@ async fn handle(
 
     // 2. Route: the version that answers this user, the shadow that also scores the request,
     //    and the budget, by the one rule (header, body, the model's default, the server's).
-    let catalog = app.rollout.catalog.load();
-    let route = catalog.resolve(req.model.as_deref())?;
+    let table = app.rollout.routes.load();
+    let route = table.resolve(req.model.as_deref())?;
     let key = sticky_key(&req);
     let version = route.pick(key).clone();
     let shadow = route.shadow_for(key).filter(|s| !Arc::ptr_eq(s, &version)).cloned();
@@ -300,7 +300,7 @@ async fn handle(
 
     // 3. Admission: the full answer if it can make the deadline, else the first step of the
     //    model's degradation ladder that can.
-    let planned = admit(app, &catalog, &req, version, deadline)?;
+    let planned = admit(app, &table, &req, version, deadline)?;
     let answering = planned.answering.clone();
 
     // 4. Encode, infer, combine.
@@ -326,14 +326,14 @@ async fn handle(
 /// it. A request the ladder sheds counts against its version only as a refusal.
 fn admit(
     app: &App,
-    catalog: &Catalog,
+    table: &Routes,
     req: &RankRequest<'_>,
     version: Arc<Served>,
     deadline: Deadline,
 ) -> Result<Planned<Arc<Served>>, Failure> {
     let rules = &app.degradation;
     let fallback =
-        catalog.fallback_for(&version.model).filter(|fb| fb.model.objective(req.objective()).is_ok());
+        table.fallback_for(&version.model).filter(|fb| fb.model.objective(req.objective()).is_ok());
     let n = req.candidates.len();
     let admission = match deadline.at {
         Some(at) if n > 0 => degrade::admit(

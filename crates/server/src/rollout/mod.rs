@@ -1,7 +1,7 @@
 //! Rolling model versions in and out while serving: every version the server has seen and its
 //! state, the staged load that brings a new version up off the serving path, and the
 //! operations that change what serves (promote, canary, shadow, rollback), each one atomic
-//! swap of the routing [`Catalog`].
+//! swap of the routing table, [`routes::Routes`].
 //!
 //! A version moves through
 //! `loading → staged → (shadow | canary) → serving → previous → retired`, or ends `failed`
@@ -10,7 +10,7 @@
 //! that started on it finishes.
 //!
 //! # Layout
-//! - [`catalog`]: the served models, their routes, and how a request picks a version.
+//! - [`routes`]: the served models, their routes, and how a request picks a version.
 //! - [`shadow`]: scoring a share of requests with a shadow version, and the agreement found.
 //! - [`events`]: what the rollout did, counted for Prometheus.
 //! - [`items`]: the item catalogs candidates are looked up in, and which one each model reads.
@@ -21,11 +21,11 @@
 //!   requests (kept per model) replayed to it.
 //! - [`watch`]: the models-directory poller and the canary judge.
 
-pub mod catalog;
 pub mod events;
 pub mod items;
 pub mod memory;
 pub mod registry;
+pub mod routes;
 pub mod shadow;
 pub mod stats;
 pub mod warmup;
@@ -33,4 +33,4 @@ pub mod watch;
 
 pub use registry::{Policy, Rollout, RolloutError, State, VersionInfo};
 
-pub use catalog::Catalog;
+pub use routes::Routes;

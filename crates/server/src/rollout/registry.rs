@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::events::{LoadFailure, RolloutEvents, Swap};
 use super::stats::VersionStats;
 use super::warmup::{WarmupRing, replay, warm_up};
-use crate::rollout::catalog::{Catalog, Role, Route, Served, Split};
+use crate::rollout::routes::{Role, Route, Routes, Served, Split};
 use retort_model::engine::EngineKind;
 use retort_model::manifest::Manifest;
 use retort_model::{Model, package};
@@ -143,7 +143,7 @@ pub enum RolloutError {
 /// Every version the server has seen, and the routing snapshot requests read.
 pub struct Rollout {
     /// What requests read: one atomic load per request.
-    pub catalog: ArcSwap<Catalog>,
+    pub routes: ArcSwap<Routes>,
     /// The item catalogs candidates are looked up in.
     pub items: super::items::Items,
     /// Recent requests per model, replayed to new versions.
@@ -164,9 +164,9 @@ pub struct Rollout {
     pub retirements: std::sync::atomic::AtomicU64,
     /// Loads asked for through the admin API, run by the rollout's own thread.
     loads: (crossbeam_channel::Sender<LoadRequest>, crossbeam_channel::Receiver<LoadRequest>),
-    /// Serialises the operations that change the catalog, so each reads the state it changes.
+    /// Serialises the operations that change the routing table, so each reads the state it changes.
     ops: Mutex<()>,
-    /// `--default-model`, when given: then the catalog's default is never chosen.
+    /// `--default-model`, when given: then the routing table's default is never chosen.
     configured_default: Option<String>,
     /// Set once the models found at start are loaded ([`Rollout::settle_default`]).
     default_settled: std::sync::atomic::AtomicBool,
@@ -240,7 +240,7 @@ impl Rollout {
         } = settings;
         let events = RolloutEvents::default();
         Rollout {
-            catalog: ArcSwap::from_pointee(Catalog {
+            routes: ArcSwap::from_pointee(Routes {
                 routes: BTreeMap::new(),
                 default_model: default_model.clone(),
             }),
@@ -322,7 +322,7 @@ impl Rollout {
             }
         }
         let started = Instant::now();
-        let serving = self.catalog.load().routes.get(name).map(|r| r.serving.model.clone());
+        let serving = self.routes.load().routes.get(name).map(|r| r.serving.model.clone());
         let stamp = package::stamp(&dir);
         let loaded = package::check_servable(&self.models_dir, &dir, self.max_model_bytes)
             .map_err(|e| (LoadFailure::Package, e))
@@ -393,7 +393,7 @@ impl Rollout {
     /// Whether every version routed to (serving, canary, shadow, fallback) that would read
     /// `catalog` can.
     fn check_catalog(&self, catalog: &retort_model::catalog::Catalog) -> Result<(), String> {
-        let routes = self.catalog.load();
+        let routes = self.routes.load();
         for route in routes.routes.values() {
             let versions = std::iter::once(&route.serving)
                 .chain(route.canary.as_ref().map(|c| &c.to))
@@ -492,7 +492,7 @@ impl Rollout {
         &self,
         name: &str,
         swap: Swap,
-        current: &Catalog,
+        current: &Routes,
         route: Route,
         unload: &[(&str, State, String)],
     ) {
@@ -509,7 +509,7 @@ impl Rollout {
         if added && self.default_settled.load(std::sync::atomic::Ordering::Relaxed) {
             self.warn_unknown_names(&next);
         }
-        self.catalog.store(Arc::new(next));
+        self.routes.store(Arc::new(next));
         let mut records = self.records();
         for ((n, v), r) in records.iter_mut() {
             if n != name {
@@ -523,7 +523,7 @@ impl Rollout {
                 r.state = *state;
                 r.reason = Some(reason.clone());
                 r.percent = None;
-                // The catalog no longer holds it either: its memory goes with its last request.
+                // The routing table no longer holds it either: its memory goes with its last request.
                 if r.served.take().is_some() {
                     self.retirements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.unloaded.lock().expect("never poisoned").push((n.clone(), v.clone()));
@@ -546,7 +546,7 @@ impl Rollout {
     /// while there is no default can set it). `--default-model` overrides all of this.
     pub fn settle_default(&self) {
         let _op = self.ops.lock().expect("not poisoned");
-        let current = self.catalog.load_full();
+        let current = self.routes.load_full();
         let mut next = (*current).clone();
         if self.configured_default.is_none() {
             next.default_model = next.primary();
@@ -559,24 +559,24 @@ impl Rollout {
             None => {}
         }
         self.warn_unknown_names(&next);
-        self.catalog.store(Arc::new(next));
+        self.routes.store(Arc::new(next));
         self.default_settled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The settings that name a model `catalog` does not serve.
-    pub fn unknown_names(&self, catalog: &Catalog) -> Vec<(&'static str, &str)> {
+    /// The settings that name a model `table` does not serve.
+    pub fn unknown_names(&self, table: &Routes) -> Vec<(&'static str, &str)> {
         self.named_models
             .iter()
-            .filter(|(_, name)| !catalog.routes.contains_key(name))
+            .filter(|(_, name)| !table.routes.contains_key(name))
             .map(|(setting, name)| (*setting, name.as_str()))
             .collect()
     }
 
     /// Logs a warning for each setting that names no served model: at start, and whenever a
     /// model name starts serving.
-    fn warn_unknown_names(&self, catalog: &Catalog) {
-        let serving = catalog.routes.keys().cloned().collect::<Vec<_>>().join(", ");
-        for (setting, name) in self.unknown_names(catalog) {
+    fn warn_unknown_names(&self, table: &Routes) {
+        let serving = table.routes.keys().cloned().collect::<Vec<_>>().join(", ");
+        for (setting, name) in self.unknown_names(table) {
             tracing::warn!(setting, model = name, %serving, "the setting names a model that is not served; it does nothing");
         }
     }
@@ -587,7 +587,7 @@ impl Rollout {
     pub fn promote(&self, name: &str, version: &str) -> Result<(), RolloutError> {
         let _op = self.ops.lock().expect("not poisoned");
         let served = self.loaded(name, version, "only a loaded version can be promoted")?;
-        let current = self.catalog.load_full();
+        let current = self.routes.load_full();
         let old = current.routes.get(name);
         if old.is_some_and(|o| Arc::ptr_eq(&o.serving, &served)) {
             return Ok(());
@@ -608,7 +608,7 @@ impl Rollout {
     /// Swaps the previous version back in; the serving one is retired with `reason`.
     pub fn rollback(&self, name: &str, reason: &str) -> Result<String, RolloutError> {
         let _op = self.ops.lock().expect("not poisoned");
-        let current = self.catalog.load_full();
+        let current = self.routes.load_full();
         let route = current.routes.get(name);
         let Some(previous) = route.and_then(|r| r.previous.clone()) else {
             return Err(RolloutError::NothingToRollBack { name: name.into() });
@@ -645,7 +645,7 @@ impl Rollout {
         let state = self.state(name, version).expect("loaded");
         let wrong =
             |wanted| RolloutError::WrongState { name: name.into(), version: version.into(), state, wanted };
-        let current = self.catalog.load_full();
+        let current = self.routes.load_full();
         let Some(route) = current.routes.get(name) else {
             return Err(wrong("nothing serves this model yet: promote a version first"));
         };
@@ -681,7 +681,7 @@ impl Rollout {
     /// serving). Nothing happens when it is no longer the canary: an operator moved it first.
     pub fn fail_canary(&self, name: &str, version: &str, reason: String) {
         let _op = self.ops.lock().expect("not poisoned");
-        let current = self.catalog.load_full();
+        let current = self.routes.load_full();
         let Some(route) = current.routes.get(name) else { return };
         if route.canary.as_ref().is_none_or(|c| c.to.version() != version) {
             return;
@@ -957,8 +957,8 @@ mod tests {
         for v in VERSIONS {
             assert_eq!(rollout.state("m", v), Some(expected.state(v)), "version {v} after {path:?}");
         }
-        let catalog = rollout.catalog.load();
-        let route = &catalog.routes["m"];
+        let table = rollout.routes.load();
+        let route = &table.routes["m"];
         assert_eq!(route.serving.version(), expected.serving, "after {path:?}");
         assert_eq!(route.previous.as_ref().map(|p| p.version()), expected.previous, "after {path:?}");
         assert_eq!(route.canary.as_ref().map(|c| c.to.version()), expected.canary, "after {path:?}");
@@ -1032,8 +1032,8 @@ mod tests {
         f.config.model_policies.insert("m".into(), Policy::Manual);
         f.config.fold_deprecated().unwrap();
         let rollout = f.rollout();
-        let catalog = rollout.catalog.load();
-        assert_eq!(rollout.unknown_names(&catalog), [("models", "music-rankr"), ("models", "nope")]);
+        let table = rollout.routes.load();
+        assert_eq!(rollout.unknown_names(&table), [("models", "music-rankr"), ("models", "nope")]);
         // The deprecated tables were moved into `[models.<name>]`, each with a warning.
         assert_eq!(f.config.models["m"].policy, Some(Policy::Manual));
         assert_eq!(f.config.models["m"].budget_ms, Some(5.0));

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use axum::body::Bytes;
 use serde::Serialize;
 
-use super::catalog::Served;
+use super::routes::Served;
 use crate::admission::pool::InferencePool;
 use retort_model::request;
 

@@ -113,9 +113,9 @@ pub fn discover(rollout: &Rollout) {
             return;
         }
     };
-    let catalog = rollout.catalog.load_full();
+    let table = rollout.routes.load_full();
     for (name, p) in latest {
-        let newer = catalog
+        let newer = table
             .routes
             .get(&name)
             .is_none_or(|r| package::compare_versions(&p.version, r.serving.version()).is_gt());
@@ -129,8 +129,8 @@ pub fn discover(rollout: &Rollout) {
 }
 
 fn judge_canaries(rollout: &Rollout, rules: &CanaryRules) {
-    let catalog = rollout.catalog.load_full();
-    for (name, route) in &catalog.routes {
+    let table = rollout.routes.load_full();
+    for (name, route) in &table.routes {
         let Some(canary) = &route.canary else { continue };
         let snapshot =
             |s: &crate::rollout::stats::VersionStats| (s.requests(), s.errors(), s.latency_quantile(0.99));

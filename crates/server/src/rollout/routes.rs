@@ -101,7 +101,7 @@ pub enum Role {
 /// An immutable snapshot of the served models; replaced whole, never mutated. A request takes
 /// one snapshot and is answered entirely by the versions in it.
 #[derive(Default, Clone)]
-pub struct Catalog {
+pub struct Routes {
     pub routes: BTreeMap<String, Route>,
     /// Used when a request names no model.
     pub default_model: Option<String>,
@@ -118,7 +118,7 @@ pub enum ResolveError {
     NotReady,
 }
 
-impl Catalog {
+impl Routes {
     pub fn resolve(&self, name: Option<&str>) -> Result<&Route, ResolveError> {
         let name = match (name, &self.default_model) {
             (Some(n), _) => n,
