@@ -74,7 +74,8 @@ pub fn next_version(models_dir: &Path, name: &str) -> String {
     newest.map_or(1, |v| v + 1).to_string()
 }
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<String>, PackageError> {
+/// The names in `dir` that do not start with `.` (hidden: still being written), sorted.
+pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<String>, PackageError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -211,23 +212,37 @@ pub fn write_with(
     extra: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<PathBuf, PackageError> {
     let name_dir = models_dir.join(&manifest.model.name);
-    std::fs::create_dir_all(&name_dir).map_err(io_err(&name_dir))?;
-    let target = name_dir.join(&manifest.model.version);
+    write_dir_whole(&name_dir, &manifest.model.version, |tmp| {
+        write_synced(&tmp.join(GRAPH), graph)?;
+        write_synced(&tmp.join(MANIFEST), manifest.to_toml().as_bytes())?;
+        extra(tmp).map_err(io_err(tmp))
+    })
+}
+
+/// Creates `<parent>/<version>/` whole and returns it: `fill` writes its files into a hidden
+/// temporary directory beside it, which is then renamed into place and the rename synced, so
+/// a crash leaves no directory or a whole one. A version that exists is never overwritten.
+/// Model and catalog packages are both published this way.
+pub(crate) fn write_dir_whole(
+    parent: &Path,
+    version: &str,
+    fill: impl FnOnce(&Path) -> Result<(), PackageError>,
+) -> Result<PathBuf, PackageError> {
+    std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    let target = parent.join(version);
     if target.exists() {
         return Err(PackageError::Exists(target.display().to_string()));
     }
-    let tmp = name_dir.join(format!(".{}.tmp-{}", manifest.model.version, std::process::id()));
+    let tmp = parent.join(format!(".{version}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
     let result = (|| {
-        write_synced(&tmp.join(GRAPH), graph)?;
-        write_synced(&tmp.join(MANIFEST), manifest.to_toml().as_bytes())?;
-        extra(&tmp).map_err(io_err(&tmp))?;
+        fill(&tmp)?;
         std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
         // The rename is durable only once the parent directory is synced.
-        std::fs::File::open(&name_dir).and_then(|d| d.sync_all()).map_err(io_err(&name_dir))
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io_err(parent))
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Catalog, Column, ColumnKind, Strings, Values, hash_id};
-use crate::package::compare_versions;
+use crate::package::{self, PackageError, compare_versions};
 
 pub const MANIFEST: &str = "catalog.toml";
 pub const ITEMS: &str = "items.bin";
@@ -324,9 +324,6 @@ fn read_one(dir: &Path) -> Result<(CatalogManifest, Catalog), CatalogFileError> 
 /// in a hidden directory, then renamed into place, so a crash leaves no catalog or a whole one.
 /// A catalog made of deltas is written whole, merged.
 pub fn write(catalogs_dir: &Path, catalog: &Catalog, source: &str) -> Result<PathBuf, CatalogFileError> {
-    if catalog.layers() > 1 {
-        return write_version(catalogs_dir, &catalog.merged(), None, source);
-    }
     write_version(catalogs_dir, catalog, None, source)
 }
 
@@ -337,7 +334,7 @@ pub fn write_delta(
     base: &str,
     source: &str,
 ) -> Result<PathBuf, CatalogFileError> {
-    write_version(catalogs_dir, &delta.merged(), Some(base), source)
+    write_version(catalogs_dir, delta, Some(base), source)
 }
 
 fn write_version(
@@ -346,12 +343,8 @@ fn write_version(
     base: Option<&str>,
     source: &str,
 ) -> Result<PathBuf, CatalogFileError> {
-    let name_dir = catalogs_dir.join(&catalog.name);
-    std::fs::create_dir_all(&name_dir).map_err(io_err(&name_dir))?;
-    let target = name_dir.join(&catalog.version);
-    if target.exists() {
-        return Err(CatalogFileError::Exists(target.display().to_string()));
-    }
+    // One layer on disk: `merged` only clones the layer of a catalog that has one.
+    let catalog = &catalog.merged();
     let items = encode(catalog);
     let manifest = CatalogManifest {
         catalog: About {
@@ -378,30 +371,19 @@ fn write_version(
             .collect(),
     };
     let text = toml::to_string(&manifest).expect("a catalog manifest serialises");
-    let tmp = name_dir.join(format!(".{}.tmp-{}", catalog.version, std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    let result = (|| {
-        crate::package::write_synced(&tmp.join(ITEMS), &items).map_err(|e| io_of(e, &tmp))?;
-        crate::package::write_synced(&tmp.join(MANIFEST), text.as_bytes()).map_err(|e| io_of(e, &tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io_err(&target))?;
-        std::fs::File::open(&name_dir).and_then(|d| d.sync_all()).map_err(io_err(&name_dir))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.map(|_| target)
+    let written = package::write_dir_whole(&catalogs_dir.join(&catalog.name), &catalog.version, |tmp| {
+        package::write_synced(&tmp.join(ITEMS), &items)?;
+        package::write_synced(&tmp.join(MANIFEST), text.as_bytes())
+    });
+    Ok(written?)
 }
 
-fn io_of(e: crate::package::PackageError, dir: &Path) -> CatalogFileError {
-    match e {
-        crate::package::PackageError::Io { path, source } => CatalogFileError::Io { path, source },
-        other => CatalogFileError::Io {
-            path: dir.display().to_string(),
-            source: std::io::Error::other(other.to_string()),
-        },
+impl From<PackageError> for CatalogFileError {
+    fn from(e: PackageError) -> Self {
+        match e {
+            PackageError::Io { path, source } => CatalogFileError::Io { path, source },
+            PackageError::Exists(path) => CatalogFileError::Exists(path),
+        }
     }
 }
 
@@ -430,14 +412,12 @@ pub fn latest(catalogs_dir: &Path) -> Result<Vec<CatalogRef>, CatalogFileError> 
 /// name), newest first.
 pub fn every_version(catalogs_dir: &Path) -> Result<Vec<Vec<CatalogRef>>, CatalogFileError> {
     let mut found = Vec::new();
-    let mut names = visible_entries(catalogs_dir)?;
-    names.sort();
-    for name in names {
+    for name in package::read_dir_sorted(catalogs_dir)? {
         let name_dir = catalogs_dir.join(&name);
         if !name_dir.is_dir() {
             continue;
         }
-        let mut versions: Vec<String> = visible_entries(&name_dir)?
+        let mut versions: Vec<String> = package::read_dir_sorted(&name_dir)?
             .into_iter()
             .filter(|v| name_dir.join(v).join(MANIFEST).is_file() && name_dir.join(v).join(ITEMS).is_file())
             .collect();
@@ -454,20 +434,9 @@ pub fn every_version(catalogs_dir: &Path) -> Result<Vec<Vec<CatalogRef>>, Catalo
     Ok(found)
 }
 
-fn visible_entries(dir: &Path) -> Result<Vec<String>, CatalogFileError> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        if let Some(name) = entry.file_name().to_str().filter(|n| !n.starts_with('.')) {
-            names.push(name.to_string());
-        }
-    }
-    Ok(names)
-}
-
 /// One past the newest numeric version of catalog `name`, or "1".
 pub fn next_version(catalogs_dir: &Path, name: &str) -> String {
-    let newest = visible_entries(&catalogs_dir.join(name))
+    let newest = package::read_dir_sorted(&catalogs_dir.join(name))
         .unwrap_or_default()
         .iter()
         .filter_map(|v| v.parse::<u64>().ok())

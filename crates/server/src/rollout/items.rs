@@ -129,6 +129,21 @@ impl Items {
         self.current.store(Arc::new(serving));
     }
 
+    /// Reads the version of catalog `name` in `dir` and has `check` pass it. A delta over the
+    /// serving version applies to it in memory: only the delta's items are read.
+    fn read_checked(
+        &self,
+        versions: &Versions,
+        name: &str,
+        dir: &std::path::Path,
+        check: &dyn Fn(&Catalog) -> Result<(), String>,
+    ) -> Result<Catalog, String> {
+        let serving = versions.entries.get(name).map(|e| e.serving.clone());
+        let catalog = file::read_over(dir, serving.as_deref()).map_err(|e| e.to_string())?;
+        check(&catalog)?;
+        Ok(catalog)
+    }
+
     fn refuse(&self, versions: &mut Versions, name: &str, version: &str, reason: String) {
         tracing::error!(catalog = %name, version = %version, error = %reason, "catalog refused");
         self.events.catalog_refused(name);
@@ -164,11 +179,7 @@ impl Items {
                     continue;
                 }
                 let started = std::time::Instant::now();
-                // A delta over the serving version applies to it in memory: only its items
-                // are read.
-                let serving = versions.entries.get(&found.name).map(|e| e.serving.clone());
-                let read = file::read_over(&found.dir, serving.as_deref()).map_err(|e| e.to_string());
-                match read.and_then(|c| check(&c).map(|()| c)) {
+                match self.read_checked(&versions, &found.name, &found.dir, check) {
                     Ok(catalog) => {
                         let items = catalog.len();
                         tracing::info!(
@@ -209,9 +220,7 @@ impl Items {
         if versions.entries.get(name).is_some_and(|e| e.serving.version == version) {
             return Ok(());
         }
-        let serving = versions.entries.get(name).map(|e| e.serving.clone());
-        let read = file::read_over(&dir, serving.as_deref()).map_err(|e| e.to_string());
-        match read.and_then(|c| check(&c).map(|()| c)) {
+        match self.read_checked(&versions, name, &dir, check) {
             Ok(catalog) => {
                 versions.refused.remove(&(name.to_string(), version.to_string()));
                 self.install(&mut versions, catalog, CatalogSwap::Load);
@@ -290,8 +299,9 @@ impl Items {
         &self.dir
     }
 
-    /// Whether `manifest`'s model would read `catalog` when it serves (by the rule of
-    /// [`Items::for_model`], leaving aside other catalogs that would make it ambiguous).
+    /// Whether `manifest`'s model would read `catalog`: the one its `[models.<name>] catalog`
+    /// names, or else one keyed by one of its item features ([`Items::for_model`] then wants
+    /// exactly one such catalog serving).
     pub fn would_read(&self, manifest: &Manifest, catalog: &Catalog) -> bool {
         match self.named.get(&manifest.model.name) {
             Some(name) => *name == catalog.name,
@@ -299,14 +309,12 @@ impl Items {
         }
     }
 
-    /// The catalog `manifest`'s model reads, if any.
+    /// The catalog `manifest`'s model reads: the one serving catalog it would read, if exactly
+    /// one is.
     pub fn for_model(&self, manifest: &Manifest) -> Option<Arc<Catalog>> {
         let current = self.current.load();
-        if let Some(name) = self.named.get(&manifest.model.name) {
-            return current.get(name).cloned();
-        }
-        let mut keyed = current.values().filter(|c| keyed_by_item_feature(manifest, c));
-        match (keyed.next(), keyed.next()) {
+        let mut readable = current.values().filter(|c| self.would_read(manifest, c));
+        match (readable.next(), readable.next()) {
             (Some(only), None) => Some(only.clone()),
             _ => None,
         }
@@ -314,20 +322,14 @@ impl Items {
 
     /// Why `manifest`'s model reads no catalog although several would fit, to warn about.
     pub fn ambiguity(&self, manifest: &Manifest) -> Option<String> {
-        if self.named.contains_key(&manifest.model.name) {
-            return None;
-        }
         let current = self.current.load();
-        let keyed: Vec<&str> = current
-            .values()
-            .filter(|c| keyed_by_item_feature(manifest, c))
-            .map(|c| c.name.as_str())
-            .collect();
-        (keyed.len() > 1).then(|| {
+        let readable: Vec<&str> =
+            current.values().filter(|c| self.would_read(manifest, c)).map(|c| c.name.as_str()).collect();
+        (readable.len() > 1).then(|| {
             format!(
                 "model `{}` could read catalogs {}; name one with [models.{}] catalog",
                 manifest.model.name,
-                keyed.join(", "),
+                readable.join(", "),
                 manifest.model.name
             )
         })
