@@ -31,9 +31,9 @@ fn tract_matches_the_reference_forward_pass_with_fixed_and_symbolic_plans() {
         let body = serde_json::to_vec(&request(n, n as u64)).unwrap();
         let req = decode(&body).unwrap();
         for model in [&fixed, &symbolic] {
-            let encoded = model.encode(&req.context, &req.candidates).unwrap();
-            let expected = arch.reference_forward(&w, model.encoder().inputs(), &encoded);
-            let got = model.infer(encoded).unwrap();
+            let whole = model.encoder().encode(&req.context, &req.candidates).unwrap();
+            let expected = arch.reference_forward(&w, model.encoder().inputs(), &whole);
+            let got = model.infer(model.encode(&req.context, &req.candidates).unwrap()).unwrap();
             assert_eq!(got.rows, n);
             for (h, exp) in expected.iter().enumerate() {
                 let d = max_abs_diff(got.head(h), exp);
@@ -75,6 +75,88 @@ fn tract_and_ort_give_the_same_outputs() {
         let b = ort.infer(ort.encode(&req.context, &req.candidates).unwrap()).unwrap();
         let d = max_abs_diff(&a.values, &b.values);
         assert!(d <= 1e-5, "{n} candidates: tract and ort differ by {d}");
+    }
+}
+
+/// The engines this build and machine run: ort only where ONNX Runtime is.
+fn engines() -> Vec<EngineKind> {
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        vec![EngineKind::Tract, EngineKind::Ort]
+    } else {
+        vec![EngineKind::Tract]
+    }
+}
+
+/// A model served as its item tower and its ranker, with the catalog items' tower outputs
+/// computed ahead, scores as its whole graph does, on each engine. See: issue 16 (3).
+#[test]
+fn the_item_tower_apart_scores_as_the_whole_graph_on_every_engine() {
+    use retort_model::ItemSource;
+    use retort_model::catalog::{Builder, Cell, ColumnKind};
+    use retort_model::item_tower::ItemVectors;
+    use std::sync::Arc;
+
+    let (manifest, graph) = scaffold::seeded_package("m", "1", 31);
+    let whole_manifest = retort_model::manifest::Manifest { item_tower: None, ..manifest.clone() };
+    let path = std::path::Path::new("m.onnx");
+    let reference = Model::from_parts(whole_manifest.clone(), &graph, path, EngineKind::Tract).unwrap();
+    // Every request's candidates, with their features, as a catalog: ids `t0`, `t1`, …
+    let body = serde_json::to_vec(&request(700, 5)).unwrap();
+    let req = decode(&body).unwrap();
+    let columns = [
+        ("artist_id".to_string(), ColumnKind::Categorical),
+        ("genre".to_string(), ColumnKind::Categorical),
+        ("duration_s".to_string(), ColumnKind::Number),
+        ("popularity".to_string(), ColumnKind::Number),
+        ("track_embedding".to_string(), ColumnKind::Vector { dim: 8 }),
+    ];
+    let mut b = Builder::new("music", "1", "track_id", &columns, 700).unwrap();
+    for (i, c) in req.candidates.iter().enumerate() {
+        use retort_model::encode::{FeatureSource, Value};
+        let cells: Vec<Cell<'_>> = columns
+            .iter()
+            .map(|(name, _)| match c.get(name) {
+                Value::Str(s) => Cell::Text(s.to_string().into()),
+                Value::Float(x) => Cell::Number(x),
+                Value::Int(x) => Cell::Number(x as f64),
+                Value::List(v) => Cell::Vector(v.to_vec().into()),
+                _ => Cell::Missing,
+            })
+            .collect();
+        b.push(&format!("t{i}"), &cells).unwrap();
+    }
+    let catalog = Arc::new(b.finish());
+    let ids: Vec<String> = (0..700).map(|i| format!("\"t{i}\"")).collect();
+    let by_id = format!(
+        r#"{{"context": {}, "candidates": [{}]}}"#,
+        serde_json::to_string(&request(1, 5)["context"]).unwrap(),
+        ids.join(",")
+    );
+    let by_id = decode(by_id.as_bytes()).unwrap();
+    for engine in engines() {
+        let whole = Model::from_parts(whole_manifest.clone(), &graph, path, engine).unwrap();
+        let split = Model::from_parts(manifest.clone(), &graph, path, engine).unwrap();
+        assert!(split.tower().is_some() && whole.tower().is_none());
+        let vectors = ItemVectors::compute(&split, &catalog, &[]).unwrap().unwrap();
+        for n in [1, 3, 50, 500, 700] {
+            let (context, candidates) = (&req.context, &req.candidates[..n]);
+            let expected = reference.infer(reference.encode(context, candidates).unwrap()).unwrap();
+            for model in [&whole, &split] {
+                let got = model.infer(model.encode(context, candidates).unwrap()).unwrap();
+                let d = max_abs_diff(&got.values, &expected.values);
+                assert!(d <= 1e-5, "{engine}, {n} candidates, tower apart: {}: {d}", model.tower().is_some());
+            }
+        }
+        // By id alone: every candidate's tower output was computed ahead, none runs the tower.
+        let found = retort_model::catalog::look_up(Some(&catalog), &by_id.candidates);
+        let encoded = split.encode_found(&by_id.context, &found, Some(&vectors)).unwrap();
+        assert!(encoded.tower.as_ref().unwrap().rows.is_empty());
+        let fast = split
+            .score_request(&by_id, Some(ItemSource { catalog: &catalog, vectors: Some(&vectors) }))
+            .unwrap();
+        let expected = reference.score_request(&by_id, Some(ItemSource::catalog(&catalog))).unwrap();
+        let d = max_abs_diff(&fast.values.values, &expected.values.values);
+        assert!(d <= 1e-5, "{engine}, by id: {d}");
     }
 }
 

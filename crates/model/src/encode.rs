@@ -63,11 +63,30 @@ pub enum TensorData {
 /// The model's inputs for one request, in the encoder's input order.
 #[derive(Debug, Clone)]
 pub struct Encoded {
+    /// Every input; with an item tower, the context inputs only (the item inputs are in
+    /// [`Towered::items`]).
     pub tensors: Vec<Tensor>,
     /// Number of candidates encoded.
     pub rows: usize,
     /// Per manifest feature: how many values took the default because they were missing.
     pub missing: Vec<u32>,
+    /// For a model with an item tower: each candidate's item-tower output, or its item inputs
+    /// for the tower to compute it.
+    pub tower: Option<Towered>,
+}
+
+/// The item side of a request for a model with an item tower: the tower's output for every
+/// candidate, `[rows, width]`, known already for catalog items; the candidates in `rows` have
+/// their item inputs in `items` instead (one row each, in that order), and their part of
+/// `vectors` is filled in when the tower runs.
+#[derive(Debug, Clone)]
+pub struct Towered {
+    pub width: usize,
+    pub vectors: Vec<f32>,
+    /// Ascending.
+    pub rows: Vec<usize>,
+    /// The item inputs, in the encoder's order.
+    pub items: Vec<Tensor>,
 }
 
 impl Encoded {
@@ -78,16 +97,28 @@ impl Encoded {
         }
         for t in &mut self.tensors {
             if t.shape[0] == self.rows {
-                let len = rows * t.shape[1];
-                match &mut t.data {
-                    TensorData::I64(d) => d.truncate(len),
-                    TensorData::F32(d) => d.truncate(len),
-                }
-                t.shape[0] = rows;
+                truncate_rows(t, rows);
+            }
+        }
+        if let Some(tower) = &mut self.tower {
+            tower.vectors.truncate(rows * tower.width);
+            let kept = tower.rows.partition_point(|&r| r < rows);
+            tower.rows.truncate(kept);
+            for t in &mut tower.items {
+                truncate_rows(t, kept);
             }
         }
         self.rows = rows;
     }
+}
+
+fn truncate_rows(t: &mut Tensor, rows: usize) {
+    let len = rows * t.shape[1];
+    match &mut t.data {
+        TensorData::I64(d) => d.truncate(len),
+        TensorData::F32(d) => d.truncate(len),
+    }
+    t.shape[0] = rows;
 }
 
 /// One ONNX input as the encoder lays it out.
@@ -222,6 +253,41 @@ impl Encoder {
         self.context_rows
     }
 
+    /// Whether `source` gives any item feature of its own (such a candidate's item inputs
+    /// differ from its catalog item's).
+    pub fn gives_item_features(&self, source: &impl FeatureSource) -> bool {
+        self.item.iter().any(|slot| source.get(&slot.name) != Value::Missing)
+    }
+
+    /// The item features `source` lacks, as bits by item feature (in manifest order among the
+    /// item features), `words` 64-bit words of them.
+    pub fn missing_item_features(&self, source: &impl FeatureSource, words: &mut [u64]) {
+        words.fill(0);
+        for (k, slot) in self.item.iter().enumerate() {
+            if source.get(&slot.name) == Value::Missing {
+                words[k / 64] |= 1 << (k % 64);
+            }
+        }
+    }
+
+    /// Adds to `missing` (per manifest feature) the item features marked in `words`, as
+    /// [`Encoder::missing_item_features`] marks them.
+    pub fn count_missing_items(&self, words: &[u64], missing: &mut [u32]) {
+        for (w, &word) in words.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let k = w * 64 + bits.trailing_zeros() as usize;
+                missing[self.item[k].feature] += 1;
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// Item features, hence bits per item in [`Encoder::missing_item_features`].
+    pub fn item_features(&self) -> usize {
+        self.item.len()
+    }
+
     /// Overwrites, in rows laid out by [`Encoder::encode_rows`], each feature value with what a
     /// missing value encodes to, independently per row and feature with probability `p`
     /// (`draw` returns uniform numbers in [0, 1)). Training with it teaches a model what a
@@ -300,7 +366,7 @@ impl Encoder {
                 }
             }
         }
-        Ok(Encoded { tensors, rows, missing })
+        Ok(Encoded { tensors, rows, missing, tower: None })
     }
 
     /// Encodes rows that each carry their own context (training or labelling data, one row per
@@ -328,7 +394,7 @@ impl Encoder {
                 write_value(slot, value, t, row, &mut missing, Location::Candidate(row))?;
             }
         }
-        Ok(Encoded { tensors, rows: n, missing })
+        Ok(Encoded { tensors, rows: n, missing, tower: None })
     }
 }
 

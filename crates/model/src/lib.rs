@@ -14,6 +14,8 @@
 //! - [`two_tower`]: the student architecture retort exports, with a reference forward pass.
 //! - [`package`]: finding, reading and atomically writing packages.
 //! - [`catalog`]: item features by item id, and catalog packages on disk.
+//! - [`item_tower`]: serving a model as its item tower and its ranker, the tower's outputs
+//!   computed once per catalog item.
 //! - [`scaffold`]: the seeded-random default model shipped in `models/`.
 //! - [`toml_file`]: reading TOML files with errors that name them.
 //! - [`timestamp`]: UTC times as text, written and parsed.
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 pub mod catalog;
 pub mod encode;
 pub mod engine;
+pub mod item_tower;
 pub mod manifest;
 pub mod onnx;
 pub mod package;
@@ -34,8 +37,9 @@ pub mod timestamp;
 pub mod toml_file;
 pub mod two_tower;
 
-use encode::{EncodeError, Encoded, Encoder, FeatureSource};
+use encode::{EncodeError, Encoded, Encoder, FeatureSource, Location, Towered};
 use engine::{Engine, EngineError, EngineKind, GraphIo, Output};
+use item_tower::{ItemVectors, Tower};
 use manifest::{ContextRows, GoldenExample, HeadKind, Manifest, ManifestError, Transform};
 
 /// A loaded, validated model: manifest, encoder and engine. Immutable; shared across threads.
@@ -44,7 +48,9 @@ pub struct Model {
     /// Where the package was loaded from.
     pub dir: PathBuf,
     encoder: Encoder,
+    /// The graph; for a model served with its item tower apart, the ranker.
     engine: Box<dyn Engine>,
+    tower: Option<Tower>,
     /// Distinct graph outputs the heads read, in the order the engine returns them.
     outputs: Vec<String>,
     heads: Vec<HeadPlan>,
@@ -129,6 +135,21 @@ pub enum ScoreError {
     Infer(#[from] InferError),
 }
 
+/// The catalog a model reads candidates' items from, with the item-tower outputs of its items
+/// when the model has an item tower and they were computed for this catalog.
+#[derive(Clone, Copy)]
+pub struct ItemSource<'a> {
+    pub catalog: &'a catalog::Catalog,
+    pub vectors: Option<&'a ItemVectors>,
+}
+
+impl<'a> ItemSource<'a> {
+    /// The catalog alone: every candidate's item inputs encoded from it.
+    pub fn catalog(catalog: &'a catalog::Catalog) -> ItemSource<'a> {
+        ItemSource { catalog, vectors: None }
+    }
+}
+
 /// Candidates scored whole: every head's values, the combined score, and the engine's time.
 #[derive(Debug, Clone)]
 pub struct Scored {
@@ -183,13 +204,15 @@ impl Model {
         self.engine = Box::new(Delayed { inner, delay });
     }
 
-    /// Loads the package in `dir`, and checks that it reproduces its golden examples.
+    /// Loads the package in `dir`, and checks that it reproduces its golden examples. A model
+    /// whose manifest names its item tower is served in two parts cut there.
     pub fn load(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
         Model::load_with(dir, engine, None)
     }
 
     /// Loads a package to run on rows that each carry their own context (labelling, evaluation):
-    /// context inputs take one row per example instead of one per request.
+    /// context inputs take one row per example instead of one per request, and the graph runs
+    /// whole.
     pub fn load_per_row(dir: &Path, engine: EngineKind) -> Result<Model, LoadError> {
         Model::load_with(dir, engine, Some(ContextRows::PerCandidate))
     }
@@ -207,6 +230,8 @@ impl Model {
         }
         if let Some(rows) = context_rows {
             manifest.model.context_rows = rows;
+            // Rows with their own context run the graph whole: no catalog, no tower apart.
+            manifest.item_tower = None;
         }
         let graph_path = dir.join(package::GRAPH);
         let graph = std::fs::read(&graph_path)
@@ -244,7 +269,13 @@ impl Model {
             candidates_independent: manifest.model.independent_candidates,
             outputs: &outputs,
         };
-        let engine = engine::load(kind, graph, origin, &io)?;
+        let (engine, tower) = match &manifest.item_tower {
+            None => (engine::load(kind, graph, origin, &io)?, None),
+            Some(spec) => {
+                let (tower, ranker) = Tower::load(&manifest, spec, &encoder, graph, origin, kind, &outputs)?;
+                (ranker, Some(tower))
+            }
+        };
         let default_objective = manifest
             .heads
             .iter()
@@ -255,10 +286,16 @@ impl Model {
             manifest,
             encoder,
             engine,
+            tower,
             outputs,
             heads,
             default_objective,
         })
+    }
+
+    /// The item tower, for a model served with it apart.
+    pub fn tower(&self) -> Option<&Tower> {
+        self.tower.as_ref()
     }
 
     pub fn name(&self) -> &str {
@@ -283,7 +320,56 @@ impl Model {
         C: FeatureSource + ?Sized,
         I: FeatureSource,
     {
-        self.encoder.encode(context, candidates)
+        let encoded = self.encoder.encode(context, candidates)?;
+        Ok(match &self.tower {
+            Some(tower) => tower.separate(&self.encoder, encoded),
+            None => encoded,
+        })
+    }
+
+    /// Encodes candidates looked up in a catalog ([`catalog::look_up`]). With an item tower and
+    /// `vectors` computed for that catalog, a candidate found there that gives no item feature
+    /// of its own takes its item's tower output as computed, and is not encoded at all.
+    pub fn encode_found<C: FeatureSource + ?Sized>(
+        &self,
+        context: &C,
+        found: &catalog::Lookup<'_, '_>,
+        vectors: Option<&ItemVectors>,
+    ) -> Result<Encoded, EncodeError> {
+        let vectors = vectors.filter(|v| found.catalog.is_some_and(|c| v.is_for(c)));
+        let (Some(tower), Some(vectors)) = (&self.tower, vectors) else {
+            return self.encode(context, &found.sources);
+        };
+        let rows = found.sources.len();
+        let width = tower.width;
+        let mut known = vec![0.0f32; rows * width];
+        let mut towered = Vec::new();
+        let mut lacking = vec![0u32; self.manifest.features.len()];
+        for (row, source) in found.sources.iter().enumerate() {
+            match source.item {
+                Some(item) if !self.encoder.gives_item_features(source.request) => {
+                    let (values, missing) = vectors.of(&item);
+                    known[row * width..(row + 1) * width].copy_from_slice(values);
+                    self.encoder.count_missing_items(missing, &mut lacking);
+                }
+                _ => towered.push(row),
+            }
+        }
+        let sources: Vec<_> = towered.iter().map(|&row| &found.sources[row]).collect();
+        let encoded = self.encoder.encode(context, &sources).map_err(|mut e| {
+            if let Location::Candidate(k) = e.location {
+                e.location = Location::Candidate(towered[k]);
+            }
+            e
+        })?;
+        let mut encoded = tower.separate(&self.encoder, encoded);
+        let items = encoded.tower.take().expect("separated").items;
+        for (m, n) in encoded.missing.iter_mut().zip(lacking) {
+            *m += n;
+        }
+        encoded.rows = rows;
+        encoded.tower = Some(Towered { width, vectors: known, rows: towered, items });
+        Ok(encoded)
     }
 
     /// Runs the graph and extracts every head's value per candidate.
@@ -303,7 +389,12 @@ impl Model {
         if rows == 0 {
             return Ok(HeadValues { rows, values: Vec::new() });
         }
-        let outputs = self.engine.run(encoded.tensors)?;
+        let inputs = match &self.tower {
+            // An encoding of every input (the encoder's own, a trainer's) runs the tower on all rows.
+            Some(tower) => tower.ranker_inputs(tower.separate(&self.encoder, encoded))?,
+            None => encoded.tensors,
+        };
+        let outputs = self.engine.run(inputs)?;
         let mut values = Vec::with_capacity(rows * self.heads.len());
         for (plan, head) in self.heads.iter().zip(&self.manifest.heads) {
             let out: &Output = &outputs[plan.output];
@@ -405,22 +496,28 @@ impl Model {
     {
         let weights = self.objective(objective)?;
         let encoded = self.encode(context, candidates)?;
+        self.score_encoded(encoded, &weights)
+    }
+
+    fn score_encoded(&self, encoded: Encoded, weights: &[f32]) -> Result<Scored, ScoreError> {
         let started = std::time::Instant::now();
         let values = self.infer(encoded)?;
         let inference = started.elapsed();
-        let scores = self.combine(&values, &weights)?;
+        let scores = self.combine(&values, weights)?;
         Ok(Scored { values, scores, inference })
     }
 
     /// [`Model::score`] of a decoded rank request: its context, its candidates (over their
-    /// items in `catalog`, when there is one) and its objective.
+    /// items in `items`' catalog, when there is one) and its objective.
     pub fn score_request(
         &self,
         req: &request::RankRequest<'_>,
-        catalog: Option<&catalog::Catalog>,
+        items: Option<ItemSource<'_>>,
     ) -> Result<Scored, ScoreError> {
-        let found = catalog::look_up(catalog, &req.candidates);
-        self.score(&req.context, &found.sources, req.objective())
+        let weights = self.objective(req.objective())?;
+        let found = catalog::look_up(items.map(|i| i.catalog), &req.candidates);
+        let encoded = self.encode_found(&req.context, &found, items.and_then(|i| i.vectors))?;
+        self.score_encoded(encoded, &weights)
     }
 
     /// Runs one golden example and returns its head values.

@@ -19,6 +19,19 @@ pub struct Manifest {
     pub provenance: Provenance,
     #[serde(default)]
     pub golden: Golden,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_tower: Option<ItemTower>,
+}
+
+/// The part of the graph that depends on item features alone, named so that the server can
+/// compute it once per catalog item instead of once per candidate of every request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemTower {
+    /// The graph tensor, `[batch, width]` floats, that ends the item tower: computed from item
+    /// inputs alone, and the only way the graph's outputs depend on item inputs.
+    pub output: String,
+    pub width: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -513,6 +526,16 @@ impl Manifest {
                     return Err(invalid(format!("objective weight of `{name}` is not finite")));
                 }
                 _ => {}
+            }
+        }
+        if let Some(tower) = &self.item_tower {
+            if tower.output.is_empty() || tower.width == 0 {
+                return Err(invalid(
+                    "item_tower needs the `output` tensor it ends at and its `width` > 0".into(),
+                ));
+            }
+            if !self.features.iter().any(|f| f.side == Side::Item) {
+                return Err(invalid("item_tower is declared, but no feature is an item feature".into()));
             }
         }
         if !(self.golden.tolerance.is_finite() && self.golden.tolerance >= 0.0) {

@@ -63,6 +63,19 @@ impl GraphBuilder {
         self.graph.output.push(value_info(name, DType::F32, dims));
     }
 
+    /// `value` under the name `name` too (an Identity node, which engines fold away), so that a
+    /// manifest can point at an inner tensor.
+    pub fn name(&mut self, value: &str, name: &str) -> String {
+        self.graph.node.push(NodeProto {
+            op_type: "Identity".into(),
+            name: format!("name_{name}"),
+            input: vec![value.to_string()],
+            output: vec![name.to_string()],
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// A float constant, `dims` row-major.
     pub fn constant_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
         assert_eq!(
@@ -188,7 +201,7 @@ pub fn attr_int(name: &str, value: i64) -> AttributeProto {
     }
 }
 
-fn value_info(name: &str, dtype: DType, dims: &[Dim]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, dtype: DType, dims: &[Dim]) -> ValueInfoProto {
     let elem_type = match dtype {
         DType::I64 => DataType::Int64,
         DType::F32 => DataType::Float,

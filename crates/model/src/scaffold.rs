@@ -210,8 +210,12 @@ pub fn package(
         objective: objective.iter().map(|(h, w)| (h.to_string(), *w)).collect(),
         provenance: Provenance { trained_by: trained_by.to_string(), ..Default::default() },
         golden: Golden { tolerance: 1e-4, examples: golden },
+        item_tower: Some(arch.item_tower()),
     };
-    let model = Model::from_parts(manifest.clone(), &graph, Path::new("<generated>"), EngineKind::Tract)
+    // The golden values are the whole graph's: a server that runs the item tower apart must
+    // reproduce them to load the package.
+    let whole = Manifest { item_tower: None, ..manifest.clone() };
+    let model = Model::from_parts(whole, &graph, Path::new("<generated>"), EngineKind::Tract)
         .expect("the generated graph loads. This is a bug.");
     for example in &mut manifest.golden.examples {
         let values = model.run_example(example).expect("golden requests are valid. This is a bug.");

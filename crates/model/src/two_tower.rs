@@ -21,6 +21,8 @@ pub const CONTEXT_IDS: &str = "context_ids";
 pub const CONTEXT_DENSE: &str = "context_dense";
 pub const ITEM_IDS: &str = "item_ids";
 pub const ITEM_DENSE: &str = "item_dense";
+/// The item tower's output as the export names it (the manifest's `item_tower.output`).
+pub const ITEM_VECTOR: &str = "item_vector";
 
 /// Layer sizes and heads. Feature specs come from the manifest; their `input` must be the
 /// input name above for their side and kind (see [`TwoTower::input_for`]).
@@ -236,6 +238,18 @@ impl TwoTower {
         hidden.last().copied().unwrap_or_else(|| self.tower_input_width(side))
     }
 
+    /// Where the export ends the item tower: after the tower's last layer, or after the item half
+    /// of the joining layer, whichever is narrower (what the server keeps per catalog item is
+    /// then smallest; at equal width, the join's half is precomputed too).
+    pub fn item_tower(&self) -> crate::manifest::ItemTower {
+        let width = self.tower_output_width(Side::Item).min(self.interaction_hidden[0]);
+        crate::manifest::ItemTower { output: ITEM_VECTOR.to_string(), width }
+    }
+
+    fn cut_after_join(&self) -> bool {
+        self.interaction_hidden[0] <= self.tower_output_width(Side::Item)
+    }
+
     /// Multiply-adds of the dense layers, for one request of `candidates` candidates with the
     /// context run once (as served) and for one labelled example (context and candidate one
     /// row each, as a teacher labels). Embedding lookups are free; only serving heads count.
@@ -389,7 +403,8 @@ impl TwoTower {
     }
 
     /// Writes the ONNX graph. Outputs: one `[batch, 1]` output per head named after it, a
-    /// probability for binary heads and the raw value for regression heads.
+    /// probability for binary heads and the raw value for regression heads. The item tower's
+    /// output is named [`ITEM_VECTOR`] (see [`TwoTower::item_tower`]).
     pub fn to_onnx(&self, w: &TwoTowerWeights, name: &str) -> tract_onnx::pb::ModelProto {
         let mut g = GraphBuilder::new(name);
         // Context inputs get their own batch symbol: one row normally, one per candidate when a
@@ -404,7 +419,16 @@ impl TwoTower {
             w.join_context.inputs,
             w.join_context.outputs,
         );
-        let joined_item = g.matmul_t(&item, &w.join_item.weight, w.join_item.inputs, w.join_item.outputs);
+        let join_item = |g: &mut GraphBuilder, x: &str| {
+            g.matmul_t(x, &w.join_item.weight, w.join_item.inputs, w.join_item.outputs)
+        };
+        let joined_item = if self.cut_after_join() {
+            let joined = join_item(&mut g, &item);
+            g.name(&joined, ITEM_VECTOR)
+        } else {
+            let item = g.name(&item, ITEM_VECTOR);
+            join_item(&mut g, &item)
+        };
         let sum = g.add(&joined_context, &joined_item);
         let joined = g.relu(&sum);
         let mlp = |g: &mut GraphBuilder, x: &str, layers: &[Dense]| -> String {

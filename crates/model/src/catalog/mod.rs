@@ -212,10 +212,23 @@ impl Catalog {
 
     /// The item with this id (from the newest layer that has it), or `None`.
     pub fn get(&self, id: &str) -> Option<Item<'_>> {
-        self.layers.iter().find_map(|layer| {
+        self.layers.iter().enumerate().find_map(|(depth, layer)| {
             let row = layer.find(id)?;
-            Some(Item { layer, id_column: &self.id_column, row })
+            Some(Item { layer, depth, id_column: &self.id_column, row })
         })
+    }
+
+    /// Every item of layer `depth` (0: the newest), in the order it was built, including any
+    /// that a newer layer overrides.
+    pub fn layer_items(&self, depth: usize) -> impl ExactSizeIterator<Item = Item<'_>> {
+        let layer = &self.layers[depth];
+        (0..layer.ids.len()).map(move |row| Item { layer, depth, id_column: &self.id_column, row })
+    }
+
+    /// Whether layer `depth` of this catalog is layer `other_depth` of `other`: the same items,
+    /// shared in memory (a delta shares its base's layers).
+    pub fn same_layer(&self, depth: usize, other: &Catalog, other_depth: usize) -> bool {
+        std::sync::Arc::ptr_eq(&self.layers[depth], &other.layers[other_depth])
     }
 
     /// Each column's name and kind, in order.
@@ -299,6 +312,8 @@ impl Catalog {
 #[derive(Clone, Copy)]
 pub struct Item<'c> {
     layer: &'c Layer,
+    /// The layer's place in its catalog, 0 the newest.
+    depth: usize,
     id_column: &'c str,
     row: usize,
 }
@@ -306,6 +321,11 @@ pub struct Item<'c> {
 impl<'c> Item<'c> {
     pub fn id(&self) -> &'c str {
         self.layer.ids.get(self.row)
+    }
+
+    /// Its layer in the catalog (0 the newest) and its row in that layer.
+    pub fn position(&self) -> (usize, usize) {
+        (self.depth, self.row)
     }
 
     /// Asks the CPU to start fetching this item's values, so that a request's candidates'
@@ -580,6 +600,8 @@ impl<R: FeatureSource> FeatureSource for Overlay<'_, R> {
 pub struct Lookup<'a, 'r> {
     pub sources: Vec<Overlay<'a, crate::request::Candidate<'r>>>,
     pub misses: Vec<usize>,
+    /// The catalog looked up in.
+    pub catalog: Option<&'a Catalog>,
 }
 
 /// Looks each candidate up in `catalog` by its id (none looked up without a catalog).
@@ -605,7 +627,7 @@ pub fn look_up<'a, 'r>(
         }
         sources.push(Overlay { request: candidate, item, id: Some((catalog.id_column.as_str(), id)) });
     }
-    Lookup { sources, misses }
+    Lookup { sources, misses, catalog }
 }
 
 #[cfg(test)]

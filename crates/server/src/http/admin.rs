@@ -235,7 +235,12 @@ async fn roll_back_catalog(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    app.rollout.items.rollback(&name)?;
+    let rollout = app.rollout.clone();
+    let n = name.clone();
+    // The models' item-tower outputs for it may need computing again: off the async workers.
+    tokio::task::spawn_blocking(move || rollout.rollback_items(&n))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(catalog_answer(&app, &name))
 }
 

@@ -24,7 +24,7 @@ use super::metrics::{CatalogLabels, FeatureLabels, ModelLabels, OutcomeLabels, R
 use crate::admission::budget::{self, Asked};
 use crate::admission::degrade::{self, Degraded, Pickup, Planned, Reason, Situation};
 use crate::admission::pool::PoolError;
-use crate::rollout::routes::{Routes, Served};
+use crate::rollout::routes::{ItemsFor, Routes, Served};
 use retort_model::catalog::Catalog as ItemCatalog;
 use retort_model::encode::{Encoded, Location};
 use retort_model::request::{self, CandidateId, DecodeError, RankRequest};
@@ -120,7 +120,7 @@ fn record(app: &App, outcome: Result<Answer, Failure>, elapsed: Duration) -> Res
         Ok(answer) => {
             app.rollout.warmup.record(answer.served.model.name(), answer.body.clone());
             if let Some((shadow, scores)) = answer.shadow {
-                let items = app.rollout.items.for_model(&shadow.model.manifest);
+                let items = shadow.items(app.rollout.items.for_model(&shadow.model.manifest));
                 crate::rollout::shadow::spawn(app.pool.clone(), shadow, items, answer.body, scores);
             }
             answer.response
@@ -385,10 +385,10 @@ async fn score(
     let t = Instant::now();
     let weights = model.objective(req.objective())?;
     let order = scoring_order(&req.candidates);
-    let catalog = app.rollout.items.for_model(&model.manifest);
-    let (encoded, misses) =
-        encode_in_order(model, catalog.as_deref(), req, order.as_deref(), planned.scored)?;
+    let items = answering.items(app.rollout.items.for_model(&model.manifest));
+    let (encoded, misses) = encode_in_order(model, items.as_ref(), req, order.as_deref(), planned.scored)?;
     record_missing(app, model, &encoded.missing);
+    let catalog = items.map(|i| i.catalog);
     record_misses(app, model, catalog.as_deref(), misses.len());
     let encode_time = t.elapsed();
     timing.encode = micros(encode_time);
@@ -552,19 +552,20 @@ fn scoring_order(candidates: &[request::Candidate<'_>]) -> Option<Vec<usize>> {
 }
 
 /// Encodes the first `count` candidates of `order` (the order sent when `None`), each over
-/// its item in `catalog` when there is one; returns the encoding and the candidates the
+/// its item in `items`' catalog when there is one; returns the encoding and the candidates the
 /// catalog lacks. Indices, in an error as in the misses, are the candidates' in the request.
 fn encode_in_order(
     model: &Model,
-    catalog: Option<&ItemCatalog>,
+    items: Option<&ItemsFor>,
     req: &request::RankRequest<'_>,
     order: Option<&[usize]>,
     count: usize,
 ) -> Result<(Encoded, Vec<usize>), ApiError> {
     let in_request = |i: usize| order.map_or(i, |o| o[i]);
     let picked = (0..count).map(|i| &req.candidates[in_request(i)]);
-    let found = retort_model::catalog::look_up(catalog, picked);
-    let encoded = model.encode(&req.context, &found.sources).map_err(|mut e| {
+    let found = retort_model::catalog::look_up(items.map(|i| &*i.catalog), picked);
+    let vectors = items.and_then(|i| i.vectors.as_deref());
+    let encoded = model.encode_found(&req.context, &found, vectors).map_err(|mut e| {
         if let Location::Candidate(row) = e.location {
             e.location = Location::Candidate(in_request(row));
         }

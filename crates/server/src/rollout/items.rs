@@ -57,6 +57,9 @@ pub struct Items {
     events: RolloutEvents,
 }
 
+/// Readies the models that would read a catalog version for it, or says why they cannot.
+pub type Prepare<'a> = &'a dyn Fn(&Arc<Catalog>) -> Result<(), String>;
+
 /// What a refresh did to one catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refreshed {
@@ -105,9 +108,8 @@ impl Items {
     }
 
     /// Makes `catalog` serve in one swap, the one it replaces kept as the previous version.
-    fn install(&self, versions: &mut Versions, catalog: Catalog, how: CatalogSwap) {
+    fn install(&self, versions: &mut Versions, catalog: Arc<Catalog>, how: CatalogSwap) {
         let name = catalog.name.clone();
-        let catalog = Arc::new(catalog);
         self.events.catalog_swapped(&name, how, catalog.len());
         match versions.entries.get_mut(&name) {
             Some(e) => {
@@ -129,18 +131,18 @@ impl Items {
         self.current.store(Arc::new(serving));
     }
 
-    /// Reads the version of catalog `name` in `dir` and has `check` pass it. A delta over the
+    /// Reads the version of catalog `name` in `dir` and has `prepare` pass it. A delta over the
     /// serving version applies to it in memory: only the delta's items are read.
     fn read_checked(
         &self,
         versions: &Versions,
         name: &str,
         dir: &std::path::Path,
-        check: &dyn Fn(&Catalog) -> Result<(), String>,
-    ) -> Result<Catalog, String> {
+        prepare: Prepare<'_>,
+    ) -> Result<Arc<Catalog>, String> {
         let serving = versions.entries.get(name).map(|e| e.serving.clone());
-        let catalog = file::read_over(dir, serving.as_deref()).map_err(|e| e.to_string())?;
-        check(&catalog)?;
+        let catalog = Arc::new(file::read_over(dir, serving.as_deref()).map_err(|e| e.to_string())?);
+        prepare(&catalog)?;
         Ok(catalog)
     }
 
@@ -154,9 +156,9 @@ impl Items {
     /// swaps it in whole; a version that fails to read is reported once and refused, and the
     /// next older one is tried (so a broken newest version at start still leaves the last
     /// good one serving). A missing catalogs directory is no catalog.
-    /// `check` says whether a version may serve (the models that would read it can); one it
-    /// refuses is refused like an unreadable one.
-    pub fn refresh(&self, check: &dyn Fn(&Catalog) -> Result<(), String>) -> Vec<Refreshed> {
+    /// `prepare` says whether a version may serve (the models that would read it can) and
+    /// readies them for it; one it refuses is refused like an unreadable one.
+    pub fn refresh(&self, prepare: Prepare<'_>) -> Vec<Refreshed> {
         if !self.dir.is_dir() {
             return Vec::new();
         }
@@ -179,7 +181,7 @@ impl Items {
                     continue;
                 }
                 let started = std::time::Instant::now();
-                match self.read_checked(&versions, &found.name, &found.dir, check) {
+                match self.read_checked(&versions, &found.name, &found.dir, prepare) {
                     Ok(catalog) => {
                         let items = catalog.len();
                         tracing::info!(
@@ -204,14 +206,9 @@ impl Items {
     }
 
     /// Makes `name`/`version` serve (an older one too: a way back past the previous version).
-    /// It is read and checked first (by `check` too, as in [`Items::refresh`]); one that fails
+    /// It is read and checked first (by `prepare` too, as in [`Items::refresh`]); one that fails
     /// changes nothing.
-    pub fn load(
-        &self,
-        name: &str,
-        version: &str,
-        check: &dyn Fn(&Catalog) -> Result<(), String>,
-    ) -> Result<(), ItemsError> {
+    pub fn load(&self, name: &str, version: &str, prepare: Prepare<'_>) -> Result<(), ItemsError> {
         let dir = self.dir.join(name).join(version);
         if !(dir.join(file::MANIFEST).is_file() && dir.join(file::ITEMS).is_file()) {
             return Err(ItemsError::Unknown { name: name.into(), version: version.into() });
@@ -220,7 +217,7 @@ impl Items {
         if versions.entries.get(name).is_some_and(|e| e.serving.version == version) {
             return Ok(());
         }
-        match self.read_checked(&versions, name, &dir, check) {
+        match self.read_checked(&versions, name, &dir, prepare) {
             Ok(catalog) => {
                 versions.refused.remove(&(name.to_string(), version.to_string()));
                 self.install(&mut versions, catalog, CatalogSwap::Load);
@@ -233,13 +230,21 @@ impl Items {
         }
     }
 
-    /// The previous version serves again, in one swap; the one it replaces is dropped (and not
-    /// brought back by the poller, which loads only versions newer than any served).
-    pub fn rollback(&self, name: &str) -> Result<String, ItemsError> {
+    /// The previous version serves again, in one swap once `prepare` has readied the models
+    /// for it; the one it replaces is dropped (and not brought back by the poller, which loads
+    /// only versions newer than any served).
+    pub fn rollback(&self, name: &str, prepare: Prepare<'_>) -> Result<String, ItemsError> {
         let mut versions = self.lock();
         let nothing = || ItemsError::NothingToRollBack { name: name.into() };
-        let entry = versions.entries.get_mut(name).ok_or_else(nothing)?;
-        let previous = entry.previous.take().ok_or_else(nothing)?;
+        let entry = versions.entries.get(name).ok_or_else(nothing)?;
+        let previous = entry.previous.clone().ok_or_else(nothing)?;
+        prepare(&previous).map_err(|reason| ItemsError::Invalid {
+            name: name.into(),
+            version: previous.version.clone(),
+            reason,
+        })?;
+        let entry = versions.entries.get_mut(name).expect("found above");
+        entry.previous = None;
         entry.serving = previous;
         let (version, items) = (entry.serving.version.clone(), entry.serving.len());
         self.events.catalog_swapped(name, CatalogSwap::Rollback, items);
@@ -441,9 +446,11 @@ mod tests {
             Op::Rollback => match e.previous.take() {
                 Some(p) => {
                     e.serving = p;
-                    items.rollback("music").is_ok()
+                    items.rollback("music", &|_| Ok(())).is_ok()
                 }
-                None => matches!(items.rollback("music"), Err(ItemsError::NothingToRollBack { .. })),
+                None => {
+                    matches!(items.rollback("music", &|_| Ok(())), Err(ItemsError::NothingToRollBack { .. }))
+                }
             },
         };
         // The poller never undoes an operator's load or rollback, nor retries a refused one.

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::events::{LoadFailure, RolloutEvents, Swap};
 use super::stats::VersionStats;
 use super::warmup::{WarmupRing, replay, warm_up};
-use crate::rollout::routes::{Role, Route, Routes, Served, Split};
+use crate::rollout::routes::{ItemsFor, Role, Route, Routes, Served, Split};
 use retort_model::engine::EngineKind;
+use retort_model::item_tower::ItemVectors;
 use retort_model::manifest::Manifest;
 use retort_model::{Model, package};
 
@@ -322,29 +323,43 @@ impl Rollout {
             }
         }
         let started = Instant::now();
-        let serving = self.routes.load().routes.get(name).map(|r| r.serving.model.clone());
+        let serving = self.routes.load().routes.get(name).map(|r| r.serving.clone());
         let stamp = package::stamp(&dir);
         let loaded = package::check_servable(&self.models_dir, &dir, self.max_model_bytes)
             .map_err(|e| (LoadFailure::Package, e))
             .and_then(|_| {
-                load_and_validate(&dir, self.engine, name, version, serving.as_deref().map(|m| &m.manifest))
-                    .map_err(|e| (LoadFailure::Invalid, e))
+                load_and_validate(
+                    &dir,
+                    self.engine,
+                    name,
+                    version,
+                    serving.as_ref().map(|s| &s.model.manifest),
+                )
+                .map_err(|e| (LoadFailure::Invalid, e))
             })
             .and_then(|(model, notes)| {
-                // The catalog it would read must hold its item features as it reads them.
-                if let Some(items) = self.items.for_model(&model.manifest) {
-                    retort_model::catalog::compatible(&model.manifest, &items)
-                        .map_err(|e| (LoadFailure::Invalid, e))?;
-                }
-                self.warm_on_traffic(&model, name, serving.as_deref())
+                // The catalog it would read must hold its item features as it reads them; its
+                // items' tower outputs are computed before the version is warmed on them.
+                let catalog = self.items.for_model(&model.manifest);
+                let vectors = match &catalog {
+                    Some(catalog) => {
+                        retort_model::catalog::compatible(&model.manifest, catalog)
+                            .map_err(|e| (LoadFailure::Invalid, e))?;
+                        ItemVectors::compute(&model, catalog, &[])
+                            .map_err(|e| (LoadFailure::Invalid, e.to_string()))?
+                    }
+                    None => None,
+                };
+                let items = catalog.map(|catalog| ItemsFor { catalog, vectors: vectors.map(Arc::new) });
+                self.warm_on_traffic(&model, items.as_ref(), name, serving.as_deref())
                     .map_err(|e| (LoadFailure::WarmUp, e))?;
-                Ok((model, notes))
+                Ok((model, notes, items.and_then(|i| i.vectors)))
             });
         let mut records = self.records();
         let record = records.get_mut(&key(name, version)).expect("inserted above");
         record.stamp = stamp;
         match loaded {
-            Ok((model, notes)) => {
+            Ok((model, notes, vectors)) => {
                 #[cfg(feature = "test-hooks")]
                 let model = {
                     let mut model = model;
@@ -358,15 +373,18 @@ impl Rollout {
                 record.loaded_at = Some(SystemTime::now());
                 record.load_ms = Some(started.elapsed().as_millis() as u64);
                 self.events.loaded(name, started.elapsed().as_secs_f64());
-                let served = Served::new(model);
+                let served = Served::new(model, vectors);
                 record.stats = Some(served.stats.clone());
-                record.served = Some(served);
-                tracing::info!(
-                    model = name,
-                    version,
-                    load_ms = record.load_ms,
-                    "version loaded, validated and warm"
-                );
+                record.served = Some(served.clone());
+                let load_ms = record.load_ms;
+                drop(records);
+                // A catalog that swapped in while this version loaded found it not loaded yet.
+                if let Some(catalog) = self.items.for_model(&served.model.manifest)
+                    && let Err(e) = served.prepare_vectors(&catalog)
+                {
+                    tracing::error!(model = name, version, error = %e, "cannot compute the item tower's outputs");
+                }
+                tracing::info!(model = name, version, load_ms, "version loaded, validated and warm");
                 Ok(())
             }
             Err((failure, reason)) => {
@@ -380,38 +398,82 @@ impl Rollout {
     }
 
     /// Reads the catalogs' new versions ([`super::items::Items::refresh`]), each checked against
-    /// every loaded version that would read it.
+    /// and prepared for every loaded version that would read it.
     pub fn refresh_items(&self) -> Vec<super::items::Refreshed> {
-        self.items.refresh(&|c| self.check_catalog(c))
+        let done = self.items.refresh(&|c| self.prepare_catalog(c));
+        self.retain_vectors();
+        done
     }
 
     /// Makes catalog `name`/`version` serve, checked as [`Rollout::refresh_items`] checks.
     pub fn load_items(&self, name: &str, version: &str) -> Result<(), super::items::ItemsError> {
-        self.items.load(name, version, &|c| self.check_catalog(c))
+        let loaded = self.items.load(name, version, &|c| self.prepare_catalog(c));
+        self.retain_vectors();
+        loaded
+    }
+
+    /// Makes catalog `name`'s previous version serve again, prepared as the others are.
+    pub fn rollback_items(&self, name: &str) -> Result<String, super::items::ItemsError> {
+        let rolled = self.items.rollback(name, &|c| self.prepare_catalog(c));
+        self.retain_vectors();
+        rolled
     }
 
     /// Whether every version routed to (serving, canary, shadow, fallback) that would read
-    /// `catalog` can.
-    fn check_catalog(&self, catalog: &retort_model::catalog::Catalog) -> Result<(), String> {
+    /// `catalog` can; then computes its items' tower outputs for every loaded version that
+    /// reads it, before it swaps in. A version staged but not routed that cannot read it is
+    /// only warned about.
+    fn prepare_catalog(&self, catalog: &Arc<retort_model::catalog::Catalog>) -> Result<(), String> {
         let routes = self.routes.load();
-        for route in routes.routes.values() {
-            let versions = std::iter::once(&route.serving)
-                .chain(route.canary.as_ref().map(|c| &c.to))
-                .chain(route.shadow.as_ref().map(|s| &s.to));
-            for v in versions {
-                let manifest = &v.model.manifest;
-                if self.items.would_read(manifest, catalog) {
-                    retort_model::catalog::compatible(manifest, catalog)?;
-                }
+        let routed: Vec<&Arc<Served>> = routes
+            .routes
+            .values()
+            .flat_map(|route| {
+                std::iter::once(&route.serving)
+                    .chain(route.canary.as_ref().map(|c| &c.to))
+                    .chain(route.shadow.as_ref().map(|s| &s.to))
+            })
+            .collect();
+        for v in &routed {
+            let manifest = &v.model.manifest;
+            if self.items.would_read(manifest, catalog) {
+                retort_model::catalog::compatible(manifest, catalog)?;
+            }
+        }
+        let loaded: Vec<Arc<Served>> = self.records().values().filter_map(|r| r.served.clone()).collect();
+        for v in loaded.iter().filter(|v| self.items.would_read(&v.model.manifest, catalog)) {
+            let is_routed = routed.iter().any(|r| Arc::ptr_eq(r, v));
+            let prepared = retort_model::catalog::compatible(&v.model.manifest, catalog)
+                .and_then(|()| v.prepare_vectors(catalog).map_err(|e| e.to_string()))
+                .map_err(|e| format!("{}: {e}", v.model.manifest.id()));
+            match prepared {
+                Err(e) if is_routed => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "a staged version cannot read the new catalog"),
+                Ok(()) => {}
             }
         }
         Ok(())
     }
 
+    /// Drops every loaded version's item-tower outputs for catalogs that no longer serve.
+    fn retain_vectors(&self) {
+        let serving = self.items.serving();
+        let loaded: Vec<Arc<Served>> = self.records().values().filter_map(|r| r.served.clone()).collect();
+        for v in loaded {
+            v.retain_vectors(|c| serving.values().any(|s| std::ptr::eq(&**s, c)));
+        }
+    }
+
     /// Replays the recent requests of `name` to `model`: its outputs must be finite (and
     /// probabilities where its heads say so), and its median time on them within the
     /// configured factor of the serving version's on the same requests.
-    fn warm_on_traffic(&self, model: &Model, name: &str, serving: Option<&Model>) -> Result<(), String> {
+    fn warm_on_traffic(
+        &self,
+        model: &Model,
+        items: Option<&ItemsFor>,
+        name: &str,
+        serving: Option<&Served>,
+    ) -> Result<(), String> {
         // The newest few: enough to size buffers and time both versions, cheap enough to run
         // beside serving without moving its latency.
         let mut requests = self.warmup.requests(name);
@@ -424,11 +486,13 @@ impl Rollout {
         // the golden examples did not have costs a plan the first time); the second is timed,
         // so a new version is not judged on its cold start against a warm one.
         // Over the catalogs the versions read, as the requests were answered.
-        let items = self.items.for_model(&model.manifest);
-        replay(model, items.as_deref(), &requests)?;
-        let new = replay(model, items.as_deref(), &requests)?;
-        let old = serving
-            .and_then(|s| replay(s, self.items.for_model(&s.manifest).as_deref(), &requests).ok().flatten());
+        let source = items.map(ItemsFor::source);
+        replay(model, source, &requests)?;
+        let new = replay(model, source, &requests)?;
+        let old = serving.and_then(|s| {
+            let items = s.items(self.items.for_model(&s.model.manifest));
+            replay(&s.model, items.as_ref().map(ItemsFor::source), &requests).ok().flatten()
+        });
         if let (Some(new), Some(old)) = (new, old)
             && new.as_secs_f64() > old.as_secs_f64() * self.latency_factor
         {
@@ -908,7 +972,7 @@ mod tests {
         for (i, v) in VERSIONS.into_iter().enumerate() {
             let (manifest, graph) = scaffold::seeded_package("m", v, i as u64 + 1);
             let path = package::write(dir.path(), &manifest, &graph).unwrap();
-            served.insert(v, Served::new(Model::load(&path, EngineKind::Tract).unwrap()));
+            served.insert(v, Served::new(Model::load(&path, EngineKind::Tract).unwrap(), None));
         }
         let config = Config::serving(dir.path());
         Fixture { _dir: dir, config, served }

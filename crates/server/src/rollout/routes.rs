@@ -1,10 +1,14 @@
 //! The models being served, by name, and how a request's `model` field picks one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use retort_model::catalog::Catalog;
+use retort_model::item_tower::{ItemVectors, ItemVectorsError};
+use retort_model::{ItemSource, Model};
 
 use crate::rollout::stats::VersionStats;
-use retort_model::Model;
 
 use crate::admission::cost::CostModel;
 
@@ -14,18 +18,89 @@ pub struct Served {
     pub stats: Arc<VersionStats>,
     /// How long this version takes per request, for admission control.
     pub cost: CostModel,
+    /// For a model with an item tower: its tower's outputs for the items of the catalogs it
+    /// reads (one per catalog serving; briefly two while one swaps in).
+    vectors: ArcSwap<Vec<Arc<ItemVectors>>>,
+    /// Serialises [`Served::prepare_vectors`], so that no catalog's vectors are computed twice.
+    preparing: Mutex<()>,
+}
+
+/// The catalog a version reads candidates' items from, with its items' tower outputs for that
+/// version when it has an item tower.
+#[derive(Clone)]
+pub struct ItemsFor {
+    pub catalog: Arc<Catalog>,
+    pub vectors: Option<Arc<ItemVectors>>,
+}
+
+impl ItemsFor {
+    pub fn source(&self) -> ItemSource<'_> {
+        ItemSource { catalog: &self.catalog, vectors: self.vectors.as_deref() }
+    }
 }
 
 impl Served {
-    /// Wraps a loaded model, timing it first so that admission can predict its first requests.
-    pub fn new(model: Model) -> Arc<Served> {
+    /// Wraps a loaded model, timing it first so that admission can predict its first requests;
+    /// `vectors` are its item tower's outputs for a catalog, computed already.
+    pub fn new(model: Model, vectors: Option<Arc<ItemVectors>>) -> Arc<Served> {
         let cost = CostModel::default();
         cost.calibrate(&model);
-        Arc::new(Served { model: Arc::new(model), stats: Arc::new(VersionStats::default()), cost })
+        Arc::new(Served {
+            model: Arc::new(model),
+            stats: Arc::new(VersionStats::default()),
+            cost,
+            vectors: ArcSwap::from_pointee(vectors.into_iter().collect()),
+            preparing: Mutex::new(()),
+        })
     }
 
     pub fn version(&self) -> &str {
         self.model.version()
+    }
+
+    /// What this version reads candidates from, given the catalog it reads.
+    pub fn items(&self, catalog: Option<Arc<Catalog>>) -> Option<ItemsFor> {
+        let catalog = catalog?;
+        let vectors = self.vectors.load().iter().find(|v| v.is_for(&catalog)).cloned();
+        Some(ItemsFor { catalog, vectors })
+    }
+
+    /// Makes sure this version has its item tower's outputs for `catalog`'s items, computing
+    /// those of the layers that no vectors it holds share (a delta's items only). Nothing for a
+    /// model without an item tower.
+    pub fn prepare_vectors(&self, catalog: &Arc<Catalog>) -> Result<(), ItemVectorsError> {
+        if self.model.tower().is_none() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.vectors.load_full();
+        if held.iter().any(|v| v.is_for(catalog)) {
+            return Ok(());
+        }
+        let reuse: Vec<&ItemVectors> = held.iter().map(|v| &**v).collect();
+        if let Some(computed) = ItemVectors::compute(&self.model, catalog, &reuse)? {
+            let mut next = (*held).clone();
+            next.push(Arc::new(computed));
+            self.vectors.store(Arc::new(next));
+        }
+        Ok(())
+    }
+
+    /// Drops the vectors of catalogs that `keep` says no longer serve.
+    pub fn retain_vectors(&self, keep: impl Fn(&Catalog) -> bool) {
+        let _one_at_a_time = self.preparing.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.vectors.load_full();
+        if held.iter().all(|v| keep(v.catalog())) {
+            return;
+        }
+        self.vectors.store(Arc::new(held.iter().filter(|v| keep(v.catalog())).cloned().collect()));
+    }
+
+    /// Bytes held by its item tower's outputs, and the catalog versions they are for.
+    pub fn vectors_held(&self) -> (usize, Vec<String>) {
+        let held = self.vectors.load();
+        let bytes = held.iter().map(|v| v.heap_bytes()).sum();
+        (bytes, held.iter().map(|v| format!("{}/{}", v.catalog().name, v.catalog().version)).collect())
     }
 }
 

@@ -72,13 +72,13 @@ impl ShadowAgreement {
     }
 }
 
-/// Scores `body` with `shadow` (over `catalog`, as the serving version read it) and records its
+/// Scores `body` with `shadow` (over `items`, the catalog it reads) and records its
 /// agreement with `serving_scores`. Called after the response is built; spawns and returns at
 /// once.
 pub fn spawn(
     pool: Arc<InferencePool>,
     shadow: Arc<Served>,
-    catalog: Option<Arc<retort_model::catalog::Catalog>>,
+    items: Option<super::routes::ItemsFor>,
     body: Bytes,
     serving_scores: Vec<f32>,
 ) {
@@ -91,7 +91,7 @@ pub fn spawn(
         let scored = pool
             .run(move || -> Option<Vec<f32>> {
                 let req = request::decode(&body).ok()?;
-                model.score_request(&req, catalog.as_deref()).ok().map(|scored| scored.scores)
+                model.score_request(&req, items.as_ref().map(|i| i.source())).ok().map(|scored| scored.scores)
             })
             .await;
         match scored {

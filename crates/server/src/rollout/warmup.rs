@@ -132,12 +132,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     options.open(path)?.write_all(bytes)
 }
 
-/// Replays `requests` to `model`, their candidates over `catalog` as requests read it: every
+/// Replays `requests` to `model`, their candidates over `items` as requests read them: every
 /// output must be finite, and a probability where the head says so. Returns the median time
 /// per request, or why the model failed.
 pub fn replay(
     model: &Model,
-    catalog: Option<&retort_model::catalog::Catalog>,
+    items: Option<retort_model::ItemSource<'_>>,
     requests: &[Bytes],
 ) -> Result<Option<Duration>, String> {
     let mut times = Vec::new();
@@ -145,7 +145,7 @@ pub fn replay(
         // Requests the serving version answered but this one cannot encode (say, a feature's
         // type changed) are the validation's business, not the warm-up's: skip them.
         let Ok(req) = request::decode(body) else { continue };
-        let values = match model.score_request(&req, catalog) {
+        let values = match model.score_request(&req, items) {
             Ok(scored) => {
                 times.push(scored.inference);
                 scored.values

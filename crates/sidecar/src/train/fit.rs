@@ -301,7 +301,7 @@ impl TrainingData {
                 T { shape: [rows.len(), w], data }
             })
             .collect();
-        Encoded { tensors, rows: rows.len(), missing: vec![0; self.encoded.missing.len()] }
+        Encoded { tensors, rows: rows.len(), missing: vec![0; self.encoded.missing.len()], tower: None }
     }
 
     /// The start of the last `days` UTC days of the data, counted back from the day of its
@@ -345,7 +345,7 @@ fn concat(encoder: &Encoder, parts: Vec<Encoded>) -> Encoded {
             *m += n;
         }
     }
-    Encoded { tensors, rows, missing }
+    Encoded { tensors, rows, missing, tower: None }
 }
 
 /// Trains on `rows` with the hard labels only: each binary head with BCE on logits, each
