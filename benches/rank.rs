@@ -44,6 +44,44 @@ fn inference(c: &mut Criterion) {
     group.finish();
 }
 
+/// The ranker alone: candidates as ids of the shipped catalog, their item-tower outputs
+/// computed ahead, so inference runs only the context tower, the join and the heads.
+fn ranker(c: &mut Criterion) {
+    use retort_model::catalog::{file, look_up};
+    use retort_model::item_tower::ItemVectors;
+    let dir = common::shipped_models().join("music-ranker/1");
+    let catalog =
+        std::sync::Arc::new(file::read(&common::shipped_models().join("../catalogs/music/1")).unwrap());
+    let mut group = c.benchmark_group("infer");
+    for kind in engines() {
+        let model = Model::load(&dir, kind).expect("load the shipped model");
+        let vectors = ItemVectors::compute(&model, &catalog, &[]).unwrap().unwrap();
+        for n in [50, 500] {
+            let ids: Vec<String> = (0..n).map(|i| format!("\"t{}\"", i * 6)).collect();
+            let body = format!(
+                r#"{{"context": {{"user_id": "u42", "hour": 21}}, "candidates": [{}]}}"#,
+                ids.join(",")
+            );
+            let req = decode(body.as_bytes()).unwrap();
+            let found = look_up(Some(&catalog), &req.candidates);
+            let encoded = model.encode_found(&req.context, &found, Some(&vectors)).unwrap();
+            assert!(
+                encoded.tower.as_ref().unwrap().rows.is_empty(),
+                "every candidate's tower output is known"
+            );
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{}/ranker", kind.as_str()), n),
+                &encoded,
+                |b, encoded| {
+                    b.iter_batched(|| encoded.clone(), |e| model.infer(e).unwrap(), BatchSize::SmallInput)
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
 fn decode_encode(c: &mut Criterion) {
     let model = Model::load(&common::shipped_models().join("music-ranker/1"), EngineKind::Tract).unwrap();
     let body = serde_json::to_vec(&common::request(500, 7)).unwrap();
@@ -59,57 +97,77 @@ fn decode_encode(c: &mut Criterion) {
     group.finish();
 }
 
+/// The shipped models with their `[item_tower]` left out: served whole, as before the tower ran
+/// apart, for a side-by-side figure.
+fn shipped_whole(dir: &std::path::Path) {
+    use retort_model::manifest::Manifest;
+    for name in ["music-ranker", "music-ranker-fallback"] {
+        let from = common::shipped_models().join(name).join("1");
+        let mut manifest = Manifest::from_path(&from.join(retort_model::package::MANIFEST)).unwrap();
+        manifest.item_tower = None;
+        let graph = std::fs::read(from.join(retort_model::package::GRAPH)).unwrap();
+        retort_model::package::write(dir, &manifest, &graph).unwrap();
+    }
+}
+
 /// The whole handler through the router, in-process: decode, encode, the inference pool,
-/// ranking and the JSON response, without a socket.
+/// ranking and the JSON response, without a socket; the shipped models served whole and with
+/// their item towers apart (their catalog items' tower outputs computed at load).
 fn handler(c: &mut Criterion) {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let whole = tempfile::tempdir().unwrap();
+    shipped_whole(whole.path());
     let mut group = c.benchmark_group("handler");
     for kind in engines() {
-        let mut config = retort_server::config::Config::serving(common::shipped_models());
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.rollout.engine = kind;
-        config.rollout.poll_interval_ms = 0;
-        config.rollout.persist_warmup = false;
-        // A server started the usual way loads the models; the bench then calls its router.
-        let (app, stop) = runtime.block_on(async {
-            let listener = retort_server::http::bind(&config).await.unwrap();
-            let app = retort_server::http::App::new(config);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
-                let _ = stopped.await;
-            }));
-            while !app.ready() {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            (app, stop)
-        });
-        let router = retort_server::http::router(app);
-        let features = common::request(500, 11);
-        // The same context, the candidates as ids of the shipped catalog (`catalogs/music/1`).
-        let ids: Vec<String> = (0..500).map(|i| format!("t{}", i * 6)).collect();
-        let by_id = serde_json::json!({"context": features["context"], "candidates": ids});
-        group.throughput(Throughput::Elements(500));
-        for (shape, request) in [("features", &features), ("ids", &by_id)] {
-            let body = hyper::body::Bytes::from(serde_json::to_vec(request).unwrap());
-            eprintln!("handler/{shape}: a {} byte body", body.len());
-            group.bench_function(BenchmarkId::new(format!("{}/{shape}", kind.as_str()), 500), |b| {
-                b.iter(|| {
-                    runtime.block_on(async {
-                        let req = axum::http::Request::post("/v1/rank")
-                            .header("content-type", "application/json")
-                            .body(axum::body::Body::from(body.clone()))
-                            .unwrap();
-                        let response = router.clone().oneshot(req).await.unwrap();
-                        assert_eq!(response.status(), 200);
-                        response.into_body().collect().await.unwrap().to_bytes()
-                    })
-                })
+        for (served, models) in [("whole", whole.path().to_path_buf()), ("apart", common::shipped_models())] {
+            let mut config = retort_server::config::Config::serving(models);
+            config.server.listen = "127.0.0.1:0".parse().unwrap();
+            config.rollout.engine = kind;
+            config.rollout.poll_interval_ms = 0;
+            config.rollout.persist_warmup = false;
+            config.rollout.catalogs_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogs");
+            // A server started the usual way loads the models; the bench then calls its router.
+            let (app, stop) = runtime.block_on(async {
+                let listener = retort_server::http::bind(&config).await.unwrap();
+                let app = retort_server::http::App::new(config);
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
+                    let _ = stopped.await;
+                }));
+                while !app.ready() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                (app, stop)
             });
+            let router = retort_server::http::router(app);
+            let features = common::request(500, 11);
+            // The same context, the candidates as ids of the shipped catalog (`catalogs/music/1`).
+            let ids: Vec<String> = (0..500).map(|i| format!("t{}", i * 6)).collect();
+            let by_id = serde_json::json!({"context": features["context"], "candidates": ids});
+            group.throughput(Throughput::Elements(500));
+            for (shape, request) in [("features", &features), ("ids", &by_id)] {
+                let body = hyper::body::Bytes::from(serde_json::to_vec(request).unwrap());
+                eprintln!("handler/{shape}: a {} byte body", body.len());
+                let id = BenchmarkId::new(format!("{}/{served}/{shape}", kind.as_str()), 500);
+                group.bench_function(id, |b| {
+                    b.iter(|| {
+                        runtime.block_on(async {
+                            let req = axum::http::Request::post("/v1/rank")
+                                .header("content-type", "application/json")
+                                .body(axum::body::Body::from(body.clone()))
+                                .unwrap();
+                            let response = router.clone().oneshot(req).await.unwrap();
+                            assert_eq!(response.status(), 200);
+                            response.into_body().collect().await.unwrap().to_bytes()
+                        })
+                    })
+                });
+            }
+            let _ = stop.send(());
         }
-        let _ = stop.send(());
     }
     group.finish();
 }
@@ -194,5 +252,5 @@ fn catalog(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, inference, decode_encode, handler, catalog);
+criterion_group!(benches, inference, ranker, decode_encode, handler, catalog);
 criterion_main!(benches);

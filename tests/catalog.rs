@@ -206,6 +206,15 @@ async fn an_operator_lists_loads_and_rolls_back_catalog_versions() {
     };
     let by_id = json!({"context": full["context"], "candidates": ["t0"]});
     let version = || async { server.rank(&by_id).await.json()["catalog"]["version"].clone() };
+    // The catalog versions the serving student's item-tower outputs are computed for: the
+    // serving one alone, each time.
+    let vectors = || async {
+        let listed = admin("GET", "/v1/models").await.json();
+        let models = listed["models"].as_array().unwrap().clone();
+        let student = models.iter().find(|m| m["name"] == "music-ranker" && m["state"] == "serving").unwrap();
+        student["item_vectors"]["catalogs"].clone()
+    };
+    assert_eq!(vectors().await, json!(["music/1"]));
 
     let listed = admin("GET", "/v1/catalogs").await.json();
     assert_eq!(listed["catalogs"][0]["name"], "music");
@@ -222,10 +231,12 @@ async fn an_operator_lists_loads_and_rolls_back_catalog_versions() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!((r.json()["version"].clone(), r.json()["previous"].clone()), (json!("2"), json!("1")));
     assert_eq!(version().await, "2");
+    assert_eq!(vectors().await, json!(["music/2"]));
 
     let r = admin("POST", "/v1/catalogs/music/rollback").await;
     assert_eq!((r.status, r.json()["version"].clone()), (200, json!("1")));
     assert_eq!(version().await, "1");
+    assert_eq!(vectors().await, json!(["music/1"]));
     let r = admin("POST", "/v1/catalogs/music/rollback").await;
     assert_eq!((r.status, r.json()["error"]["code"].clone()), (409, json!("nothing_to_roll_back")));
     let r = admin("POST", "/v1/catalogs/music/versions/7/load").await;
@@ -296,6 +307,13 @@ async fn a_delta_applies_over_the_serving_version_while_serving() {
     }
     let after = scores(&reply);
     assert!(reply["catalog"]["misses"].as_array().unwrap().is_empty(), "{reply}");
+    // By id over the delta, as with the delta's features in the request.
+    let mut full_after = changed.clone();
+    full_after["candidates"].as_array_mut().unwrap().push(delta_items["candidates"][1].clone());
+    let expected = scores(&server.rank(&full_after).await.json());
+    for (id, score) in &expected {
+        assert!((after[id] - score).abs() <= 1e-6, "{id}: {} by id, {score} with features", after[id]);
+    }
     assert!((after["t0"] - before["t0"]).abs() > 1e-6, "t0 changed");
     for i in 1..6 {
         let id = format!("t{i}");

@@ -96,6 +96,16 @@ pub struct VersionInfo {
     /// As a shadow: agreement with the serving version's rankings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<crate::rollout::shadow::AgreementSummary>,
+    /// For a loaded model with an item tower: the catalog versions its items' tower outputs
+    /// are computed for, and the bytes they hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub item_vectors: Option<ItemVectorsInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemVectorsInfo {
+    pub catalogs: Vec<String>,
+    pub bytes: usize,
 }
 
 struct Record {
@@ -778,6 +788,10 @@ impl Rollout {
                     p50_us: quantile(0.5),
                     p99_us: quantile(0.99),
                     shadow: stats.as_ref().and_then(|s| s.shadow.summary()),
+                    item_vectors: r.served.as_ref().filter(|s| s.model.tower().is_some()).map(|s| {
+                        let (bytes, catalogs) = s.vectors_held();
+                        ItemVectorsInfo { catalogs, bytes }
+                    }),
                 }
             })
             .collect()
