@@ -179,6 +179,9 @@ fn with_priors(n: usize, budget_ms: f64) -> serde_json::Value {
         c["prior"] = serde_json::json!(i as f64 / n as f64);
     }
     body["budget_ms"] = serde_json::json!(budget_ms);
+    // Every candidate listed, with its heads: what a degraded answer leaves out shows.
+    body["top_k"] = serde_json::json!(n);
+    body["heads"] = serde_json::json!(true);
     body
 }
 

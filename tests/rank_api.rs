@@ -40,7 +40,9 @@ async fn ranks_by_the_combined_score_of_the_model_outputs() {
     let (arch, w, manifest) = write_model(dir.path(), "ranker", 11, ContextRows::Once);
     let server = TestServer::start_with_models(dir.path()).await;
 
-    let body = request(200, 1);
+    let mut body = request(200, 1);
+    body["heads"] = json!(true);
+    body["top_k"] = json!(200);
     let reply = server.rank(&body).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let got = reply.json();
@@ -71,14 +73,31 @@ async fn top_k_keeps_the_best_k_in_order() {
     let dir = tempfile::tempdir().unwrap();
     write_model(dir.path(), "ranker", 12, ContextRows::Once);
     let server = TestServer::start_with_models(dir.path()).await;
-    let mut body = request(100, 2);
+    let mut body = request(150, 2);
+    body["top_k"] = json!(1000);
     let all = ids(&server.rank(&body).await.json());
-    assert_eq!(all.len(), 100);
+    assert_eq!(all.len(), 150);
     body["top_k"] = json!(7);
     let top = server.rank(&body).await.json();
     assert_eq!(ids(&top), all[..7]);
-    body["top_k"] = json!(1000);
-    assert_eq!(ids(&server.rank(&body).await.json()), all);
+    // Without one, the server's default: the best 100, and no per-head values unless asked.
+    body.as_object_mut().unwrap().remove("top_k");
+    let reply = server.rank(&body).await.json();
+    assert_eq!(ids(&reply), all[..100]);
+    assert!(reply["items"].as_array().unwrap().iter().all(|i| i.get("heads").is_none()), "{reply}");
+    body["heads"] = json!(true);
+    let reply = server.rank(&body).await.json();
+    let first = &reply["items"][0];
+    let heads = first["heads"].as_object().unwrap();
+    assert_eq!(
+        heads.keys().collect::<Vec<_>>(),
+        ["like", "long_listen", "play", "skip"],
+        "every serving head"
+    );
+    body["heads"] = json!("yes");
+    let r = server.rank(&body).await;
+    assert_eq!(r.status, 422);
+    assert!(r.text().contains("`heads`"), "{}", r.text());
     server.stop().await.unwrap();
 }
 
@@ -88,6 +107,7 @@ async fn an_objective_override_reorders_by_the_heads_it_weighs() {
     write_model(dir.path(), "ranker", 13, ContextRows::Once);
     let server = TestServer::start_with_models(dir.path()).await;
     let mut body = request(50, 3);
+    body["heads"] = json!(true);
 
     body["objective"] = json!({"skip": 1.0});
     let by_skip = server.rank(&body).await.json();
@@ -308,7 +328,8 @@ async fn missing_features_take_defaults_and_metrics_move() {
 
     // Candidate 1 has no features at all: every item feature takes its default.
     let body = json!({"request_id": "mine", "context": {"user_id": "u1"},
-        "candidates": [{"id": "c0", "features": {"genre": "jazz"}}, {"id": "c1"}], "objective": {"play": 1.0}});
+        "candidates": [{"id": "c0", "features": {"genre": "jazz"}}, {"id": "c1"}], "objective": {"play": 1.0},
+        "heads": true});
     let reply = server.rank(&body).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     let got = reply.json();

@@ -29,8 +29,12 @@ pub struct RankRequest<'a> {
     /// Head → weight; replaces the model's default objective when given.
     #[serde(borrow, default, deserialize_with = "named::objective")]
     pub objective: Option<Objective<'a>>,
+    /// The best this many; without it, the server's default (`default_top_k`).
     #[serde(default, deserialize_with = "named::top_k")]
     pub top_k: Option<usize>,
+    /// Whether each answered candidate carries its serving heads' values beside its score.
+    #[serde(default, deserialize_with = "named::heads")]
+    pub heads: bool,
 }
 
 /// Deserialisers that put the field's name in front of its error.
@@ -90,6 +94,7 @@ mod named {
         context: Features<'a>,
         objective: Option<Objective<'a>>,
         top_k: Option<usize>,
+        heads: bool,
     );
 }
 

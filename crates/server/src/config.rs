@@ -69,6 +69,8 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// Most candidates accepted in one request.
     pub max_candidates: usize,
+    /// Candidates an answer lists when the request sets no `top_k`: the best this many.
+    pub default_top_k: usize,
     /// After a shutdown signal, how long in-flight requests get to finish, in milliseconds.
     pub drain_timeout_ms: u64,
     /// Log format: `text` or `json`.
@@ -84,6 +86,7 @@ impl Default for ServerSection {
             body_read_timeout_ms: 10_000,
             max_body_bytes: 2 * 1024 * 1024,
             max_candidates: 2000,
+            default_top_k: 100,
             drain_timeout_ms: 30_000,
             log_format: LogFormat::Text,
         }
@@ -253,6 +256,9 @@ pub struct ServerFlags {
     /// Most candidates per request
     #[arg(long, env = "RETORT_MAX_CANDIDATES")]
     pub max_candidates: Option<usize>,
+    /// Candidates an answer lists when the request sets no `top_k` (the best this many)
+    #[arg(long, env = "RETORT_DEFAULT_TOP_K")]
+    pub default_top_k: Option<usize>,
     /// Milliseconds in-flight requests get to finish after a shutdown signal
     #[arg(long, env = "RETORT_DRAIN_TIMEOUT_MS")]
     pub drain_timeout_ms: Option<u64>,
@@ -485,7 +491,7 @@ impl Config {
             };
         }
         over!(server: listen, max_connections, header_read_timeout_ms, body_read_timeout_ms, max_body_bytes,
-            max_candidates, drain_timeout_ms, log_format);
+            max_candidates, default_top_k, drain_timeout_ms, log_format);
         over!(admission: inference_threads, queue_capacity, max_budget_ms; some default_budget_ms);
         over!(rollout: models_dir, catalogs_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
             warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);

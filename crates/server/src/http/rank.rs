@@ -474,15 +474,16 @@ fn respond(
 ) -> Result<Response, ApiError> {
     let t = Instant::now();
     let n = req.candidates.len();
-    let best = top_k(&scored.scores, req.top_k);
-    let limit = req.top_k.unwrap_or(n).min(n);
+    let limit = req.top_k.unwrap_or(app.config.server.default_top_k).min(n);
+    let best = top_k(&scored.scores, Some(limit));
     let candidate = |row: usize| scored.order.as_ref().map_or(row, |o| o[row]);
     timing.rank += micros(t.elapsed());
     let request_id = match &req.request_id {
         Some(id) => id.0.clone(),
         None => Cow::Owned(format!("retort-{:x}", app.request_ids.fetch_add(1, Ordering::Relaxed))),
     };
-    let serving: Vec<(usize, &str)> = model.serving_heads().collect();
+    // Per-head values only when asked: they are most of an answer's bytes.
+    let serving: Vec<(usize, &str)> = if req.heads { model.serving_heads().collect() } else { Vec::new() };
     let values = &scored.values;
     let unscored = (values.rows..n).take(limit.saturating_sub(best.len()));
     let items: Vec<Item<'_>> = best
@@ -490,12 +491,12 @@ fn respond(
         .map(|&row| Item {
             id: &req.candidates[candidate(row)].id,
             score: Some(scored.scores[row]),
-            heads: Heads { serving: &serving, values, row: Some(row) },
+            heads: req.heads.then_some(Heads { serving: &serving, values, row: Some(row) }),
         })
         .chain(unscored.map(|row| Item {
             id: &req.candidates[candidate(row)].id,
             score: None,
-            heads: Heads { serving: &serving, values, row: None },
+            heads: req.heads.then_some(Heads { serving: &serving, values, row: None }),
         }))
         .collect();
     timing.total = micros(started.elapsed());
@@ -665,7 +666,9 @@ struct Item<'a> {
     id: &'a CandidateId<'a>,
     /// `null` for a candidate a degraded answer did not score.
     score: Option<f32>,
-    heads: Heads<'a>,
+    /// When the request asked for them (`"heads": true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heads: Option<Heads<'a>>,
 }
 
 /// One candidate's serving-head values, written as a JSON object without building a map;
