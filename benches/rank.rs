@@ -250,6 +250,61 @@ fn catalog(c: &mut Criterion) {
         b.iter(|| retort_model::catalog::look_up(Some(&catalog), &req.candidates).sources.len())
     });
     group.finish();
+    served_catalog(c, &catalog, &delta);
+}
+
+/// The shipped student over a million items: its item tower's outputs for all of them
+/// computed, and a request's 500 random ids encoded, by the whole graph (each candidate's
+/// features read from the catalog's columns) and with the tower apart (each candidate's tower
+/// output copied). Every iteration asks for other ids, as traffic does, so the caches miss.
+fn served_catalog(c: &mut Criterion, catalog: &retort_model::catalog::Catalog, delta: &std::path::Path) {
+    use retort_model::catalog::{file, look_up};
+    use retort_model::item_tower::ItemVectors;
+    use retort_model::manifest::Manifest;
+    use std::sync::Arc;
+    let dir = common::shipped_models().join("music-ranker/1");
+    let apart = Model::load(&dir, EngineKind::Tract).unwrap();
+    let whole_manifest = Manifest { item_tower: None, ..apart.manifest.clone() };
+    let graph = std::fs::read(dir.join(retort_model::package::GRAPH)).unwrap();
+    let whole = Model::from_parts(whole_manifest, &graph, &dir, EngineKind::Tract).unwrap();
+    let catalog = Arc::new(catalog.clone());
+    let started = std::time::Instant::now();
+    let vectors = ItemVectors::compute(&apart, &catalog, &[]).unwrap().unwrap();
+    eprintln!(
+        "item tower outputs: {} items in {:.2} s on one thread, {:.1} MB",
+        catalog.len(),
+        started.elapsed().as_secs_f64(),
+        vectors.heap_bytes() as f64 / 1e6
+    );
+    let layered = Arc::new(file::read_over(delta, Some(&catalog)).unwrap());
+    let mut group = c.benchmark_group("catalog");
+    group.sample_size(10);
+    group.bench_function("vectors/10k-delta-over-1M", |b| {
+        b.iter(|| ItemVectors::compute(&apart, &layered, &[&vectors]).unwrap().unwrap().heap_bytes())
+    });
+    let mut rng = retort_model::rng::SplitMix64::new(9);
+    let bodies: Vec<Vec<u8>> = (0..256)
+        .map(|_| {
+            let ids: Vec<String> =
+                (0..500).map(|_| format!("t{}", rng.below(catalog.len() as u64))).collect();
+            serde_json::to_vec(&serde_json::json!({"context": {"user_id": "u1"}, "candidates": ids})).unwrap()
+        })
+        .collect();
+    let requests: Vec<_> = bodies.iter().map(|b| decode(b).unwrap()).collect();
+    group.sample_size(50);
+    group.throughput(Throughput::Elements(500));
+    for (served, model) in [("whole", &whole), ("apart", &apart)] {
+        let mut next = 0;
+        group.bench_function(format!("encode/{served}/500-random-of-1M"), |b| {
+            b.iter(|| {
+                next = (next + 1) % requests.len();
+                let req = &requests[next];
+                let found = look_up(Some(&catalog), &req.candidates);
+                model.encode_found(&req.context, &found, Some(&vectors)).unwrap().rows
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, inference, ranker, decode_encode, handler, catalog);
