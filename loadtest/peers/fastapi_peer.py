@@ -4,7 +4,7 @@ It serves a retort model package (manifest.toml + model.onnx) with the same JSON
 same ranking semantics as retort's POST /v1/rank: features encoded as the manifest says
 (categorical ids hashed with FNV-1a into buckets, numbers normalised, vectors, defaults for
 missing values), the graph run once per request on all candidates, head values combined with
-the objective, sorted best first, cut to top_k.
+the objective, sorted best first, cut to top_k (100 by default), per-head values when asked.
 
 Written the way a competent team would: pydantic request models, numpy to lay out the
 tensors, one onnxruntime session per worker process with one intra-op thread (uvicorn runs
@@ -68,6 +68,7 @@ class RankRequest(BaseModel):
     candidates: list[Candidate]
     objective: Optional[dict[str, float]] = None
     top_k: Optional[int] = None
+    heads: bool = False
 
 
 class Package:
@@ -154,17 +155,12 @@ class Package:
         score = np.zeros(n)
         for head, w in weights.items():
             score += w * values[head]
-        order = np.argsort(-score, kind="stable")
-        if request.top_k is not None:
-            order = order[: request.top_k]
-        items = [
-            {
-                "id": request.candidates[i].id,
-                "score": float(score[i]),
-                "heads": {h["name"]: float(values[h["name"]][i]) for h in self.serving},
-            }
-            for i in order
-        ]
+        # As retort answers: the best 100 unless the request says, per-head values when asked.
+        order = np.argsort(-score, kind="stable")[: request.top_k if request.top_k is not None else 100]
+        items = [{"id": request.candidates[i].id, "score": float(score[i])} for i in order]
+        if request.heads:
+            for item, i in zip(items, order):
+                item["heads"] = {h["name"]: float(values[h["name"]][i]) for h in self.serving}
         return {"request_id": request.request_id, "model": self.name, "version": self.version, "items": items, "degraded": None}
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Python peer's dependencies from PyPI into loadtest/peers/.venv (once).
+# Installs the Python peers' dependencies from PyPI into loadtest/peers/.venv (once): the
+# FastAPI peer's and the msgspec/granian peer's.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="$here/.venv"
@@ -7,5 +8,6 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "fastapi==0.115.*" "uvicorn[standard]==0.32.*" "onnxruntime==1.32.0" "numpy>=1.26,<3" "orjson>=3.10" "pydantic>=2.9,<3"
+    "fastapi==0.115.*" "uvicorn[standard]==0.32.*" "onnxruntime==1.32.0" "numpy>=1.26,<3" "orjson>=3.10" "pydantic>=2.9,<3" \
+    "msgspec==0.23.*" "granian==2.8.*"
 echo "$venv/bin/python"

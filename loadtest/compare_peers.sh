@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# retort against the strongest Python stack (loadtest/peers/msgspec_peer.py: msgspec + numpy +
+# onnxruntime + granian, gc.freeze()), one core each: every server pinned to core 0
+# (`taskset -c 0`, one granian worker), the load generator to core 1. For each request shape
+# (500 candidates as ids of the shipped catalog; 500 and 50 candidates carrying their
+# features), the highest constant rate each holds at p99 <= SLO_MS. The peer looks ids up in
+# the same catalog package, encoded into numpy once at load.
+#
+#   loadtest/compare_peers.sh [SLO_MS] [SECONDS_PER_PHASE]   (10 5)
+#   SERVERS="retort-ort" loadtest/compare_peers.sh            (rerun some servers only)
+#
+# retort runs with tract, and with ort when ORT_DYLIB_PATH points at libonnxruntime.so.
+# Writes every report under target/compare-peers/ and prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+slo="${1:-10}"
+seconds="${2:-5}"
+package=models/music-ranker/1
+catalog=catalogs/music/1
+out=target/compare-peers
+mkdir -p "$out"
+
+features=()
+engines=(tract)
+if [ -n "${ORT_DYLIB_PATH:-}" ]; then
+    features=(--features ort)
+    engines+=(ort)
+fi
+cargo build --release --quiet "${features[@]}" --bin retort
+cargo build --release --quiet -p loadtest
+python="$(loadtest/peers/setup.sh | tail -1)"
+granian="$(dirname "$python")/granian"
+
+server_pid=""
+stop() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap stop EXIT
+
+wait_up() { # port path
+    for _ in $(seq 1 300); do
+        if curl -sf -o /dev/null "http://127.0.0.1:$1$2"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "server on port $1 did not come up" >&2
+    exit 1
+}
+
+start() { # name port
+    case "$1" in
+        msgspec)
+            (cd loadtest/peers && PEER_PACKAGE="$PWD/../../$package" PEER_CATALOG="$PWD/../../$catalog" \
+                exec taskset -c 0 "$granian" --interface rsgi --workers 1 --host 127.0.0.1 --port "$2" \
+                msgspec_peer:app) >"$out/$1.log" 2>&1 &
+            server_pid=$!
+            wait_up "$2" /healthz
+            ;;
+        *)
+            taskset -c 0 ./target/release/retort serve --engine "${1#retort-}" --listen "127.0.0.1:$2" \
+                --poll-interval-ms 0 >"$out/$1.log" 2>&1 &
+            server_pid=$!
+            wait_up "$2" /readyz
+            ;;
+    esac
+}
+
+shapes=("ids-500" "features-500" "features-50")
+shape_args() { # shape
+    case "$1" in
+        ids-500) echo "--candidates 500 --catalog $catalog" ;;
+        features-500) echo "--candidates 500" ;;
+        features-50) echo "--candidates 50" ;;
+    esac
+}
+
+servers=(msgspec)
+for e in "${engines[@]}"; do servers+=("retort-$e"); done
+# SERVERS="retort-ort" reruns some of them; the table reads every server's last reports.
+read -r -a run <<<"${SERVERS:-${servers[*]}}"
+for s in "${run[@]}"; do
+    start "$s" 18181
+    for shape in "${shapes[@]}"; do
+        # shellcheck disable=SC2046
+        taskset -c 1 ./target/release/loadtest --target http://127.0.0.1:18181 --manifest "$package/manifest.toml" \
+            $(shape_args "$shape") --model music-ranker --rate 50 --duration "$seconds" --warmup 2 \
+            --slo-p99-ms "$slo" --arrivals constant --label "$s-$shape" --out "$out/$s-$shape" \
+            find-max --step 1.2 | tee "$out/$s-$shape.txt" || true
+    done
+    stop
+done
+
+python3 - "$out" "$slo" "${servers[@]}" <<'PY'
+import json, sys
+out, slo, servers = sys.argv[1], sys.argv[2], sys.argv[3:]
+shapes = ["ids-500", "features-500", "features-50"]
+held = {(s, x): json.load(open(f"{out}/{s}-{x}/report.json"))["result"]["held"] or 0 for s in servers for x in shapes}
+print(f"\n| server (one core) | " + " | ".join(f"{x}: held at p99 <= {slo} ms | vs msgspec" for x in shapes) + " |")
+print("| --- |" + " ---: | ---: |" * len(shapes))
+for s in servers:
+    cells = []
+    for x in shapes:
+        base = held[("msgspec", x)]
+        cells += [f"{held[(s, x)]:.0f}/s", f"{held[(s, x)] / base:.2f}x" if base else "peer holds none"]
+    print(f"| {s} | " + " | ".join(cells) + " |")
+PY
