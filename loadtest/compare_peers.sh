@@ -31,26 +31,8 @@ cargo build --release --quiet -p loadtest
 python="$(loadtest/peers/setup.sh | tail -1)"
 granian="$(dirname "$python")/granian"
 
-server_pid=""
-stop() {
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-        server_pid=""
-    fi
-}
-trap stop EXIT
-
-wait_up() { # port path
-    for _ in $(seq 1 300); do
-        if curl -sf -o /dev/null "http://127.0.0.1:$1$2"; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "server on port $1 did not come up" >&2
-    exit 1
-}
+# shellcheck source=loadtest/servers.sh
+source loadtest/servers.sh
 
 start() { # name port
     case "$1" in

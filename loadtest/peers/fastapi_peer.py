@@ -17,7 +17,6 @@ the comparison measures the serving stack, not a difference in work.
 
 import argparse
 import contextlib
-import functools
 import math
 import os
 import tomllib
@@ -25,33 +24,12 @@ from typing import Any, Optional
 
 import numpy as np
 import onnxruntime as ort
+
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-MASK = (1 << 64) - 1
-
-
-@functools.lru_cache(maxsize=1 << 20)
-def bucket(text: str, buckets: int) -> int:
-    h = FNV_OFFSET
-    for b in text.encode():
-        h = ((h ^ b) * FNV_PRIME) & MASK
-    return 1 + h % (buckets - 1)
-
-
-def id_text(value: Any) -> Optional[str]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 9.0e15:
-        return str(int(value))
-    return None
+from encoding import bucket, id_text
 
 
 class Candidate(BaseModel):

@@ -18,11 +18,9 @@ core); `gc.freeze()` after load keeps the collector off the loaded package.
         granian --interface rsgi --workers 2 --host 127.0.0.1 --port 8091 msgspec_peer:app
 """
 
-import functools
 import gc
 import math
 import os
-import struct
 import tomllib
 from typing import Any, Optional, Union
 
@@ -30,18 +28,10 @@ import msgspec
 import numpy as np
 import onnxruntime as ort
 
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-MASK = (1 << 64) - 1
+from encoding import bucket, id_text
+
+# Candidates an answer lists when the request sets no `top_k`, as retort's default.
 DEFAULT_TOP_K = 100
-
-
-@functools.lru_cache(maxsize=1 << 20)
-def bucket(text: str, buckets: int) -> int:
-    h = FNV_OFFSET
-    for b in text.encode():
-        h = ((h ^ b) * FNV_PRIME) & MASK
-    return 1 + h % (buckets - 1)
 
 
 class Candidate(msgspec.Struct, forbid_unknown_fields=True):
@@ -65,18 +55,6 @@ class BadRequest(Exception):
     def __init__(self, status: int, code: str, message: str):
         super().__init__(message)
         self.status, self.code = status, code
-
-
-def id_text(value: Any) -> Optional[str]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 9.0e15:
-        return str(int(value))
-    return None
 
 
 def read_catalog(directory: str) -> tuple[list[str], dict[str, list]]:

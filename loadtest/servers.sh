@@ -1,0 +1,23 @@
+# Sourced by compare.sh and compare_peers.sh: the server under test in the background, stopped
+# on exit, and waiting for it to answer.
+
+server_pid=""
+stop() {
+    if [ -n "$server_pid" ]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap stop EXIT
+
+wait_up() { # port path
+    for _ in $(seq 1 300); do
+        if curl -sf -o /dev/null "http://127.0.0.1:$1$2"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "server on port $1 did not come up" >&2
+    exit 1
+}
