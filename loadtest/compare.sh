@@ -22,15 +22,6 @@ package=models/music-ranker/1
 out=target/compare
 mkdir -p "$out"
 
-features=()
-engines=(tract)
-if [ -n "${ORT_DYLIB_PATH:-}" ]; then
-    features=(--features ort)
-    engines+=(ort)
-fi
-cargo build --release --quiet "${features[@]}" --bin retort
-cargo build --release --quiet -p loadtest
-python="$(loadtest/peers/setup.sh | tail -1)"
 
 # shellcheck source=loadtest/servers.sh
 source loadtest/servers.sh

@@ -20,19 +20,9 @@ catalog=catalogs/music/1
 out=target/compare-peers
 mkdir -p "$out"
 
-features=()
-engines=(tract)
-if [ -n "${ORT_DYLIB_PATH:-}" ]; then
-    features=(--features ort)
-    engines+=(ort)
-fi
-cargo build --release --quiet "${features[@]}" --bin retort
-cargo build --release --quiet -p loadtest
-python="$(loadtest/peers/setup.sh | tail -1)"
-granian="$(dirname "$python")/granian"
-
 # shellcheck source=loadtest/servers.sh
 source loadtest/servers.sh
+granian="$(dirname "$python")/granian"
 
 start() { # name port
     case "$1" in

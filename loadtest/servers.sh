@@ -1,5 +1,16 @@
-# Sourced by compare.sh and compare_peers.sh: the server under test in the background, stopped
-# on exit, and waiting for it to answer.
+# Sourced by compare.sh and compare_peers.sh: retort (with ort where ORT_DYLIB_PATH is set), the
+# load generator and the Python peers built; the server under test in the background, stopped on
+# exit, and waiting for it to answer.
+
+features=()
+engines=(tract)
+if [ -n "${ORT_DYLIB_PATH:-}" ]; then
+    features=(--features ort)
+    engines+=(ort)
+fi
+cargo build --release --quiet "${features[@]}" --bin retort
+cargo build --release --quiet -p loadtest
+python="$(loadtest/peers/setup.sh | tail -1)"
 
 server_pid=""
 stop() {

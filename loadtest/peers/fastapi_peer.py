@@ -29,7 +29,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 
-from encoding import bucket, id_text
+from encoding import bucket, id_text, input_layout
 
 
 class Candidate(BaseModel):
@@ -61,14 +61,7 @@ class Package:
         self.name = model["name"]
         self.version = model["version"]
         self.context_once = model.get("context_rows", "per_row") == "once"
-        # Input name -> its features in manifest order, with their offsets.
-        self.inputs: dict[str, dict] = {}
-        for f in self.manifest["features"]:
-            spec = self.inputs.setdefault(f["input"], {"side": f["side"], "features": [], "width": 0})
-            width = f.get("dim", 1) if f["kind"] == "vector" else 1
-            spec["features"].append((f, spec["width"], width))
-            spec["width"] += width
-            spec["dtype"] = np.int64 if f["kind"] == "categorical" else np.float32
+        self.inputs = input_layout(self.manifest["features"])
         self.heads = self.manifest["heads"]
         self.serving = [h for h in self.heads if h.get("serving", True)]
         self.outputs = sorted({h["output"] for h in self.heads})

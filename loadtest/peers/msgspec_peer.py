@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 import onnxruntime as ort
 
-from encoding import bucket, id_text
+from encoding import bucket, id_text, input_layout
 
 # Candidates an answer lists when the request sets no `top_k`, as retort's default.
 DEFAULT_TOP_K = 100
@@ -109,14 +109,7 @@ class Package:
         model = self.manifest["model"]
         self.name, self.version = model["name"], model["version"]
         self.context_once = model.get("context_rows", "once") == "once"
-        # Input name -> its features in manifest order, with their offsets.
-        self.inputs: dict[str, dict] = {}
-        for f in self.manifest["features"]:
-            spec = self.inputs.setdefault(f["input"], {"side": f["side"], "features": [], "width": 0})
-            width = f.get("dim", 1) if f["kind"] == "vector" else 1
-            spec["features"].append((f, spec["width"], width))
-            spec["width"] += width
-            spec["dtype"] = np.int64 if f["kind"] == "categorical" else np.float32
+        self.inputs = input_layout(self.manifest["features"])
         self.item_features = {f["name"] for f in self.manifest["features"] if f["side"] == "item"}
         self.heads = self.manifest["heads"]
         self.serving = [h for h in self.heads if h.get("serving", True)]

@@ -356,14 +356,13 @@ impl Model {
             }
         }
         let sources: Vec<_> = towered.iter().map(|&row| &found.sources[row]).collect();
-        let encoded = self.encoder.encode(context, &sources).map_err(|mut e| {
+        let mut encoded = self.encoder.encode(context, &sources).map_err(|mut e| {
             if let Location::Candidate(k) = e.location {
                 e.location = Location::Candidate(towered[k]);
             }
             e
         })?;
-        let mut encoded = tower.separate(&self.encoder, encoded);
-        let items = encoded.tower.take().expect("separated").items;
+        let items = item_tower::take_item_inputs(&self.encoder, &mut encoded);
         for (m, n) in encoded.missing.iter_mut().zip(lacking) {
             *m += n;
         }

@@ -97,15 +97,7 @@ impl Tower {
         if encoded.tower.is_some() {
             return encoded;
         }
-        let mut items = Vec::new();
-        let mut context = Vec::new();
-        for (t, layout) in encoded.tensors.drain(..).zip(encoder.inputs()) {
-            match layout.side {
-                Side::Item => items.push(t),
-                Side::Context => context.push(t),
-            }
-        }
-        encoded.tensors = context;
+        let items = take_item_inputs(encoder, &mut encoded);
         encoded.tower = Some(Towered {
             width: self.width,
             vectors: vec![0.0; encoded.rows * self.width],
@@ -150,6 +142,21 @@ impl Tower {
         encoded.tensors.push(Tensor { shape: [encoded.rows, width], data: TensorData::F32(vectors) });
         Ok(encoded.tensors)
     }
+}
+
+/// Takes the item inputs out of an encoding of every input (in the encoder's order), leaving
+/// its context inputs.
+pub(crate) fn take_item_inputs(encoder: &Encoder, encoded: &mut Encoded) -> Vec<Tensor> {
+    let mut items = Vec::new();
+    let mut context = Vec::new();
+    for (t, layout) in encoded.tensors.drain(..).zip(encoder.inputs()) {
+        match layout.side {
+            Side::Item => items.push(t),
+            Side::Context => context.push(t),
+        }
+    }
+    encoded.tensors = context;
+    items
 }
 
 #[cfg(test)]

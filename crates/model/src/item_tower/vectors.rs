@@ -149,13 +149,13 @@ fn compute_layer(
             encoder.missing_item_features(source, bits);
             any_missing |= bits.iter().any(|&w| w != 0);
         }
-        let encoded = encoder.encode(&Nothing, &sources).map_err(|error| ItemVectorsError::Encode {
+        let mut encoded = encoder.encode(&Nothing, &sources).map_err(|error| ItemVectorsError::Encode {
             catalog: format!("{}/{}", catalog.name, catalog.version),
             item: batch[error.location.row()].id().to_string(),
             error,
         })?;
-        let towered = tower.separate(encoder, encoded).tower.expect("separated");
-        let out = tower.run(towered.items, batch.len()).map_err(|error| ItemVectorsError::Engine {
+        let items = super::take_item_inputs(encoder, &mut encoded);
+        let out = tower.run(items, batch.len()).map_err(|error| ItemVectorsError::Engine {
             catalog: format!("{}/{}", catalog.name, catalog.version),
             error,
         })?;

@@ -220,13 +220,21 @@ async fn load_catalog(
 ) -> Result<Response, ApiError> {
     segment(&name)?;
     segment(&version)?;
-    let rollout = app.rollout.clone();
-    let (n, v) = (name.clone(), version.clone());
-    // Reading a large catalog takes a while: off the async workers.
-    tokio::task::spawn_blocking(move || rollout.load_items(&n, &v))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let n = name.clone();
+    catalog_operation(&app, move |rollout| rollout.load_items(&n, &version)).await?;
     Ok(catalog_answer(&app, &name))
+}
+
+/// Runs a catalog operation off the async workers: reading a large catalog, and computing the
+/// models' item-tower outputs for it, take a while.
+async fn catalog_operation<T: Send + 'static>(
+    app: &App,
+    op: impl FnOnce(&crate::rollout::Rollout) -> Result<T, crate::rollout::items::ItemsError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let rollout = app.rollout.clone();
+    Ok(tokio::task::spawn_blocking(move || op(&rollout))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
 }
 
 /// `POST /v1/catalogs/{name}/rollback`: the previous version serves again, in one swap.
@@ -235,12 +243,8 @@ async fn roll_back_catalog(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rollout = app.rollout.clone();
     let n = name.clone();
-    // The models' item-tower outputs for it may need computing again: off the async workers.
-    tokio::task::spawn_blocking(move || rollout.rollback_items(&n))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    catalog_operation(&app, move |rollout| rollout.rollback_items(&n)).await?;
     Ok(catalog_answer(&app, &name))
 }
 

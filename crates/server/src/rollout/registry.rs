@@ -444,22 +444,23 @@ impl Rollout {
                     .chain(route.shadow.as_ref().map(|s| &s.to))
             })
             .collect();
-        for v in &routed {
-            let manifest = &v.model.manifest;
-            if self.items.would_read(manifest, catalog) {
-                retort_model::catalog::compatible(manifest, catalog)?;
+        // Every routed version is loaded. All are checked before any work is spent on one.
+        let loaded: Vec<Arc<Served>> = self.records().values().filter_map(|r| r.served.clone()).collect();
+        let mut readers = Vec::new();
+        for v in loaded.iter().filter(|v| self.items.would_read(&v.model.manifest, catalog)) {
+            match retort_model::catalog::compatible(&v.model.manifest, catalog) {
+                Ok(()) => readers.push(v),
+                Err(e) if routed.iter().any(|r| Arc::ptr_eq(r, v)) => return Err(e),
+                Err(e) => tracing::warn!(error = %e, "a staged version cannot read the new catalog"),
             }
         }
-        let loaded: Vec<Arc<Served>> = self.records().values().filter_map(|r| r.served.clone()).collect();
-        for v in loaded.iter().filter(|v| self.items.would_read(&v.model.manifest, catalog)) {
-            let is_routed = routed.iter().any(|r| Arc::ptr_eq(r, v));
-            let prepared = retort_model::catalog::compatible(&v.model.manifest, catalog)
-                .and_then(|()| v.prepare_vectors(catalog).map_err(|e| e.to_string()))
-                .map_err(|e| format!("{}: {e}", v.model.manifest.id()));
-            match prepared {
-                Err(e) if is_routed => return Err(e),
-                Err(e) => tracing::warn!(error = %e, "a staged version cannot read the new catalog"),
-                Ok(()) => {}
+        for v in readers {
+            if let Err(e) = v.prepare_vectors(catalog) {
+                let e = format!("{}: {e}", v.model.manifest.id());
+                if routed.iter().any(|r| Arc::ptr_eq(r, v)) {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "a staged version cannot read the new catalog");
             }
         }
         Ok(())
