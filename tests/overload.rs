@@ -1,5 +1,6 @@
 //! Overload at about three times what the server can serve (the scenario in
-//! `tests/common/overload.rs`): every request is answered or shed with `Retry-After`, the excess
+//! `tests/common/overload.rs`): every request is answered or shed with `Retry-After` (or, rarely,
+//! expired in the queue after a stall, also with `Retry-After`), the excess
 //! is shed while capacity keeps serving, the queue and memory stay bounded, and the server is
 //! back to full answers after. How fast (the admitted p99 within the budget, shedding in under
 //! 10 ms, recovery within a second) is a load-shaped claim, checked by `benches/overload.rs`,
@@ -18,9 +19,21 @@ async fn three_times_capacity_sheds_the_excess_and_keeps_serving() {
         report.warm.iter().all(|s| s.status == 200 && s.mode.is_none()),
         "warm-up was not served in full"
     );
-    let others: Vec<u16> =
-        report.overload.iter().map(|s| s.status).filter(|s| *s != 200 && *s != 429).collect();
-    assert!(others.is_empty(), "every request was answered or shed: {others:?}");
+    let others = report.others();
+    assert!(others.is_empty(), "every request was answered, shed or expired: {others:?}");
+    // Admission predicts the wait, so a request it let in expires only when the machine stalls
+    // after admitting it: rare, whatever the machine, and the client is told to retry.
+    let expired = report.expired();
+    assert!(
+        expired.len() * 50 <= report.overload.len(),
+        "{} of {} admitted requests expired in the queue",
+        expired.len(),
+        report.overload.len()
+    );
+    assert!(
+        expired.iter().all(|s| s.status == 503 && s.retry_after),
+        "every expired request says when to retry"
+    );
     // At three times capacity at most a third can be served, however fast the machine.
     assert!(shed.len() * 4 > report.overload.len(), "at 3x capacity a good share is shed ({})", shed.len());
     assert!(

@@ -25,6 +25,8 @@ pub struct Sample {
     pub latency: Duration,
     pub status: u16,
     pub mode: Option<String>,
+    /// The error's code, for a request not answered.
+    pub code: Option<String>,
     pub retry_after: bool,
 }
 
@@ -49,14 +51,18 @@ async fn open_loop(
                 .body(Full::new(body))
                 .unwrap();
             let reply = server.send(req).await;
-            let mode = (reply.status == 200)
-                .then(|| reply.json()["degraded"]["mode"].as_str().map(str::to_string))
-                .flatten();
+            let json = reply.json();
+            let (mode, code) = if reply.status == 200 {
+                (json["degraded"]["mode"].as_str().map(str::to_string), None)
+            } else {
+                (None, json["error"]["code"].as_str().map(str::to_string))
+            };
             Sample {
                 sent_at: intended - t0,
                 latency: intended.elapsed(),
                 status: reply.status,
                 mode,
+                code,
                 retry_after: reply.headers.contains_key("retry-after"),
             }
         }));
@@ -101,6 +107,21 @@ impl Report {
         self.overload.iter().filter(|s| s.status == 429).collect()
     }
 
+    /// Admitted, then not run: the deadline passed while the request waited for the inference
+    /// thread (503 `deadline_exceeded`), which happens when the machine stalls after admission.
+    pub fn expired(&self) -> Vec<&Sample> {
+        self.overload.iter().filter(|s| s.code.as_deref() == Some("deadline_exceeded")).collect()
+    }
+
+    /// Neither answered, shed nor expired.
+    pub fn others(&self) -> Vec<(u16, Option<&str>)> {
+        self.overload
+            .iter()
+            .filter(|s| s.status != 200 && s.status != 429 && s.code.as_deref() != Some("deadline_exceeded"))
+            .map(|s| (s.status, s.code.as_deref()))
+            .collect()
+    }
+
     /// How long after the overload the last degraded or refused request was sent.
     pub fn recovered_within(&self) -> Duration {
         self.after
@@ -112,15 +133,13 @@ impl Report {
     }
 
     pub fn print(&self) {
-        let (admitted, shed) = (self.admitted(), self.shed());
-        let others: Vec<u16> =
-            self.overload.iter().map(|s| s.status).filter(|s| *s != 200 && *s != 429).collect();
+        let (admitted, shed, expired, others) = (self.admitted(), self.shed(), self.expired(), self.others());
         let count_mode = |mode: Option<&str>| admitted.iter().filter(|s| s.mode.as_deref() == mode).count();
         let admitted_p99 = p99(admitted.iter().map(|s| s.latency).collect());
         let shed_p99 = p99(shed.iter().map(|s| s.latency).collect());
         eprintln!(
             "overload at {}/s for {OVERLOAD_S} s ({} requests, budget {BUDGET_MS} ms): admitted {} \
-             (full {}, truncated {}), shed {} (429), other {:?}; admitted p99 {:.1} ms, shed p99 {:.2} ms; \
+             (full {}, truncated {}), shed {} (429), expired {} (503), other {:?}; admitted p99 {:.1} ms, shed p99 {:.2} ms; \
              deepest queue {}; resident {} → {} KiB; last degraded or refused request {:?} after the overload",
             self.overload_rate,
             self.overload.len(),
@@ -128,6 +147,7 @@ impl Report {
             count_mode(None),
             count_mode(Some("truncated")),
             shed.len(),
+            expired.len(),
             others,
             admitted_p99.as_secs_f64() * 1e3,
             shed_p99.as_secs_f64() * 1e3,
