@@ -63,7 +63,7 @@ fn ranker(c: &mut Criterion) {
                 ids.join(",")
             );
             let req = decode(body.as_bytes()).unwrap();
-            let found = look_up(Some(&catalog), &req.candidates);
+            let found = look_up(Some(&catalog), &req.candidates, None);
             let encoded = model.encode_found(&req.context, &found, Some(&vectors)).unwrap();
             assert!(
                 encoded.tower.as_ref().unwrap().rows.is_empty(),
@@ -247,7 +247,7 @@ fn catalog(c: &mut Criterion) {
     group.sample_size(50);
     group.throughput(Throughput::Elements(500));
     group.bench_function("look_up/500", |b| {
-        b.iter(|| retort_model::catalog::look_up(Some(&catalog), &req.candidates).sources.len())
+        b.iter(|| retort_model::catalog::look_up(Some(&catalog), &req.candidates, None).sources.len())
     });
     group.finish();
     served_catalog(c, &catalog, &delta);
@@ -299,8 +299,9 @@ fn served_catalog(c: &mut Criterion, catalog: &retort_model::catalog::Catalog, d
             b.iter(|| {
                 next = (next + 1) % requests.len();
                 let req = &requests[next];
-                let found = look_up(Some(&catalog), &req.candidates);
-                model.encode_found(&req.context, &found, Some(&vectors)).unwrap().rows
+                let vectors = model.tower().map(|_| &vectors);
+                let found = look_up(Some(&catalog), &req.candidates, vectors);
+                model.encode_found(&req.context, &found, vectors).unwrap().rows
             })
         });
     }

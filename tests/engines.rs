@@ -157,7 +157,7 @@ fn the_item_tower_apart_scores_as_the_whole_graph_on_every_engine() {
             }
         }
         // By id alone: every candidate's tower output was computed ahead, none runs the tower.
-        let found = retort_model::catalog::look_up(Some(&catalog), &by_id.candidates);
+        let found = retort_model::catalog::look_up(Some(&catalog), &by_id.candidates, None);
         let encoded = split.encode_found(&by_id.context, &found, Some(&vectors)).unwrap();
         assert!(encoded.tower.as_ref().unwrap().rows.is_empty());
         let fast = split

@@ -469,3 +469,67 @@ async fn a_models_directory_without_packages_is_an_error() {
     let err = retort_server::http::serve(listener, app, std::future::pending()).await.unwrap_err();
     assert!(err.to_string().contains("holds no model package"), "{err}");
 }
+
+/// On one core a request's inference runs on the thread that decoded it while the pool is idle
+/// (`inline_inference`): answers equal the pool's, and each inline run is counted. While the
+/// pool's thread is busy, requests still queue for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn inline_inference_answers_as_the_pool_does() {
+    use retort_server::config::InlineInference;
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path(), "ranker", 23, ContextRows::Once);
+    let mut body = request(200, 5);
+    body["heads"] = json!(true);
+    let mut answers = Vec::new();
+    for inline in [InlineInference::Off, InlineInference::On] {
+        let mut config = Config::serving(dir.path());
+        config.admission.inference_threads = 1;
+        config.admission.inline_inference = inline;
+        let server = TestServer::start(config).await;
+        let reply = server.rank(&body).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let mut answer = reply.json();
+        answer.as_object_mut().unwrap().remove("timing_us");
+        answers.push(answer);
+        let inline_runs = |text: &str| metric(text, "retort_inference_inline_total");
+        let counted = inline_runs(&server.get("/metrics").await.text());
+        assert_eq!(counted, if inline == InlineInference::On { 1.0 } else { 0.0 }, "{inline:?}");
+
+        // Hold the pool's one thread: a request now waits for it instead of running inline.
+        let (started, is_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let app = server.app.clone();
+        let blocker = tokio::spawn(async move {
+            app.pool
+                .run(move || {
+                    let _ = started.send(());
+                    let _ = released.recv();
+                })
+                .await
+        });
+        is_started.await.unwrap();
+        let queued = tokio::spawn({
+            let (url, body) = (server.url("/v1/rank"), serde_json::to_vec(&body).unwrap());
+            async move {
+                let req = hyper::Request::post(url)
+                    .header("content-type", "application/json")
+                    .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+                    .unwrap();
+                common::client().request(req).await.unwrap().status()
+            }
+        });
+        for _ in 0..400 {
+            if server.app.pool.queued() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(server.app.pool.queued(), 1, "{inline:?}: the request waits for the busy pool");
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap(), 200);
+        assert_eq!(inline_runs(&server.get("/metrics").await.text()), counted, "{inline:?}");
+        server.stop().await.unwrap();
+    }
+    assert_eq!(answers[0], answers[1]);
+}

@@ -514,8 +514,9 @@ impl Model {
         items: Option<ItemSource<'_>>,
     ) -> Result<Scored, ScoreError> {
         let weights = self.objective(req.objective())?;
-        let found = catalog::look_up(items.map(|i| i.catalog), &req.candidates);
-        let encoded = self.encode_found(&req.context, &found, items.and_then(|i| i.vectors))?;
+        let vectors = items.and_then(|i| i.vectors);
+        let found = catalog::look_up(items.map(|i| i.catalog), &req.candidates, vectors);
+        let encoded = self.encode_found(&req.context, &found, vectors)?;
         self.score_encoded(encoded, &weights)
     }
 

@@ -99,6 +99,9 @@ impl Default for ServerSection {
 pub struct AdmissionSection {
     /// Inference threads; 0 means one per core.
     pub inference_threads: usize,
+    /// Whether a request's inference may run on the thread that decoded it when no inference
+    /// thread is busy and nothing waits: `auto` does so when the server has one core.
+    pub inline_inference: InlineInference,
     /// Requests that may wait for an inference thread before new ones are refused with 429.
     pub queue_capacity: usize,
     /// Latency budget of a request that sets none, in milliseconds (none: no deadline).
@@ -114,6 +117,7 @@ impl Default for AdmissionSection {
     fn default() -> Self {
         AdmissionSection {
             inference_threads: 0,
+            inline_inference: InlineInference::Auto,
             queue_capacity: 1024,
             default_budget_ms: None,
             max_budget_ms: BudgetRules::default().max_ms,
@@ -208,6 +212,22 @@ pub struct ModelSettings {
     pub catalog: Option<String>,
 }
 
+/// Where a request's inference runs when the pool is idle. On one core the inference thread and
+/// the async worker take turns on the same CPU anyway: handing each request over costs two
+/// context switches and the cache the encoder just warmed. With more cores the hand-over lets
+/// decoding overlap inference, so the pool always runs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum InlineInference {
+    /// Inline when the process may use one core only (its CPU affinity or cgroup quota).
+    #[default]
+    Auto,
+    /// Inline whenever the pool is idle.
+    On,
+    /// Always through the pool.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
@@ -274,6 +294,9 @@ pub struct AdmissionFlags {
     /// Inference threads, 0 for one per core
     #[arg(long, env = "RETORT_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
+    /// Run a request's inference on its own thread when the pool is idle (auto: on one core)
+    #[arg(long, env = "RETORT_INLINE_INFERENCE")]
+    pub inline_inference: Option<InlineInference>,
     /// Requests that may wait for an inference thread
     #[arg(long, env = "RETORT_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -492,7 +515,7 @@ impl Config {
         }
         over!(server: listen, max_connections, header_read_timeout_ms, body_read_timeout_ms, max_body_bytes,
             max_candidates, default_top_k, drain_timeout_ms, log_format);
-        over!(admission: inference_threads, queue_capacity, max_budget_ms; some default_budget_ms);
+        over!(admission: inference_threads, inline_inference, queue_capacity, max_budget_ms; some default_budget_ms);
         over!(rollout: models_dir, catalogs_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
             warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);
         over!(admin: ; some admin_token);
@@ -584,10 +607,24 @@ impl Config {
     /// Inference threads to start: the configured number, or one per core.
     pub fn threads(&self) -> usize {
         match self.admission.inference_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => cores(),
             n => n,
         }
     }
+
+    /// Whether an idle pool lets a request run its inference on its own thread.
+    pub fn inline(&self) -> bool {
+        match self.admission.inline_inference {
+            InlineInference::Auto => cores() == 1,
+            InlineInference::On => true,
+            InlineInference::Off => false,
+        }
+    }
+}
+
+/// Cores this process may use: its CPU affinity and cgroup quota count.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]
@@ -728,6 +765,16 @@ mod tests {
         let mut headings: Vec<&str> = command.get_arguments().filter_map(|a| a.get_help_heading()).collect();
         headings.dedup();
         assert_eq!(headings, sections.map(|(h, _)| h));
+    }
+
+    #[test]
+    fn inline_inference_is_on_off_or_decided_by_the_cores() {
+        for (file, expected) in [("on", Some(true)), ("off", Some(false)), ("auto", None)] {
+            let c = Config::parse(&format!("inline_inference = \"{file}\""), "retort.toml").unwrap();
+            assert_eq!(c.inline(), expected.unwrap_or(cores() == 1), "{file}");
+        }
+        let wrong = Config::parse("inline_inference = \"sometimes\"", "retort.toml").unwrap_err().to_string();
+        assert!(wrong.contains("line 1") && wrong.contains("`sometimes`"), "{wrong}");
     }
 
     #[test]

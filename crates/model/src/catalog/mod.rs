@@ -17,6 +17,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use hashbrown::HashTable;
 
 use crate::encode::{FeatureSource, Value};
+use crate::item_tower::ItemVectors;
 
 /// What a catalog column holds. A categorical value is kept as text: an integer id hashes as
 /// its decimal text anyway (see `encode.rs`).
@@ -330,7 +331,7 @@ impl<'c> Item<'c> {
 
     /// Asks the CPU to start fetching this item's values, so that a request's candidates'
     /// cache misses overlap instead of following one another when they are encoded.
-    pub fn prefetch(&self) {
+    fn prefetch(&self) {
         let row = self.row;
         for c in &self.layer.columns {
             match &c.values {
@@ -354,7 +355,7 @@ impl<'c> Item<'c> {
 
 /// A hint to load the cache line holding `x`; nothing on targets without one.
 #[inline(always)]
-fn prefetch<T>(x: &T) {
+pub(crate) fn prefetch<T>(x: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch reads nothing the program sees and cannot fault; `x` is a valid
     // reference anyway.
@@ -604,11 +605,15 @@ pub struct Lookup<'a, 'r> {
     pub catalog: Option<&'a Catalog>,
 }
 
-/// Looks each candidate up in `catalog` by its id (none looked up without a catalog).
+/// Looks each candidate up in `catalog` by its id (none looked up without a catalog). With
+/// `vectors` (the item tower's outputs over this catalog), an id alone will be encoded from its
+/// vector, so that is what is fetched ahead; otherwise the item's values are.
 pub fn look_up<'a, 'r>(
     catalog: Option<&'a Catalog>,
     candidates: impl IntoIterator<Item = &'a crate::request::Candidate<'r>>,
+    vectors: Option<&ItemVectors>,
 ) -> Lookup<'a, 'r> {
+    let vectors = vectors.filter(|v| catalog.is_some_and(|c| v.is_for(c)));
     let candidates = candidates.into_iter();
     let mut sources = Vec::with_capacity(candidates.size_hint().0);
     let mut misses = Vec::new();
@@ -619,8 +624,10 @@ pub fn look_up<'a, 'r>(
         };
         let id = candidate.id.text();
         let item = catalog.get(&id);
-        if let Some(item) = &item {
-            item.prefetch();
+        match (&item, vectors) {
+            (Some(item), Some(vectors)) if candidate.features.0.is_empty() => vectors.prefetch(item),
+            (Some(item), _) => item.prefetch(),
+            (None, _) => {}
         }
         if item.is_none() && candidate.features.0.is_empty() {
             misses.push(i);
@@ -714,13 +721,13 @@ pub(crate) mod tests {
                 {"id": "new", "features": {"genre": "g"}}]}"#,
         )
         .unwrap();
-        let found = look_up(Some(&c), &req.candidates);
+        let found = look_up(Some(&c), &req.candidates, None);
         assert_eq!(found.misses, [1], "a candidate with features of its own is not a miss");
         assert_eq!(found.sources[0].get("artist_id"), Value::Str("a2"));
         assert_eq!(found.sources[1].get("track_id"), Value::Str("5"));
         assert_eq!(found.sources[2].get("artist_id"), Value::Str("x"));
         assert_eq!(found.sources[2].get("duration_s"), Value::Float(200.0));
-        let alone = look_up(None, &req.candidates);
+        let alone = look_up(None, &req.candidates, None);
         assert!(alone.misses.is_empty() && alone.sources[0].get("artist_id") == Value::Missing);
     }
 

@@ -115,6 +115,17 @@ impl ItemVectors {
         (values, missing)
     }
 
+    /// Asks the CPU to start fetching `item`'s output (and its missing bits), so that the
+    /// cache misses of a request's candidates overlap.
+    pub fn prefetch(&self, item: &Item<'_>) {
+        let (values, missing) = self.of(item);
+        crate::catalog::prefetch(&values[0]);
+        crate::catalog::prefetch(&values[values.len() - 1]);
+        if let Some(m) = missing.first() {
+            crate::catalog::prefetch(m);
+        }
+    }
+
     /// Bytes the vectors hold (a layer shared with another version's vectors counts here too).
     pub fn heap_bytes(&self) -> usize {
         self.layers.iter().map(|l| 4 * l.values.capacity() + 8 * l.missing.capacity()).sum()
@@ -230,7 +241,7 @@ mod tests {
         assert_close(&fast.values, &reference.values);
         assert_close(&slow.values, &reference.values);
 
-        let found = crate::catalog::look_up(Some(&catalog), &req.candidates);
+        let found = crate::catalog::look_up(Some(&catalog), &req.candidates, None);
         let encoded = split.encode_found(&req.context, &found, Some(&vectors)).unwrap();
         let towered = &encoded.tower.as_ref().unwrap().rows;
         assert_eq!(towered, &[3, 4, 5], "the candidate with item features and the misses run the tower");
@@ -266,7 +277,7 @@ mod tests {
         assert_close(&fast.values, &reference.values);
         // Vectors of the base catalog do not answer for the delta: everything runs the tower.
         assert!(!v1.is_for(&layered));
-        let found = crate::catalog::look_up(Some(&layered), &req.candidates);
+        let found = crate::catalog::look_up(Some(&layered), &req.candidates, None);
         let encoded = split.encode_found(&req.context, &found, Some(&v1)).unwrap();
         assert_eq!(encoded.tower.as_ref().unwrap().rows, [0, 1, 2, 3]);
         let stale =

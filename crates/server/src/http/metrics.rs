@@ -17,6 +17,8 @@ pub const RANK_CANDIDATES: &str = "retort_rank_candidates";
 /// Registered without `_total`: the client appends it to counters.
 pub const MISSING_FEATURES: &str = "retort_missing_features";
 pub const INFERENCE_QUEUE_DEPTH: &str = "retort_inference_queue_depth";
+/// Registered without `_total`: the client appends it to counters.
+pub const INFERENCE_INLINE: &str = "retort_inference_inline";
 pub const MODELS_LOADED: &str = "retort_models_loaded";
 /// Registered without `_total`: the client appends it to counters.
 pub const RANK_OUTCOMES: &str = "retort_rank_outcomes";
@@ -120,6 +122,7 @@ pub struct Metrics {
     pub missing_features: Family<FeatureLabels, Counter>,
     pub catalog_misses: Family<CatalogLabels, Counter>,
     pub queue_depth: Gauge,
+    pub inline_inference: Counter,
     pub models_loaded: Gauge,
     pub outcomes: Family<OutcomeLabels, Counter>,
     pub cost_prediction: Histograms<ModelLabels>,
@@ -138,6 +141,7 @@ impl Metrics {
         let missing_features = Family::<FeatureLabels, Counter>::default();
         let catalog_misses = Family::<CatalogLabels, Counter>::default();
         let queue_depth = Gauge::default();
+        let inline_inference = Counter::default();
         let models_loaded = Gauge::default();
         let outcomes = Family::<OutcomeLabels, Counter>::default();
         let cost_prediction: Histograms<ModelLabels> = Family::new_with_constructor(ratio_histogram);
@@ -178,6 +182,12 @@ impl Metrics {
             "Requests waiting for an inference thread",
             queue_depth.clone(),
         );
+        registry.register(
+            INFERENCE_INLINE,
+            "Rank requests whose inference ran on the thread that decoded them, the pool being idle \
+             (inline_inference)",
+            inline_inference.clone(),
+        );
         registry.register(MODELS_LOADED, "Models loaded and serving", models_loaded.clone());
         let connections_open = Gauge::default();
         let connections_closed = Family::<ConnectionLabels, Counter>::default();
@@ -195,6 +205,7 @@ impl Metrics {
             missing_features,
             catalog_misses,
             queue_depth,
+            inline_inference,
             models_loaded,
             outcomes,
             cost_prediction,

@@ -57,7 +57,10 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config) -> Arc<App> {
-        let pool = Arc::new(InferencePool::new(config.threads(), config.admission.queue_capacity));
+        let pool = Arc::new(
+            InferencePool::new(config.threads(), config.admission.queue_capacity)
+                .inline_when_idle(config.inline()),
+        );
         let rollout = Rollout::new(config.rollout_settings());
         let metrics = Metrics::new(&rollout.events);
         Arc::new(App {

@@ -433,17 +433,20 @@ async fn score(
             }
         };
         let submitted = app.pool.run_until(deadline.at, cancelled.clone(), Some(reservation), job);
-        let (picked, waited) = submitted.await.map_err(|e| match e {
+        let (ran, picked) = submitted.await.map_err(|e| match e {
             PoolError::Full => ApiError::Overloaded,
             PoolError::Stopped => ApiError::NotReady,
             PoolError::Panicked => ApiError::Internal("inference panicked".into()),
             PoolError::Expired => deadline.expired(),
             PoolError::Cancelled => ApiError::Cancelled,
         })?;
-        timing.queue = micros(waited);
-        timing.infer = micros(queued.elapsed().saturating_sub(waited));
+        if picked.inline {
+            app.metrics.inline_inference.inc();
+        }
+        timing.queue = micros(picked.waited);
+        timing.infer = micros(queued.elapsed().saturating_sub(picked.waited));
         let (values, predicted, infer_time, cut) =
-            picked.map_err(|at_pickup| deadline.shed(planned.degraded.map_or(at_pickup, |d| d.reason)))?;
+            ran.map_err(|at_pickup| deadline.shed(planned.degraded.map_or(at_pickup, |d| d.reason)))?;
         let values = values?;
         // What this request cost outside the queue: encoding (its share for the rows run)
         // and inference.
@@ -564,8 +567,8 @@ fn encode_in_order(
 ) -> Result<(Encoded, Vec<usize>), ApiError> {
     let in_request = |i: usize| order.map_or(i, |o| o[i]);
     let picked = (0..count).map(|i| &req.candidates[in_request(i)]);
-    let found = retort_model::catalog::look_up(items.map(|i| &*i.catalog), picked);
     let vectors = items.and_then(|i| i.vectors.as_deref());
+    let found = retort_model::catalog::look_up(items.map(|i| &*i.catalog), picked, vectors);
     let encoded = model.encode_found(&req.context, &found, vectors).map_err(|mut e| {
         if let Location::Candidate(row) = e.location {
             e.location = Location::Candidate(in_request(row));
