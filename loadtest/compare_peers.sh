@@ -22,17 +22,10 @@ mkdir -p "$out"
 
 # shellcheck source=loadtest/servers.sh
 source loadtest/servers.sh
-granian="$(dirname "$python")/granian"
 
 start() { # name port
     case "$1" in
-        msgspec)
-            (cd loadtest/peers && PEER_PACKAGE="$PWD/../../$package" PEER_CATALOG="$PWD/../../$catalog" \
-                exec taskset -c 0 "$granian" --interface rsgi --workers 1 --host 127.0.0.1 --port "$2" \
-                msgspec_peer:app) >"$out/$1.log" 2>&1 &
-            server_pid=$!
-            wait_up "$2" /healthz
-            ;;
+        msgspec) start_msgspec "$2" "$package" "$catalog" "$out/$1.log" ;;
         *)
             taskset -c 0 ./target/release/retort serve --engine "${1#retort-}" --listen "127.0.0.1:$2" \
                 --poll-interval-ms 0 >"$out/$1.log" 2>&1 &

@@ -10,7 +10,8 @@
 #   e.g. loadtest/cpu_per_request.sh 1500 ids 'pool=--inline-inference off' 'inline=--inline-inference on'
 #
 # SHAPE: `ids` (500 candidates by id from catalogs/music/1) or a number of candidates carrying
-# their features. A variant's flags may name another binary first: 'base=/tmp/retort-base --engine ort'.
+# their features. A variant's flags may name another binary first: 'base=/tmp/retort-base --engine ort';
+# the variant `msgspec` alone (no flags) is the strongest Python peer (loadtest/peers/msgspec_peer.py).
 # ROUNDS (3) and SECONDS (10) from the environment. Prints one Markdown row per variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,24 +32,33 @@ case "$shape" in
     *) shape_args=(--candidates "$shape") ;;
 esac
 
-cpu_ticks() { # pid
-    awk '{print $14 + $15}' "/proc/$1/stat"
+cpu_ticks() { # pid: its user + system time and its live descendants' (granian's worker is a child)
+    local total child
+    total=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    for child in $(pgrep -P "$1" || true); do
+        total=$((total + $(cpu_ticks "$child")))
+    done
+    echo "$total"
 }
 
 declare -A results
 for round in $(seq 1 "$rounds"); do
     for variant in "$@"; do
         label="${variant%%=*}"
-        read -r -a flags <<<"${variant#*=}"
-        binary=./target/release/retort
-        if [[ "${flags[0]:-}" == /* ]]; then
-            binary="${flags[0]}"
-            flags=("${flags[@]:1}")
+        if [ "$variant" = msgspec ]; then
+            start_msgspec 18182 "$package" catalogs/music/1 "$out/$label.log"
+        else
+            read -r -a flags <<<"${variant#*=}"
+            binary=./target/release/retort
+            if [[ "${flags[0]:-}" == /* ]]; then
+                binary="${flags[0]}"
+                flags=("${flags[@]:1}")
+            fi
+            taskset -c 0 "$binary" serve --listen 127.0.0.1:18182 --poll-interval-ms 0 "${flags[@]}" \
+                >"$out/$label.log" 2>&1 &
+            server_pid=$!
+            wait_up 18182 /readyz
         fi
-        taskset -c 0 "$binary" serve --listen 127.0.0.1:18182 --poll-interval-ms 0 "${flags[@]}" \
-            >"$out/$label.log" 2>&1 &
-        server_pid=$!
-        wait_up 18182 /readyz
         load() { # seconds warmup
             taskset -c 1 ./target/release/loadtest --target http://127.0.0.1:18182 \
                 --manifest "$package/manifest.toml" "${shape_args[@]}" --model music-ranker \

@@ -1,4 +1,4 @@
-# Sourced by compare.sh and compare_peers.sh: retort (with ort where ORT_DYLIB_PATH is set), the
+# Sourced by compare.sh, compare_peers.sh and cpu_per_request.sh: retort (with ort where ORT_DYLIB_PATH is set), the
 # load generator and the Python peers built; the server under test in the background, stopped on
 # exit, and waiting for it to answer.
 
@@ -31,4 +31,13 @@ wait_up() { # port path
     done
     echo "server on port $1 did not come up" >&2
     exit 1
+}
+
+start_msgspec() { # port package catalog log: the strongest Python peer, one granian worker on core 0
+    local root="$PWD"
+    (cd loadtest/peers && PEER_PACKAGE="$root/$2" PEER_CATALOG="$root/$3" \
+        exec taskset -c 0 "$(dirname "$python")/granian" --interface rsgi --workers 1 --host 127.0.0.1 \
+        --port "$1" msgspec_peer:app) >"$4" 2>&1 &
+    server_pid=$!
+    wait_up "$1" /healthz
 }

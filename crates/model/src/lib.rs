@@ -342,17 +342,23 @@ impl Model {
         };
         let rows = found.sources.len();
         let width = tower.width;
-        let mut known = vec![0.0f32; rows * width];
+        // Rows the tower computes stay zero here until the ranker's inputs are assembled.
+        let mut known = Vec::with_capacity(rows * width);
         let mut towered = Vec::new();
         let mut lacking = vec![0u32; self.manifest.features.len()];
         for (row, source) in found.sources.iter().enumerate() {
+            let overrides =
+                || !source.request.features.0.is_empty() && self.encoder.gives_item_features(source.request);
             match source.item {
-                Some(item) if !self.encoder.gives_item_features(source.request) => {
+                Some(item) if !overrides() => {
                     let (values, missing) = vectors.of(&item);
-                    known[row * width..(row + 1) * width].copy_from_slice(values);
+                    known.extend_from_slice(values);
                     self.encoder.count_missing_items(missing, &mut lacking);
                 }
-                _ => towered.push(row),
+                _ => {
+                    known.resize(known.len() + width, 0.0);
+                    towered.push(row);
+                }
             }
         }
         let sources: Vec<_> = towered.iter().map(|&row| &found.sources[row]).collect();
