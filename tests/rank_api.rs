@@ -408,6 +408,38 @@ async fn several_models_need_a_name_or_a_default() {
     server.stop().await.unwrap();
 }
 
+/// The server's inference thread (one) held by a job until released.
+struct PoolHeld {
+    release: std::sync::mpsc::Sender<()>,
+    job: tokio::task::JoinHandle<
+        Result<((), retort_server::admission::pool::Picked), retort_server::admission::pool::PoolError>,
+    >,
+}
+
+impl PoolHeld {
+    /// Returns once the job runs.
+    async fn new(server: &TestServer) -> PoolHeld {
+        let (started, is_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let app = server.app.clone();
+        let job = tokio::spawn(async move {
+            app.pool
+                .run(move || {
+                    let _ = started.send(());
+                    let _ = released.recv();
+                })
+                .await
+        });
+        is_started.await.unwrap();
+        PoolHeld { release, job }
+    }
+
+    async fn release(self) {
+        self.release.send(()).unwrap();
+        self.job.await.unwrap().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
@@ -418,18 +450,7 @@ async fn shutdown_drains_requests_in_flight() {
 
     // Hold the only inference thread, so that every request below is received and queued
     // before the shutdown signal: then each of them is in flight, none merely in transit.
-    let (started, is_started) = tokio::sync::oneshot::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let app = server.app.clone();
-    let blocker = tokio::spawn(async move {
-        app.pool
-            .run(move || {
-                let _ = started.send(());
-                let _ = released.recv();
-            })
-            .await
-    });
-    is_started.await.unwrap();
+    let held = PoolHeld::new(&server).await;
 
     let url = server.url("/v1/rank");
     let body = serde_json::to_vec(&request(500, 7)).unwrap();
@@ -451,8 +472,7 @@ async fn shutdown_drains_requests_in_flight() {
     }
     server.signal_stop();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    release.send(()).unwrap();
-    blocker.await.unwrap().unwrap();
+    held.release().await;
     for t in tasks {
         assert_eq!(t.await.unwrap().expect("request dropped during shutdown"), 200);
     }
@@ -496,18 +516,7 @@ async fn inline_inference_answers_as_the_pool_does() {
         assert_eq!(counted, if inline == InlineInference::On { 1.0 } else { 0.0 }, "{inline:?}");
 
         // Hold the pool's one thread: a request now waits for it instead of running inline.
-        let (started, is_started) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let app = server.app.clone();
-        let blocker = tokio::spawn(async move {
-            app.pool
-                .run(move || {
-                    let _ = started.send(());
-                    let _ = released.recv();
-                })
-                .await
-        });
-        is_started.await.unwrap();
+        let held = PoolHeld::new(&server).await;
         let queued = tokio::spawn({
             let (url, body) = (server.url("/v1/rank"), serde_json::to_vec(&body).unwrap());
             async move {
@@ -525,8 +534,7 @@ async fn inline_inference_answers_as_the_pool_does() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert_eq!(server.app.pool.queued(), 1, "{inline:?}: the request waits for the busy pool");
-        release.send(()).unwrap();
-        blocker.await.unwrap().unwrap();
+        held.release().await;
         assert_eq!(queued.await.unwrap(), 200);
         assert_eq!(inline_runs(&server.get("/metrics").await.text()), counted, "{inline:?}");
         server.stop().await.unwrap();

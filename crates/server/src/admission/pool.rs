@@ -248,35 +248,47 @@ mod tests {
         assert_eq!(pool.run(|| 7).await.unwrap().0, 7);
     }
 
-    #[tokio::test]
-    async fn refuses_when_the_queue_is_full() {
-        let pool = Arc::new(InferencePool::new(1, 1));
+    type Busy = tokio::task::JoinHandle<Result<((), Picked), PoolError>>;
+
+    /// Occupies the pool's one thread until the returned gate is passed.
+    async fn occupy(pool: &Arc<InferencePool>) -> (Arc<Barrier>, Busy) {
         let gate = Arc::new(Barrier::new(2));
-        // Occupy the only thread, then fill the one queue slot.
         let (started, is_started) = tokio::sync::oneshot::channel();
-        let g = gate.clone();
         let busy = tokio::spawn({
-            let pool = pool.clone();
+            let (pool, gate) = (pool.clone(), gate.clone());
             async move {
                 pool.run(move || {
                     let _ = started.send(());
-                    g.wait();
+                    gate.wait();
                 })
                 .await
             }
         });
         is_started.await.unwrap();
-        let queued = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.run(|| 1).await }
-        });
+        (gate, busy)
+    }
+
+    /// Waits, a second at most, for `n` jobs to be queued.
+    async fn until_queued(pool: &InferencePool, n: usize) {
         for _ in 0..200 {
-            if pool.queued() == 1 {
+            if pool.queued() == n {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(pool.queued(), 1);
+        assert_eq!(pool.queued(), n);
+    }
+
+    #[tokio::test]
+    async fn refuses_when_the_queue_is_full() {
+        let pool = Arc::new(InferencePool::new(1, 1));
+        // Occupy the only thread, then fill the one queue slot.
+        let (gate, busy) = occupy(&pool).await;
+        let queued = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(|| 1).await }
+        });
+        until_queued(&pool, 1).await;
         assert_eq!(pool.run(|| 2).await.unwrap_err(), PoolError::Full);
         gate.wait();
         busy.await.unwrap().unwrap();
@@ -335,30 +347,13 @@ mod tests {
     #[tokio::test]
     async fn a_busy_inline_pool_queues_requests_behind_the_running_job() {
         let pool = Arc::new(InferencePool::new(1, 4).inline_when_idle(true));
-        let gate = Arc::new(Barrier::new(2));
-        let (started, is_started) = tokio::sync::oneshot::channel();
-        let busy = tokio::spawn({
-            let (pool, gate) = (pool.clone(), gate.clone());
-            async move {
-                pool.run(move || {
-                    let _ = started.send(());
-                    gate.wait();
-                })
-                .await
-            }
-        });
-        is_started.await.unwrap();
+        let (gate, busy) = occupy(&pool).await;
         let queued = tokio::spawn({
             let pool = pool.clone();
             async move { pool.run_until(None, Arc::new(AtomicBool::new(false)), None, thread_name).await }
         });
-        for _ in 0..200 {
-            if pool.queued() == 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(pool.queued(), 1, "the request waits for the pool");
+        // The request waits for the pool.
+        until_queued(&pool, 1).await;
         gate.wait();
         busy.await.unwrap().unwrap();
         let (name, picked) = queued.await.unwrap().unwrap();
