@@ -462,7 +462,12 @@ pub fn decode(body: &[u8]) -> Result<RankRequest<'_>, DecodeError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Err(DecodeError::Invalid("a rank request is a JSON object, not an array".into()));
     }
-    serde_json::from_slice::<RankRequest>(body).map_err(|e| match e.classify() {
+    // Validated whole at once (a fast scan over ASCII), so that the parser need not check each
+    // string it borrows: a tenth of the decoding time of a body of features.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        DecodeError::Malformed(format!("the request body is not UTF-8 (at byte {})", e.valid_up_to()))
+    })?;
+    serde_json::from_str::<RankRequest>(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => DecodeError::Invalid(e.to_string()),
         _ => DecodeError::Malformed(e.to_string()),
     })
@@ -561,6 +566,13 @@ mod tests {
             matches!(decode(b"{\"context\": {}, \"candidates\": [], \"topk\": 3}"), Err(DecodeError::Invalid(m)) if m.contains("topk"))
         );
         assert!(matches!(decode(b"{\"context\": [], \"candidates\": []}"), Err(DecodeError::Invalid(_))));
+        // A byte that is not UTF-8, inside a string, is named by its place in the body.
+        let bad = b"{\"context\": {\"f\": \"caf\xe9\"}, \"candidates\": []}";
+        assert!(
+            matches!(decode(bad), Err(DecodeError::Malformed(m)) if m.contains("not UTF-8") && m.contains("byte 22")),
+            "{:?}",
+            decode(bad).err()
+        );
     }
 
     // See: issue 14 (G, 4).
