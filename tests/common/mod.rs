@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use retort_model::manifest::{ContextRows, Manifest};
 use retort_model::two_tower::{TwoTower, TwoTowerWeights};
 use retort_model::{onnx, package, scaffold};
-use retort_server::config::Config;
+use retort_server::config::{Config, InlineInference};
 use retort_server::http::{App, ServeError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -59,9 +59,14 @@ impl Reply {
 impl TestServer {
     /// Starts a server on `127.0.0.1:0` with `config` and waits until it is ready. The shipped
     /// models read the shipped catalog (`catalogs/`, as `retort serve` from the repository root
-    /// does); a test's own models read a catalog only where the test puts one.
+    /// does); a test's own models read a catalog only where the test puts one. Inference runs
+    /// inline only where a test asks for it: tests that slow the engine or hold the pool expect
+    /// the async workers free, which `auto` would not leave them on a one-core test machine.
     pub async fn start(mut config: Config) -> TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        if config.admission.inline_inference == InlineInference::Auto {
+            config.admission.inline_inference = InlineInference::Off;
+        }
         if config.rollout.catalogs_dir == Config::default().rollout.catalogs_dir {
             config.rollout.catalogs_dir = match config.rollout.models_dir == shipped_models() {
                 true => shipped_models().with_file_name("catalogs"),
