@@ -33,7 +33,7 @@ fn tract_matches_the_reference_forward_pass_with_fixed_and_symbolic_plans() {
         for model in [&fixed, &symbolic] {
             let whole = model.encoder().encode(&req.context, &req.candidates).unwrap();
             let expected = arch.reference_forward(&w, model.encoder().inputs(), &whole);
-            let got = model.infer(model.encode(&req.context, &req.candidates).unwrap()).unwrap();
+            let got = model.infer(model.apart(model.encode(&req.context, &req.candidates).unwrap())).unwrap();
             assert_eq!(got.rows, n);
             for (h, exp) in expected.iter().enumerate() {
                 let d = max_abs_diff(got.head(h), exp);
@@ -77,8 +77,13 @@ fn tract_and_ort_give_the_same_outputs() {
     for n in [1, 2, 50, 500, 2000] {
         let body = serde_json::to_vec(&request(n, 100 + n as u64)).unwrap();
         let req = decode(&body).unwrap();
-        let a = tract.infer(tract.encode(&req.context, &req.candidates).unwrap()).unwrap();
-        let b = ort.infer(ort.encode(&req.context, &req.candidates).unwrap()).unwrap();
+        // Through the two parts (as for candidates the catalog lacks) and whole (as for candidates
+        // carrying their features).
+        let a = tract.infer(tract.apart(tract.encode(&req.context, &req.candidates).unwrap())).unwrap();
+        let b = ort.infer(ort.apart(ort.encode(&req.context, &req.candidates).unwrap())).unwrap();
+        let served_whole = ort.infer(ort.encode(&req.context, &req.candidates).unwrap()).unwrap();
+        let d = max_abs_diff(&served_whole.values, &b.values);
+        assert!(d <= 1e-5, "{n} candidates: ort whole and apart differ by {d}");
         let c = whole.infer(whole.encode(&req.context, &req.candidates).unwrap()).unwrap();
         let d = max_abs_diff(&a.values, &b.values);
         assert!(d <= 1e-5, "{n} candidates: tract and ort differ by {d}");
@@ -151,7 +156,7 @@ fn the_item_tower_apart_scores_as_the_whole_graph_on_every_engine() {
             let (context, candidates) = (&req.context, &req.candidates[..n]);
             let expected = reference.infer(reference.encode(context, candidates).unwrap()).unwrap();
             for model in [&whole, &split] {
-                let got = model.infer(model.encode(context, candidates).unwrap()).unwrap();
+                let got = model.infer(model.apart(model.encode(context, candidates).unwrap())).unwrap();
                 let d = max_abs_diff(&got.values, &expected.values);
                 assert!(d <= 1e-5, "{engine}, {n} candidates, tower apart: {}: {d}", model.tower().is_some());
             }

@@ -51,6 +51,10 @@ pub struct Model {
     /// The graph; for a model served with its item tower apart, the ranker.
     engine: Box<dyn Engine>,
     tower: Option<Tower>,
+    /// For a model served with its item tower apart, the whole graph: what an encoding without
+    /// any known tower output runs (a request carrying every candidate's features), one run
+    /// instead of two.
+    whole: Option<Box<dyn Engine>>,
     /// Distinct graph outputs the heads read, in the order the engine returns them.
     outputs: Vec<String>,
     heads: Vec<HeadPlan>,
@@ -202,6 +206,9 @@ impl Model {
         let inner =
             std::mem::replace(&mut self.engine, Box::new(Delayed { inner: Box::new(Nothing), delay }));
         self.engine = Box::new(Delayed { inner, delay });
+        if let Some(whole) = self.whole.take() {
+            self.whole = Some(Box::new(Delayed { inner: whole, delay }));
+        }
     }
 
     /// Loads the package in `dir`, and checks that it reproduces its golden examples. A model
@@ -269,11 +276,11 @@ impl Model {
             candidates_independent: manifest.model.independent_candidates,
             outputs: &outputs,
         };
-        let (engine, tower) = match &manifest.item_tower {
-            None => (engine::load(kind, graph, origin, &io)?, None),
+        let (engine, tower, whole) = match &manifest.item_tower {
+            None => (engine::load(kind, graph, origin, &io)?, None, None),
             Some(spec) => {
                 let (tower, ranker) = Tower::load(&manifest, spec, &encoder, graph, origin, kind, &outputs)?;
-                (ranker, Some(tower))
+                (ranker, Some(tower), Some(engine::load(kind, graph, origin, &io)?))
             }
         };
         let default_objective = manifest
@@ -287,6 +294,7 @@ impl Model {
             encoder,
             engine,
             tower,
+            whole,
             outputs,
             heads,
             default_objective,
@@ -320,11 +328,18 @@ impl Model {
         C: FeatureSource + ?Sized,
         I: FeatureSource,
     {
-        let encoded = self.encoder.encode(context, candidates)?;
-        Ok(match &self.tower {
+        self.encoder.encode(context, candidates)
+    }
+
+    /// For a model served with its item tower apart, an encoding of every input with its item
+    /// inputs moved to the tower's part, so that inference runs the tower on every row and then
+    /// the ranker, as for a request whose candidates all miss the catalog. (An encoding of
+    /// every input runs the whole graph.) What load and tests check the two parts with.
+    pub fn apart(&self, encoded: Encoded) -> Encoded {
+        match &self.tower {
             Some(tower) => tower.separate(&self.encoder, encoded),
             None => encoded,
-        })
+        }
     }
 
     /// Encodes candidates looked up in a catalog ([`catalog::look_up`]). With an item tower and
@@ -361,6 +376,11 @@ impl Model {
                 }
             }
         }
+        if towered.len() == rows {
+            // No tower output known (every candidate carries item features, or is missing):
+            // the whole graph in one run.
+            return self.encode(context, &found.sources);
+        }
         let sources: Vec<_> = towered.iter().map(|&row| &found.sources[row]).collect();
         let mut encoded = self.encoder.encode(context, &sources).map_err(|mut e| {
             if let Location::Candidate(k) = e.location {
@@ -394,12 +414,12 @@ impl Model {
         if rows == 0 {
             return Ok(HeadValues { rows, values: Vec::new() });
         }
-        let inputs = match &self.tower {
-            // An encoding of every input (the encoder's own, a trainer's) runs the tower on all rows.
-            Some(tower) => tower.ranker_inputs(tower.separate(&self.encoder, encoded))?,
-            None => encoded.tensors,
+        let outputs = match (&self.tower, &self.whole) {
+            (Some(tower), _) if encoded.tower.is_some() => self.engine.run(tower.ranker_inputs(encoded)?)?,
+            // An encoding of every input (the encoder's own, a trainer's): the whole graph.
+            (_, Some(whole)) => whole.run(encoded.tensors)?,
+            (_, None) => self.engine.run(encoded.tensors)?,
         };
-        let outputs = self.engine.run(inputs)?;
         let mut values = Vec::with_capacity(rows * self.heads.len());
         for (plan, head) in self.heads.iter().zip(&self.manifest.heads) {
             let out: &Output = &outputs[plan.output];
@@ -533,14 +553,27 @@ impl Model {
         self.infer(encoded).map_err(|e| e.to_string())
     }
 
+    /// [`Model::run_example`] through the item tower and the ranker, for a model served with
+    /// its tower apart.
+    pub fn run_example_apart(&self, example: &GoldenExample) -> Result<HeadValues, String> {
+        let candidates: Vec<_> = example.candidates.iter().map(|c| c.features.clone()).collect();
+        let encoded = self.encode(&example.context, &candidates).map_err(|e| e.to_string())?;
+        self.infer(self.apart(encoded)).map_err(|e| e.to_string())
+    }
+
     /// Checks every golden example reproduces within the manifest's tolerance.
     pub fn check_golden(&self) -> Result<(), LoadError> {
         let tolerance = self.manifest.golden.tolerance;
         for (ix, example) in self.manifest.golden.examples.iter().enumerate() {
             let golden =
                 |problem: String| LoadError::Golden { model: self.manifest.id(), example: ix, problem };
-            let values = self.run_example(example).map_err(golden)?;
-            for (c, candidate) in example.candidates.iter().enumerate() {
+            let mut runs = vec![self.run_example(example).map_err(golden)?];
+            if self.tower.is_some() {
+                runs.push(self.run_example_apart(example).map_err(golden)?);
+            }
+            for (values, (c, candidate)) in
+                runs.iter().flat_map(|v| std::iter::repeat(v).zip(example.candidates.iter().enumerate()))
+            {
                 for (head, expected) in &candidate.expected {
                     let h = self
                         .manifest

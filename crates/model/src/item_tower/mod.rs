@@ -190,11 +190,11 @@ pub(crate) mod tests {
         let (split, whole) = both(manifest, graph, EngineKind::Tract);
         split.check_golden().unwrap();
         for example in &manifest.golden.examples {
-            assert_close(&split.run_example(example).unwrap(), &whole.run_example(example).unwrap());
+            assert_close(&split.run_example_apart(example).unwrap(), &whole.run_example(example).unwrap());
         }
         let example = &manifest.golden.examples[0];
         let many: Vec<_> = example.candidates.iter().cycle().take(37).map(|c| c.features.clone()).collect();
-        let a = split.infer(split.encode(&example.context, &many).unwrap()).unwrap();
+        let a = split.infer(split.apart(split.encode(&example.context, &many).unwrap())).unwrap();
         let b = whole.infer(whole.encode(&example.context, &many).unwrap()).unwrap();
         assert_close(&a, &b);
     }
