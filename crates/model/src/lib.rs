@@ -48,13 +48,11 @@ pub struct Model {
     /// Where the package was loaded from.
     pub dir: PathBuf,
     encoder: Encoder,
-    /// The graph; for a model served with its item tower apart, the ranker.
+    /// The whole graph. A model served with its item tower apart still runs it for an encoding
+    /// without any known tower output (every candidate carrying its features): one run, not two.
     engine: Box<dyn Engine>,
+    /// The two parts, for a model served with its item tower apart.
     tower: Option<Tower>,
-    /// For a model served with its item tower apart, the whole graph: what an encoding without
-    /// any known tower output runs (a request carrying every candidate's features), one run
-    /// instead of two.
-    whole: Option<Box<dyn Engine>>,
     /// Distinct graph outputs the heads read, in the order the engine returns them.
     outputs: Vec<String>,
     heads: Vec<HeadPlan>,
@@ -203,11 +201,13 @@ impl Model {
     /// Makes every inference sleep first (test hooks only).
     #[cfg(feature = "test-hooks")]
     pub fn delay_inference(&mut self, delay: InferenceDelay) {
-        let inner =
-            std::mem::replace(&mut self.engine, Box::new(Delayed { inner: Box::new(Nothing), delay }));
-        self.engine = Box::new(Delayed { inner, delay });
-        if let Some(whole) = self.whole.take() {
-            self.whole = Some(Box::new(Delayed { inner: whole, delay }));
+        fn slow(engine: &mut Box<dyn Engine>, delay: InferenceDelay) {
+            let inner = std::mem::replace(engine, Box::new(Nothing));
+            *engine = Box::new(Delayed { inner, delay });
+        }
+        slow(&mut self.engine, delay);
+        if let Some(tower) = &mut self.tower {
+            slow(&mut tower.ranker, delay);
         }
     }
 
@@ -276,12 +276,10 @@ impl Model {
             candidates_independent: manifest.model.independent_candidates,
             outputs: &outputs,
         };
-        let (engine, tower, whole) = match &manifest.item_tower {
-            None => (engine::load(kind, graph, origin, &io)?, None, None),
-            Some(spec) => {
-                let (tower, ranker) = Tower::load(&manifest, spec, &encoder, graph, origin, kind, &outputs)?;
-                (ranker, Some(tower), Some(engine::load(kind, graph, origin, &io)?))
-            }
+        let engine = engine::load(kind, graph, origin, &io)?;
+        let tower = match &manifest.item_tower {
+            None => None,
+            Some(spec) => Some(Tower::load(&manifest, spec, &encoder, graph, origin, kind, &outputs)?),
         };
         let default_objective = manifest
             .heads
@@ -294,7 +292,6 @@ impl Model {
             encoder,
             engine,
             tower,
-            whole,
             outputs,
             heads,
             default_objective,
@@ -414,11 +411,10 @@ impl Model {
         if rows == 0 {
             return Ok(HeadValues { rows, values: Vec::new() });
         }
-        let outputs = match (&self.tower, &self.whole) {
-            (Some(tower), _) if encoded.tower.is_some() => self.engine.run(tower.ranker_inputs(encoded)?)?,
+        let outputs = match &self.tower {
+            Some(tower) if encoded.tower.is_some() => tower.rank(encoded)?,
             // An encoding of every input (the encoder's own, a trainer's): the whole graph.
-            (_, Some(whole)) => whole.run(encoded.tensors)?,
-            (_, None) => self.engine.run(encoded.tensors)?,
+            _ => self.engine.run(encoded.tensors)?,
         };
         let mut values = Vec::with_capacity(rows * self.heads.len());
         for (plan, head) in self.heads.iter().zip(&self.manifest.heads) {
@@ -548,17 +544,18 @@ impl Model {
 
     /// Runs one golden example and returns its head values.
     pub fn run_example(&self, example: &GoldenExample) -> Result<HeadValues, String> {
-        let candidates: Vec<_> = example.candidates.iter().map(|c| c.features.clone()).collect();
-        let encoded = self.encode(&example.context, &candidates).map_err(|e| e.to_string())?;
-        self.infer(encoded).map_err(|e| e.to_string())
+        self.infer(self.encode_example(example)?).map_err(|e| e.to_string())
     }
 
     /// [`Model::run_example`] through the item tower and the ranker, for a model served with
     /// its tower apart.
     pub fn run_example_apart(&self, example: &GoldenExample) -> Result<HeadValues, String> {
+        self.infer(self.apart(self.encode_example(example)?)).map_err(|e| e.to_string())
+    }
+
+    fn encode_example(&self, example: &GoldenExample) -> Result<Encoded, String> {
         let candidates: Vec<_> = example.candidates.iter().map(|c| c.features.clone()).collect();
-        let encoded = self.encode(&example.context, &candidates).map_err(|e| e.to_string())?;
-        self.infer(self.apart(encoded)).map_err(|e| e.to_string())
+        self.encode(&example.context, &candidates).map_err(|e| e.to_string())
     }
 
     /// Checks every golden example reproduces within the manifest's tolerance.
@@ -571,8 +568,8 @@ impl Model {
             if self.tower.is_some() {
                 runs.push(self.run_example_apart(example).map_err(golden)?);
             }
-            for (values, (c, candidate)) in
-                runs.iter().flat_map(|v| std::iter::repeat(v).zip(example.candidates.iter().enumerate()))
+            let candidates = example.candidates.iter().enumerate();
+            for (values, (c, candidate)) in runs.iter().flat_map(|v| candidates.clone().map(move |c| (v, c)))
             {
                 for (head, expected) in &candidate.expected {
                     let h = self

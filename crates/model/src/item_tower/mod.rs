@@ -20,9 +20,11 @@ use crate::encode::{Encoded, Encoder, InputLayout, Tensor, TensorData, Towered};
 use crate::engine::{self, Engine, EngineError, EngineKind, GraphIo};
 use crate::manifest::{DType, ItemTower, Manifest, Side};
 
-/// The item-tower graph of a model served in two parts; the model's engine runs the ranker.
+/// A model served in two parts: the item-tower graph and the ranker (the rest of the graph,
+/// reading the tower's output). The model's own engine keeps the whole graph.
 pub struct Tower {
     engine: Box<dyn Engine>,
+    pub(crate) ranker: Box<dyn Engine>,
     pub width: usize,
 }
 
@@ -38,7 +40,7 @@ impl Tower {
         origin: &Path,
         kind: EngineKind,
         outputs: &[String],
-    ) -> Result<(Tower, Box<dyn Engine>), EngineError> {
+    ) -> Result<Tower, EngineError> {
         let mismatch =
             |message: String| EngineError::Mismatch { path: origin.display().to_string(), message };
         let model: tract_onnx::pb::ModelProto =
@@ -88,7 +90,7 @@ impl Tower {
             outputs,
         };
         let ranker = engine::load(kind, &crate::onnx::to_bytes(&parts.ranker), origin, &ranker_io)?;
-        Ok((Tower { engine: tower, width: spec.width }, ranker))
+        Ok(Tower { engine: tower, ranker, width: spec.width })
     }
 
     /// Moves the item inputs of an encoding (every input, in the encoder's order) into its
@@ -123,9 +125,9 @@ impl Tower {
         Ok(out.data)
     }
 
-    /// The ranker's inputs for a separated encoding: its context inputs, then every row's
-    /// item-tower output, those the encoding lacks computed here.
-    pub(crate) fn ranker_inputs(&self, mut encoded: Encoded) -> Result<Vec<Tensor>, EngineError> {
+    /// Runs the ranker on a separated encoding: its context inputs, then every row's item-tower
+    /// output, those the encoding lacks computed here first.
+    pub(crate) fn rank(&self, mut encoded: Encoded) -> Result<Vec<engine::Output>, EngineError> {
         let towered = encoded.tower.take().expect("separated first");
         let Towered { width, mut vectors, rows, items } = towered;
         if !rows.is_empty() {
@@ -140,7 +142,7 @@ impl Tower {
             }
         }
         encoded.tensors.push(Tensor { shape: [encoded.rows, width], data: TensorData::F32(vectors) });
-        Ok(encoded.tensors)
+        self.ranker.run(encoded.tensors)
     }
 }
 
