@@ -17,10 +17,6 @@ use retort_sidecar::data::mapping::{Mapping, Source};
 use retort_sidecar::data::spec::DataSpec;
 use retort_sidecar::label::labeller::{LabelOptions, LabelReport, Labeller, Shard};
 
-/// The allocator of the `retort` binary, as in production.
-#[global_allocator]
-static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
-
 struct World {
     _dir: tempfile::TempDir,
     root: PathBuf,

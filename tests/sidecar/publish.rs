@@ -4,10 +4,6 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// The allocator of the `retort` binary, as in production.
-#[global_allocator]
-static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
-
 const BIN: &str = env!("CARGO_BIN_EXE_retort");
 
 fn retort(args: &[&str]) -> Output {

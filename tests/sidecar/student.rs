@@ -15,10 +15,6 @@ use retort_sidecar::eval::metrics::auc;
 use retort_sidecar::train::fit::{TrainConfig, TrainingData, predict, train};
 use retort_sidecar::train::student::Student;
 
-/// The allocator of the `retort` binary, as in production.
-#[global_allocator]
-static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
-
 #[test]
 fn a_student_learns_the_demo_world_and_exports_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +59,7 @@ fn a_student_learns_the_demo_world_and_exports_exactly() {
         &weights,
         &[("play", 1.0)],
         "test student",
-        "tests/student.rs",
+        "tests/sidecar/student.rs",
         scaffold::golden_for(&arch.features),
     );
     manifest.model.context_rows = ContextRows::PerCandidate;
@@ -131,7 +127,7 @@ fn auxiliary_heads_share_their_task_tower_and_stay_out_of_the_export() {
         &weights,
         &[("play", 1.0)],
         "test",
-        "tests/student.rs",
+        "tests/sidecar/student.rs",
         scaffold::golden_for(&arch.features),
     );
     let heads: Vec<&str> = manifest.heads.iter().map(|h| h.name.as_str()).collect();
@@ -486,7 +482,7 @@ fn a_mixture_of_experts_student_learns_and_exports_exactly() {
         &weights,
         &[("play", 1.0)],
         "test MMoE student",
-        "tests/student.rs",
+        "tests/sidecar/student.rs",
         scaffold::golden_for(&arch.features),
     );
     // As served (context once), the golden examples reproduce the reference forward pass.

@@ -1,9 +1,9 @@
 //! `POST /v1/rank` against a real server on a loopback port: ranking semantics, context-once
 //! broadcasting, every error case, and the metrics they move.
 
-mod common;
+use crate::common;
 
-use common::{TestServer, request, write_model};
+use crate::common::{TestServer, request, write_model};
 use retort_model::encode::Encoder;
 use retort_model::manifest::ContextRows;
 use retort_model::request::decode;

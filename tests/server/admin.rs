@@ -1,12 +1,10 @@
 //! The admin API against a real server on loopback: token checks, loading a published version
 //! into service, and `retort train --notify` publishing then asking the server to serve it.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{Reply, TestServer, request, write_model};
+use crate::common::{Reply, TestServer, request, write_model};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use retort_model::manifest::ContextRows;

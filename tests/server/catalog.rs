@@ -1,13 +1,13 @@
 //! Candidates by id alone, their features looked up in a catalog the server loads and swaps
 //! while serving. See: issue 16 (1, 2).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{TestServer, shipped_models};
+use crate::common::{TestServer, shipped_models};
 use retort_model::catalog::{Builder, Catalog, Cell, ColumnKind, file};
 use retort_server::config::Config;
 use serde_json::{Value, json};

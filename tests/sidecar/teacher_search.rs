@@ -14,10 +14,6 @@ use retort_sidecar::search::teacher::{Inputs, SearchFile, SearchReport, search};
 use retort_sidecar::train::fit::TrainError;
 use retort_sidecar::train::kd::Mode;
 
-/// The allocator of the `retort` binary, as in production.
-#[global_allocator]
-static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
-
 const SEARCH: &str = r#"
 [search]
 budget_s = 600

@@ -3,7 +3,7 @@
 //! blocks marked `<!-- test: run -->` run as written, and the README's sample response is what
 //! the shipped model answers. See: issue 14 (11).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

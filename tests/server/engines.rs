@@ -1,9 +1,9 @@
 //! Engines against each other and against the plain-Rust reference forward pass, and the
 //! shipped default model against the generator that wrote it.
 
-mod common;
+use crate::common;
 
-use common::request;
+use crate::common::request;
 use retort_model::Model;
 use retort_model::engine::EngineKind;
 use retort_model::manifest::ContextRows;

@@ -1,9 +1,9 @@
 //! Random and truncated bodies never panic the decoder or the encoder, and never stop the
 //! server from answering.
 
-mod common;
+use crate::common;
 
-use common::{TestServer, request};
+use crate::common::{TestServer, request};
 use retort_model::Model;
 use retort_model::encode::Location;
 use retort_model::engine::EngineKind;

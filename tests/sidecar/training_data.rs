@@ -5,10 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The allocator of the `retort` binary, as in production.
-#[global_allocator]
-static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
-
 const BIN: &str = env!("CARGO_BIN_EXE_retort");
 const DAY0: i64 = 1_773_100_800; // 2026-03-10
 

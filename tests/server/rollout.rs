@@ -2,12 +2,10 @@
 //! policies, promote and rollback, a sticky canary and its judge, validation against the
 //! serving version, and no failed request across swaps under load.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Reply, TestServer, request, write_version};
+use crate::common::{Reply, TestServer, request, write_version};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use retort_model::manifest::{FeatureKind, Manifest};

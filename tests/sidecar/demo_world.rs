@@ -7,10 +7,6 @@ use retort_sidecar::data::dataset::{DataError, Dataset};
 use retort_sidecar::data::demo::{self, DemoConfig, Domain};
 use retort_sidecar::data::spec::DataSpec;
 
-/// The allocator of the `retort` binary, as in production.
-#[global_allocator]
-static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
-
 fn small() -> DemoConfig {
     DemoConfig {
         users: 300,
