@@ -16,27 +16,39 @@ use retort_model::request::decode;
 
 const CANDIDATES: [usize; 4] = [1, 50, 500, 2000];
 
-fn engines() -> Vec<EngineKind> {
-    let mut kinds = vec![EngineKind::Tract];
+/// The engines benched, by label: `tract` as served (the graphs it can on retort's native
+/// interpreter), `tract-only` (`RETORT_NATIVE=off`, every graph on tract) and `ort` where built.
+fn engines() -> Vec<(&'static str, EngineKind, bool)> {
+    let mut kinds = vec![("tract", EngineKind::Tract, true), ("tract-only", EngineKind::Tract, false)];
     if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
-        kinds.push(EngineKind::Ort);
+        kinds.push(("ort", EngineKind::Ort, true));
     } else {
         eprintln!("ort: skipped (build with --features ort and set ORT_DYLIB_PATH)");
     }
     kinds
 }
 
+/// Runs `load` with the native interpreter on or off (models read the switch when they load).
+fn loading<T>(native: bool, load: impl FnOnce() -> T) -> T {
+    let switch = retort_model::engine::native::SWITCH;
+    // SAFETY: the benches set up one at a time, before any thread reads the environment.
+    unsafe { std::env::set_var(switch, if native { "on" } else { "off" }) };
+    let loaded = load();
+    unsafe { std::env::remove_var(switch) };
+    loaded
+}
+
 fn inference(c: &mut Criterion) {
     let dir = common::shipped_models().join("music-ranker/1");
     let mut group = c.benchmark_group("infer");
-    for kind in engines() {
-        let model = Model::load(&dir, kind).expect("load the shipped model");
+    for (label, kind, native) in engines() {
+        let model = loading(native, || Model::load(&dir, kind).expect("load the shipped model"));
         for n in CANDIDATES {
             let body = serde_json::to_vec(&common::request(n, n as u64)).unwrap();
             let req = decode(&body).unwrap();
             let encoded = model.encode(&req.context, &req.candidates).unwrap();
             group.throughput(Throughput::Elements(n as u64));
-            group.bench_with_input(BenchmarkId::new(kind.as_str(), n), &encoded, |b, encoded| {
+            group.bench_with_input(BenchmarkId::new(label, n), &encoded, |b, encoded| {
                 b.iter_batched(|| encoded.clone(), |e| model.infer(e).unwrap(), BatchSize::SmallInput)
             });
         }
@@ -53,8 +65,8 @@ fn ranker(c: &mut Criterion) {
     let catalog =
         std::sync::Arc::new(file::read(&common::shipped_models().join("../catalogs/music/1")).unwrap());
     let mut group = c.benchmark_group("infer");
-    for kind in engines() {
-        let model = Model::load(&dir, kind).expect("load the shipped model");
+    for (label, kind, native) in engines() {
+        let model = loading(native, || Model::load(&dir, kind).expect("load the shipped model"));
         let vectors = ItemVectors::compute(&model, &catalog, &[]).unwrap().unwrap();
         for n in [50, 500] {
             let ids: Vec<String> = (0..n).map(|i| format!("\"t{}\"", i * 6)).collect();
@@ -70,13 +82,9 @@ fn ranker(c: &mut Criterion) {
                 "every candidate's tower output is known"
             );
             group.throughput(Throughput::Elements(n as u64));
-            group.bench_with_input(
-                BenchmarkId::new(format!("{}/ranker", kind.as_str()), n),
-                &encoded,
-                |b, encoded| {
-                    b.iter_batched(|| encoded.clone(), |e| model.infer(e).unwrap(), BatchSize::SmallInput)
-                },
-            );
+            group.bench_with_input(BenchmarkId::new(format!("{label}/ranker"), n), &encoded, |b, encoded| {
+                b.iter_batched(|| encoded.clone(), |e| model.infer(e).unwrap(), BatchSize::SmallInput)
+            });
         }
     }
     group.finish();
@@ -121,7 +129,7 @@ fn handler(c: &mut Criterion) {
     let whole = tempfile::tempdir().unwrap();
     shipped_whole(whole.path());
     let mut group = c.benchmark_group("handler");
-    for kind in engines() {
+    for (label, kind, native) in engines() {
         for (served, models) in [("whole", whole.path().to_path_buf()), ("apart", common::shipped_models())] {
             let mut config = retort_server::config::Config::serving(models);
             config.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -130,17 +138,19 @@ fn handler(c: &mut Criterion) {
             config.rollout.persist_warmup = false;
             config.rollout.catalogs_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogs");
             // A server started the usual way loads the models; the bench then calls its router.
-            let (app, stop) = runtime.block_on(async {
-                let listener = retort_server::http::bind(&config).await.unwrap();
-                let app = retort_server::http::App::new(config);
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
-                    let _ = stopped.await;
-                }));
-                while !app.ready() {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                (app, stop)
+            let (app, stop) = loading(native, || {
+                runtime.block_on(async {
+                    let listener = retort_server::http::bind(&config).await.unwrap();
+                    let app = retort_server::http::App::new(config);
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
+                        let _ = stopped.await;
+                    }));
+                    while !app.ready() {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    (app, stop)
+                })
             });
             let router = retort_server::http::router(app);
             let features = common::request(500, 11);
@@ -151,7 +161,7 @@ fn handler(c: &mut Criterion) {
             for (shape, request) in [("features", &features), ("ids", &by_id)] {
                 let body = hyper::body::Bytes::from(serde_json::to_vec(request).unwrap());
                 eprintln!("handler/{shape}: a {} byte body", body.len());
-                let id = BenchmarkId::new(format!("{}/{served}/{shape}", kind.as_str()), 500);
+                let id = BenchmarkId::new(format!("{label}/{served}/{shape}"), 500);
                 group.bench_function(id, |b| {
                     b.iter(|| {
                         runtime.block_on(async {

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`tract`]: the pure-Rust engine, one plan per batch size, run states per thread.
+//! - [`native`]: the `tract` engine's interpreter for the graphs retort exports, used where it
+//!   runs every node and agrees with tract.
 //! - [`ort`]: ONNX Runtime from the shared library `ORT_DYLIB_PATH` names (feature `ort`).
 
 use std::path::Path;
@@ -11,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::encode::{InputLayout, Tensor};
 
+pub mod native;
 pub mod tract;
 
 #[cfg(feature = "ort")]
@@ -19,6 +22,12 @@ pub mod ort;
 /// A loaded graph. Immutable after load; `run` may be called from several threads at once.
 pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
+
+    /// What runs the graph: the engine's name, or `native` for a graph the `tract` engine runs
+    /// on retort's own interpreter ([`native`]).
+    fn interpreter(&self) -> &'static str {
+        self.kind().as_str()
+    }
 
     /// Runs the graph on `inputs` (in the order of the layouts given at load) and returns the
     /// requested outputs, in the order they were requested at load.
@@ -90,7 +99,19 @@ pub fn load(
     io: &GraphIo<'_>,
 ) -> Result<Box<dyn Engine>, EngineError> {
     match kind {
-        EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(graph, path, io)?)),
+        EngineKind::Tract => {
+            let tract = tract::TractEngine::load(graph, path, io)?;
+            if !native::enabled() {
+                return Ok(Box::new(tract));
+            }
+            Ok(match native::beside(&tract, graph, io) {
+                Ok(native) => Box::new(native),
+                Err(why) => {
+                    tracing::debug!(graph = %path.display(), "runs on tract, not natively: {why}");
+                    Box::new(tract)
+                }
+            })
+        }
         #[cfg(feature = "ort")]
         EngineKind::Ort => Ok(Box::new(ort::OrtEngine::load(graph, path, io)?)),
         #[cfg(not(feature = "ort"))]
