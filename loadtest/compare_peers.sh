@@ -8,6 +8,10 @@
 #
 #   loadtest/compare_peers.sh [SLO_MS] [SECONDS_PER_PHASE]   (10 5)
 #   SERVERS="retort-ort" loadtest/compare_peers.sh            (rerun some servers only)
+#   SHAPES="ids-500" loadtest/compare_peers.sh                (some request shapes only)
+#
+# Servers: msgspec, retort-tract (the default: retort's graphs on its native interpreter),
+# retort-tract-only (RETORT_NATIVE=off: every graph on tract), retort-ort.
 #
 # retort runs with tract, and with ort when ORT_DYLIB_PATH points at libonnxruntime.so.
 # Writes every report under target/compare-peers/ and prints a Markdown table.
@@ -26,6 +30,12 @@ source loadtest/servers.sh
 start() { # name port
     case "$1" in
         msgspec) start_msgspec "$2" "$package" "$catalog" "$out/$1.log" ;;
+        retort-tract-only)
+            RETORT_NATIVE=off taskset -c 0 ./target/release/retort serve --engine tract --listen "127.0.0.1:$2" \
+                --poll-interval-ms 0 >"$out/$1.log" 2>&1 &
+            server_pid=$!
+            wait_up "$2" /readyz
+            ;;
         *)
             taskset -c 0 ./target/release/retort serve --engine "${1#retort-}" --listen "127.0.0.1:$2" \
                 --poll-interval-ms 0 >"$out/$1.log" 2>&1 &
@@ -35,7 +45,7 @@ start() { # name port
     esac
 }
 
-shapes=("ids-500" "features-500" "features-50")
+read -r -a shapes <<<"${SHAPES:-ids-500 features-500 features-50}"
 shape_args() { # shape
     case "$1" in
         ids-500) echo "--candidates 500 --catalog $catalog" ;;
@@ -44,7 +54,7 @@ shape_args() { # shape
     esac
 }
 
-servers=(msgspec)
+servers=(msgspec retort-tract-only)
 for e in "${engines[@]}"; do servers+=("retort-$e"); done
 # SERVERS="retort-ort" reruns some of them; the table reads every server's last reports.
 read -r -a run <<<"${SERVERS:-${servers[*]}}"
@@ -60,10 +70,9 @@ for s in "${run[@]}"; do
     stop
 done
 
-python3 - "$out" "$slo" "${servers[@]}" <<'PY'
+python3 - "$out" "$slo" "${shapes[*]}" "${servers[@]}" <<'PY'
 import json, sys
-out, slo, servers = sys.argv[1], sys.argv[2], sys.argv[3:]
-shapes = ["ids-500", "features-500", "features-50"]
+out, slo, shapes, servers = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4:]
 held = {(s, x): json.load(open(f"{out}/{s}-{x}/report.json"))["result"]["held"] or 0 for s in servers for x in shapes}
 print(f"\n| server (one core) | " + " | ".join(f"{x}: held at p99 <= {slo} ms | vs msgspec" for x in shapes) + " |")
 print("| --- |" + " ---: | ---: |" * len(shapes))

@@ -10,7 +10,8 @@
 #   e.g. loadtest/cpu_per_request.sh 1500 ids 'pool=--inline-inference off' 'inline=--inline-inference on'
 #
 # SHAPE: `ids` (500 candidates by id from catalogs/music/1) or a number of candidates carrying
-# their features. A variant's flags may name another binary first: 'base=/tmp/retort-base --engine ort';
+# their features. A variant's flags may start with environment settings and then name another
+# binary: 'tract-only=RETORT_NATIVE=off --engine tract', 'base=/tmp/retort-base --engine ort';
 # the variant `msgspec` alone (no flags) is the strongest Python peer (loadtest/peers/msgspec_peer.py).
 # ROUNDS (3) and SECONDS (10) from the environment. Prints one Markdown row per variant.
 set -euo pipefail
@@ -50,11 +51,16 @@ for round in $(seq 1 "$rounds"); do
         else
             read -r -a flags <<<"${variant#*=}"
             binary=./target/release/retort
+            settings=()
+            while [[ "${flags[0]:-}" =~ ^[A-Z_][A-Z0-9_]*= ]]; do
+                settings+=("${flags[0]}")
+                flags=("${flags[@]:1}")
+            done
             if [[ "${flags[0]:-}" == /* ]]; then
                 binary="${flags[0]}"
                 flags=("${flags[@]:1}")
             fi
-            taskset -c 0 "$binary" serve --listen 127.0.0.1:18182 --poll-interval-ms 0 "${flags[@]}" \
+            env "${settings[@]}" taskset -c 0 "$binary" serve --listen 127.0.0.1:18182 --poll-interval-ms 0 "${flags[@]}" \
                 >"$out/$label.log" 2>&1 &
             server_pid=$!
             wait_up 18182 /readyz
