@@ -315,6 +315,12 @@ impl Model {
         self.engine.kind()
     }
 
+    /// What runs the model's graph: the engine's name, or `native` where the `tract` engine runs
+    /// it on retort's own interpreter (the ranker's when its item tower is apart).
+    pub fn interpreter(&self) -> &'static str {
+        self.tower.as_ref().map_or(self.engine.interpreter(), |t| t.ranker.interpreter())
+    }
+
     pub fn encoder(&self) -> &Encoder {
         &self.encoder
     }

@@ -107,7 +107,7 @@ pub fn load(
             Ok(match native::beside(&tract, graph, io) {
                 Ok(native) => Box::new(native),
                 Err(why) => {
-                    tracing::debug!(graph = %path.display(), "runs on tract, not natively: {why}");
+                    tracing::info!(graph = %path.display(), "runs on tract, not natively: {why}");
                     Box::new(tract)
                 }
             })

@@ -1055,6 +1055,7 @@ mod tests {
         let model = crate::Model::load(&dir, EngineKind::Tract).unwrap();
         assert_eq!(model.engine.interpreter(), "native");
         assert_eq!(model.tower().unwrap().ranker.interpreter(), "native");
+        assert_eq!(model.interpreter(), "native");
         let ort = crate::Model::load(&dir, EngineKind::Ort);
         if let Ok(ort) = ort {
             assert_eq!(ort.engine.interpreter(), "ort");

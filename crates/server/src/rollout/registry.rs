@@ -394,7 +394,14 @@ impl Rollout {
                 {
                     tracing::error!(model = name, version, error = %e, "cannot compute the item tower's outputs");
                 }
-                tracing::info!(model = name, version, load_ms, "version loaded, validated and warm");
+                let interpreter = served.model.interpreter();
+                tracing::info!(
+                    model = name,
+                    version,
+                    load_ms,
+                    interpreter,
+                    "version loaded, validated and warm"
+                );
                 Ok(())
             }
             Err((failure, reason)) => {
