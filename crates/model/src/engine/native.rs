@@ -534,9 +534,10 @@ fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    if a.2 == 1 && b.2 == 1 && n > 1 && n <= 256 && alpha == 1.0 {
-        // Rows of a few dozen columns, the shape of every layer of a ranking student: the
-        // kernel's packing costs more than the products, so multiply straight from the rows.
+    if a.2 == 1 && b.2 == 1 && n > 1 && k * n <= 16 * 1024 && alpha == 1.0 {
+        // Layers a few dozen wide, the shape of every layer of a ranking student: the kernel's
+        // packing costs more than the products, so multiply straight from the rows. Each block
+        // of rows reads all of `b`, so only a `b` that stays in cache (64 KB) goes this way.
         if beta == 0.0 {
             c.fill(0.0);
         } else if beta != 1.0 {
