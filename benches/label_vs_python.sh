@@ -4,7 +4,8 @@
 #
 #   benches/label_vs_python.sh [SCALE]     (default 100: ~2M target rows)
 #
-# Needs: pip install onnxruntime pyarrow numpy. Prints rows/s for each and the ratios.
+# Needs: pip install onnxruntime pyarrow numpy. Prints rows/s for each, the ratios, and the
+# largest logit difference of each engine's store from Python's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-100}"
@@ -37,12 +38,18 @@ print(f"retort label, ort   : {ro:12,.0f} rows/s  ({s_o:.2f} s)")
 print(f"python onnxruntime  : {rp:12,.0f} rows/s  ({s_p:.2f} s)")
 print(f"ratio tract / python: {rt / rp:.2f}x")
 print(f"ratio ort / python  : {ro / rp:.2f}x")
-# The two must agree: the same logits for the same examples.
-mine = sorted(glob.glob(os.path.join(work, "labels-ort", "*", "*", "*", "*.parquet")))
-worst = 0.0
-for m in mine:
-    a = pq.read_table(m).to_pandas().set_index("example_id").sort_index()
-    b = pq.read_table(os.path.join(work, "labels-python", os.path.basename(m))).to_pandas().set_index("example_id").sort_index()
-    worst = max(worst, float(np.abs(a.values - b[a.columns].values).max()))
-print(f"max |logit difference| retort(ort) vs python: {worst:.2e}")
+# They must agree: the same logits for the same examples, from either engine.
+def by_id(path):
+    t = pq.read_table(path)
+    order = np.argsort(t.column("example_id").to_numpy(zero_copy_only=False), kind="stable")
+    return {c: t.column(c).to_numpy(zero_copy_only=False)[order] for c in t.column_names}
+for store in ("labels-ort", "labels-tract"):
+    worst = 0.0
+    for m in sorted(glob.glob(os.path.join(work, store, "*", "*", "*", "*.parquet"))):
+        a, b = by_id(m), by_id(os.path.join(work, "labels-python", os.path.basename(m)))
+        assert (a["example_id"] == b["example_id"]).all(), f"{m}: other examples than Python's"
+        for c in a:
+            if c != "example_id":
+                worst = max(worst, float(np.abs(a[c].astype(np.float64) - b[c].astype(np.float64)).max()))
+    print(f"max |logit difference| retort ({store[7:]}) vs python: {worst:.2e}")
 PY
