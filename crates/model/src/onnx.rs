@@ -140,13 +140,7 @@ impl GraphBuilder {
 
     /// `x · Wᵀ` with `W` stored `[out, in]` and no bias.
     pub fn matmul_t(&mut self, x: &str, weight: &[f32], inputs: usize, outputs: usize) -> String {
-        let mut transposed = vec![0.0; weight.len()];
-        for o in 0..outputs {
-            for i in 0..inputs {
-                transposed[i * outputs + o] = weight[o * inputs + i];
-            }
-        }
-        let w = self.constant_f32("weight", &[inputs, outputs], &transposed);
+        let w = self.constant_f32("weight", &[inputs, outputs], &transposed(weight, outputs, inputs));
         self.node("MatMul", &[x, &w], vec![])
     }
 
@@ -190,6 +184,17 @@ impl GraphBuilder {
             ..Default::default()
         }
     }
+}
+
+/// The `cols × rows` transpose of a row-major `rows × cols` matrix.
+pub(crate) fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = data[r * cols + c];
+        }
+    }
+    t
 }
 
 pub fn attr_int(name: &str, value: i64) -> AttributeProto {

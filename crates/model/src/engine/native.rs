@@ -101,7 +101,7 @@ pub struct NativeGraph {
 impl NativeGraph {
     /// Builds the interpreter for `model`, or says which node it cannot run.
     pub fn build(model: &ModelProto, io: &GraphIo<'_>) -> Result<NativeGraph, Unsupported> {
-        let unsupported = |m: String| Unsupported(m);
+        let unsupported = Unsupported;
         let graph = model.graph.as_ref().ok_or_else(|| unsupported("the model has no graph".into()))?;
         let mut constants = Vec::new();
         let mut names: HashMap<String, Operand> = HashMap::new();
@@ -138,12 +138,7 @@ impl NativeGraph {
                 && let Value::F32 { shape, data } = &constants[w]
                 && let &[rows, cols] = &shape[..]
             {
-                let mut t = vec![0.0f32; data.len()];
-                for r in 0..rows {
-                    for c in 0..cols {
-                        t[c * rows + r] = data[r * cols + c];
-                    }
-                }
+                let t = crate::onnx::transposed(data, rows, cols);
                 operands[1] = Operand::Constant(constants.len());
                 constants.push(Value::F32 { shape: vec![cols, rows], data: t });
                 *trans_b = false;
@@ -225,22 +220,22 @@ impl NativeGraph {
     }
 
     fn step(&self, step: &Step, values: &mut [Option<Value>]) -> Result<Value, String> {
-        // The first input, taken to be updated in place when this step is its last reader.
-        // (Not when the step reads that slot again, as `Add(x, x)` does.)
-        let take_first = |values: &mut [Option<Value>]| match step.inputs.split_first() {
+        // The first input to update in place: taken when this step is its last reader (and
+        // does not read that slot again, as `Add(x, x)` does), copied otherwise.
+        let owned_first = |values: &mut [Option<Value>]| match step.inputs.split_first() {
             Some((&Operand::Slot(s), rest))
                 if step.last_reads.contains(&s) && !rest.contains(&Operand::Slot(s)) =>
             {
-                values[s].take()
+                values[s]
+                    .take()
+                    .ok_or_else(|| "an input was freed before its last use. This is a bug.".to_string())
             }
-            _ => None,
+            Some((&first, _)) => self.get(values, first).cloned(),
+            None => Err("expects an input".into()),
         };
         match &step.op {
             Op::Relu | Op::Sigmoid | Op::Identity => {
-                let mut x = match take_first(values) {
-                    Some(v) => v,
-                    None => self.get(values, step.inputs[0])?.clone(),
-                };
+                let mut x = owned_first(values)?;
                 if let Value::F32 { data, .. } = &mut x {
                     match step.op {
                         Op::Relu => data.iter_mut().for_each(|v| *v = v.max(0.0)),
@@ -254,15 +249,10 @@ impl NativeGraph {
             }
             Op::Add => {
                 let [a, b] = self.operands::<2>(step)?;
-                let out = broadcast(self.get(values, a)?.shape(), self.get(values, b)?.shape()).ok_or_else(
-                    || {
-                        format!(
-                            "shapes {:?} and {:?} do not broadcast",
-                            self.get(values, a).map(Value::shape),
-                            self.get(values, b).map(Value::shape)
-                        )
-                    },
-                )?;
+                let out = {
+                    let (sa, sb) = (self.get(values, a)?.shape(), self.get(values, b)?.shape());
+                    broadcast(sa, sb).ok_or_else(|| format!("shapes {sa:?} and {sb:?} do not broadcast"))?
+                };
                 // The sum in place of an operand of its shape: the one this step consumes, or a
                 // copy (the context's row added under every candidate's row lands here).
                 for (x, y) in [(a, b), (b, a)] {
@@ -298,10 +288,7 @@ impl NativeGraph {
                 matmul(self.get(values, a)?, self.get(values, b)?)
             }
             Op::Softmax { axis } => {
-                let x = match take_first(values) {
-                    Some(v) => v,
-                    None => self.get(values, step.inputs[0])?.clone(),
-                };
+                let x = owned_first(values)?;
                 softmax(x, *axis)
             }
             Op::Gather { axis } => {
@@ -314,10 +301,7 @@ impl NativeGraph {
                     return Err("the shape is not int64".into());
                 };
                 let target = target.clone();
-                let x = match take_first(values) {
-                    Some(v) => v,
-                    None => self.get(values, step.inputs[0])?.clone(),
-                };
+                let x = owned_first(values)?;
                 reshape(x, &target)
             }
             Op::Concat { axis } => {
