@@ -10,7 +10,8 @@
 #   SERVERS="retort-ort" loadtest/compare_peers.sh            (rerun some servers only)
 #   SHAPES="ids-500" loadtest/compare_peers.sh                (some request shapes only)
 #
-# Servers: msgspec, retort-tract (the default: retort's graphs on its native interpreter),
+# Servers: msgspec, triton (Triton through PyTriton serving the graph behind the msgspec peer's
+# front: loadtest/peers/triton_peer.py), retort-tract (the default: retort's graphs on its native interpreter),
 # retort-tract-only (RETORT_NATIVE=off: every graph on tract), retort-ort.
 #
 # retort runs with tract, and with ort when ORT_DYLIB_PATH points at libonnxruntime.so.
@@ -30,6 +31,7 @@ source loadtest/servers.sh
 start() { # name port
     case "$1" in
         msgspec) start_msgspec "$2" "$package" "$catalog" "$out/$1.log" ;;
+        triton) start_triton "$2" "$package" "$catalog" "$out/$1.log" ;;
         retort-tract-only)
             RETORT_NATIVE=off taskset -c 0 ./target/release/retort serve --engine tract --listen "127.0.0.1:$2" \
                 --poll-interval-ms 0 >"$out/$1.log" 2>&1 &
@@ -54,7 +56,7 @@ shape_args() { # shape
     esac
 }
 
-servers=(msgspec retort-tract-only)
+servers=(msgspec triton retort-tract-only)
 for e in "${engines[@]}"; do servers+=("retort-$e"); done
 # SERVERS="retort-ort" reruns some of them; the table reads every server's last reports.
 read -r -a run <<<"${SERVERS:-${servers[*]}}"

@@ -12,7 +12,8 @@
 # SHAPE: `ids` (500 candidates by id from catalogs/music/1) or a number of candidates carrying
 # their features. A variant's flags may start with environment settings and then name another
 # binary: 'tract-only=RETORT_NATIVE=off --engine tract', 'base=/tmp/retort-base --engine ort';
-# the variant `msgspec` alone (no flags) is the strongest Python peer (loadtest/peers/msgspec_peer.py).
+# the variant `msgspec` alone (no flags) is the strongest Python peer (loadtest/peers/msgspec_peer.py),
+# `triton` alone Triton behind the same front (loadtest/peers/triton_peer.py; its CPU counts both).
 # ROUNDS (3) and SECONDS (10) from the environment. Prints one Markdown row per variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,12 +43,23 @@ cpu_ticks() { # pid: its user + system time and its live descendants' (granian's
     echo "$total"
 }
 
+server_ticks() { # the server under test's CPU, with Triton's processes when it is the Triton peer
+    local total
+    total=$(cpu_ticks "$server_pid")
+    if [ -n "$triton_pid" ]; then
+        total=$((total + $(cpu_ticks "$triton_pid")))
+    fi
+    echo "$total"
+}
+
 declare -A results
 for round in $(seq 1 "$rounds"); do
     for variant in "$@"; do
         label="${variant%%=*}"
         if [ "$variant" = msgspec ]; then
             start_msgspec 18182 "$package" catalogs/music/1 "$out/$label.log"
+        elif [ "$variant" = triton ]; then
+            start_triton 18182 "$package" catalogs/music/1 "$out/$label.log"
         else
             read -r -a flags <<<"${variant#*=}"
             binary=./target/release/retort
@@ -72,9 +84,9 @@ for round in $(seq 1 "$rounds"); do
                 --out "$out/$label" steady >"$out/$label.txt" 2>&1
         }
         load 3 1
-        before=$(cpu_ticks "$server_pid")
+        before=$(server_ticks)
         load "$seconds" 0
-        after=$(cpu_ticks "$server_pid")
+        after=$(server_ticks)
         stop
         ticks_per_s=$(getconf CLK_TCK)
         sent=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['phases'][0]['sent'])" \

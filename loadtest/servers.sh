@@ -1,5 +1,5 @@
 # Sourced by compare.sh, compare_peers.sh and cpu_per_request.sh: retort (with ort where ORT_DYLIB_PATH is set), the
-# load generator and the Python peers built; the server under test in the background, stopped on
+# load generator and the Python peers built (msgspec, Triton, FastAPI); the server under test in the background, stopped on
 # exit, and waiting for it to answer.
 
 features=()
@@ -13,11 +13,18 @@ cargo build --release --quiet -p loadtest
 python="$(loadtest/peers/setup.sh | tail -1)"
 
 server_pid=""
+triton_pid=""
 stop() {
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
         server_pid=""
+    fi
+    if [ -n "$triton_pid" ]; then
+        # PyTriton's process stops tritonserver (and its Python backend stub) on SIGTERM, and waits.
+        kill "$triton_pid" 2>/dev/null || true
+        wait "$triton_pid" 2>/dev/null || true
+        triton_pid=""
     fi
 }
 trap stop EXIT
@@ -38,6 +45,23 @@ start_msgspec() { # port package catalog log: the strongest Python peer, one gra
     (cd loadtest/peers && PEER_PACKAGE="$root/$2" PEER_CATALOG="$root/$3" \
         exec taskset -c 0 "$(dirname "$python")/granian" --interface rsgi --workers 1 --host 127.0.0.1 \
         --port "$1" msgspec_peer:app) >"$4" 2>&1 &
+    server_pid=$!
+    wait_up "$1" /healthz
+}
+
+start_triton() { # port package catalog log: Triton (PyTriton) serving the graph, the msgspec front calling it, all on core 0
+    local root="$PWD" grpc=$(($1 + 1)) http=$(($1 + 2))
+    # PyTriton's Python backend stub links libpython: it needs Python's library directory.
+    local libdir
+    libdir="$("$python" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"
+    (cd loadtest/peers && PEER_PACKAGE="$root/$2" TRITON_GRPC_PORT="$grpc" TRITON_HTTP_PORT="$http" \
+        LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+        exec taskset -c 0 "$python" triton_peer.py) >"$4.triton" 2>&1 &
+    triton_pid=$!
+    wait_up "$http" /v2/models/ranker/ready
+    (cd loadtest/peers && PEER_PACKAGE="$root/$2" PEER_CATALOG="$root/$3" TRITON_GRPC_PORT="$grpc" \
+        exec taskset -c 0 "$(dirname "$python")/granian" --interface rsgi --workers 1 --host 127.0.0.1 \
+        --port "$1" triton_peer:app) >"$4" 2>&1 &
     server_pid=$!
     wait_up "$1" /healthz
 }

@@ -97,15 +97,21 @@ def read_catalog(directory: str) -> tuple[list[str], dict[str, list]]:
     return ids, columns
 
 
+def ort_session(directory: str) -> ort.InferenceSession:
+    """The package's graph on onnxruntime with one thread: one worker per core."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    path = os.path.join(directory, "model.onnx")
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
 class Package:
-    def __init__(self, directory: str, catalog: Optional[str]):
+    def __init__(self, directory: str, catalog: Optional[str], session: bool = True):
+        """`session=False` for a front whose graph runs elsewhere (the Triton peer)."""
         with open(os.path.join(directory, "manifest.toml"), "rb") as f:
             self.manifest = tomllib.load(f)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        path = os.path.join(directory, "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(directory) if session else None
         model = self.manifest["model"]
         self.name, self.version = model["name"], model["version"]
         self.context_once = model.get("context_rows", "once") == "once"
@@ -219,17 +225,25 @@ class Package:
         misses = [ids[k] for k in slow if rows[k] < 0 and not isinstance(candidates[k], Candidate)]
         return feeds, misses
 
-    def rank(self, request: RankRequest) -> dict:
-        weights = request.objective if request.objective is not None else self.default_objective
-        for head in weights:
+    def prepare(self, request: RankRequest) -> Optional[tuple[dict[str, np.ndarray], list]]:
+        """The graph's inputs and the catalog's misses, or None when there is nothing to rank;
+        the objective checked first."""
+        for head in self.weights(request):
             if head not in self.serving_names:
                 raise BadRequest(422, "invalid_objective", f"objective names unknown head `{head}`")
-        n = len(request.candidates)
+        if not request.candidates:
+            return None
+        return self.tensors(request)
+
+    def weights(self, request: RankRequest) -> dict[str, float]:
+        return request.objective if request.objective is not None else self.default_objective
+
+    def answer(self, request: RankRequest, outputs: Optional[dict[str, np.ndarray]], misses: list) -> dict:
+        """The answer from the graph's outputs by name (None for no candidates)."""
         answer = {"request_id": request.request_id, "model": self.name, "version": self.version, "items": [], "degraded": None}
-        if n == 0:
+        if outputs is None:
             return answer
-        feeds, misses = self.tensors(request)
-        outputs = dict(zip(self.outputs, self.session.run(self.outputs, feeds)))
+        n = len(request.candidates)
         values = {}
         for h in self.heads:
             v = outputs[h["output"]].reshape(n, -1)[:, h.get("column", 0)]
@@ -237,7 +251,7 @@ class Package:
                 v = 1.0 / (1.0 + np.exp(-v))
             values[h["name"]] = v
         score = np.zeros(n, dtype=np.float32)
-        for head, w in weights.items():
+        for head, w in self.weights(request).items():
             score += np.float32(w) * values[head]
         k = min(n, request.top_k if request.top_k is not None else DEFAULT_TOP_K)
         order = np.argsort(-score, kind="stable")[:k].tolist()
@@ -252,10 +266,26 @@ class Package:
             answer["catalog"] = {"name": self.catalog_name, "version": self.catalog_version, "misses": misses}
         return answer
 
+    def rank(self, request: RankRequest) -> dict:
+        prepared = self.prepare(request)
+        if prepared is None:
+            return self.answer(request, None, [])
+        feeds, misses = prepared
+        return self.answer(request, dict(zip(self.outputs, self.session.run(self.outputs, feeds))), misses)
+
 
 DECODER = msgspec.json.Decoder(RankRequest)
 ENCODER = msgspec.json.Encoder()
 JSON = [("content-type", "application/json")]
+
+
+def decode(body: bytes) -> RankRequest:
+    try:
+        return DECODER.decode(body)
+    except msgspec.ValidationError as e:
+        raise BadRequest(422, "invalid_request", str(e)) from e
+    except msgspec.DecodeError as e:
+        raise BadRequest(400, "malformed_json", str(e)) from e
 
 
 def error(status: int, code: str, message: str) -> tuple[int, bytes]:
@@ -274,13 +304,7 @@ class App:
 
     def handle(self, body: bytes) -> tuple[int, bytes]:
         try:
-            request = DECODER.decode(body)
-        except msgspec.ValidationError as e:
-            return error(422, "invalid_request", str(e))
-        except msgspec.DecodeError as e:
-            return error(400, "malformed_json", str(e))
-        try:
-            return 200, ENCODER.encode(self.package.rank(request))
+            return 200, ENCODER.encode(self.package.rank(decode(body)))
         except BadRequest as e:
             return error(e.status, e.code, str(e))
 
