@@ -2,7 +2,11 @@
 //! in-process, on one thread, with nothing else running, as percentiles (criterion reports
 //! means). `loadtest/compare.sh` sets the server's end-to-end p50/p99 beside these.
 //!
-//!     cargo bench --features ort --bench limit [-- CANDIDATES RUNS]      (defaults 500 3000)
+//!     cargo bench --features ort --bench limit [-- [ids] CANDIDATES RUNS]      (defaults 500 3000)
+//!
+//! With `ids`, the candidates are ids of the shipped catalog (`catalogs/music/1`), other ids
+//! each run as traffic sends them, and the model serves with its item tower apart: the stages
+//! are then the ranker's inference and decode + catalog lookup + encode + inference.
 //!
 //! Prints a table, and writes target/compare/limit.json.
 
@@ -12,7 +16,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use retort_model::Model;
+use retort_model::catalog::{file, look_up};
 use retort_model::engine::EngineKind;
+use retort_model::item_tower::ItemVectors;
 use retort_model::request::decode;
 use serde_json::json;
 
@@ -21,7 +27,11 @@ fn quantile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let by_id = args.first().is_some_and(|a| a == "ids");
+    if by_id {
+        args.remove(0);
+    }
     let candidates: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(500);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3000);
     let mut kinds = vec![EngineKind::Tract];
@@ -29,20 +39,44 @@ fn main() {
         kinds.push(EngineKind::Ort);
     }
     let dir = common::shipped_models().join("music-ranker/1");
-    let bodies: Vec<Vec<u8>> =
-        (0..16).map(|s| serde_json::to_vec(&common::request(candidates, s)).unwrap()).collect();
+    let catalog = by_id.then(|| {
+        std::sync::Arc::new(file::read(&common::shipped_models().join("../catalogs/music/1")).unwrap())
+    });
+    let bodies: Vec<Vec<u8>> = (0..16usize)
+        .map(|s| match &catalog {
+            Some(catalog) => {
+                // Other ids in every body, spread over the catalog, so lookups miss the cache.
+                let ids: Vec<String> = (0..candidates)
+                    .map(|i| format!("t{}", 1 + (i * 7919 + s * 104729) % catalog.len()))
+                    .collect();
+                serde_json::to_vec(
+                    &json!({"context": {"user_id": format!("u{s}"), "hour": 21}, "candidates": ids}),
+                )
+                .unwrap()
+            }
+            None => serde_json::to_vec(&common::request(candidates, s as u64)).unwrap(),
+        })
+        .collect();
     let mut rows = Vec::new();
-    println!("shipped student, {candidates} candidates, {runs} runs on one thread");
+    let shape = if by_id { "ids" } else { "candidates with features" };
+    println!("shipped student, {candidates} {shape}, {runs} runs on one thread");
     println!("| engine | stage | p50 ms | p99 ms | max ms |");
     println!("| --- | --- | ---: | ---: | ---: |");
     for kind in kinds {
         let model = Model::load(&dir, kind).expect("load the shipped model");
+        let vectors = catalog.as_ref().map(|c| ItemVectors::compute(&model, c, &[]).unwrap().unwrap());
         let (mut infer, mut whole) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
         for i in 0..runs + runs / 10 {
             let body = &bodies[i % bodies.len()];
             let started = Instant::now();
             let req = decode(body).unwrap();
-            let encoded = model.encode(&req.context, &req.candidates).unwrap();
+            let encoded = match &catalog {
+                Some(catalog) => {
+                    let found = look_up(Some(catalog), &req.candidates, None);
+                    model.encode_found(&req.context, &found, vectors.as_ref()).unwrap()
+                }
+                None => model.encode(&req.context, &req.candidates).unwrap(),
+            };
             let inferred = Instant::now();
             std::hint::black_box(model.infer(encoded).unwrap());
             // The first tenth warms caches and buffers and is not counted.
@@ -53,7 +87,8 @@ fn main() {
         }
         infer.sort();
         whole.sort();
-        for (stage, times) in [("infer", &infer), ("decode+encode+infer", &whole)] {
+        let whole_stage = if by_id { "decode+look_up+encode+infer" } else { "decode+encode+infer" };
+        for (stage, times) in [("infer", &infer), (whole_stage, &whole)] {
             let (p50, p99, max) = (quantile(times, 0.5), quantile(times, 0.99), quantile(times, 1.0));
             println!("| {} | {stage} | {p50:.3} | {p99:.3} | {max:.3} |", kind.as_str());
             rows.push(
@@ -63,6 +98,7 @@ fn main() {
     }
     let out = std::path::Path::new("target/compare");
     std::fs::create_dir_all(out).unwrap();
-    let report = json!({"candidates": candidates, "runs": runs, "rows": rows});
-    std::fs::write(out.join("limit.json"), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    let report = json!({"candidates": candidates, "by_id": by_id, "runs": runs, "rows": rows});
+    let name = if by_id { "limit-ids.json" } else { "limit.json" };
+    std::fs::write(out.join(name), serde_json::to_vec_pretty(&report).unwrap()).unwrap();
 }
