@@ -288,6 +288,18 @@ def decode(body: bytes) -> RankRequest:
         raise BadRequest(400, "malformed_json", str(e)) from e
 
 
+def is_rank(scope) -> bool:
+    return scope.path == "/v1/rank" and scope.method == "POST"
+
+
+def answer_other(scope, proto) -> None:
+    """The routes besides POST /v1/rank: /healthz, and 404 for anything else."""
+    if scope.path == "/healthz":
+        proto.response_bytes(200, JSON, b'{"ok": true}')
+    else:
+        proto.response_bytes(404, JSON, b'{"error": {"code": "not_found"}}')
+
+
 def error(status: int, code: str, message: str) -> tuple[int, bytes]:
     return status, ENCODER.encode({"error": {"code": code, "message": message}})
 
@@ -309,13 +321,11 @@ class App:
             return error(e.status, e.code, str(e))
 
     async def __rsgi__(self, scope, proto):
-        if scope.path == "/v1/rank" and scope.method == "POST":
+        if is_rank(scope):
             status, out = self.handle(await proto())
             proto.response_bytes(status, JSON, out)
-        elif scope.path == "/healthz":
-            proto.response_bytes(200, JSON, b'{"ok": true}')
         else:
-            proto.response_bytes(404, JSON, b'{"error": {"code": "not_found"}}')
+            answer_other(scope, proto)
 
 
 app = App()

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from msgspec_peer import ENCODER, JSON, BadRequest, Package, decode, error, ort_session
+from msgspec_peer import ENCODER, JSON, BadRequest, Package, answer_other, decode, error, is_rank, ort_session
 
 MODEL = "ranker"
 
@@ -105,13 +105,11 @@ class App:
             return error(e.status, e.code, str(e))
 
     async def __rsgi__(self, scope, proto):
-        if scope.path == "/v1/rank" and scope.method == "POST":
+        if is_rank(scope):
             status, out = await self.handle(await proto())
             proto.response_bytes(status, JSON, out)
-        elif scope.path == "/healthz":
-            proto.response_bytes(200, JSON, b'{"ok": true}')
         else:
-            proto.response_bytes(404, JSON, b'{"error": {"code": "not_found"}}')
+            answer_other(scope, proto)
 
 
 app = App()
