@@ -2,10 +2,14 @@
 per side, context and item towers, a joining layer, interaction layers, one tower and one logit
 per task) on the same examples, batch size, optimiser (AdamW) and loss (BCE on logits, summed
 over tasks), written the way a competent team would: features encoded once into tensors up
-front, shuffled minibatches by index, dense embedding gradients (PyTorch's default, as retort's).
+front, shuffled minibatches by index. Embedding gradients are dense (PyTorch's default) unless
+`--sparse`: then the tables are `nn.Embedding(sparse=True)` stepped by `torch.optim.SparseAdam`
+(PyTorch's optimiser for sparse gradients) and every other parameter by AdamW, the setup
+PyTorch's documentation gives for large embedding tables.
 
     python3 train_pytorch.py DATA_DIR [--epochs N] [--batch-size B] [--lr LR] [--weight-decay WD]
                              [--threads T] [--embedding-dim E] [--hidden 64,32] [--task-hidden 16]
+                             [--sparse] [--max-steps N]
 
 DATA_DIR holds `features.toml` and the Parquet partitions (`retort demo-data`'s `target/`).
 Only the training loop is timed. Prints one line:
@@ -85,11 +89,11 @@ def mlp(width, hidden):
 
 
 class Student(nn.Module):
-    def __init__(self, data, tasks, embedding_dim, hidden, task_hidden):
+    def __init__(self, data, tasks, embedding_dim, hidden, task_hidden, sparse=False):
         super().__init__()
         c, i = data["context"], data["item"]
-        self.context_table = nn.Embedding(c["rows"], embedding_dim)
-        self.item_table = nn.Embedding(i["rows"], embedding_dim)
+        self.context_table = nn.Embedding(c["rows"], embedding_dim, sparse=sparse)
+        self.item_table = nn.Embedding(i["rows"], embedding_dim, sparse=sparse)
         c_in = c["ids"].shape[1] * embedding_dim + c["dense"].shape[1]
         i_in = i["ids"].shape[1] * embedding_dim + i["dense"].shape[1]
         self.context_tower, c_out = mlp(c_in, hidden)
@@ -125,6 +129,8 @@ def main():
     parser.add_argument("--embedding-dim", type=int, default=16)
     parser.add_argument("--hidden", default="64,32")
     parser.add_argument("--task-hidden", default="16")
+    parser.add_argument("--sparse", action="store_true", help="sparse tables stepped by SparseAdam")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: every epoch)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,23 +138,37 @@ def main():
     data, labels, tasks = load(args.data_dir)
     hidden = [int(x) for x in args.hidden.split(",")]
     task_hidden = [int(x) for x in args.task_hidden.split(",") if x]
-    model = Student(data, tasks, args.embedding_dim, hidden, task_hidden)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model = Student(data, tasks, args.embedding_dim, hidden, task_hidden, sparse=args.sparse)
+    if args.sparse:
+        tables = [model.context_table.weight, model.item_table.weight]
+        rest = [p for p in model.parameters() if all(p is not t for t in tables)]
+        optimizers = [
+            torch.optim.SparseAdam(tables, lr=args.lr),
+            torch.optim.AdamW(rest, lr=args.lr, weight_decay=args.weight_decay),
+        ]
+    else:
+        optimizers = [torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)]
     loss_fn = nn.BCEWithLogitsLoss(reduction="none")
     c, i = data["context"], data["item"]
     n = labels.shape[0]
     examples, total, batches = 0, 0.0, 0
     started = time.perf_counter()
     for _ in range(args.epochs):
+        if args.max_steps and batches == args.max_steps:
+            break
         order = torch.randperm(n)
         for start in range(0, n, args.batch_size):
+            if args.max_steps and batches == args.max_steps:
+                break
             rows = order[start:start + args.batch_size]
             out = model(c["ids"][rows], c["dense"][rows], i["ids"][rows], i["dense"][rows])
             # Summed over tasks, averaged over rows: the loss retort trains with.
             loss = loss_fn(out, labels[rows]).mean(dim=0).sum()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             total += loss.item()
             batches += 1
             examples += len(rows)

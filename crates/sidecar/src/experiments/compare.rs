@@ -266,8 +266,8 @@ pub fn mean_auc(metrics: &[TaskMetrics]) -> f64 {
 
 /// `c`'s training settings with early stopping off: a comparison trains every epoch.
 fn train_config(c: &RunConfig) -> crate::train::fit::TrainConfig {
-    // Many students train side by side: their progress would interleave into noise.
-    crate::train::fit::TrainConfig { patience: 0, progress: false, ..c.train_config() }
+    // Many students train side by side, a core each: their progress would interleave into noise.
+    crate::train::fit::TrainConfig { patience: 0, progress: false, threads: 1, ..c.train_config() }
 }
 
 /// Mean and sample standard deviation.

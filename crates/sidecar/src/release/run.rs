@@ -100,6 +100,9 @@ pub struct TrainSection {
     pub patience: usize,
     /// Train for this many minibatch steps instead of `epochs` (0: count in epochs).
     pub steps: usize,
+    /// Threads one training splits each batch over (0: the machine's cores). Trainings that
+    /// run side by side (`retort distill`, the teacher search) take a core each instead.
+    pub threads: usize,
 }
 
 impl Default for TrainSection {
@@ -118,6 +121,7 @@ impl Default for TrainSection {
             mask_probability: 0.0,
             patience: 0,
             steps: 0,
+            threads: 0,
         }
     }
 }
@@ -208,6 +212,10 @@ impl RunConfig {
             start_step: 0,
             deadline: None,
             progress: true,
+            threads: match self.train.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
         }
     }
 

@@ -618,8 +618,9 @@ impl Search<'_> {
             steps: step,
             start_step: from.as_ref().map_or(0, |(k, _)| *k),
             deadline,
-            // Teachers train side by side; each logs a line when it is done.
+            // Teachers train side by side, a core each; each logs a line when it is done.
             progress: false,
+            threads: 1,
             ..t.config.train_config()
         };
         let plan = Plan::new(&t.arch, &DistillConfig::default())?;

@@ -55,6 +55,10 @@ impl Checkpoint {
         for (k, m) in self.optimizer.moments.iter().enumerate() {
             tensors.insert(format!("adamw.m.{k:04}"), vector(&m.m)?);
             tensors.insert(format!("adamw.v.{k:04}"), vector(&m.v)?);
+            if !m.row_steps.is_empty() {
+                let steps = Tensor::from_slice(&m.row_steps, m.row_steps.len(), &dev)?;
+                tensors.insert(format!("adamw.rows.{k:04}"), steps);
+            }
         }
         let meta = [self.optimizer.step as i64, self.trained_through];
         tensors.insert("meta".into(), Tensor::from_slice(&meta, 2, &dev)?);
@@ -87,7 +91,16 @@ impl Checkpoint {
             params.push(floats(p)?);
             let m = floats(take(&format!("adamw.m.{k:04}"))?)?;
             let v = floats(take(&format!("adamw.v.{k:04}"))?)?;
-            moments.push(Moments { m, v });
+            // Absent from checkpoints written before tables were updated by rows: every row
+            // then took every step, which an empty count means.
+            let row_steps = match take(&format!("adamw.rows.{k:04}")) {
+                Err(_) => Vec::new(),
+                Ok(t) if t.dtype() == DType::U32 => t.to_vec1()?,
+                Ok(t) => {
+                    return Err(e(format!("row step counts of parameter {k} are {:?}, not u32", t.dtype())));
+                }
+            };
+            moments.push(Moments { m, v, row_steps });
         }
         Ok(Checkpoint {
             params,
@@ -135,7 +148,12 @@ mod tests {
             .vars()
             .iter()
             .enumerate()
-            .map(|(k, v)| Moments { m: vec![k as f32; v.elem_count()], v: vec![0.5; v.elem_count()] })
+            .map(|(k, v)| Moments {
+                m: vec![k as f32; v.elem_count()],
+                v: vec![0.5; v.elem_count()],
+                // The tables (the first two parameters) with per-row step counts.
+                row_steps: if k < 2 { (0..v.dims()[0] as u32).collect() } else { Vec::new() },
+            })
             .collect();
         let ck = Checkpoint::capture(&student, OptimizerState { step: 42, moments }, 1_767_312_000).unwrap();
         let dir = tempfile::tempdir().unwrap();

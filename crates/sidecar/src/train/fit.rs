@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-
 use crate::data::dataset::{DataError, Dataset};
 use crate::data::parquet_io;
 use crate::data::spec::DataSpec;
 use crate::label::store::LabelFileInfo;
-use crate::train::adamw::{AdamW, AdamWParams, OptimizerState};
-use crate::train::kd::{BatchTargets, DistillConfig, Plan, head_losses};
+use crate::train::adamw::{AdamW, AdamWParams, OptimizerState, RowGrad};
+use crate::train::kd::{DistillConfig, Plan};
+use crate::train::step::{self, Targets};
 use crate::train::student::Student;
 use retort_model::encode::{Encoded, Encoder, FeatureSource, Value};
 use retort_model::manifest::{ContextRows, Feature, HeadKind};
@@ -42,6 +41,9 @@ pub struct TrainConfig {
     pub deadline: Option<std::time::Instant>,
     /// Report progress on stderr (a line on a terminal, a log line every 10 s otherwise).
     pub progress: bool,
+    /// Threads each step's forward and backward pass is split over (the batch by rows); the
+    /// result is the same to float rounding whatever the count.
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +60,7 @@ impl Default for TrainConfig {
             start_step: 0,
             deadline: None,
             progress: true,
+            threads: 1,
         }
     }
 }
@@ -459,7 +462,6 @@ pub fn train_resuming(
     let mut log = TrainLog::default();
     let mut best: Option<(f64, retort_model::two_tower::TwoTowerWeights)> = None;
     let batches_per_epoch = rows.len().div_ceil(config.batch_size.max(1));
-    let device = Device::Cpu;
     let teacher: Vec<Vec<f32>> =
         data.teacher.iter().map(|t| t.iter().map(|x| if x.is_nan() { 0.0 } else { *x }).collect()).collect();
     let present: Vec<Vec<f32>> =
@@ -502,34 +504,25 @@ pub fn train_resuming(
                     SplitMix64::new(config.seed ^ 0x3a5c ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 let mut rows = data.subset(chunk);
                 data.encoder.mask_missing(&mut rows, config.mask_probability, || mask_rng.next_f64());
-                student.batch(data.encoder.inputs(), &rows, &(0..chunk.len()).collect::<Vec<_>>())?
+                student.training_batch(data.encoder.inputs(), &rows, &(0..chunk.len()).collect::<Vec<_>>())?
             } else {
-                student.batch(data.encoder.inputs(), &data.encoded, chunk)?
+                student.training_batch(data.encoder.inputs(), &data.encoded, chunk)?
             };
-            let out = student.forward(&batch)?;
-            let column = |v: &[f32]| {
-                Tensor::from_vec(chunk.iter().map(|&r| v[r]).collect::<Vec<f32>>(), chunk.len(), &device)
-            };
-            let targets = BatchTargets {
-                hard: data.labels.iter().map(|l| column(l)).collect::<Result<_, _>>()?,
-                teacher: teacher.iter().map(|t| column(t)).collect::<Result<_, _>>()?,
-                present: present.iter().map(|t| column(t)).collect::<Result<_, _>>()?,
-            };
-            let heads = head_losses(&out, plan, &targets)?;
-            let mut loss: Option<Tensor> = None;
-            for l in &heads {
-                loss = Some(match loss {
-                    None => l.clone(),
-                    Some(acc) => (acc + l)?,
-                });
-            }
-            let loss = loss.expect("at least one head");
-            let value = loss.to_scalar::<f32>()?;
+            let targets = Targets { labels: &data.labels, teacher: &teacher, present: &present };
+            let g = step::gradients(student, &batch, chunk, plan, &targets, config.threads.max(1))?;
+            let value: f32 = g.head_losses.iter().sum();
             if !value.is_finite() {
                 // A step on a non-finite loss would poison every weight: stop, naming the head.
-                return Err(non_finite(plan, &heads, step, epoch, value));
+                return Err(non_finite(plan, &g.head_losses, step, epoch, value));
             }
-            optimizer.backward_step(&loss)?;
+            let rows: Vec<RowGrad<'_>> = g
+                .tables
+                .iter()
+                .filter_map(|t| {
+                    g.grads.get(&t.values).map(|grad| RowGrad { var: t.param, rows: &t.rows, grad })
+                })
+                .collect();
+            optimizer.step_rows(&g.grads, &rows)?;
             total += value as f64;
             batches += 1;
             step += 1;
@@ -571,8 +564,7 @@ pub fn train_resuming(
 
 /// The error for a step whose summed loss is `value` (not finite): the first head whose own
 /// loss is not finite, else (the sum overflowed) the largest.
-fn non_finite(plan: &Plan, heads: &[Tensor], step: usize, epoch: usize, value: f32) -> TrainError {
-    let values: Vec<f32> = heads.iter().map(|l| l.to_scalar::<f32>().unwrap_or(f32::NAN)).collect();
+fn non_finite(plan: &Plan, values: &[f32], step: usize, epoch: usize, value: f32) -> TrainError {
     let h = values
         .iter()
         .position(|v| !v.is_finite())

@@ -4,8 +4,11 @@
 //! distilled student can start from the same weights), and read back into
 //! [`TwoTowerWeights`] for export.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::train::linear::linear;
 use retort_model::encode::{Encoded, InputLayout, TensorData};
 use retort_model::manifest::{FeatureKind, Side};
 use retort_model::two_tower::{
@@ -28,11 +31,12 @@ impl Layer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.w.as_tensor().t()?)?;
-        match &self.b {
-            Some(b) => y.broadcast_add(b.as_tensor()),
-            None => Ok(y),
-        }
+        linear(x, self.w.as_tensor(), self.b.as_ref().map(Var::as_tensor), false)
+    }
+
+    /// `relu(forward(x))`, fused.
+    fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        linear(x, self.w.as_tensor(), self.b.as_ref().map(Var::as_tensor), true)
     }
 
     fn dense(&self) -> Result<Dense> {
@@ -60,7 +64,24 @@ pub struct Batch {
     context_dense: Option<Tensor>,
     item_ids: Option<Tensor>,
     item_dense: Option<Tensor>,
+    /// A training batch's distinct table rows per side, ascending; its ids then index these
+    /// rather than the table.
+    context_rows: Option<Vec<u32>>,
+    item_rows: Option<Vec<u32>>,
 }
+
+/// The rows of a table that a training batch read, as a variable of their own (`[rows, width]`)
+/// whose gradient is the table's gradient at those rows.
+pub struct TableRows {
+    /// The table's place in [`Student::vars`].
+    pub param: usize,
+    pub rows: Vec<u32>,
+    pub values: Var,
+}
+
+/// The table's place in [`Student::vars`], per side.
+const CONTEXT_TABLE: usize = 0;
+const ITEM_TABLE: usize = 1;
 
 pub struct Student {
     pub arch: TwoTower,
@@ -135,7 +156,7 @@ impl Student {
         })
     }
 
-    /// Every trainable variable.
+    /// Every trainable variable, the context and item embedding tables first.
     pub fn vars(&self) -> Vec<Var> {
         let mut vars = vec![self.context_embeddings.clone(), self.item_embeddings.clone()];
         for layer in self
@@ -184,9 +205,25 @@ impl Student {
 
     /// Rows `rows` of encoded inputs (one context per row) as a batch on this device.
     pub fn batch(&self, layout: &[InputLayout], encoded: &Encoded, rows: &[usize]) -> Result<Batch> {
+        self.make_batch(layout, encoded, rows, false)
+    }
+
+    /// [`Student::batch`] for a training step: its ids index the distinct table rows it reads,
+    /// so that [`Student::forward_training`] reads and differentiates only those.
+    pub fn training_batch(&self, layout: &[InputLayout], encoded: &Encoded, rows: &[usize]) -> Result<Batch> {
+        self.make_batch(layout, encoded, rows, true)
+    }
+
+    fn make_batch(
+        &self,
+        layout: &[InputLayout],
+        encoded: &Encoded,
+        rows: &[usize],
+        distinct: bool,
+    ) -> Result<Batch> {
         let find = |name: &str| layout.iter().position(|l| l.name == name);
-        let ids = |name: &str, offsets: &[u32]| -> Result<Option<Tensor>> {
-            let Some(ix) = find(name) else { return Ok(None) };
+        let ids = |name: &str, offsets: &[u32]| -> Result<(Option<Tensor>, Option<Vec<u32>>)> {
+            let Some(ix) = find(name) else { return Ok((None, None)) };
             let t = &encoded.tensors[ix];
             let TensorData::I64(d) = &t.data else { unreachable!("id inputs are int64. This is a bug.") };
             let w = t.shape[1];
@@ -196,7 +233,16 @@ impl Student {
                     out.push(d[r * w + k] as u32 + off);
                 }
             }
-            Tensor::from_vec(out, rows.len() * w, &self.device).map(Some)
+            let distinct_rows = distinct.then(|| {
+                let mut table_rows = out.clone();
+                table_rows.sort_unstable();
+                table_rows.dedup();
+                for id in &mut out {
+                    *id = table_rows.binary_search(id).expect("every id is among the rows") as u32;
+                }
+                table_rows
+            });
+            Ok((Some(Tensor::from_vec(out, rows.len() * w, &self.device)?), distinct_rows))
         };
         let dense = |name: &str| -> Result<Option<Tensor>> {
             let Some(ix) = find(name) else { return Ok(None) };
@@ -209,12 +255,16 @@ impl Student {
             }
             Tensor::from_vec(out, (rows.len(), w), &self.device).map(Some)
         };
+        let (context_ids, context_rows) = ids(CONTEXT_IDS, &self.context_offsets)?;
+        let (item_ids, item_rows) = ids(ITEM_IDS, &self.item_offsets)?;
         Ok(Batch {
             rows: rows.len(),
-            context_ids: ids(CONTEXT_IDS, &self.context_offsets)?,
+            context_ids,
             context_dense: dense(CONTEXT_DENSE)?,
-            item_ids: ids(ITEM_IDS, &self.item_offsets)?,
+            item_ids,
             item_dense: dense(ITEM_DENSE)?,
+            context_rows,
+            item_rows,
         })
     }
 
@@ -222,13 +272,13 @@ impl Student {
         &self,
         ids: Option<&Tensor>,
         dense: Option<&Tensor>,
-        table: &Var,
+        table: &Tensor,
         layers: &[Layer],
         rows: usize,
     ) -> Result<Tensor> {
         let mut parts = Vec::new();
         if let Some(ids) = ids {
-            let looked_up = table.as_tensor().index_select(ids, 0)?;
+            let looked_up = table.index_select(ids, 0)?;
             parts.push(looked_up.reshape((rows, ()))?);
         }
         if let Some(d) = dense {
@@ -236,32 +286,80 @@ impl Student {
         }
         let mut x = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? };
         for layer in layers {
-            x = layer.forward(&x)?.relu()?;
+            x = layer.forward_relu(&x)?;
         }
         Ok(x)
     }
 
     /// Logits (binary heads) or values (regression heads), `[rows, heads]`.
     pub fn forward(&self, b: &Batch) -> Result<Tensor> {
+        if b.context_rows.is_some() || b.item_rows.is_some() {
+            candle_core::bail!("a training batch's ids index its own rows: run it with forward_training");
+        }
+        self.forward_with(b, self.context_embeddings.as_tensor(), self.item_embeddings.as_tensor())
+    }
+
+    /// Copies of the table rows a [`Student::training_batch`] reads, for
+    /// [`Student::forward_training`]: the tables' gradients are then those rows' alone, never a
+    /// dense gradient as large as a table.
+    pub fn gather(&self, b: &Batch) -> Result<Vec<TableRows>> {
+        let gather = |table: &Var, rows: &Option<Vec<u32>>, param: usize| -> Result<Option<TableRows>> {
+            let Some(rows) = rows else { return Ok(None) };
+            let index = Tensor::from_slice(rows, rows.len(), &self.device)?;
+            // Detached: the copy is a leaf, so backpropagation stops at it.
+            let values = Var::from_tensor(&table.as_tensor().detach().index_select(&index, 0)?)?;
+            Ok(Some(TableRows { param, rows: rows.clone(), values }))
+        };
+        let context = gather(&self.context_embeddings, &b.context_rows, CONTEXT_TABLE)?;
+        let item = gather(&self.item_embeddings, &b.item_rows, ITEM_TABLE)?;
+        Ok(context.into_iter().chain(item).collect())
+    }
+
+    /// [`Student::forward`] of rows `rows` of a [`Student::training_batch`], reading its tables
+    /// through `tables` (from [`Student::gather`]). Parts of one batch run side by side this
+    /// way, sharing the copies, so their gradients add up to the whole batch's.
+    pub fn forward_training(&self, b: &Batch, tables: &[TableRows], rows: Range<usize>) -> Result<Tensor> {
+        let table = |param: usize, full: &Var| match tables.iter().find(|t| t.param == param) {
+            Some(t) => t.values.as_tensor().clone(),
+            None => full.as_tensor().clone(),
+        };
+        let part = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
+            let Some(t) = t else { return Ok(None) };
+            // Id inputs are flat, `width` ids per row.
+            let width = t.dim(0)? / b.rows.max(1);
+            Ok(Some(t.narrow(0, rows.start * width, rows.len() * width)?))
+        };
+        let slice = Batch {
+            rows: rows.len(),
+            context_ids: part(&b.context_ids)?,
+            context_dense: part(&b.context_dense)?,
+            item_ids: part(&b.item_ids)?,
+            item_dense: part(&b.item_dense)?,
+            context_rows: None,
+            item_rows: None,
+        };
+        self.forward_with(
+            &slice,
+            &table(CONTEXT_TABLE, &self.context_embeddings),
+            &table(ITEM_TABLE, &self.item_embeddings),
+        )
+    }
+
+    fn forward_with(&self, b: &Batch, context_table: &Tensor, item_table: &Tensor) -> Result<Tensor> {
         let c = self.tower(
             b.context_ids.as_ref(),
             b.context_dense.as_ref(),
-            &self.context_embeddings,
+            context_table,
             &self.context_layers,
             b.rows,
         )?;
-        let i = self.tower(
-            b.item_ids.as_ref(),
-            b.item_dense.as_ref(),
-            &self.item_embeddings,
-            &self.item_layers,
-            b.rows,
-        )?;
+        let i =
+            self.tower(b.item_ids.as_ref(), b.item_dense.as_ref(), item_table, &self.item_layers, b.rows)?;
         let joined = (self.join_context.forward(&c)? + self.join_item.forward(&i)?)?.relu()?;
         let mlp = |x: &Tensor, layers: &[Layer]| -> Result<Tensor> {
             let mut x = x.clone();
             for layer in layers {
-                x = layer.forward(&x)?.relu()?;
+                x = layer.forward_relu(&x)?;
             }
             Ok(x)
         };
@@ -286,7 +384,7 @@ impl Student {
                     }
                 };
                 for layer in layers {
-                    x = layer.forward(&x)?.relu()?;
+                    x = layer.forward_relu(&x)?;
                 }
                 Ok(x)
             })
