@@ -283,6 +283,22 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
     assert_eq!(t.chosen.len(), 3);
     assert!(t.chosen.iter().all(|c| c.validation_auc.is_some() && [0.001, 0.01].contains(&c.learning_rate)));
     assert!(t.markdown().contains("| control | "), "{}", t.markdown());
+    assert_eq!((t.epochs, t.control_validation_losses.len()), (1, 0), "no patience: train.epochs");
+
+    // Early stopping: the control's validation loss chooses every variant's epochs.
+    let stopping: RunConfig =
+        toml::from_str("[train]\nepochs = 5\npatience = 1\nlearning_rate = 0.05\n[distill.tasks.play]\n")
+            .unwrap();
+    let e = compare::compare(&target, &spec, labeller.dir(), &stopping, &[1]).unwrap();
+    let losses = &e.control_validation_losses;
+    assert!(!losses.is_empty() && losses.len() <= 5, "{losses:?}");
+    let best = (0..losses.len()).min_by(|&a, &b| losses[a].total_cmp(&losses[b])).unwrap();
+    assert_eq!(e.epochs, best + 1, "{losses:?}");
+    assert!(
+        e.markdown().contains(&format!("Every variant trained {} epoch(s)", e.epochs)),
+        "{}",
+        e.markdown()
+    );
 
     // A comparison without tasks to distil is refused with what to add.
     let err = compare::compare(&target, &spec, labeller.dir(), &RunConfig::default(), &[1])

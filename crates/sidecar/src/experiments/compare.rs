@@ -57,6 +57,11 @@ pub struct Comparison {
     pub runs: Vec<RunResult>,
     pub rows_train: usize,
     pub rows_holdout: usize,
+    /// The epochs every variant's seeds trained: `train.epochs`, or with `train.patience` set
+    /// the control's best epoch on the validation days.
+    pub epochs: usize,
+    /// With `train.patience` set: the control's validation loss per epoch, which chose `epochs`.
+    pub control_validation_losses: Vec<f64>,
 }
 
 /// The distillation config of one variant: `config`'s tasks, all in that variant's mode.
@@ -195,11 +200,31 @@ pub fn compare(
         })
         .collect();
 
+    // Early stopping under one rule for every variant: the control's validation loss decides
+    // how many epochs all of them train, so each variant's gain is measured at the control's
+    // best budget, never at a budget each picked on its own.
+    let (epochs, control_validation_losses) = if config.train.patience > 0
+        && config.train.steps == 0
+        && !inner.is_empty()
+        && !validation.is_empty()
+    {
+        let control = &chosen[0];
+        let trial = Trial { data, base: &base, plan: &plans[0], config, seed: first_seed, deadline: None };
+        let log = trial.stop_early((control.learning_rate, control.weight_decay), &inner, &validation)?;
+        tracing::info!(epochs = log.best_epoch + 1, "the control's validation loss chose the epochs");
+        (log.best_epoch + 1, log.validation_losses)
+    } else {
+        (config.train.epochs, Vec::new())
+    };
+    let mut seed_config = config.clone();
+    seed_config.train.epochs = epochs;
+    let seed_config = &seed_config;
+
     let jobs: Vec<(u64, usize)> =
         seeds.iter().flat_map(|&seed| (0..VARIANTS.len()).map(move |v| (seed, v))).collect();
     let runs = parallel::map(jobs, 0, |(seed, v)| {
         let (variant, hp) = (VARIANTS[v], &chosen[v]);
-        let student = Trial { data, base: &base, plan: &plans[v], config, seed, deadline: None };
+        let student = Trial { data, base: &base, plan: &plans[v], config: seed_config, seed, deadline: None };
         let metrics = student.run((hp.learning_rate, hp.weight_decay), &fit, &holdout)?;
         tracing::info!(variant, seed, "trained");
         Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
@@ -213,6 +238,8 @@ pub fn compare(
         runs,
         rows_train: fit.len(),
         rows_holdout: holdout.len(),
+        epochs,
+        control_validation_losses,
     })
 }
 
@@ -255,6 +282,26 @@ impl Trial<'_> {
         let config = crate::train::fit::TrainConfig { deadline: self.deadline, ..train_config(&c) };
         train_plan(&student, self.data, train, &config, self.plan)?;
         evaluate(&student, self.data, judge, self.base)
+    }
+
+    /// Trains on `train` with early stopping on `validation` (`train.patience`, up to
+    /// `train.epochs`), returning the loss curves and the best epoch.
+    pub fn stop_early(
+        &self,
+        hp: (f64, f64),
+        train: &[usize],
+        validation: &[usize],
+    ) -> Result<crate::train::fit::TrainLog, TrainError> {
+        let student = Student::new(&self.plan.arch, self.seed, &Device::Cpu)?;
+        let mut c = self.config.clone();
+        c.train.seed = self.seed;
+        (c.train.learning_rate, c.train.weight_decay) = hp;
+        let config = crate::train::fit::TrainConfig {
+            deadline: self.deadline,
+            patience: c.train.patience,
+            ..train_config(&c)
+        };
+        crate::train::fit::train_validated(&student, self.data, train, validation, &config, self.plan)
     }
 }
 
@@ -340,6 +387,16 @@ impl Comparison {
              {} training rows, {} holdout rows.\n",
             self.rows_train, self.rows_holdout
         );
+        if !self.control_validation_losses.is_empty() {
+            let losses: Vec<String> =
+                self.control_validation_losses.iter().map(|l| format!("{l:.4}")).collect();
+            out.push_str(&format!(
+                "Every variant trained {} epoch(s): the control's best on the validation day(s) \
+                 (its validation loss per epoch: {}).\n",
+                self.epochs,
+                losses.join(", ")
+            ));
+        }
         out.push_str("\nHoldout AUC (higher is better):\n\n");
         out.push_str(&self.table(Metric::Auc));
         out.push_str("\nHoldout log loss (lower is better):\n\n");
@@ -510,6 +567,8 @@ mod tests {
             ],
             rows_train: 10,
             rows_holdout: 5,
+            epochs: 3,
+            control_validation_losses: Vec::new(),
         };
         // Differences 0.02 and 0.01: mean 0.015, std 0.00707, SE 0.005.
         let (mean, se) = c.paired_gain("aux", "play");

@@ -100,7 +100,8 @@ pub struct TrainSection {
     pub patience: usize,
     /// Train for this many minibatch steps instead of `epochs` (0: count in epochs).
     pub steps: usize,
-    /// Threads one training splits each batch over (0: the machine's cores). Trainings that
+    /// Threads one training splits each batch over; 0 chooses: the machine's cores for a batch
+    /// large enough to gain from them (a teacher's), one for a small student's. Trainings that
     /// run side by side (`retort distill`, the teacher search) take a core each instead.
     pub threads: usize,
 }
@@ -212,10 +213,7 @@ impl RunConfig {
             start_step: 0,
             deadline: None,
             progress: true,
-            threads: match self.train.threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            },
+            threads: self.train.threads,
         }
     }
 

@@ -41,8 +41,9 @@ pub struct TrainConfig {
     pub deadline: Option<std::time::Instant>,
     /// Report progress on stderr (a line on a terminal, a log line every 10 s otherwise).
     pub progress: bool,
-    /// Threads each step's forward and backward pass is split over (the batch by rows); the
-    /// result is the same to float rounding whatever the count.
+    /// Threads each step's forward and backward pass is split over (the batch by rows), 0 to
+    /// choose by the batch's work ([`step::threads_for`]); the result is the same to float
+    /// rounding whatever the count.
     pub threads: usize,
 }
 
@@ -478,6 +479,8 @@ pub fn train_resuming(
     }
     .saturating_sub(config.start_step);
     let progress = crate::progress::Progress::new("training", "steps", Some(to_train), config.progress);
+    let threads = step::threads_for(&student.arch, config.batch_size.min(rows.len()), config.threads);
+    let (training_started, mut trained) = (std::time::Instant::now(), 0usize);
     for epoch in 0..epochs {
         // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
         // control and a distilled student with one seed see the same batches.
@@ -509,7 +512,7 @@ pub fn train_resuming(
                 student.training_batch(data.encoder.inputs(), &data.encoded, chunk)?
             };
             let targets = Targets { labels: &data.labels, teacher: &teacher, present: &present };
-            let g = step::gradients(student, &batch, chunk, plan, &targets, config.threads.max(1))?;
+            let g = step::gradients(student, &batch, chunk, plan, &targets, threads)?;
             let value: f32 = g.head_losses.iter().sum();
             if !value.is_finite() {
                 // A step on a non-finite loss would poison every weight: stop, naming the head.
@@ -527,7 +530,15 @@ pub fn train_resuming(
             batches += 1;
             step += 1;
             examples += chunk.len();
-            progress.add(1, || format!("epoch {}/{epochs}, loss {:.4}", epoch + 1, total / batches as f64));
+            trained += chunk.len();
+            progress.add(1, || {
+                let rate = trained as f64 / training_started.elapsed().as_secs_f64().max(1e-9);
+                format!(
+                    "epoch {}/{epochs}, loss {:.4}, {rate:.0} examples/s",
+                    epoch + 1,
+                    total / batches as f64
+                )
+            });
         }
         progress.finish();
         if batches == 0 {

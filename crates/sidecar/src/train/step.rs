@@ -14,6 +14,7 @@ use candle_core::{Device, Result, Tensor};
 
 use crate::train::kd::{BatchTargets, Plan, Target, head_losses};
 use crate::train::student::{Batch, Student, TableRows};
+use retort_model::two_tower::TwoTower;
 
 /// Per-row targets of the whole training set, indexed by row.
 pub struct Targets<'a> {
@@ -102,6 +103,24 @@ pub fn gradients(
     Ok(Gradients { grads, tables, head_losses })
 }
 
+/// Multiply-adds a slice of a batch must bring for a thread of its own to pay: below it, starting
+/// the thread and summing its gradients cost more than the slice saves. The default student's
+/// batch (about 31M, forward and backward) trains 1.7x slower on two threads than on one; a
+/// teacher's (2.3G) 1.5x faster (BENCHMARKS.md, "Teacher training").
+const SLICE_MACS: u64 = 200_000_000;
+
+/// The threads to split a batch of `rows` over: `threads` when set, else the machine's cores as
+/// far as each slice brings [`SLICE_MACS`].
+pub fn threads_for(arch: &TwoTower, rows: usize, threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    // Forward and backward: about three times the forward pass's multiply-adds.
+    let work = 3 * arch.macs(1) * rows as u64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ((work / SLICE_MACS) as usize).clamp(1, cores)
+}
+
 /// `threads` contiguous slices of `0..rows`, as even as can be, none empty.
 fn slices(rows: usize, threads: usize) -> Vec<Range<usize>> {
     let n = threads.clamp(1, rows.max(1));
@@ -126,6 +145,20 @@ fn shares(plan: &Plan, rows: usize, total: usize, present: &[f32], present_total
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_teachers_batch_is_split_and_a_students_is_not() {
+        let student = crate::data::demo::spec(crate::data::demo::Domain::Target).two_tower(false);
+        assert_eq!(threads_for(&student, 512, 0), 1);
+        assert_eq!(threads_for(&student, 512, 3), 3, "a count set is kept");
+        let mut teacher = student.clone();
+        teacher.embedding_dim = 32;
+        teacher.context_hidden = vec![512, 256, 128];
+        teacher.item_hidden = vec![512, 256, 128];
+        teacher.interaction_hidden = vec![512, 256, 128];
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(threads_for(&teacher, 1024, 0) >= cores.min(2));
+    }
 
     #[test]
     fn slices_cover_the_rows_once() {
