@@ -593,6 +593,74 @@ fn a_run_continued_from_its_own_checkpoint_matches_an_uninterrupted_one() {
     assert!(a != restarted.weights().unwrap(), "another seed trains other weights: the check can fail");
 }
 
+/// Masking only `user_id`, always: every row reads its missing-value row, so with tables stepped
+/// by the rows a batch read, that row alone of `user_id`'s trains; other features' rows train.
+#[test]
+fn masking_one_feature_trains_only_its_missing_row() {
+    use retort_sidecar::train::fit::train_resuming;
+    let (_dir, arch, data, plan) = small_training();
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let student = Student::new(&arch, 3, &Device::Cpu).unwrap();
+    let before = student.weights().unwrap().context_embeddings;
+    let train = TrainConfig {
+        batch_size: 256,
+        steps: 4,
+        mask_features: [("user_id".to_string(), 1.0)].into(),
+        ..TrainConfig::default()
+    };
+    train_resuming(&student, &data, &rows, &[], &train, &plan, None).unwrap();
+    let after = student.weights().unwrap().context_embeddings;
+    let e = arch.embedding_dim;
+    let buckets = match arch.features.iter().find(|f| f.name == "user_id").unwrap().kind {
+        retort_model::manifest::FeatureKind::Categorical { buckets, .. } => buckets as usize,
+        _ => unreachable!(),
+    };
+    let row = |w: &[f32], r: usize| w[r * e..(r + 1) * e].to_vec();
+    assert_ne!(row(&before, 0), row(&after, 0), "the missing-value row trains");
+    assert!((1..buckets).all(|r| row(&before, r) == row(&after, r)), "no other user_id row trains");
+    assert!((buckets..after.len() / e).any(|r| row(&before, r) != row(&after, r)), "other features train");
+
+    let unknown = TrainConfig { mask_features: [("no_such".to_string(), 0.5)].into(), ..train.clone() };
+    let err = train_resuming(&student, &data, &rows, &[], &unknown, &plan, None).err().unwrap().to_string();
+    assert!(err.contains("`no_such`, which is not a feature") && err.contains("user_id"), "{err}");
+    let out_of_range = TrainConfig { mask_features: [("user_id".to_string(), 1.5)].into(), ..train };
+    let err =
+        train_resuming(&student, &data, &rows, &[], &out_of_range, &plan, None).err().unwrap().to_string();
+    assert!(err.contains("1.5; it must be in [0, 1]"), "{err}");
+}
+
+/// A batch split over threads trains the weights one thread trains, to float rounding.
+#[test]
+fn a_batch_split_over_threads_trains_the_same_weights() {
+    use retort_sidecar::train::fit::train_resuming;
+    let (_dir, arch, data, plan) = small_training();
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let run = |threads, seed| {
+        let student = Student::new(&arch, seed, &Device::Cpu).unwrap();
+        let train = TrainConfig { batch_size: 256, steps: 3, threads, ..TrainConfig::default() };
+        let (log, _) = train_resuming(&student, &data, &rows, &[], &train, &plan, None).unwrap();
+        (student.weights().unwrap(), log.train_losses[0])
+    };
+    let (one, loss_one) = run(1, 4);
+    let (three, loss_three) = run(3, 4);
+    assert!((loss_one - loss_three).abs() < 1e-5, "{loss_one} {loss_three}");
+    let flat = |w: &retort_model::two_tower::TwoTowerWeights| {
+        let mut v = w.context_embeddings.clone();
+        v.extend(&w.item_embeddings);
+        for d in w.context_layers.iter().chain(&w.item_layers).chain(&w.heads) {
+            v.extend(&d.weight);
+            v.extend(&d.bias);
+        }
+        v
+    };
+    let (a, b) = (flat(&one), flat(&three));
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-3, "largest difference {worst}");
+    let other = flat(&run(1, 5).0);
+    let apart = a.iter().zip(&other).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(apart > 100.0 * worst.max(1e-6), "another seed differs by {apart}: the check can fail");
+}
+
 /// A small target world's training data for the default architecture, with a plain plan.
 fn small_training()
 -> (tempfile::TempDir, retort_model::two_tower::TwoTower, TrainingData, retort_sidecar::train::kd::Plan) {

@@ -245,6 +245,11 @@ impl Encoder {
         Encoder { inputs, context, item, context_rows, features: features.len() }
     }
 
+    /// The names of the features it encodes, context side first.
+    pub fn feature_names(&self) -> impl Iterator<Item = &str> {
+        self.context.iter().chain(&self.item).map(|s| s.name.as_str())
+    }
+
     pub fn inputs(&self) -> &[InputLayout] {
         &self.inputs
     }
@@ -289,15 +294,24 @@ impl Encoder {
     }
 
     /// Overwrites, in rows laid out by [`Encoder::encode_rows`], each feature value with what a
-    /// missing value encodes to, independently per row and feature with probability `p`
-    /// (`draw` returns uniform numbers in [0, 1)). Training with it teaches a model what a
-    /// missing feature means, before it meets a product that lacks the feature.
-    pub fn mask_missing(&self, encoded: &mut Encoded, p: f64, mut draw: impl FnMut() -> f64) {
-        if p <= 0.0 {
+    /// missing value encodes to, independently per row and feature with probability
+    /// `p(feature name)` (`draw` returns uniform numbers in [0, 1)). Training with it teaches a
+    /// model what a missing feature means, before it meets a product that lacks the feature.
+    /// Every feature of every row draws once whatever its probability, so one feature's
+    /// probability does not change which rows another's masks.
+    pub fn mask_missing(
+        &self,
+        encoded: &mut Encoded,
+        p: impl Fn(&str) -> f64,
+        mut draw: impl FnMut() -> f64,
+    ) {
+        let slots: Vec<(&Slot, f64)> =
+            self.context.iter().chain(&self.item).map(|s| (s, p(&s.name))).collect();
+        if slots.iter().all(|&(_, p)| p <= 0.0) {
             return;
         }
         for row in 0..encoded.rows {
-            for slot in self.context.iter().chain(&self.item) {
+            for &(slot, p) in &slots {
                 if draw() >= p {
                     continue;
                 }
@@ -688,12 +702,33 @@ play = 1.0
             "user_id = \"u1\"\nhour = 3\nage = 50\nartist_id = \"a\"\nemb = [1.0, 2.0]\nduration_s = 250",
         );
         let mut masked = enc.encode_rows(&[full.clone(), full.clone()]).unwrap();
-        enc.mask_missing(&mut masked, 1.0, || 0.5);
+        enc.mask_missing(&mut masked, |_| 1.0, || 0.5);
         let empty = enc.encode_rows(&[row(""), row("")]).unwrap();
         assert_eq!(masked.tensors, empty.tensors);
         let mut untouched = enc.encode_rows(std::slice::from_ref(&full)).unwrap();
-        enc.mask_missing(&mut untouched, 0.3, || 0.9);
+        enc.mask_missing(&mut untouched, |_| 0.3, || 0.9);
         assert_eq!(untouched.tensors, enc.encode_rows(&[full]).unwrap().tensors);
+    }
+
+    /// One feature masked always, the rest never: only its values become the missing ones.
+    #[test]
+    fn masking_by_feature_masks_only_that_feature() {
+        let enc = Encoder::new(&manifest(ContextRows::PerCandidate));
+        let text =
+            "user_id = \"u1\"\nhour = 3\nage = 50\nartist_id = \"a\"\nemb = [1.0, 2.0]\nduration_s = 250";
+        let mut masked = enc.encode_rows(&[row(text)]).unwrap();
+        let draws = std::cell::Cell::new(0);
+        enc.mask_missing(
+            &mut masked,
+            |name| if name == "user_id" { 1.0 } else { 0.0 },
+            || {
+                draws.set(draws.get() + 1);
+                0.5
+            },
+        );
+        assert_eq!(draws.get(), 6, "every feature draws, masked or not");
+        let without_user = text.replacen("user_id = \"u1\"\n", "", 1);
+        assert_eq!(masked.tensors, enc.encode_rows(&[row(&without_user)]).unwrap().tensors);
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub struct TrainSection {
     /// Probability of masking each feature of each training row to its missing value, so the
     /// model learns what a missing feature means (teachers meant for another product need it).
     pub mask_probability: f64,
+    /// Per feature, a masking probability of its own instead of `mask_probability`: e.g. only
+    /// the id features of a teacher whose ids will be unknown where its labels are used.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub mask_features: BTreeMap<String, f64>,
     /// Early stopping: hold out the last `validation_days` training days and stop after this many
     /// epochs without a better validation loss (0: off, every epoch on all training days).
     pub patience: usize,
@@ -120,6 +124,7 @@ impl Default for TrainSection {
             min_holdout_rows: 200,
             validation_days: 1,
             mask_probability: 0.0,
+            mask_features: BTreeMap::new(),
             patience: 0,
             steps: 0,
             threads: 0,
@@ -208,6 +213,7 @@ impl RunConfig {
             epochs: self.train.epochs,
             seed: self.train.seed,
             mask_probability: self.train.mask_probability,
+            mask_features: self.train.mask_features.clone(),
             patience: self.train.patience,
             steps: self.train.steps,
             start_step: 0,

@@ -27,6 +27,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Probability of masking each feature of each training row to its missing value.
     pub mask_probability: f64,
+    /// Per feature, a probability of its own instead of `mask_probability`.
+    pub mask_features: std::collections::BTreeMap<String, f64>,
     /// Stop after this many epochs without a better validation loss, keeping the best epoch's
     /// weights; 0 trains every epoch.
     pub patience: usize,
@@ -56,6 +58,7 @@ impl Default for TrainConfig {
             epochs: 3,
             seed: 1,
             mask_probability: 0.0,
+            mask_features: Default::default(),
             patience: 0,
             steps: 0,
             start_step: 0,
@@ -454,6 +457,20 @@ pub fn train_resuming(
         weight_decay: config.weight_decay,
         ..Default::default()
     };
+    let features: Vec<&str> = data.encoder.feature_names().collect();
+    let masked: Vec<f64> =
+        std::iter::once(config.mask_probability).chain(config.mask_features.values().copied()).collect();
+    if let Some(p) = masked.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+        return Err(TrainError::Config(format!("a masking probability is {p}; it must be in [0, 1]")));
+    }
+    if let Some(name) = config.mask_features.keys().find(|n| !features.contains(&n.as_str())) {
+        return Err(TrainError::Config(format!(
+            "train.mask_features names `{name}`, which is not a feature of the model (its features: {})",
+            features.join(", ")
+        )));
+    }
+    let mask = |name: &str| config.mask_features.get(name).copied().unwrap_or(config.mask_probability);
+    let masking = masked.iter().any(|&p| p > 0.0);
     let mut optimizer = match resume {
         None => AdamW::new(student.vars(), params),
         Some(state) => AdamW::resume(student.vars(), params, state)?,
@@ -500,13 +517,13 @@ pub fn train_resuming(
             if config.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                 return Err(TrainError::Deadline { steps: step - config.start_step });
             }
-            let batch = if config.mask_probability > 0.0 {
+            let batch = if masking {
                 // A stream per step, apart from the batch order's: a continued run masks each
                 // batch as the uninterrupted run would.
                 let mut mask_rng =
                     SplitMix64::new(config.seed ^ 0x3a5c ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
                 let mut rows = data.subset(chunk);
-                data.encoder.mask_missing(&mut rows, config.mask_probability, || mask_rng.next_f64());
+                data.encoder.mask_missing(&mut rows, mask, || mask_rng.next_f64());
                 student.training_batch(data.encoder.inputs(), &rows, &(0..chunk.len()).collect::<Vec<_>>())?
             } else {
                 student.training_batch(data.encoder.inputs(), &data.encoded, chunk)?
