@@ -635,14 +635,14 @@ fn a_batch_split_over_threads_trains_the_same_weights() {
     use retort_sidecar::train::fit::train_resuming;
     let (_dir, arch, data, plan) = small_training();
     let rows: Vec<usize> = (0..data.rows()).collect();
-    let run = |threads, seed| {
+    let run = |threads, seed, dropout| {
         let student = Student::new(&arch, seed, &Device::Cpu).unwrap();
-        let train = TrainConfig { batch_size: 256, steps: 3, threads, ..TrainConfig::default() };
+        let train = TrainConfig { batch_size: 256, steps: 3, threads, dropout, ..TrainConfig::default() };
         let (log, _) = train_resuming(&student, &data, &rows, &[], &train, &plan, None).unwrap();
         (student.weights().unwrap(), log.train_losses[0])
     };
-    let (one, loss_one) = run(1, 4);
-    let (three, loss_three) = run(3, 4);
+    let (one, loss_one) = run(1, 4, 0.0);
+    let (three, loss_three) = run(3, 4, 0.0);
     assert!((loss_one - loss_three).abs() < 1e-5, "{loss_one} {loss_three}");
     let flat = |w: &retort_model::two_tower::TwoTowerWeights| {
         let mut v = w.context_embeddings.clone();
@@ -656,9 +656,20 @@ fn a_batch_split_over_threads_trains_the_same_weights() {
     let (a, b) = (flat(&one), flat(&three));
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "largest difference {worst}");
-    let other = flat(&run(1, 5).0);
-    let apart = a.iter().zip(&other).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let largest = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let apart = largest(&a, &flat(&run(1, 5, 0.0).0));
     assert!(apart > 100.0 * worst.max(1e-6), "another seed differs by {apart}: the check can fail");
+
+    // Dropout draws its masks per row, so a split batch drops what the whole one does.
+    let dropped = flat(&run(1, 4, 0.3).0);
+    assert!(largest(&dropped, &flat(&run(3, 4, 0.3).0)) < 1e-3, "dropout split over threads");
+    assert!(largest(&dropped, &a) > 100.0 * worst.max(1e-6), "dropout changes what trains");
+    let err = {
+        let student = Student::new(&arch, 4, &Device::Cpu).unwrap();
+        let train = TrainConfig { steps: 1, dropout: 1.0, ..TrainConfig::default() };
+        train_resuming(&student, &data, &rows, &[], &train, &plan, None).err().unwrap().to_string()
+    };
+    assert!(err.contains("dropout is 1; it must be in [0, 1)"), "{err}");
 }
 
 /// A small target world's training data for the default architecture, with a plain plan.

@@ -99,6 +99,9 @@ pub struct TrainSection {
     /// the id features of a teacher whose ids will be unknown where its labels are used.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub mask_features: BTreeMap<String, f64>,
+    /// Probability of zeroing each output of every hidden layer while training (towers, the
+    /// joining layer, interaction MLP, experts, task towers; never the heads, never at export).
+    pub dropout: f64,
     /// Early stopping: hold out the last `validation_days` training days and stop after this many
     /// epochs without a better validation loss (0: off, every epoch on all training days).
     pub patience: usize,
@@ -125,6 +128,7 @@ impl Default for TrainSection {
             validation_days: 1,
             mask_probability: 0.0,
             mask_features: BTreeMap::new(),
+            dropout: 0.0,
             patience: 0,
             steps: 0,
             threads: 0,
@@ -214,6 +218,7 @@ impl RunConfig {
             seed: self.train.seed,
             mask_probability: self.train.mask_probability,
             mask_features: self.train.mask_features.clone(),
+            dropout: self.train.dropout,
             patience: self.train.patience,
             steps: self.train.steps,
             start_step: 0,
@@ -509,4 +514,20 @@ pub fn publish(models_dir: &Path, trained: &Trained) -> Result<package::Written,
         None => Ok(()),
     })
     .map_err(|e| TrainError::Publish(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with a per-feature table among `[train]`'s values writes and reads back whole
+    /// (the teacher search and the manifest write configs out).
+    #[test]
+    fn a_train_section_with_mask_features_round_trips() {
+        let mut c = RunConfig::default();
+        c.train.mask_features.insert("user_id".into(), 0.3);
+        c.train.dropout = 0.1;
+        let written = toml::to_string(&c).unwrap();
+        assert_eq!(toml::from_str::<RunConfig>(&written).unwrap(), c, "{written}");
+    }
 }

@@ -9,6 +9,7 @@ use crate::data::parquet_io;
 use crate::data::spec::DataSpec;
 use crate::label::store::LabelFileInfo;
 use crate::train::adamw::{AdamW, AdamWParams, OptimizerState, RowGrad};
+use crate::train::dropout::Dropout;
 use crate::train::kd::{DistillConfig, Plan};
 use crate::train::step::{self, Targets};
 use crate::train::student::Student;
@@ -29,6 +30,8 @@ pub struct TrainConfig {
     pub mask_probability: f64,
     /// Per feature, a probability of its own instead of `mask_probability`.
     pub mask_features: std::collections::BTreeMap<String, f64>,
+    /// Probability of zeroing each output of every hidden layer in training (never at export).
+    pub dropout: f64,
     /// Stop after this many epochs without a better validation loss, keeping the best epoch's
     /// weights; 0 trains every epoch.
     pub patience: usize,
@@ -59,6 +62,7 @@ impl Default for TrainConfig {
             seed: 1,
             mask_probability: 0.0,
             mask_features: Default::default(),
+            dropout: 0.0,
             patience: 0,
             steps: 0,
             start_step: 0,
@@ -469,6 +473,9 @@ pub fn train_resuming(
             features.join(", ")
         )));
     }
+    if !(0.0..1.0).contains(&config.dropout) {
+        return Err(TrainError::Config(format!("dropout is {}; it must be in [0, 1)", config.dropout)));
+    }
     let mask = |name: &str| config.mask_features.get(name).copied().unwrap_or(config.mask_probability);
     let masking = masked.iter().any(|&p| p > 0.0);
     let mut optimizer = match resume {
@@ -529,7 +536,13 @@ pub fn train_resuming(
                 student.training_batch(data.encoder.inputs(), &data.encoded, chunk)?
             };
             let targets = Targets { labels: &data.labels, teacher: &teacher, present: &present };
-            let g = step::gradients(student, &batch, chunk, plan, &targets, threads)?;
+            let dropout = (config.dropout > 0.0).then_some(Dropout {
+                p: config.dropout,
+                seed: config.seed,
+                step: step as u64,
+                first_row: 0,
+            });
+            let g = step::gradients(student, &batch, chunk, plan, &targets, threads, dropout)?;
             let value: f32 = g.head_losses.iter().sum();
             if !value.is_finite() {
                 // A step on a non-finite loss would poison every weight: stop, naming the head.

@@ -7,6 +7,7 @@
 //! - [`losses`]: stable BCE on logits, MSE, tempered distillation loss.
 //! - [`adamw`]: AdamW fused into one in-place pass per parameter, lazy (by rows) for embedding
 //!   tables, with a savable state.
+//! - [`dropout`]: dropout with masks drawn from the run's seed, per row and layer.
 //! - [`checkpoint`]: weights and optimiser state beside a package, for warm starts.
 //! - [`step`]: one minibatch's forward and backward pass, split by rows over threads.
 //! - [`fit`]: training data in memory and the AdamW minibatch loop.
@@ -14,6 +15,7 @@
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod dropout;
 pub mod fit;
 pub mod kd;
 pub mod linear;

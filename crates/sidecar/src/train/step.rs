@@ -12,6 +12,7 @@ use std::ops::Range;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor};
 
+use crate::train::dropout::Dropout;
 use crate::train::kd::{BatchTargets, Plan, Target, head_losses};
 use crate::train::student::{Batch, Student, TableRows};
 use retort_model::two_tower::TwoTower;
@@ -34,7 +35,7 @@ pub struct Gradients {
 }
 
 /// Forward and backward of `batch` (the training rows `rows`, from
-/// [`Student::training_batch`]) on up to `threads` threads.
+/// [`Student::training_batch`]) on up to `threads` threads, with `dropout` (its `first_row` 0).
 pub fn gradients(
     student: &Student,
     batch: &Batch,
@@ -42,6 +43,7 @@ pub fn gradients(
     plan: &Plan,
     targets: &Targets<'_>,
     threads: usize,
+    dropout: Option<Dropout>,
 ) -> Result<Gradients> {
     let tables = student.gather(batch)?;
     let parts = slices(rows.len(), threads);
@@ -51,7 +53,8 @@ pub fn gradients(
     let present_total = present_in(rows);
     let run = |range: Range<usize>| -> Result<(GradStore, Vec<f32>)> {
         let part = &rows[range.clone()];
-        let out = student.forward_training(batch, &tables, range.clone())?;
+        let dropout = dropout.map(|d| Dropout { first_row: range.start, ..d });
+        let out = student.forward_training(batch, &tables, range.clone(), dropout.as_ref())?;
         let column =
             |v: &[f32]| Tensor::from_vec(part.iter().map(|&r| v[r]).collect(), part.len(), &Device::Cpu);
         let t = BatchTargets {

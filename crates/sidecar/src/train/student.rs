@@ -4,10 +4,12 @@
 //! distilled student can start from the same weights), and read back into
 //! [`TwoTowerWeights`] for export.
 
+use std::cell::Cell;
 use std::ops::Range;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::train::dropout::Dropout;
 use crate::train::linear::linear;
 use retort_model::encode::{Encoded, InputLayout, TensorData};
 use retort_model::manifest::{FeatureKind, Side};
@@ -268,6 +270,7 @@ impl Student {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn tower(
         &self,
         ids: Option<&Tensor>,
@@ -275,6 +278,7 @@ impl Student {
         table: &Tensor,
         layers: &[Layer],
         rows: usize,
+        drop: &dyn Fn(Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let mut parts = Vec::new();
         if let Some(ids) = ids {
@@ -286,7 +290,7 @@ impl Student {
         }
         let mut x = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 1)? };
         for layer in layers {
-            x = layer.forward_relu(&x)?;
+            x = drop(layer.forward_relu(&x)?)?;
         }
         Ok(x)
     }
@@ -296,7 +300,7 @@ impl Student {
         if b.context_rows.is_some() || b.item_rows.is_some() {
             candle_core::bail!("a training batch's ids index its own rows: run it with forward_training");
         }
-        self.forward_with(b, self.context_embeddings.as_tensor(), self.item_embeddings.as_tensor())
+        self.forward_with(b, self.context_embeddings.as_tensor(), self.item_embeddings.as_tensor(), None)
     }
 
     /// Copies of the table rows a [`Student::training_batch`] reads, for
@@ -317,8 +321,15 @@ impl Student {
 
     /// [`Student::forward`] of rows `rows` of a [`Student::training_batch`], reading its tables
     /// through `tables` (from [`Student::gather`]). Parts of one batch run side by side this
-    /// way, sharing the copies, so their gradients add up to the whole batch's.
-    pub fn forward_training(&self, b: &Batch, tables: &[TableRows], rows: Range<usize>) -> Result<Tensor> {
+    /// way, sharing the copies, so their gradients add up to the whole batch's. `dropout` (of
+    /// these rows) applies after every hidden layer.
+    pub fn forward_training(
+        &self,
+        b: &Batch,
+        tables: &[TableRows],
+        rows: Range<usize>,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
         let table = |param: usize, full: &Var| match tables.iter().find(|t| t.param == param) {
             Some(t) => t.values.as_tensor().clone(),
             None => full.as_tensor().clone(),
@@ -342,24 +353,45 @@ impl Student {
             &slice,
             &table(CONTEXT_TABLE, &self.context_embeddings),
             &table(ITEM_TABLE, &self.item_embeddings),
+            dropout,
         )
     }
 
-    fn forward_with(&self, b: &Batch, context_table: &Tensor, item_table: &Tensor) -> Result<Tensor> {
+    fn forward_with(
+        &self,
+        b: &Batch,
+        context_table: &Tensor,
+        item_table: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        // Hidden layers numbered in the order they run, each drawing its own masks.
+        let layer = Cell::new(0);
+        let drop = |x: Tensor| -> Result<Tensor> {
+            let Some(d) = dropout else { return Ok(x) };
+            layer.set(layer.get() + 1);
+            d.apply(&x, layer.get())
+        };
         let c = self.tower(
             b.context_ids.as_ref(),
             b.context_dense.as_ref(),
             context_table,
             &self.context_layers,
             b.rows,
+            &drop,
         )?;
-        let i =
-            self.tower(b.item_ids.as_ref(), b.item_dense.as_ref(), item_table, &self.item_layers, b.rows)?;
-        let joined = (self.join_context.forward(&c)? + self.join_item.forward(&i)?)?.relu()?;
+        let i = self.tower(
+            b.item_ids.as_ref(),
+            b.item_dense.as_ref(),
+            item_table,
+            &self.item_layers,
+            b.rows,
+            &drop,
+        )?;
+        let joined = drop((self.join_context.forward(&c)? + self.join_item.forward(&i)?)?.relu()?)?;
         let mlp = |x: &Tensor, layers: &[Layer]| -> Result<Tensor> {
             let mut x = x.clone();
             for layer in layers {
-                x = layer.forward_relu(&x)?;
+                x = drop(layer.forward_relu(&x)?)?;
             }
             Ok(x)
         };
@@ -384,7 +416,7 @@ impl Student {
                     }
                 };
                 for layer in layers {
-                    x = layer.forward_relu(&x)?;
+                    x = drop(layer.forward_relu(&x)?)?;
                 }
                 Ok(x)
             })
