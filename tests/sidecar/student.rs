@@ -299,6 +299,22 @@ fn distill_compares_paired_variants_and_reports_the_teacher() {
         "{}",
         e.markdown()
     );
+    assert!(e.chosen.iter().all(|c| c.epochs == e.epochs), "one rule for every variant");
+
+    // Epochs searched by the grid, per variant like the learning rate.
+    let by_epochs: RunConfig =
+        toml::from_str("[train]\nepochs = 1\n[distill.tasks.play]\n[tune]\nepochs = [1, 3]\n").unwrap();
+    let g = compare::compare(&target, &spec, labeller.dir(), &by_epochs, &[1]).unwrap();
+    assert!(
+        g.chosen.iter().all(|c| [1, 3].contains(&c.epochs) && c.validation_auc.is_some()),
+        "{:?}",
+        g.chosen
+    );
+    assert!(g.markdown().contains("| variant | learning rate | weight decay | epochs |"), "{}", g.markdown());
+    let both: RunConfig =
+        toml::from_str("[train]\npatience = 1\n[distill.tasks.play]\n[tune]\nepochs = [1, 3]\n").unwrap();
+    let err = compare::compare(&target, &spec, labeller.dir(), &both, &[1]).err().unwrap().to_string();
+    assert!(err.contains("train.patience and tune.epochs"), "{err}");
 
     // A comparison without tasks to distil is refused with what to add.
     let err = compare::compare(&target, &spec, labeller.dir(), &RunConfig::default(), &[1])

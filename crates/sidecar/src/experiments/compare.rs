@@ -33,12 +33,32 @@ pub struct RunResult {
     pub metrics: Vec<TaskMetrics>,
 }
 
+/// One setting of the `[tune]` grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Hyper {
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub epochs: usize,
+}
+
+impl Hyper {
+    /// The setting `config`'s `[train]` gives.
+    pub fn of(config: &RunConfig) -> Hyper {
+        Hyper {
+            learning_rate: config.train.learning_rate,
+            weight_decay: config.train.weight_decay,
+            epochs: config.train.epochs,
+        }
+    }
+}
+
 /// The hyperparameters a variant ran with, and its validation score when they were searched.
 #[derive(Debug, Clone, Serialize)]
 pub struct Chosen {
     pub variant: String,
     pub learning_rate: f64,
     pub weight_decay: f64,
+    pub epochs: usize,
     /// Mean validation AUC over tasks of the chosen setting (when a grid was searched).
     pub validation_auc: Option<f64>,
 }
@@ -165,35 +185,37 @@ pub fn compare(
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < validation_cutoff);
     let searching = !grid.is_empty() && !inner.is_empty() && !validation.is_empty();
-    let trials: Vec<(usize, f64, f64)> = if searching {
-        (0..VARIANTS.len()).flat_map(|v| grid.iter().map(move |&(lr, wd)| (v, lr, wd))).collect()
+    if config.train.patience > 0 && !config.tune.epochs.is_empty() {
+        return Err(TrainError::Config(
+            "train.patience and tune.epochs both choose the number of epochs; set one of them".into(),
+        ));
+    }
+    let trials: Vec<(usize, Hyper)> = if searching {
+        (0..VARIANTS.len()).flat_map(|v| grid.iter().map(move |&hp| (v, hp))).collect()
     } else {
         Vec::new()
     };
     let first_seed = seeds.first().copied().unwrap_or(1);
-    let scores = parallel::map(trials.clone(), 0, |(v, lr, wd)| {
+    let scores = parallel::map(trials.clone(), 0, |(v, hp)| {
         let student = Trial { data, base: &base, plan: &plans[v], config, seed: first_seed, deadline: None };
-        Ok::<_, TrainError>(mean_auc(&student.run((lr, wd), &inner, &validation)?))
+        Ok::<_, TrainError>(mean_auc(&student.run(hp, &inner, &validation)?))
     })?;
-    let chosen: Vec<Chosen> = VARIANTS
+    let chosen_of = |variant: &str, hp: Hyper, validation_auc| Chosen {
+        variant: variant.to_string(),
+        learning_rate: hp.learning_rate,
+        weight_decay: hp.weight_decay,
+        epochs: hp.epochs,
+        validation_auc,
+    };
+    let mut chosen: Vec<Chosen> = VARIANTS
         .iter()
         .enumerate()
         .map(|(v, variant)| {
-            let mut best = Chosen {
-                variant: variant.to_string(),
-                learning_rate: config.train.learning_rate,
-                weight_decay: config.train.weight_decay,
-                validation_auc: None,
-            };
+            let mut best = chosen_of(variant, Hyper::of(config), None);
             // In grid order, so ties go to the first, whatever order the trials finished in.
-            for (&(tv, lr, wd), &score) in trials.iter().zip(&scores) {
+            for (&(tv, hp), &score) in trials.iter().zip(&scores) {
                 if tv == v && best.validation_auc.is_none_or(|b| score > b) {
-                    best = Chosen {
-                        variant: variant.to_string(),
-                        learning_rate: lr,
-                        weight_decay: wd,
-                        validation_auc: Some(score),
-                    };
+                    best = chosen_of(variant, hp, Some(score));
                 }
             }
             best
@@ -212,20 +234,21 @@ pub fn compare(
         let trial = Trial { data, base: &base, plan: &plans[0], config, seed: first_seed, deadline: None };
         let log = trial.stop_early((control.learning_rate, control.weight_decay), &inner, &validation)?;
         tracing::info!(epochs = log.best_epoch + 1, "the control's validation loss chose the epochs");
+        for c in &mut chosen {
+            c.epochs = log.best_epoch + 1;
+        }
         (log.best_epoch + 1, log.validation_losses)
     } else {
-        (config.train.epochs, Vec::new())
+        (chosen[0].epochs, Vec::new())
     };
-    let mut seed_config = config.clone();
-    seed_config.train.epochs = epochs;
-    let seed_config = &seed_config;
 
     let jobs: Vec<(u64, usize)> =
         seeds.iter().flat_map(|&seed| (0..VARIANTS.len()).map(move |v| (seed, v))).collect();
     let runs = parallel::map(jobs, 0, |(seed, v)| {
         let (variant, hp) = (VARIANTS[v], &chosen[v]);
-        let student = Trial { data, base: &base, plan: &plans[v], config: seed_config, seed, deadline: None };
-        let metrics = student.run((hp.learning_rate, hp.weight_decay), &fit, &holdout)?;
+        let student = Trial { data, base: &base, plan: &plans[v], config, seed, deadline: None };
+        let hp = Hyper { learning_rate: hp.learning_rate, weight_decay: hp.weight_decay, epochs: hp.epochs };
+        let metrics = student.run(hp, &fit, &holdout)?;
         tracing::info!(variant, seed, "trained");
         Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
     })?;
@@ -243,14 +266,26 @@ pub fn compare(
     })
 }
 
-/// Every (learning rate, weight decay) of `config`'s `[tune]` grid, learning rate outermost.
-pub fn grid(config: &RunConfig) -> Vec<(f64, f64)> {
-    config
-        .tune
-        .learning_rates
-        .iter()
-        .flat_map(|&lr| config.tune.weight_decays.iter().map(move |&wd| (lr, wd)))
-        .collect()
+/// Every setting of `config`'s `[tune]` grid, learning rate outermost, then weight decay, then
+/// epochs; a list left empty takes `[train]`'s one value. Empty when every list is.
+pub fn grid(config: &RunConfig) -> Vec<Hyper> {
+    let t = &config.tune;
+    if t.learning_rates.is_empty() && t.weight_decays.is_empty() && t.epochs.is_empty() {
+        return Vec::new();
+    }
+    let or = |list: &[f64], one: f64| if list.is_empty() { vec![one] } else { list.to_vec() };
+    let learning_rates = or(&t.learning_rates, config.train.learning_rate);
+    let weight_decays = or(&t.weight_decays, config.train.weight_decay);
+    let epochs = if t.epochs.is_empty() { vec![config.train.epochs] } else { t.epochs.clone() };
+    let mut grid = Vec::new();
+    for &learning_rate in &learning_rates {
+        for &weight_decay in &weight_decays {
+            for &epochs in &epochs {
+                grid.push(Hyper { learning_rate, weight_decay, epochs });
+            }
+        }
+    }
+    grid
 }
 
 /// One student of a comparison: its data, plan and seed (initial weights and batch order).
@@ -268,17 +303,14 @@ pub struct Trial<'a> {
 }
 
 impl Trial<'_> {
-    /// Trains on `train` with learning rate and weight decay `hp`; the metrics on `judge`.
-    pub fn run(
-        &self,
-        hp: (f64, f64),
-        train: &[usize],
-        judge: &[usize],
-    ) -> Result<Vec<TaskMetrics>, TrainError> {
+    /// Trains on `train` with the learning rate, weight decay and epochs of `hp`; the metrics
+    /// on `judge`.
+    pub fn run(&self, hp: Hyper, train: &[usize], judge: &[usize]) -> Result<Vec<TaskMetrics>, TrainError> {
         let student = Student::new(&self.plan.arch, self.seed, &Device::Cpu)?;
         let mut c = self.config.clone();
         c.train.seed = self.seed;
-        (c.train.learning_rate, c.train.weight_decay) = hp;
+        (c.train.learning_rate, c.train.weight_decay, c.train.epochs) =
+            (hp.learning_rate, hp.weight_decay, hp.epochs);
         let config = crate::train::fit::TrainConfig { deadline: self.deadline, ..train_config(&c) };
         train_plan(&student, self.data, train, &config, self.plan)?;
         evaluate(&student, self.data, judge, self.base)
@@ -409,12 +441,14 @@ impl Comparison {
             out.push_str(
                 "\nHyperparameters, chosen per variant by the same grid search on the last training day(s):\n\n",
             );
-            out.push_str("| variant | learning rate | weight decay | validation AUC (mean over tasks) |\n| --- | ---: | ---: | ---: |\n");
+            out.push_str(
+                "| variant | learning rate | weight decay | epochs | validation AUC (mean over tasks) |\n| --- | ---: | ---: | ---: | ---: |\n",
+            );
             for c in &self.chosen {
                 let v = c.validation_auc.map_or("–".to_string(), |a| format!("{a:.4}"));
                 out.push_str(&format!(
-                    "| {} | {} | {} | {v} |\n",
-                    c.variant, c.learning_rate, c.weight_decay
+                    "| {} | {} | {} | {} | {v} |\n",
+                    c.variant, c.learning_rate, c.weight_decay, c.epochs
                 ));
             }
         }
@@ -547,6 +581,27 @@ impl Comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grid_takes_trains_value_for_a_list_left_empty() {
+        let mut c = RunConfig::default();
+        assert!(grid(&c).is_empty(), "nothing to search");
+        c.tune.epochs = vec![2, 4];
+        let g = grid(&c);
+        assert_eq!(g.iter().map(|h| h.epochs).collect::<Vec<_>>(), [2, 4]);
+        assert!(
+            g.iter()
+                .all(|h| h.learning_rate == c.train.learning_rate && h.weight_decay == c.train.weight_decay)
+        );
+        c.tune.learning_rates = vec![0.1, 0.01];
+        let g = grid(&c);
+        assert_eq!(g.len(), 4);
+        assert_eq!(
+            (g[1].learning_rate, g[1].epochs, g[2].learning_rate),
+            (0.1, 4, 0.01),
+            "learning rate outermost"
+        );
+    }
 
     #[test]
     fn paired_gains_and_their_standard_error() {

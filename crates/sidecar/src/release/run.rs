@@ -151,13 +151,15 @@ pub struct RunConfig {
     pub publish: PublishConfig,
 }
 
-/// A grid of learning rates and weight decays. Each variant of a comparison (the control
+/// A grid of learning rates, weight decays and numbers of epochs. Each variant of a comparison (the control
 /// included) gets the same search, judged on the last `validation_days` training days, before the seeds run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TuneConfig {
     pub learning_rates: Vec<f64>,
     pub weight_decays: Vec<f64>,
+    /// Numbers of epochs to search (empty: `train.epochs` alone).
+    pub epochs: Vec<usize>,
 }
 
 impl RunConfig {

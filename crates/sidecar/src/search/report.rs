@@ -214,14 +214,15 @@ impl SearchReport {
         out.push_str(&format!(
             "Source: {} teacher training rows. Target: {} training rows (the last {} for validation), {} holdout \
              rows. Proxy students: {} paired seed(s), each tuned by the student config's grid, as is the control \
-             (chosen: learning rate {}, weight decay {}).\n",
+             (chosen: learning rate {}, weight decay {}, {} epoch(s)).\n",
             self.rows_source_train,
             self.rows_target_train,
             self.rows_target_validation,
             self.rows_target_holdout,
             s.proxy_seeds,
             self.control_learning_rate,
-            self.control_weight_decay
+            self.control_weight_decay,
+            self.control_epochs
         ));
 
         if let Some(w) = self.winner {
@@ -347,7 +348,7 @@ impl SearchReport {
     }
 
     /// `student`, distilling the winner's heads through auxiliary heads with the learning rate
-    /// and weight decay its search chose.
+    /// weight decay and epochs its search chose.
     pub fn student_config(&self, student: &RunConfig) -> Option<String> {
         let w = self.winner?;
         let e = self.ranked().into_iter().find(|e| e.candidate == w)?;
@@ -355,6 +356,7 @@ impl SearchReport {
         config.distill = student.distill.for_heads(&self.candidates[w].distilled_heads);
         config.train.learning_rate = e.learning_rate;
         config.train.weight_decay = e.weight_decay;
+        config.train.epochs = e.epochs;
         let text = toml::to_string(&config).ok()?;
         Some(format!(
             "# The student of retort teacher-search's winner (candidate {w}), with its tuned hyperparameters;\n\
@@ -543,6 +545,7 @@ mod tests {
             gain_se: se,
             learning_rate: 0.01,
             weight_decay: 0.0,
+            epochs: 3,
             cost_s: 2.0,
         }
     }

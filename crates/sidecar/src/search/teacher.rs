@@ -38,7 +38,7 @@ use crate::data::mapping::Mapping;
 use crate::data::spec::DataSpec;
 use crate::eval::holdout::TaskMetrics;
 use crate::eval::metrics::auc;
-use crate::experiments::compare::{Trial, grid, mean_auc, mean_std};
+use crate::experiments::compare::{Hyper, Trial, grid, mean_auc, mean_std};
 use crate::label::labeller::{LabelOptions, Labeller};
 use crate::release::run::{RunConfig, evaluate};
 use crate::search::halving::{self, Evaluation, Failed, Objective, Schedule};
@@ -175,6 +175,7 @@ pub struct Evaluated {
     /// The proxy student's hyperparameters, chosen by the `[tune]` grid.
     pub learning_rate: f64,
     pub weight_decay: f64,
+    pub epochs: usize,
     pub cost_s: f64,
 }
 
@@ -223,6 +224,7 @@ pub struct SearchReport {
     /// The control's hyperparameters, chosen by the same grid.
     pub control_learning_rate: f64,
     pub control_weight_decay: f64,
+    pub control_epochs: usize,
     /// The winner's (or, in a sweep, every candidate's) holdout measurement.
     pub holdout: Vec<HoldoutGain>,
     pub holdout_s: f64,
@@ -280,7 +282,7 @@ struct Split {
 
 /// The control's runs: its chosen hyperparameters and its metrics per seed.
 struct Control {
-    hp: (f64, f64),
+    hp: Hyper,
     validation: Vec<Vec<TaskMetrics>>,
 }
 
@@ -439,8 +441,9 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
         control_s,
         evaluations,
         winner: outcome.best,
-        control_learning_rate: control.hp.0,
-        control_weight_decay: control.hp.1,
+        control_learning_rate: control.hp.learning_rate,
+        control_weight_decay: control.hp.weight_decay,
+        control_epochs: control.hp.epochs,
         holdout,
         holdout_s: started.elapsed().as_secs_f64(),
         rows_source_train: source_rows,
@@ -679,13 +682,11 @@ impl Search<'_> {
 
     /// The `[tune]` grid's choice for `plan` (trained on the inner rows with the first seed,
     /// judged on validation; ties to the first in grid order).
-    fn tune(
-        &self,
-        data: &TrainingData,
-        plan: &Plan,
-        deadline: Option<Instant>,
-    ) -> Result<(f64, f64), String> {
+    fn tune(&self, data: &TrainingData, plan: &Plan, deadline: Option<Instant>) -> Result<Hyper, String> {
         let grid = grid(&self.file.student);
+        if grid.is_empty() {
+            return Ok(Hyper::of(&self.file.student));
+        }
         let scores = parallel::map(grid.clone(), self.inner_workers.load(Ordering::Relaxed), |hp| {
             let trial = Trial { data, base: &self.base, plan, config: &self.file.student, seed: 1, deadline };
             trial.run(hp, &self.split.inner, &self.split.validation).map(|m| mean_auc(&m))
@@ -706,7 +707,7 @@ impl Search<'_> {
         &self,
         data: &TrainingData,
         plan: &Plan,
-        hp: (f64, f64),
+        hp: Hyper,
         seeds: u64,
         train: &[usize],
         judge: &[usize],
@@ -811,8 +812,9 @@ impl Search<'_> {
             teacher_zero_shot_auc: labels.zero_shot_auc,
             gain,
             gain_se: std / (diffs.len() as f64).sqrt(),
-            learning_rate: hp.0,
-            weight_decay: hp.1,
+            learning_rate: hp.learning_rate,
+            weight_decay: hp.weight_decay,
+            epochs: hp.epochs,
             cost_s: started.elapsed().as_secs_f64(),
         };
         self.student_seconds.lock().expect("not poisoned").push(students_started.elapsed().as_secs_f64());
@@ -830,7 +832,7 @@ impl Search<'_> {
                 let plan = self.control_plan()?;
                 let plain = self.target(&plan, None)?;
                 let tuned = self.seeds(&plain, &plan, control.hp, seeds, &s.fit, &s.holdout, None)?;
-                let own = (student.train.learning_rate, student.train.weight_decay);
+                let own = Hyper::of(student);
                 let untuned = self.seeds(&plain, &plan, own, seeds, &s.fit, &s.holdout, None)?;
                 Ok(HoldoutControls { tuned, untuned })
             })
@@ -849,7 +851,7 @@ impl Search<'_> {
         let (seeds, s) = (self.file.search.final_seeds, &self.split);
         let plan = self.student_plan(&self.candidates[c].distilled_heads)?;
         let data = self.target(&plan, Some(&labels))?;
-        let hp = (e.learning_rate, e.weight_decay);
+        let hp = Hyper { learning_rate: e.learning_rate, weight_decay: e.weight_decay, epochs: e.epochs };
         let distilled = self.seeds(&data, &plan, hp, seeds, &s.fit, &s.holdout, None)?;
         let paired =
             |a: &[Vec<TaskMetrics>], b: &[Vec<TaskMetrics>], f: &dyn Fn(&[TaskMetrics]) -> Option<f64>| {
