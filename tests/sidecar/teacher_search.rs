@@ -274,6 +274,31 @@ fn a_sweep_evaluates_every_point_with_whole_teachers() {
     assert!(judged.iter().any(|j| j.ends_with("against holdout gain")), "{judged:?}");
 }
 
+/// With `student.train.patience`, the control's best epoch on the validation days is every
+/// proxy student's number of epochs.
+#[test]
+fn proxy_students_stop_at_the_controls_best_epoch() {
+    let w = world();
+    let work = w.root.join("work");
+    let mut file: SearchFile = toml::from_str(SEARCH).unwrap();
+    file.space.embedding_dim = vec![8];
+    file.space.mask_probability = vec![0.0];
+    file.space.left_out_features = vec![vec![]];
+    file.space.source_tasks = vec![vec![]];
+    file.space.epochs = vec![1];
+    file.space.distilled_heads = vec![vec!["play".into()]];
+    (file.student.train.epochs, file.student.train.patience) = (4, 1);
+    let report = run(&w, &file, &work, true);
+    assert!((1..=4).contains(&report.control_epochs), "{}", report.control_epochs);
+    assert!(!report.evaluations.is_empty());
+    assert!(report.evaluations.iter().all(|e| e.epochs == report.control_epochs), "{:?}", report.evaluations);
+    assert!(report.markdown().contains(&format!("{} epoch(s))", report.control_epochs)));
+
+    file.student.tune.epochs = vec![1, 2];
+    let err = try_run(&w, &file, &w.root.join("work2"), true).err().unwrap().to_string();
+    assert!(err.contains("train.patience and tune.epochs"), "{err}");
+}
+
 #[test]
 fn a_bad_search_file_is_named() {
     let bad = SEARCH.replace("learning_rates = [0.003, 0.01]", "learning_rates = []");

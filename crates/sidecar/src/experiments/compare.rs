@@ -185,11 +185,7 @@ pub fn compare(
     let (inner, validation): (Vec<usize>, Vec<usize>) =
         fit.iter().partition(|&&r| data.ts[r] < validation_cutoff);
     let searching = !grid.is_empty() && !inner.is_empty() && !validation.is_empty();
-    if config.train.patience > 0 && !config.tune.epochs.is_empty() {
-        return Err(TrainError::Config(
-            "train.patience and tune.epochs both choose the number of epochs; set one of them".into(),
-        ));
-    }
+    let stopping = stops_early(config)?;
     let trials: Vec<(usize, Hyper)> = if searching {
         (0..VARIANTS.len()).flat_map(|v| grid.iter().map(move |&hp| (v, hp))).collect()
     } else {
@@ -225,11 +221,7 @@ pub fn compare(
     // Early stopping under one rule for every variant: the control's validation loss decides
     // how many epochs all of them train, so each variant's gain is measured at the control's
     // best budget, never at a budget each picked on its own.
-    let (epochs, control_validation_losses) = if config.train.patience > 0
-        && config.train.steps == 0
-        && !inner.is_empty()
-        && !validation.is_empty()
-    {
+    let (epochs, control_validation_losses) = if stopping && !inner.is_empty() && !validation.is_empty() {
         let control = &chosen[0];
         let trial = Trial { data, base: &base, plan: &plans[0], config, seed: first_seed, deadline: None };
         let log = trial.stop_early((control.learning_rate, control.weight_decay), &inner, &validation)?;
@@ -264,6 +256,18 @@ pub fn compare(
         epochs,
         control_validation_losses,
     })
+}
+
+/// Whether `config` stops its students early (`train.patience`, counting in epochs): then the
+/// control's best epoch on the validation days is every student's number of epochs. Refused
+/// together with `tune.epochs`, which would choose them too.
+pub fn stops_early(config: &RunConfig) -> Result<bool, TrainError> {
+    if config.train.patience > 0 && !config.tune.epochs.is_empty() {
+        return Err(TrainError::Config(
+            "train.patience and tune.epochs both choose the number of epochs; set one of them".into(),
+        ));
+    }
+    Ok(config.train.patience > 0 && config.train.steps == 0)
 }
 
 /// Every setting of `config`'s `[tune]` grid, learning rate outermost, then weight decay, then

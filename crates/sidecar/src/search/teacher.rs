@@ -38,7 +38,7 @@ use crate::data::mapping::Mapping;
 use crate::data::spec::DataSpec;
 use crate::eval::holdout::TaskMetrics;
 use crate::eval::metrics::auc;
-use crate::experiments::compare::{Hyper, Trial, grid, mean_auc, mean_std};
+use crate::experiments::compare::{Hyper, Trial, grid, mean_auc, mean_std, stops_early};
 use crate::label::labeller::{LabelOptions, Labeller};
 use crate::release::run::{RunConfig, evaluate};
 use crate::search::halving::{self, Evaluation, Failed, Objective, Schedule};
@@ -730,8 +730,18 @@ impl Search<'_> {
             .get_or_init(|| {
                 let plan = self.control_plan()?;
                 let data = self.target(&plan, None)?;
-                let hp = self.tune(&data, &plan, None)?;
+                let mut hp = self.tune(&data, &plan, None)?;
                 let s = &self.split;
+                if stops_early(&self.file.student).map_err(text)? {
+                    // One rule for every proxy student: the control's best epoch.
+                    let config = &self.file.student;
+                    let trial =
+                        Trial { data: &data, base: &self.base, plan: &plan, config, seed: 1, deadline: None };
+                    let log = trial
+                        .stop_early((hp.learning_rate, hp.weight_decay), &s.inner, &s.validation)
+                        .map_err(text)?;
+                    hp.epochs = log.best_epoch + 1;
+                }
                 let validation = self.seeds(
                     &data,
                     &plan,
@@ -792,7 +802,10 @@ impl Search<'_> {
         let control = self.control()?;
         let plan = self.student_plan(&candidate.distilled_heads)?;
         let data = self.target(&plan, Some(&labels.dir))?;
-        let hp = self.tune(&data, &plan, deadline)?;
+        let mut hp = self.tune(&data, &plan, deadline)?;
+        if stops_early(&self.file.student).map_err(text)? {
+            hp.epochs = control.hp.epochs;
+        }
         let s = &self.split;
         let seeds = self.file.search.proxy_seeds;
         let runs = self.seeds(&data, &plan, hp, seeds, &s.inner, &s.validation, deadline)?;
