@@ -81,6 +81,10 @@ pub struct TableRows {
     pub values: Var,
 }
 
+/// A table is stepped by rows (lazily) when it holds more than this many rows per id a batch
+/// reads from it; below, densely.
+pub const LAZY_TABLE_RATIO: usize = 16;
+
 /// The table's place in [`Student::vars`], per side.
 const CONTEXT_TABLE: usize = 0;
 const ITEM_TABLE: usize = 1;
@@ -210,8 +214,9 @@ impl Student {
         self.make_batch(layout, encoded, rows, false)
     }
 
-    /// [`Student::batch`] for a training step: its ids index the distinct table rows it reads,
-    /// so that [`Student::forward_training`] reads and differentiates only those.
+    /// [`Student::batch`] for a training step: on a table large against the batch (see
+    /// [`LAZY_TABLE_RATIO`]) its ids index the distinct rows it reads, so that
+    /// [`Student::forward_training`] reads and differentiates only those.
     pub fn training_batch(&self, layout: &[InputLayout], encoded: &Encoded, rows: &[usize]) -> Result<Batch> {
         self.make_batch(layout, encoded, rows, true)
     }
@@ -224,7 +229,7 @@ impl Student {
         distinct: bool,
     ) -> Result<Batch> {
         let find = |name: &str| layout.iter().position(|l| l.name == name);
-        let ids = |name: &str, offsets: &[u32]| -> Result<(Option<Tensor>, Option<Vec<u32>>)> {
+        let ids = |name: &str, offsets: &[u32], table: &Var| -> Result<(Option<Tensor>, Option<Vec<u32>>)> {
             let Some(ix) = find(name) else { return Ok((None, None)) };
             let t = &encoded.tensors[ix];
             let TensorData::I64(d) = &t.data else { unreachable!("id inputs are int64. This is a bug.") };
@@ -235,7 +240,12 @@ impl Student {
                     out.push(d[r * w + k] as u32 + off);
                 }
             }
-            let distinct_rows = distinct.then(|| {
+            // Read and stepped by rows only where the table is large against what a batch reads:
+            // there a dense step costs far more than the batch's rows. On a small table (a
+            // student's) the dense step costs about the same, and stays the exact AdamW that
+            // students have been tuned and compared with.
+            let lazy = distinct && table.dim(0)? > LAZY_TABLE_RATIO * out.len();
+            let distinct_rows = lazy.then(|| {
                 let mut table_rows = out.clone();
                 table_rows.sort_unstable();
                 table_rows.dedup();
@@ -257,8 +267,8 @@ impl Student {
             }
             Tensor::from_vec(out, (rows.len(), w), &self.device).map(Some)
         };
-        let (context_ids, context_rows) = ids(CONTEXT_IDS, &self.context_offsets)?;
-        let (item_ids, item_rows) = ids(ITEM_IDS, &self.item_offsets)?;
+        let (context_ids, context_rows) = ids(CONTEXT_IDS, &self.context_offsets, &self.context_embeddings)?;
+        let (item_ids, item_rows) = ids(ITEM_IDS, &self.item_offsets, &self.item_embeddings)?;
         Ok(Batch {
             rows: rows.len(),
             context_ids,
