@@ -250,15 +250,21 @@ fn teachers_trained_on_other_source_data_are_not_reused() {
     assert_eq!(packages(&work).len(), 2 * first.evaluations.len());
 }
 
-#[test]
-fn a_sweep_evaluates_every_point_with_whole_teachers() {
-    let w = world();
-    let work = w.root.join("work");
+/// [`SEARCH`] with one teacher shape: only its epochs and distilled heads vary.
+fn narrow_search() -> SearchFile {
     let mut file: SearchFile = toml::from_str(SEARCH).unwrap();
     file.space.embedding_dim = vec![8];
     file.space.mask_probability = vec![0.0];
     file.space.left_out_features = vec![vec![]];
     file.space.source_tasks = vec![vec![]];
+    file
+}
+
+#[test]
+fn a_sweep_evaluates_every_point_with_whole_teachers() {
+    let w = world();
+    let work = w.root.join("work");
+    let file = narrow_search();
     let report = run(&w, &file, &work, true);
     assert_eq!(report.candidates.len(), 4);
     assert_eq!(report.evaluations.len(), 4);
@@ -280,11 +286,7 @@ fn a_sweep_evaluates_every_point_with_whole_teachers() {
 fn proxy_students_stop_at_the_controls_best_epoch() {
     let w = world();
     let work = w.root.join("work");
-    let mut file: SearchFile = toml::from_str(SEARCH).unwrap();
-    file.space.embedding_dim = vec![8];
-    file.space.mask_probability = vec![0.0];
-    file.space.left_out_features = vec![vec![]];
-    file.space.source_tasks = vec![vec![]];
+    let mut file = narrow_search();
     file.space.epochs = vec![1];
     file.space.distilled_heads = vec![vec!["play".into()]];
     (file.student.train.epochs, file.student.train.patience) = (4, 1);

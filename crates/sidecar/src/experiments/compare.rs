@@ -63,6 +63,12 @@ pub struct Chosen {
     pub validation_auc: Option<f64>,
 }
 
+impl Chosen {
+    pub fn hyper(&self) -> Hyper {
+        Hyper { learning_rate: self.learning_rate, weight_decay: self.weight_decay, epochs: self.epochs }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub chosen: Vec<Chosen>,
@@ -222,9 +228,8 @@ pub fn compare(
     // how many epochs all of them train, so each variant's gain is measured at the control's
     // best budget, never at a budget each picked on its own.
     let (epochs, control_validation_losses) = if stopping && !inner.is_empty() && !validation.is_empty() {
-        let control = &chosen[0];
         let trial = Trial { data, base: &base, plan: &plans[0], config, seed: first_seed, deadline: None };
-        let log = trial.stop_early((control.learning_rate, control.weight_decay), &inner, &validation)?;
+        let log = trial.stop_early(chosen[0].hyper(), &inner, &validation)?;
         tracing::info!(epochs = log.best_epoch + 1, "the control's validation loss chose the epochs");
         for c in &mut chosen {
             c.epochs = log.best_epoch + 1;
@@ -237,10 +242,9 @@ pub fn compare(
     let jobs: Vec<(u64, usize)> =
         seeds.iter().flat_map(|&seed| (0..VARIANTS.len()).map(move |v| (seed, v))).collect();
     let runs = parallel::map(jobs, 0, |(seed, v)| {
-        let (variant, hp) = (VARIANTS[v], &chosen[v]);
+        let variant = VARIANTS[v];
         let student = Trial { data, base: &base, plan: &plans[v], config, seed, deadline: None };
-        let hp = Hyper { learning_rate: hp.learning_rate, weight_decay: hp.weight_decay, epochs: hp.epochs };
-        let metrics = student.run(hp, &fit, &holdout)?;
+        let metrics = student.run(chosen[v].hyper(), &fit, &holdout)?;
         tracing::info!(variant, seed, "trained");
         Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
     })?;
@@ -310,34 +314,32 @@ impl Trial<'_> {
     /// Trains on `train` with the learning rate, weight decay and epochs of `hp`; the metrics
     /// on `judge`.
     pub fn run(&self, hp: Hyper, train: &[usize], judge: &[usize]) -> Result<Vec<TaskMetrics>, TrainError> {
+        let (student, config) = self.start(hp)?;
+        train_plan(&student, self.data, train, &config, self.plan)?;
+        evaluate(&student, self.data, judge, self.base)
+    }
+
+    /// Trains on `train` with `hp` and early stopping on `validation` (`train.patience`, up to
+    /// `hp.epochs`), returning the loss curves and the best epoch.
+    pub fn stop_early(
+        &self,
+        hp: Hyper,
+        train: &[usize],
+        validation: &[usize],
+    ) -> Result<crate::train::fit::TrainLog, TrainError> {
+        let (student, config) = self.start(hp)?;
+        let config = crate::train::fit::TrainConfig { patience: self.config.train.patience, ..config };
+        crate::train::fit::train_validated(&student, self.data, train, validation, &config, self.plan)
+    }
+
+    /// A new student of this trial's seed, and the training settings of `hp`.
+    fn start(&self, hp: Hyper) -> Result<(Student, crate::train::fit::TrainConfig), TrainError> {
         let student = Student::new(&self.plan.arch, self.seed, &Device::Cpu)?;
         let mut c = self.config.clone();
         c.train.seed = self.seed;
         (c.train.learning_rate, c.train.weight_decay, c.train.epochs) =
             (hp.learning_rate, hp.weight_decay, hp.epochs);
-        let config = crate::train::fit::TrainConfig { deadline: self.deadline, ..train_config(&c) };
-        train_plan(&student, self.data, train, &config, self.plan)?;
-        evaluate(&student, self.data, judge, self.base)
-    }
-
-    /// Trains on `train` with early stopping on `validation` (`train.patience`, up to
-    /// `train.epochs`), returning the loss curves and the best epoch.
-    pub fn stop_early(
-        &self,
-        hp: (f64, f64),
-        train: &[usize],
-        validation: &[usize],
-    ) -> Result<crate::train::fit::TrainLog, TrainError> {
-        let student = Student::new(&self.plan.arch, self.seed, &Device::Cpu)?;
-        let mut c = self.config.clone();
-        c.train.seed = self.seed;
-        (c.train.learning_rate, c.train.weight_decay) = hp;
-        let config = crate::train::fit::TrainConfig {
-            deadline: self.deadline,
-            patience: c.train.patience,
-            ..train_config(&c)
-        };
-        crate::train::fit::train_validated(&student, self.data, train, validation, &config, self.plan)
+        Ok((student, crate::train::fit::TrainConfig { deadline: self.deadline, ..train_config(&c) }))
     }
 }
 

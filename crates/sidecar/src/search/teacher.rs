@@ -737,9 +737,7 @@ impl Search<'_> {
                     let config = &self.file.student;
                     let trial =
                         Trial { data: &data, base: &self.base, plan: &plan, config, seed: 1, deadline: None };
-                    let log = trial
-                        .stop_early((hp.learning_rate, hp.weight_decay), &s.inner, &s.validation)
-                        .map_err(text)?;
+                    let log = trial.stop_early(hp, &s.inner, &s.validation).map_err(text)?;
                     hp.epochs = log.best_epoch + 1;
                 }
                 let validation = self.seeds(

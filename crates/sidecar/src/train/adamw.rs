@@ -214,6 +214,22 @@ impl Update {
     }
 }
 
+/// The f32 values of a parameter and of its gradient, both contiguous.
+fn parameter_and_gradient<'a>(
+    s1: &'a mut CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+) -> Result<(&'a mut [f32], &'a [f32])> {
+    let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
+        candle_core::bail!("AdamW: parameters and gradients must be f32");
+    };
+    let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        candle_core::bail!("AdamW: parameters and gradients must be contiguous");
+    };
+    Ok((&mut theta[t0..t1], &g[g0..g1]))
+}
+
 struct Step<'a> {
     update: Update,
     moments: &'a Mutex<Moments>,
@@ -225,18 +241,13 @@ impl candle_core::InplaceOp2 for Step<'_> {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("AdamW: parameters and gradients must be f32");
-        };
-        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("AdamW: parameters and gradients must be contiguous");
-        };
+        let (theta, g) = parameter_and_gradient(s1, l1, s2, l2)?;
         let mut moments = self.moments.lock().expect("not poisoned");
         let Moments { m, v, .. } = &mut *moments;
-        if t1 - t0 != g1 - g0 || m.len() != t1 - t0 {
+        if theta.len() != g.len() || m.len() != theta.len() {
             candle_core::bail!("AdamW: parameter, gradient and moments differ in size");
         }
-        self.update.apply(&mut theta[t0..t1], &g[g0..g1], m, v);
+        self.update.apply(theta, g, m, v);
         Ok(())
     }
 }
@@ -255,13 +266,8 @@ impl candle_core::InplaceOp2 for RowStep<'_> {
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("AdamW: parameters and gradients must be f32");
-        };
-        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("AdamW: parameters and gradients must be contiguous");
-        };
-        let (theta, g, w) = (&mut theta[t0..t1], &g[g0..g1], self.width);
+        let (theta, g) = parameter_and_gradient(s1, l1, s2, l2)?;
+        let w = self.width;
         let mut moments = self.moments.lock().expect("not poisoned");
         let Moments { m, v, row_steps } = &mut *moments;
         if m.len() != theta.len() || g.len() != self.rows.len() * w || row_steps.len() * w != theta.len() {

@@ -504,7 +504,7 @@ pub fn train_resuming(
     .saturating_sub(config.start_step);
     let progress = crate::progress::Progress::new("training", "steps", Some(to_train), config.progress);
     let threads = step::threads_for(&student.arch, config.batch_size.min(rows.len()), config.threads);
-    let (training_started, mut trained) = (std::time::Instant::now(), 0usize);
+    let training_started = std::time::Instant::now();
     for epoch in 0..epochs {
         // Fisher–Yates with the run's own generator: the order depends on the seed alone, so a
         // control and a distilled student with one seed see the same batches.
@@ -560,8 +560,8 @@ pub fn train_resuming(
             batches += 1;
             step += 1;
             examples += chunk.len();
-            trained += chunk.len();
             progress.add(1, || {
+                let trained = log.examples + examples;
                 let rate = trained as f64 / training_started.elapsed().as_secs_f64().max(1e-9);
                 format!(
                     "epoch {}/{epochs}, loss {:.4}, {rate:.0} examples/s",

@@ -87,12 +87,12 @@ pub fn gradients(
     })
     .into_iter();
     let (mut grads, mut head_losses) = results.next().expect("at least one slice")?;
+    let vars = student.vars();
     for result in results {
         let (other, values) = result?;
         for (acc, v) in head_losses.iter_mut().zip(values) {
             *acc += v;
         }
-        let vars = student.vars();
         let leaves = vars.iter().map(|v| v.as_tensor()).chain(tables.iter().map(|t| t.values.as_tensor()));
         for leaf in leaves {
             let Some(g) = other.get(leaf) else { continue };
