@@ -222,8 +222,16 @@ pub fn stand_in_teacher(
     version: &str,
     seed: u64,
 ) -> anyhow::Result<(retort_model::manifest::Manifest, Vec<u8>)> {
+    let spec_path = spec;
     let spec = DataSpec::from_path(spec)?;
     let arch = spec.two_tower(true);
+    if let Some(f) = arch.unbuilt_vocabularies().next() {
+        anyhow::bail!(
+            "{}: feature `{f}` builds its vocabulary from training rows, and a stand-in teacher \
+             has none; train one with `retort train`, or give the feature `buckets` for the stand-in",
+            spec_path.display()
+        );
+    }
     let objective: Vec<(&str, f64)> = spec
         .tasks
         .iter()

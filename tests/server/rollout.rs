@@ -125,7 +125,7 @@ async fn auto_policy_promotes_a_new_version_once_it_validates() {
     // A version whose feature changed kind would break callers: refused, with the reason.
     let mut arch = scaffold::music_architecture();
     let duration = arch.features.iter_mut().find(|f| f.name == "duration_s").unwrap();
-    duration.kind = FeatureKind::Categorical { buckets: 64, default: None };
+    duration.kind = FeatureKind::Categorical { buckets: 64, default: None, vocabulary: None };
     duration.input = TwoTower::input_for(duration.side, &duration.kind).to_string();
     write_arch(dir.path(), "3", &arch);
     let failed = wait_state(&server, "3", "failed").await;

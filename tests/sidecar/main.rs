@@ -12,3 +12,4 @@ mod publish;
 mod student;
 mod teacher_search;
 mod training_data;
+mod vocabulary;

@@ -4,7 +4,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use std::sync::Arc;
+
 use super::manifest::{ContextRows, DType, Feature, FeatureKind, Manifest, Side};
+use super::vocabulary::{Vocab, Vocabulary};
 
 /// A feature value as the encoder sees it, whatever it was read from (JSON, TOML, Parquet).
 #[derive(Debug, Clone, PartialEq)]
@@ -144,9 +147,31 @@ struct Slot {
 /// A feature kind with its defaults already encoded, so a miss costs a copy.
 #[derive(Debug, Clone)]
 enum Rule {
-    Categorical { buckets: u64, default: i64 },
+    Categorical { rows: Rows, default: i64 },
     Number { mean: f64, std: f64, default: f32 },
     Vector { dim: usize, default: Vec<f32> },
+}
+
+/// How a categorical id finds its table row.
+#[derive(Debug, Clone)]
+enum Rows {
+    Hashed {
+        buckets: u64,
+    },
+    Vocabulary(Arc<Vocabulary>),
+    /// The vocabulary is still to be built from the rows being encoded: every id takes row 0
+    /// until it is (the values are checked all the same).
+    Pending,
+}
+
+impl Rows {
+    fn of(id: &str, rows: &Rows) -> i64 {
+        match rows {
+            Rows::Hashed { buckets } => bucket(id.as_bytes(), *buckets),
+            Rows::Vocabulary(v) => v.row(id),
+            Rows::Pending => 0,
+        }
+    }
 }
 
 /// Where in a request a bad value was found.
@@ -221,10 +246,19 @@ impl Encoder {
             let offset = inputs[input].width;
             inputs[input].width += f.kind.width();
             let rule = match &f.kind {
-                FeatureKind::Categorical { buckets, default } => Rule::Categorical {
-                    buckets: *buckets,
-                    default: default.as_deref().map_or(0, |d| bucket(d.as_bytes(), *buckets)),
-                },
+                FeatureKind::Categorical { buckets, default, vocabulary } => {
+                    let rows = match vocabulary {
+                        None => Rows::Hashed { buckets: *buckets },
+                        Some(Vocab::Ids(v)) => Rows::Vocabulary(v.clone()),
+                        Some(Vocab::Build(_)) => Rows::Pending,
+                        Some(Vocab::File(file)) => panic!(
+                            "feature `{}`: vocabulary `{file}` is encoded before it is read. This is a bug.",
+                            f.name
+                        ),
+                    };
+                    let default = default.as_deref().map_or(0, |d| Rows::of(d, &rows));
+                    Rule::Categorical { rows, default }
+                }
                 FeatureKind::Number { mean, std, default } => {
                     Rule::Number { mean: *mean, std: *std, default: ((default - mean) / std) as f32 }
                 }
@@ -243,6 +277,12 @@ impl Encoder {
             }
         }
         Encoder { inputs, context, item, context_rows, features: features.len() }
+    }
+
+    /// Where `feature`'s values go: its input (in [`Encoder::inputs`] order) and its first
+    /// column there.
+    pub fn position(&self, feature: &str) -> Option<(usize, usize)> {
+        self.context.iter().chain(&self.item).find(|s| s.name == feature).map(|s| (s.input, s.offset))
     }
 
     /// The names of the features it encodes, context side first.
@@ -426,28 +466,10 @@ fn write_value(
         missing[slot.feature] += 1;
     }
     match (&slot.rule, &mut tensor.data) {
-        (Rule::Categorical { buckets, default }, TensorData::I64(data)) => {
-            data[at] = match value {
-                Value::Missing => *default,
-                Value::Str(s) => bucket(s.as_bytes(), *buckets),
-                Value::Int(i) => bucket(itoa(i, &mut [0; 20]), *buckets),
-                Value::Uint(u) => bucket(u.to_string().as_bytes(), *buckets),
-                // JSON has one number type: `21.0` is the id 21, `21.5` is no id at all.
-                Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
-                    bucket(itoa(x as i64, &mut [0; 20]), *buckets)
-                }
-                Value::Float(x) if x.fract() == 0.0 => {
-                    return Err(error(format!(
-                        "expected a string or integer id, got {x:e}, too large to be an exact integer \
-                         (send ids past 2^53 as strings)"
-                    )));
-                }
-                Value::Float(_) => {
-                    return Err(error("expected a string or integer id, got a fractional number".into()));
-                }
-                other => {
-                    return Err(error(format!("expected a string or integer id, got {}", other.type_name())));
-                }
+        (Rule::Categorical { rows, default }, TensorData::I64(data)) => {
+            data[at] = match id_text(&value, &mut [0; 20]).map_err(error)? {
+                None => *default,
+                Some(id) => Rows::of(id, rows),
             };
         }
         (Rule::Number { mean, std, default }, TensorData::F32(data)) => {
@@ -488,6 +510,27 @@ fn write_value(
     Ok(())
 }
 
+/// The text a categorical value is known by, hashed or looked up: a string as it is, an integer
+/// as its decimal text (so `21` and `"21"` are one id); `None` for a missing value. `buf` holds
+/// an integer's text.
+pub fn id_text<'v>(value: &'v Value<'_>, buf: &'v mut [u8; 20]) -> Result<Option<&'v str>, String> {
+    let digits = |b: &'v [u8]| std::str::from_utf8(b).expect("decimal digits are UTF-8");
+    match *value {
+        Value::Missing => Ok(None),
+        Value::Str(s) => Ok(Some(s)),
+        Value::Int(i) => Ok(Some(digits(itoa(i, buf)))),
+        Value::Uint(u) => Ok(Some(digits(utoa(u, buf)))),
+        // JSON has one number type: `21.0` is the id 21, `21.5` is no id at all.
+        Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.0e15 => Ok(Some(digits(itoa(x as i64, buf)))),
+        Value::Float(x) if x.fract() == 0.0 => Err(format!(
+            "expected a string or integer id, got {x:e}, too large to be an exact integer \
+             (send ids past 2^53 as strings)"
+        )),
+        Value::Float(_) => Err("expected a string or integer id, got a fractional number".into()),
+        ref other => Err(format!("expected a string or integer id, got {}", other.type_name())),
+    }
+}
+
 fn non_finite() -> String {
     "value is not finite after normalisation".to_string()
 }
@@ -525,7 +568,17 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// Decimal text of `v` without allocating.
 fn itoa(v: i64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut n = v.unsigned_abs();
+    if v >= 0 {
+        return utoa(v as u64, buf);
+    }
+    let start = buf.len() - utoa(v.unsigned_abs(), buf).len();
+    // i64::MIN has 19 digits, so the sign always fits.
+    buf[start - 1] = b'-';
+    &buf[start - 1..]
+}
+
+/// Decimal text of `n` without allocating (u64::MAX has 20 digits).
+fn utoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -534,11 +587,6 @@ fn itoa(v: i64, buf: &mut [u8; 20]) -> &[u8] {
         if n == 0 {
             break;
         }
-    }
-    if v < 0 {
-        // i64::MIN has 19 digits, so the sign always fits.
-        i -= 1;
-        buf[i] = b'-';
     }
     &buf[i..]
 }
@@ -662,6 +710,38 @@ play = 1.0
         let c = enc.encode(&row("user_id = 21.0"), &[] as &[Row]).unwrap();
         assert_eq!(a.tensors[0], b.tensors[0]);
         assert_eq!(a.tensors[0], c.tensors[0]);
+    }
+
+    #[test]
+    fn a_vocabulary_numbers_its_ids_and_sends_every_other_value_to_row_zero() {
+        let mut m = manifest(ContextRows::Once);
+        let genres =
+            Vocabulary::from_ids("vocabularies/artist_id.txt", ["a", "b", "21", "18446744073709551615"])
+                .unwrap();
+        m.features[3].kind = FeatureKind::Categorical {
+            buckets: genres.buckets(),
+            default: Some("b".into()),
+            vocabulary: Some(Vocab::Ids(Arc::new(genres))),
+        };
+        m.validate().unwrap();
+        let enc = Encoder::new(&m);
+        let items = [
+            row("artist_id = \"b\""),
+            row("artist_id = 21"),
+            row("artist_id = \"18446744073709551615\""),
+            row("artist_id = \"new\""),
+            row(""),
+        ];
+        let e = enc.encode(&row(""), &items).unwrap();
+        assert_eq!(e.tensors[2].data, TensorData::I64(vec![2, 3, 4, 0, 2]));
+        let big = [Value::Uint(u64::MAX)];
+        assert_eq!(id_text(&big[0], &mut [0; 20]).unwrap(), Some("18446744073709551615"));
+        // A masked value is a missing one: the default's row.
+        let mut masked = e.clone();
+        enc.mask_missing(&mut masked, |f| if f == "artist_id" { 1.0 } else { 0.0 }, || 0.5);
+        assert_eq!(masked.tensors[2].data, TensorData::I64(vec![2; 5]));
+        let e = enc.encode(&row(""), &[row("artist_id = 2.5")]).unwrap_err();
+        assert!(e.to_string().contains("fractional"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`request`]: the JSON body of `POST /v1/rank`, decoded without copying strings.
 //! - [`manifest`]: the `manifest.toml` format and its validation.
 //! - [`encode`]: request features → input tensors (context once, candidates as one batch).
+//! - [`vocabulary`]: a categorical feature's ids numbered by a vocabulary, beside hashing.
 //! - [`engine`]: the `Engine` trait and the tract / ort engines.
 //! - [`onnx`]: a small ONNX graph writer.
 //! - [`two_tower`]: the student architecture retort exports, with a reference forward pass.
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub mod catalog;
 pub mod encode;
 pub mod engine;
+mod ids;
 pub mod item_tower;
 pub mod manifest;
 pub mod onnx;
@@ -36,6 +38,7 @@ pub mod scaffold;
 pub mod timestamp;
 pub mod toml_file;
 pub mod two_tower;
+pub mod vocabulary;
 
 use encode::{EncodeError, Encoded, Encoder, FeatureSource, Location, Towered};
 use engine::{Engine, EngineError, EngineKind, GraphIo, Output};

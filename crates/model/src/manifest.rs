@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::vocabulary::{self, Vocab, Vocabulary, VocabularyRule};
+
 /// Everything the server needs to know about a model package besides its ONNX graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,12 +98,16 @@ pub struct Feature {
 /// How a raw request value becomes tensor values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FeatureKind {
-    /// A string or integer id, hashed into `buckets` (bucket 0 is "missing/unknown"); the graph
-    /// looks it up in an embedding table. Feeds an int64 input, one column.
+    /// A string or integer id, hashed into `buckets` or numbered by a vocabulary (row 0 is
+    /// "missing or unknown" either way); the graph looks it up in an embedding table. Feeds an
+    /// int64 input, one column.
     Categorical {
+        /// Rows of the table. With a vocabulary, its size + 1 (0 while it is still to be built).
         buckets: u64,
-        /// Value used when the request omits the feature; without one, bucket 0.
+        /// Value used when the request omits the feature; without one, row 0.
         default: Option<String>,
+        /// Ids numbered by a vocabulary instead of hashed.
+        vocabulary: Option<Vocab>,
     },
     /// A number, fed as `(x - mean) / std`. Feeds a float input, one column.
     Number {
@@ -137,6 +143,8 @@ struct RawFeature {
     dim: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     default: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vocabulary: Option<toml::Value>,
 }
 
 impl TryFrom<RawFeature> for Feature {
@@ -185,9 +193,39 @@ impl TryFrom<RawFeature> for FeatureColumn {
                 only("mean", raw.mean.is_some(), "categorical")?;
                 only("std", raw.std.is_some(), "categorical")?;
                 only("dim", raw.dim.is_some(), "categorical")?;
-                let buckets = raw
-                    .buckets
-                    .ok_or_else(|| format!("feature `{name}`: a categorical feature needs `buckets`"))?;
+                let vocabulary = match raw.vocabulary {
+                    None => None,
+                    Some(toml::Value::String(file)) => Some(Vocab::File(vocabulary_file(name, file)?)),
+                    Some(rule @ toml::Value::Table(_)) => {
+                        let rule: VocabularyRule =
+                            rule.try_into().map_err(|e| format!("feature `{name}`: vocabulary: {e}"))?;
+                        rule.validate().map_err(|e| format!("feature `{name}`: {e}"))?;
+                        Some(Vocab::Build(rule))
+                    }
+                    Some(other) => {
+                        return Err(format!(
+                            "feature `{name}`: vocabulary must be a file (a manifest's) or a table \
+                             {{ min_count, max_size }} (a data spec's), not {}",
+                            other.type_str()
+                        ));
+                    }
+                };
+                let buckets = match (&vocabulary, raw.buckets) {
+                    (Some(Vocab::Build(_)), Some(_)) => {
+                        return Err(format!(
+                            "feature `{name}`: `buckets` follows from the vocabulary built (its size \
+                             + 1); drop it"
+                        ));
+                    }
+                    // Known once the file is read.
+                    (Some(_), buckets) => buckets.unwrap_or(0),
+                    (None, Some(buckets)) => buckets,
+                    (None, None) => {
+                        return Err(format!(
+                            "feature `{name}`: a categorical feature needs `buckets` or a `vocabulary`"
+                        ));
+                    }
+                };
                 let default = match raw.default {
                     None => None,
                     Some(toml::Value::String(s)) => Some(s),
@@ -199,10 +237,11 @@ impl TryFrom<RawFeature> for FeatureColumn {
                         ));
                     }
                 };
-                FeatureKind::Categorical { buckets, default }
+                FeatureKind::Categorical { buckets, default, vocabulary }
             }
             "number" => {
                 only("buckets", raw.buckets.is_some(), "number")?;
+                only("vocabulary", raw.vocabulary.is_some(), "number")?;
                 only("dim", raw.dim.is_some(), "number")?;
                 let default = match raw.default {
                     None => 0.0,
@@ -213,6 +252,7 @@ impl TryFrom<RawFeature> for FeatureColumn {
             }
             "vector" => {
                 only("buckets", raw.buckets.is_some(), "vector")?;
+                only("vocabulary", raw.vocabulary.is_some(), "vector")?;
                 only("mean", raw.mean.is_some(), "vector")?;
                 only("std", raw.std.is_some(), "vector")?;
                 let dim = raw.dim.ok_or_else(|| format!("feature `{name}`: a vector feature needs `dim`"))?;
@@ -251,11 +291,18 @@ impl From<FeatureColumn> for RawFeature {
             std: None,
             dim: None,
             default: None,
+            vocabulary: None,
         };
         match f.kind {
-            FeatureKind::Categorical { buckets, default } => {
-                raw.buckets = Some(buckets);
+            FeatureKind::Categorical { buckets, default, vocabulary } => {
+                raw.buckets = (buckets > 0).then_some(buckets);
                 raw.default = default.map(toml::Value::String);
+                raw.vocabulary = vocabulary.map(|v| match v {
+                    Vocab::File(file) => toml::Value::String(file),
+                    Vocab::Ids(ids) => toml::Value::String(ids.file().to_string()),
+                    Vocab::Build(rule) => toml::Value::try_from(rule)
+                        .expect("a vocabulary rule always serialises to TOML. This is a bug."),
+                });
             }
             FeatureKind::Number { mean, std, default } => {
                 raw.mean = Some(mean);
@@ -269,6 +316,17 @@ impl From<FeatureColumn> for RawFeature {
             }
         }
         raw
+    }
+}
+
+/// A manifest's vocabulary file: `vocabularies/<name>`, inside the package.
+fn vocabulary_file(feature: &str, file: String) -> Result<String, String> {
+    match file.strip_prefix(vocabulary::DIR).and_then(|f| f.strip_prefix('/')) {
+        Some(name) if vocabulary::nameable(name) => Ok(file),
+        _ => Err(format!(
+            "feature `{feature}`: vocabulary `{file}` must be a file of the package's `{}/` directory",
+            vocabulary::DIR
+        )),
     }
 }
 
@@ -421,10 +479,42 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// Reads a manifest and the vocabularies it names (beside it, in the package).
     pub fn from_path(path: &Path) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = crate::toml_file::read(path)?;
+        let mut manifest: Manifest = crate::toml_file::read(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        manifest.read_vocabularies(dir)?;
         manifest.validate()?;
         Ok(manifest)
+    }
+
+    /// Reads every vocabulary named but not read yet from the package directory `dir`, and
+    /// sets its feature's `buckets` when the manifest left it out.
+    pub fn read_vocabularies(&mut self, dir: &Path) -> Result<(), ManifestError> {
+        let model = self.id();
+        for f in &mut self.features {
+            if let FeatureKind::Categorical { buckets, vocabulary: Some(v), .. } = &mut f.kind
+                && let Vocab::File(file) = v
+            {
+                let read = Vocabulary::read(dir, file).map_err(|problem| ManifestError::Invalid {
+                    model: model.clone(),
+                    problem: format!("feature `{}`: {problem}", f.name),
+                })?;
+                if *buckets == 0 {
+                    *buckets = read.buckets();
+                }
+                *v = Vocab::Ids(std::sync::Arc::new(read));
+            }
+        }
+        Ok(())
+    }
+
+    /// The vocabularies the package stores, by feature.
+    pub fn vocabularies(&self) -> impl Iterator<Item = (&str, &Vocabulary)> {
+        self.features.iter().filter_map(|f| match &f.kind {
+            FeatureKind::Categorical { vocabulary: Some(Vocab::Ids(v)), .. } => Some((f.name.as_str(), &**v)),
+            _ => None,
+        })
     }
 
     pub fn to_toml(&self) -> String {
@@ -462,6 +552,32 @@ impl Manifest {
                 return Err(invalid(format!("feature `{}` is declared twice", f.name)));
             }
             match &f.kind {
+                FeatureKind::Categorical { vocabulary: Some(Vocab::File(file)), .. } => {
+                    return Err(invalid(format!(
+                        "feature `{}`: vocabulary `{file}` was named but not read (read the manifest \
+                         with Manifest::from_path). This is a bug.",
+                        f.name
+                    )));
+                }
+                FeatureKind::Categorical { vocabulary: Some(Vocab::Build(_)), .. } => {
+                    return Err(invalid(format!(
+                        "feature `{}`: a manifest's vocabulary is a file of the package \
+                         (`vocabularies/{0}.txt`); a rule to build one belongs in a data spec",
+                        f.name
+                    )));
+                }
+                FeatureKind::Categorical { vocabulary: Some(Vocab::Ids(v)), buckets, .. }
+                    if *buckets != v.buckets() =>
+                {
+                    return Err(invalid(format!(
+                        "feature `{}`: buckets = {buckets}, but vocabulary `{}` holds {} ids (the \
+                         table has one row per id and row 0, so buckets = {})",
+                        f.name,
+                        v.file(),
+                        v.len(),
+                        v.buckets()
+                    )));
+                }
                 FeatureKind::Categorical { buckets, .. } if *buckets < 2 => {
                     return Err(invalid(format!(
                         "feature `{}`: a categorical feature needs at least 2 buckets \
@@ -622,7 +738,9 @@ play = 1.0
         assert!(e.contains("unknown head `like`"), "{e}");
         let e = invalid(|m| m.features[1].input = "ctx_ids".into());
         assert!(e.contains("share input `ctx_ids`"), "{e}");
-        let e = invalid(|m| m.features[0].kind = FeatureKind::Categorical { buckets: 1, default: None });
+        let e = invalid(|m| {
+            m.features[0].kind = FeatureKind::Categorical { buckets: 1, default: None, vocabulary: None }
+        });
         assert!(e.contains("`user_id`") && e.contains("2 buckets"), "{e}");
         let e = invalid(|m| m.heads[0].serving = false);
         assert!(e.contains("not a serving head"), "{e}");
@@ -630,6 +748,68 @@ play = 1.0
         assert!(e.contains("declared twice"), "{e}");
         let e = invalid(|m| m.model.version = "../x".into());
         assert!(e.contains("directory name"), "{e}");
+    }
+
+    #[test]
+    fn a_vocabulary_is_a_package_file_in_a_manifest_and_a_rule_in_a_data_spec() {
+        let named = MINIMAL.replace("buckets = 100", "vocabulary = \"vocabularies/user_id.txt\"");
+        let m: Manifest = toml::from_str(&named).unwrap();
+        let FeatureKind::Categorical { buckets: 0, vocabulary: Some(Vocab::File(f)), .. } =
+            &m.features[0].kind
+        else {
+            panic!("{:?}", m.features[0].kind)
+        };
+        assert_eq!(f, "vocabularies/user_id.txt");
+        // Parsed alone, it is not read yet: validation says so rather than encoding ids to row 0.
+        assert!(m.validate().unwrap_err().to_string().contains("named but not read"));
+        for outside in ["../user_id.txt", "vocabularies/../x.txt", "vocabularies/.hidden", "user_id.txt"] {
+            let text = MINIMAL.replace("buckets = 100", &format!("vocabulary = \"{outside}\""));
+            let e = toml::from_str::<Manifest>(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("must be a file of the package's `vocabularies/` directory"),
+                "{outside}: {e}"
+            );
+        }
+
+        let rule = "[[features]]\nname = \"user_id\"\nside = \"context\"\nkind = \"categorical\"\n\
+                    vocabulary = { min_count = 3 }\n";
+        #[derive(Deserialize)]
+        struct Spec {
+            features: Vec<FeatureColumn>,
+        }
+        let spec: Spec = toml::from_str(rule).unwrap();
+        assert_eq!(
+            spec.features[0].kind,
+            FeatureKind::Categorical {
+                buckets: 0,
+                default: None,
+                vocabulary: Some(Vocab::Build(VocabularyRule { min_count: 3, max_size: None }))
+            }
+        );
+        let back: Spec =
+            toml::from_str(&toml::to_string(&RawFeatures { features: spec.features }).unwrap()).unwrap();
+        assert!(matches!(
+            back.features[0].kind,
+            FeatureKind::Categorical { vocabulary: Some(Vocab::Build(_)), .. }
+        ));
+        let e = toml::from_str::<Spec>(&rule.replace("{ min_count = 3 }", "{ min_count = 3 }\nbuckets = 9"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("`buckets` follows from the vocabulary"), "{e}");
+        let e = toml::from_str::<Spec>(&rule.replace("min_count = 3", "min_count = 0"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("min_count must be at least 1"), "{e}");
+        let e =
+            toml::from_str::<Spec>(&rule.replace("min_count = 3", "min_cnt = 3")).err().unwrap().to_string();
+        assert!(e.contains("min_cnt"), "{e}");
+
+        #[derive(Serialize)]
+        struct RawFeatures {
+            features: Vec<FeatureColumn>,
+        }
     }
 
     #[test]

@@ -110,6 +110,16 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 pub struct FileStamp {
     manifest: (u64, Option<std::time::SystemTime>),
     graph: (u64, Option<std::time::SystemTime>),
+    /// The vocabulary files' total size and newest modification time.
+    vocabularies: (u64, Option<std::time::SystemTime>),
+}
+
+fn vocabularies_stamp(dir: &Path) -> (u64, Option<std::time::SystemTime>) {
+    let Ok(entries) = std::fs::read_dir(dir.join(crate::vocabulary::DIR)) else { return (0, None) };
+    entries
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .fold((0, None), |(size, newest), m| (size + m.len(), newest.max(m.modified().ok())))
 }
 
 /// The largest manifest read: a manifest is a page of TOML.
@@ -140,13 +150,17 @@ pub fn check_servable(models_dir: &Path, dir: &Path, max_graph_bytes: u64) -> Re
         }
         Ok((meta.len(), meta.modified().ok()))
     };
-    Ok(FileStamp { manifest: stamp(MANIFEST, MAX_MANIFEST_BYTES)?, graph: stamp(GRAPH, max_graph_bytes)? })
+    Ok(FileStamp {
+        manifest: stamp(MANIFEST, MAX_MANIFEST_BYTES)?,
+        graph: stamp(GRAPH, max_graph_bytes)?,
+        vocabularies: vocabularies_stamp(dir),
+    })
 }
 
-/// The stamp of the package files in `dir`, if both can be read.
+/// The stamp of the package files in `dir`, if its manifest and graph can be read.
 pub fn stamp(dir: &Path) -> Option<FileStamp> {
     let of = |file: &str| std::fs::metadata(dir.join(file)).ok().map(|m| (m.len(), m.modified().ok()));
-    Some(FileStamp { manifest: of(MANIFEST)?, graph: of(GRAPH)? })
+    Some(FileStamp { manifest: of(MANIFEST)?, graph: of(GRAPH)?, vocabularies: vocabularies_stamp(dir) })
 }
 
 /// What publishing a package did.
@@ -188,7 +202,8 @@ fn same_as_newest(models_dir: &Path, manifest: &Manifest, graph: &[u8]) -> Optio
     let mut new = manifest.clone();
     new.model.version = old.model.version.clone();
     new.provenance.created_at = old.provenance.created_at.clone();
-    if new.to_toml() != old.to_toml() {
+    // The TOML names the vocabularies; their ids are compared apart.
+    if new.to_toml() != old.to_toml() || !new.vocabularies().eq(old.vocabularies()) {
         return None;
     }
     // Sizes first: the graph is read only when it could be the same.
@@ -214,6 +229,13 @@ pub fn write_with(
     let name_dir = models_dir.join(&manifest.model.name);
     write_dir_whole(&name_dir, &manifest.model.version, |tmp| {
         write_synced(&tmp.join(GRAPH), graph)?;
+        for (_, vocabulary) in manifest.vocabularies() {
+            let path = tmp.join(vocabulary.file());
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+            write_synced(&path, vocabulary.to_text().as_bytes())?;
+        }
         write_synced(&tmp.join(MANIFEST), manifest.to_toml().as_bytes())?;
         extra(tmp).map_err(io_err(tmp))
     })
@@ -308,6 +330,50 @@ mod tests {
         again.model.description = "changed".into();
         again.model.version = "3".into();
         assert!(matches!(write_new(models.path(), &again, &graph, |_| Ok(())).unwrap(), Written::New(_)));
+    }
+
+    #[test]
+    fn a_package_keeps_its_vocabularies_beside_its_manifest_and_reads_them_back() {
+        use crate::manifest::FeatureKind;
+        use crate::vocabulary::{Vocab, Vocabulary, file_for};
+        let models = tempfile::tempdir().unwrap();
+        let (mut manifest, graph) = crate::scaffold::seeded_package("m", "1", 1);
+        let with = |manifest: &mut Manifest, ids: Vec<String>| {
+            let v = Vocabulary::from_ids(&file_for("device"), ids.iter().map(String::as_str)).unwrap();
+            let device = manifest.features.iter_mut().find(|f| f.name == "device").unwrap();
+            device.kind = FeatureKind::Categorical {
+                buckets: v.buckets(),
+                default: Some("d3".into()),
+                vocabulary: Some(Vocab::Ids(std::sync::Arc::new(v))),
+            };
+        };
+        let ids: Vec<String> = (1..16).map(|i| format!("d{i}")).collect();
+        with(&mut manifest, ids.clone());
+        let dir = write(models.path(), &manifest, &graph).unwrap();
+        let text = std::fs::read_to_string(dir.join("vocabularies/device.txt")).unwrap();
+        assert_eq!(text.lines().collect::<Vec<_>>(), ids);
+        let toml = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+        assert!(toml.contains("vocabulary = \"vocabularies/device.txt\""), "{toml}");
+        let back = Manifest::from_path(&dir.join(MANIFEST)).unwrap();
+        assert_eq!(back, manifest);
+
+        // The same ids are the same package; other ids make a new version.
+        let mut again = manifest.clone();
+        again.model.version = "2".into();
+        assert!(matches!(
+            write_new(models.path(), &again, &graph, |_| Ok(())).unwrap(),
+            Written::Unchanged(_)
+        ));
+        with(&mut again, ids.iter().rev().cloned().collect());
+        assert!(matches!(write_new(models.path(), &again, &graph, |_| Ok(())).unwrap(), Written::New(_)));
+
+        // A vocabulary that is not there, or does not fit the table, is named.
+        std::fs::write(dir.join("vocabularies/device.txt"), "d1\nd2\n").unwrap();
+        let e = Manifest::from_path(&dir.join(MANIFEST)).unwrap_err().to_string();
+        assert!(e.contains("buckets = 16, but vocabulary `vocabularies/device.txt` holds 2 ids"), "{e}");
+        std::fs::remove_file(dir.join("vocabularies/device.txt")).unwrap();
+        let e = Manifest::from_path(&dir.join(MANIFEST)).unwrap_err().to_string();
+        assert!(e.contains("feature `device`") && e.contains("vocabularies/device.txt"), "{e}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ fn feature(name: &str, side: Side, kind: FeatureKind) -> Feature {
 }
 
 fn categorical(buckets: u64) -> FeatureKind {
-    FeatureKind::Categorical { buckets, default: None }
+    FeatureKind::Categorical { buckets, default: None, vocabulary: None }
 }
 
 /// The music app's features: who is listening, when and where; and what the track is.
@@ -33,7 +33,11 @@ pub fn music_features() -> Vec<Feature> {
     vec![
         feature("user_id", Context, categorical(5000)),
         feature("country", Context, categorical(256)),
-        feature("device", Context, FeatureKind::Categorical { buckets: 16, default: Some("mobile".into()) }),
+        feature(
+            "device",
+            Context,
+            FeatureKind::Categorical { buckets: 16, default: Some("mobile".into()), vocabulary: None },
+        ),
         feature("hour", Context, categorical(25)),
         feature("account_age_days", Context, FeatureKind::Number { mean: 400.0, std: 300.0, default: 400.0 }),
         feature("track_id", Item, categorical(10000)),

@@ -15,6 +15,7 @@ use super::encode::{Encoded, InputLayout, TensorData};
 use super::manifest::{DType, Feature, FeatureKind, HeadKind, Side};
 use super::onnx::{Dim, GraphBuilder};
 use crate::rng::SplitMix64;
+use crate::vocabulary::Vocab;
 
 /// Graph input names: one int64 input of ids and one float input per side.
 pub const CONTEXT_IDS: &str = "context_ids";
@@ -214,6 +215,15 @@ impl TwoTower {
         }
     }
 
+    /// Features whose vocabulary is still to be built from training rows: their tables have no
+    /// size yet.
+    pub fn unbuilt_vocabularies(&self) -> impl Iterator<Item = &str> {
+        self.features.iter().filter_map(|f| match &f.kind {
+            FeatureKind::Categorical { vocabulary: Some(Vocab::Build(_)), .. } => Some(f.name.as_str()),
+            _ => None,
+        })
+    }
+
     fn side(&self, side: Side) -> SideShape {
         let mut shape = SideShape { buckets: Vec::new(), dense_width: 0 };
         for f in self.features.iter().filter(|f| f.side == side) {
@@ -333,6 +343,9 @@ impl TwoTower {
     /// each head from one keyed by its index or name), so two architectures that differ only by
     /// an extra head (a control and its distilled twin) start from the same shared weights.
     pub fn random_weights(&self, seed: u64) -> TwoTowerWeights {
+        if let Some(f) = self.unbuilt_vocabularies().next() {
+            panic!("feature `{f}`: weights are drawn before its vocabulary is built. This is a bug.");
+        }
         let mut rng = SplitMix64::new(seed);
         let mut table = |rows: usize| -> Vec<f32> {
             (0..rows * self.embedding_dim).map(|_| rng.uniform(-0.5, 0.5) as f32).collect()

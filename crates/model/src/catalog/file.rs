@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, Column, ColumnKind, Strings, Values, hash_id};
+use super::{Catalog, Column, ColumnKind, Values};
+use crate::ids::{IdIndex, Strings};
 use crate::package::{self, PackageError, compare_versions};
 
 pub const MANIFEST: &str = "catalog.toml";
@@ -120,7 +121,7 @@ fn encode(catalog: &Catalog) -> Vec<u8> {
         }
         out.extend_from_slice(s.bytes.as_bytes());
     };
-    strings(&mut out, &layer.ids);
+    strings(&mut out, layer.ids.strings());
     for column in &layer.columns {
         match &column.values {
             Values::Text { strings: s, present } => {
@@ -206,21 +207,14 @@ fn decode(manifest: &CatalogManifest, bytes: &[u8]) -> Result<Catalog, String> {
     if r.at != bytes.len() {
         return Err(format!("{} bytes after the last column", bytes.len() - r.at));
     }
-    let mut index = hashbrown::HashTable::with_capacity(rows);
-    for row in 0..rows {
-        let id = ids.get(row);
-        let hash = hash_id(id);
-        if let Some(&first) = index.find(hash, |&r: &u32| ids.get(r as usize) == id) {
-            return Err(format!("item id `{id}` appears twice (rows {first} and {row})"));
-        }
-        index.insert_unique(hash, row as u32, |&r| hash_id(ids.get(r as usize)));
-    }
+    let ids = IdIndex::from_strings(ids)
+        .map_err(|(id, first, row)| format!("item id `{id}` appears twice (rows {first} and {row})"))?;
     let about = &manifest.catalog;
     Ok(Catalog {
         name: about.name.clone(),
         version: about.version.clone(),
         id_column: about.id_column.clone(),
-        layers: vec![std::sync::Arc::new(super::Layer { ids, index, columns })],
+        layers: vec![std::sync::Arc::new(super::Layer { ids, columns })],
         len: rows,
     })
 }

@@ -12,11 +12,9 @@
 pub mod file;
 
 use std::borrow::Cow;
-use std::hash::BuildHasher;
-
-use hashbrown::HashTable;
 
 use crate::encode::{FeatureSource, Value};
+use crate::ids::{IdIndex, Strings, TooLarge};
 use crate::item_tower::ItemVectors;
 
 /// What a catalog column holds. A categorical value is kept as text: an integer id hashes as
@@ -35,36 +33,6 @@ impl ColumnKind {
             ColumnKind::Number => "number",
             ColumnKind::Vector { .. } => "vector",
         }
-    }
-}
-
-/// Strings in one arena: row `i` is `bytes[offsets[i]..offsets[i + 1]]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Strings {
-    offsets: Vec<u32>,
-    bytes: String,
-}
-
-impl Strings {
-    fn with_capacity(rows: usize) -> Strings {
-        let mut offsets = Vec::with_capacity(rows + 1);
-        offsets.push(0);
-        Strings { offsets, bytes: String::new() }
-    }
-
-    fn push(&mut self, s: &str) -> Result<(), CatalogError> {
-        self.bytes.push_str(s);
-        let end = u32::try_from(self.bytes.len()).map_err(|_| CatalogError::TooLarge)?;
-        self.offsets.push(end);
-        Ok(())
-    }
-
-    fn get(&self, row: usize) -> &str {
-        &self.bytes[self.offsets[row] as usize..self.offsets[row + 1] as usize]
-    }
-
-    fn len(&self) -> usize {
-        self.offsets.len() - 1
     }
 }
 
@@ -138,38 +106,34 @@ pub enum CatalogError {
     TooLarge,
 }
 
-/// The ids' hasher: foldhash (a few nanoseconds for a short id, where SipHash took several
-/// times that on every candidate of every request) with a fixed seed, so an index is the same
-/// from run to run. Ids are looked up, never inserted, from requests: a caller who knew the seed
-/// could only make its own lookups probe a little longer.
-fn hash_id(id: &str) -> u64 {
-    foldhash::fast::FixedState::default().hash_one(id)
+impl From<TooLarge> for CatalogError {
+    fn from(_: TooLarge) -> Self {
+        CatalogError::TooLarge
+    }
 }
 
 /// Items with their values: a whole catalog version, or a delta's new and changed items.
 #[derive(Clone)]
 struct Layer {
-    ids: Strings,
-    index: HashTable<u32>,
+    ids: IdIndex,
     columns: Vec<Column>,
 }
 
 impl Layer {
     fn find(&self, id: &str) -> Option<usize> {
-        self.index.find(hash_id(id), |&row| self.ids.get(row as usize) == id).map(|&r| r as usize)
+        self.ids.find(id)
     }
 
     fn heap_bytes(&self) -> usize {
-        let strings = |s: &Strings| s.bytes.capacity() + 4 * s.offsets.capacity();
         let values: usize = self
             .columns
             .iter()
             .map(|c| match &c.values {
-                Values::Text { strings: s, present } => strings(s) + present.capacity(),
+                Values::Text { strings, present } => strings.heap_bytes() + present.capacity(),
                 Values::Number(v) | Values::Vector { values: v, .. } => 8 * v.capacity(),
             })
             .sum();
-        strings(&self.ids) + values + self.index.capacity() * 5
+        self.ids.heap_bytes() + values
     }
 }
 
@@ -419,11 +383,7 @@ impl Builder {
             };
             built.push(Column { name: name.clone(), values });
         }
-        let layer = Layer {
-            ids: Strings::with_capacity(rows),
-            index: HashTable::with_capacity(rows),
-            columns: built,
-        };
+        let layer = Layer { ids: IdIndex::with_capacity(rows), columns: built };
         Ok(Builder {
             catalog: Catalog {
                 name: name.to_string(),
@@ -452,9 +412,8 @@ impl Builder {
         if id.is_empty() {
             return Err(CatalogError::EmptyId { row });
         }
-        let hash = hash_id(id);
-        if let Some(&first) = c.index.find(hash, |&r| c.ids.get(r as usize) == id) {
-            return Err(CatalogError::DuplicateId { row, id: id.to_string(), first: first as usize });
+        if let Some(first) = c.ids.find(id) {
+            return Err(CatalogError::DuplicateId { row, id: id.to_string(), first });
         }
         assert_eq!(cells.len(), c.columns.len(), "one cell per column");
         // Check every cell before writing any, so that a refused row leaves no trace.
@@ -481,9 +440,7 @@ impl Builder {
                 (Values::Vector { dim, values }, _) => values.extend(std::iter::repeat_n(f64::NAN, *dim)),
             }
         }
-        c.ids.push(id)?;
-        let ids = &c.ids;
-        c.index.insert_unique(hash, row as u32, |&r| hash_id(ids.get(r as usize)));
+        c.ids.push_new(id)?;
         Ok(())
     }
 

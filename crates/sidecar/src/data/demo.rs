@@ -552,7 +552,7 @@ impl Builders {
 /// The feature spec of one domain's examples.
 pub fn spec(domain: Domain) -> DataSpec {
     use FeatureKind::{Categorical, Number, Vector};
-    let cat = |buckets| Categorical { buckets, default: None };
+    let cat = |buckets| Categorical { buckets, default: None, vocabulary: None };
     let column = |name: &str, side, kind| FeatureColumn { name: name.to_string(), side, kind };
     let [item_id, group, family, duration, popularity, content] = item_columns(domain);
     let (items, groups, duration_mean, duration_std) = match domain {

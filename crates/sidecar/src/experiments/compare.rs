@@ -122,6 +122,9 @@ pub fn compare(
     let base = config.architecture(spec)?;
     let mut data = TrainingData::load(&Dataset::open(data_dir)?, spec, &base)?;
     let crate::release::run::Holdout { cutoff, fit, rows: holdout } = config.holdout(&data)?;
+    // One vocabulary for every variant and phase: the tuning grid's validation days are among
+    // the rows it is built from, the holdout never.
+    let base = data.build_vocabularies(&base, &fit, &[])?;
 
     let distilled: BTreeMap<String, String> = config
         .distill

@@ -351,6 +351,11 @@ impl<'a> TrainJob<'a> {
 pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
     let TrainJob { data_dir, spec, config, name, version, labels, baseline, warm_start } = *job;
     let resume = warm_start.map(|dir| Checkpoint::read(&dir.join(CHECKPOINT))).transpose()?;
+    // A warm start keeps the vocabularies its parent's tables were trained with.
+    let parent = warm_start
+        .map(|dir| Manifest::from_path(&dir.join(package::MANIFEST)))
+        .transpose()
+        .map_err(|e| TrainError::Config(e.to_string()))?;
     let base = config.architecture(spec)?;
     let plan = Plan::new(&base, &config.distill).map_err(TrainError::Config)?;
     let dataset = Dataset::open(data_dir)?;
@@ -384,24 +389,30 @@ pub fn train_model(job: &TrainJob<'_>) -> Result<Trained, TrainError> {
         }
         train_config.seed = train_config.seed.wrapping_add(ck.optimizer.step);
     }
+    // Early stopping judges on the last training days, never on the holdout.
+    let validation: Option<(Vec<usize>, Vec<usize>)> = (config.train.patience > 0)
+        .then(|| fit.iter().partition(|&&r| data.ts[r] < config.validation_cutoff(cutoff)));
+    if let Some((inner, validation)) = &validation
+        && (inner.is_empty() || validation.is_empty())
+    {
+        return Err(TrainError::Config(format!(
+            "early stopping needs training days before the {} validation day(s)",
+            config.train.validation_days
+        )));
+    }
+    let trained_on = validation.as_ref().map_or(&fit, |(inner, _)| inner);
+    let base = data.build_vocabularies(&base, trained_on, parent.as_ref().map_or(&[], |m| &m.features))?;
+    let plan = Plan::new(&base, &config.distill).map_err(TrainError::Config)?;
     let student = Student::new(&plan.arch, config.train.seed, &Device::Cpu)?;
     if let Some(ck) = &resume {
         ck.restore(&student)?;
     }
     let optimizer = resume.as_ref().map(|ck| ck.optimizer.clone());
-    let (log, optimizer) = if config.train.patience > 0 {
-        // Early stopping judges on the last training days, never on the holdout.
-        let (inner, validation): (Vec<usize>, Vec<usize>) =
-            fit.iter().partition(|&&r| data.ts[r] < config.validation_cutoff(cutoff));
-        if inner.is_empty() || validation.is_empty() {
-            return Err(TrainError::Config(format!(
-                "early stopping needs training days before the {} validation day(s)",
-                config.train.validation_days
-            )));
+    let (log, optimizer) = match &validation {
+        Some((inner, validation)) => {
+            train_resuming(&student, &data, inner, validation, &train_config, &plan, optimizer)?
         }
-        train_resuming(&student, &data, &inner, &validation, &train_config, &plan, optimizer)?
-    } else {
-        train_resuming(&student, &data, &fit, &[], &train_config, &plan, optimizer)?
+        None => train_resuming(&student, &data, &fit, &[], &train_config, &plan, optimizer)?,
     };
     let trained_through = fit.iter().map(|&r| data.ts[r]).max().unwrap_or(0);
     let checkpoint = Checkpoint::capture(&student, optimizer, trained_through)?;

@@ -268,6 +268,8 @@ struct Trajectory {
 /// The source's examples, read once, when a teacher first needs training.
 struct Source {
     data: TrainingData,
+    /// The candidate's architecture with the vocabularies built from `fit`.
+    arch: TwoTower,
     fit: Vec<usize>,
     check: Vec<usize>,
 }
@@ -382,8 +384,10 @@ pub fn search(inputs: Inputs<'_>, file: &SearchFile, sweep: bool) -> Result<Sear
             )));
         }
     }
-    let target = TrainingData::load(&Dataset::open(inputs.target)?, inputs.target_spec, &base)?;
+    let mut target = TrainingData::load(&Dataset::open(inputs.target)?, inputs.target_spec, &base)?;
     let split = split(&target, &file.student)?;
+    // The proxies' vocabularies, from the rows before the holdout (tuning's validation days too).
+    let base = target.build_vocabularies(&base, &split.fit, &[])?;
     let search = Search {
         inputs,
         file,
@@ -532,11 +536,12 @@ impl Search<'_> {
             return Ok(s.clone());
         }
         let dataset = Dataset::open(self.inputs.source).map_err(text)?;
-        let data = TrainingData::load(&dataset, self.inputs.source_spec, arch).map_err(text)?;
+        let mut data = TrainingData::load(&dataset, self.inputs.source_spec, arch).map_err(text)?;
         let (fit, holdout) = data.split_at(data.last_days_cutoff(1));
+        let arch = data.build_vocabularies(arch, &fit, &[]).map_err(text)?;
         let every = holdout.len().div_ceil(self.file.search.source_check_rows.max(1)).max(1);
         let check = holdout.iter().step_by(every).copied().collect();
-        let source = Arc::new(Source { data, fit, check });
+        let source = Arc::new(Source { data, arch, fit, check });
         sources.insert(key, source.clone());
         Ok(source)
     }
@@ -606,7 +611,8 @@ impl Search<'_> {
         let s = &self.file.search;
         let from = t.saved.range(..step).next_back().map(|(&k, v)| (k, v.clone()));
         let source = self.source(&t.arch)?;
-        let student = Student::new(&t.arch, s.seed, &Device::Cpu).map_err(text)?;
+        let arch = &source.arch;
+        let student = Student::new(arch, s.seed, &Device::Cpu).map_err(text)?;
         let resume = match &from {
             Some((_, saved)) => {
                 let ck = Checkpoint::read(&saved.dir.join(CHECKPOINT)).map_err(text)?;
@@ -626,12 +632,12 @@ impl Search<'_> {
             threads: 1,
             ..t.config.train_config()
         };
-        let plan = Plan::new(&t.arch, &DistillConfig::default())?;
+        let plan = Plan::new(arch, &DistillConfig::default())?;
         let started = Instant::now();
         let (_, optimizer) =
             train_resuming(&student, &source.data, &source.fit, &[], &config, &plan, resume).map_err(text)?;
         let train_s = from.as_ref().map_or(0.0, |(_, s)| s.train_s) + started.elapsed().as_secs_f64();
-        let metrics = evaluate(&student, &source.data, &source.check, &t.arch).map_err(text)?;
+        let metrics = evaluate(&student, &source.data, &source.check, arch).map_err(text)?;
         let source_auc = mean_auc(&metrics);
         let through = source.fit.iter().map(|&r| source.data.ts[r]).max().unwrap_or(0);
         let checkpoint = Checkpoint::capture(&student, optimizer, through).map_err(text)?;
@@ -639,15 +645,15 @@ impl Search<'_> {
         let (mut manifest, graph) = scaffold::package(
             &t.name,
             &version,
-            &t.arch,
+            arch,
             &student.weights().map_err(text)?,
-            &[(t.arch.heads[0].name.as_str(), 1.0)],
+            &[(arch.heads[0].name.as_str(), 1.0)],
             "A candidate teacher of retort teacher-search.",
             &format!(
                 "retort teacher-search (seed {}, step {step} of {} per epoch)",
                 s.seed, self.batches_per_epoch
             ),
-            scaffold::golden_for(&t.arch.features),
+            scaffold::golden_for(&arch.features),
         );
         manifest.provenance.notes.insert("train_seconds".into(), train_s.to_string());
         manifest.provenance.notes.insert("source_auc".into(), source_auc.to_string());

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::data::dataset::{DataError, Dataset};
 use crate::data::parquet_io;
@@ -13,10 +14,11 @@ use crate::train::dropout::Dropout;
 use crate::train::kd::{DistillConfig, Plan};
 use crate::train::step::{self, Targets};
 use crate::train::student::Student;
-use retort_model::encode::{Encoded, Encoder, FeatureSource, Value};
-use retort_model::manifest::{ContextRows, Feature, HeadKind};
+use retort_model::encode::{Encoded, Encoder, FeatureSource, TensorData, Value, id_text};
+use retort_model::manifest::{ContextRows, Feature, FeatureKind, HeadKind};
 use retort_model::rng::SplitMix64;
 use retort_model::two_tower::TwoTower;
+use retort_model::vocabulary::{self, IdCounter, Vocab, Vocabulary, VocabularyRule};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -145,7 +147,24 @@ pub struct TrainingData {
     /// Teacher logits joined from the label store by example id, per requested label; NaN
     /// where the store has none for a row.
     pub teacher: Vec<Vec<f32>>,
+    /// The features encoded, as [`TrainingData::build_vocabularies`] leaves them.
+    features: Vec<Feature>,
+    /// Features whose vocabulary is still to be built: every row encodes them to row 0 until
+    /// it is.
+    unbuilt: Vec<Unbuilt>,
 }
+
+/// A feature's ids as they were read, numbered, until the rows its vocabulary is built from
+/// are known.
+struct Unbuilt {
+    feature: usize,
+    rule: VocabularyRule,
+    seen: IdCounter,
+    /// Per row, its id's number; [`MISSING`] for a missing value.
+    numbers: Vec<u32>,
+}
+
+const MISSING: u32 = u32::MAX;
 
 struct Row<'a> {
     columns: &'a [(String, crate::data::dataset::Column<'a>)],
@@ -175,6 +194,16 @@ impl TrainingData {
         tasks: &[String],
     ) -> Result<TrainingData, TrainError> {
         let encoder = Encoder::for_features(features, ContextRows::PerCandidate);
+        let mut unbuilt: Vec<Unbuilt> = features
+            .iter()
+            .enumerate()
+            .filter_map(|(feature, f)| match &f.kind {
+                FeatureKind::Categorical { vocabulary: Some(Vocab::Build(rule)), .. } => {
+                    Some(Unbuilt { feature, rule: *rule, seen: IdCounter::default(), numbers: Vec::new() })
+                }
+                _ => None,
+            })
+            .collect();
         let label_columns: Vec<String> =
             tasks.iter().map(|h| spec.task(h).map_or(h.clone(), |t| t.column().to_string())).collect();
         let label_kinds: Vec<Option<HeadKind>> = tasks.iter().map(|h| spec.task(h).map(|t| t.kind)).collect();
@@ -210,6 +239,25 @@ impl TrainingData {
                     feature: e.feature,
                     problem: e.problem,
                 })?);
+                for u in &mut unbuilt {
+                    let name = &features[u.feature].name;
+                    let c = ex.column(b, name);
+                    for row in 0..n {
+                        let value = c.value(row);
+                        let number = match id_text(&value, &mut [0; 20]) {
+                            Ok(None) => Ok(MISSING),
+                            Ok(Some(id)) => u.seen.number(id),
+                            Err(problem) => Err(problem),
+                        }
+                        .map_err(|problem| TrainError::Encode {
+                            path: ex.path.clone(),
+                            row: offset + row,
+                            feature: name.clone(),
+                            problem,
+                        })?;
+                        u.numbers.push(number);
+                    }
+                }
                 for ((h, column), kind) in label_columns.iter().enumerate().zip(&label_kinds) {
                     let c = ex.column(b, column);
                     for row in 0..n {
@@ -248,7 +296,95 @@ impl TrainingData {
             truth,
             id_column: spec.columns.example_id.clone(),
             teacher: Vec::new(),
+            features: features.to_vec(),
+            unbuilt,
         })
+    }
+
+    /// The features as encoded: with the vocabularies built so far.
+    pub fn features(&self) -> &[Feature] {
+        &self.features
+    }
+
+    /// Builds every vocabulary still to be built from the ids of `rows`, the rows the model
+    /// trains on (never its holdout, whose unseen ids must meet row 0 as serving will), by its
+    /// feature's rule; a feature of `given` that has a vocabulary keeps it instead (a warm start
+    /// keeps its parent's table rows). Every row is encoded again with them, and `arch` comes
+    /// back with them.
+    pub fn build_vocabularies(
+        &mut self,
+        arch: &TwoTower,
+        rows: &[usize],
+        given: &[Feature],
+    ) -> Result<TwoTower, TrainError> {
+        for u in std::mem::take(&mut self.unbuilt) {
+            let name = self.features[u.feature].name.clone();
+            let vocabulary = match given.iter().find(|f| f.name == name).map(|f| &f.kind) {
+                Some(FeatureKind::Categorical { vocabulary: Some(Vocab::Ids(v)), .. }) => v.clone(),
+                Some(FeatureKind::Categorical { vocabulary: None, .. }) => {
+                    return Err(TrainError::Config(format!(
+                        "feature `{name}`: the model trained on from hashes it, and a vocabulary \
+                         would give its table other rows; train from scratch, or drop the \
+                         feature's vocabulary"
+                    )));
+                }
+                _ => Arc::new(self.vocabulary_of(&u, &name, rows)?),
+            };
+            // Numbers to table rows, once per distinct id.
+            let row_of: Vec<i64> = (0..u.seen.len()).map(|n| vocabulary.row(u.seen.get(n))).collect();
+            let FeatureKind::Categorical { buckets, default, vocabulary: v } =
+                &mut self.features[u.feature].kind
+            else {
+                unreachable!("only categorical features build vocabularies. This is a bug.")
+            };
+            let default_row = default.as_deref().map_or(0, |d| vocabulary.row(d));
+            *buckets = vocabulary.buckets();
+            *v = Some(Vocab::Ids(vocabulary));
+            let (input, offset) =
+                self.encoder.position(&name).expect("the encoder lays out every feature. This is a bug.");
+            let t = &mut self.encoded.tensors[input];
+            let width = t.shape[1];
+            let TensorData::I64(ids) = &mut t.data else {
+                unreachable!("categorical features feed int64 inputs. This is a bug.")
+            };
+            for (r, &number) in u.numbers.iter().enumerate() {
+                ids[r * width + offset] =
+                    if number == MISSING { default_row } else { row_of[number as usize] };
+            }
+        }
+        self.encoder = Encoder::for_features(&self.features, ContextRows::PerCandidate);
+        let mut arch = arch.clone();
+        for f in &mut arch.features {
+            if let Some(built) = self.features.iter().find(|b| b.name == f.name) {
+                f.kind = built.kind.clone();
+            }
+        }
+        Ok(arch)
+    }
+
+    fn vocabulary_of(&self, u: &Unbuilt, name: &str, rows: &[usize]) -> Result<Vocabulary, TrainError> {
+        if !vocabulary::nameable(name) {
+            return Err(TrainError::Config(format!(
+                "feature `{name}`: a vocabulary is kept in a file named for its feature, and this name \
+                 cannot be one (a path separator or a leading dot); rename the column or hash it"
+            )));
+        }
+        let mut counts = vec![0u64; u.seen.len()];
+        for &r in rows {
+            if let Some(c) = counts.get_mut(u.numbers[r] as usize) {
+                *c += 1;
+            }
+        }
+        let built = u.rule.build(&vocabulary::file_for(name), &u.seen, &counts);
+        if built.is_empty() {
+            return Err(TrainError::Config(format!(
+                "feature `{name}`: no id appears {} time(s) in the {} training rows, so its vocabulary \
+                 would be empty; lower vocabulary.min_count, or hash it with `buckets`",
+                u.rule.min_count,
+                rows.len()
+            )));
+        }
+        Ok(built)
     }
 
     pub fn rows(&self) -> usize {
@@ -294,7 +430,7 @@ impl TrainingData {
 
     /// The encoded inputs of `rows`, in that order (to run an exported model on them).
     pub fn subset(&self, rows: &[usize]) -> Encoded {
-        use retort_model::encode::{Tensor as T, TensorData};
+        use retort_model::encode::Tensor as T;
         let tensors = self
             .encoded
             .tensors
@@ -330,7 +466,7 @@ impl TrainingData {
 }
 
 fn concat(encoder: &Encoder, parts: Vec<Encoded>) -> Encoded {
-    use retort_model::encode::{Tensor as T, TensorData};
+    use retort_model::encode::Tensor as T;
     let rows = parts.iter().map(|p| p.rows).sum();
     let mut tensors: Vec<T> = encoder
         .inputs()
