@@ -15,6 +15,8 @@
 //! - [`two_tower`]: the student architecture retort exports, with a reference forward pass.
 //! - [`package`]: finding, reading and atomically writing packages.
 //! - [`catalog`]: item features by item id, and catalog packages on disk.
+//! - [`ids`]: distinct ids in one string arena with the index that finds their rows (catalogs,
+//!   vocabularies).
 //! - [`item_tower`]: serving a model as its item tower and its ranker, the tower's outputs
 //!   computed once per catalog item.
 //! - [`scaffold`]: the seeded-random default model shipped in `models/`.
