@@ -418,7 +418,7 @@ fn quickstart_runs_the_whole_loop_and_resumes() {
 }
 
 /// A demo world small enough to train on in a moment: 3 days, 100 users, 300 requests.
-fn small_world() -> DemoConfig {
+pub(crate) fn small_world() -> DemoConfig {
     DemoConfig {
         users: 100,
         days: 3,
@@ -430,7 +430,7 @@ fn small_world() -> DemoConfig {
 }
 
 /// A demo world's target domain under `dir`: its directory and spec.
-fn target_world(dir: &Path, config: &DemoConfig) -> (std::path::PathBuf, DataSpec) {
+pub(crate) fn target_world(dir: &Path, config: &DemoConfig) -> (std::path::PathBuf, DataSpec) {
     demo::generate(dir, config, &[Domain::Target]).unwrap();
     let target = dir.join("target");
     let spec = DataSpec::from_path(&target.join("features.toml")).unwrap();

@@ -10,7 +10,7 @@ use retort_model::manifest::{FeatureKind, Side};
 use retort_model::vocabulary::{Vocab, VocabularyRule};
 use retort_server::config::Config;
 use retort_sidecar::data::dataset::Dataset;
-use retort_sidecar::data::demo::{self, DemoConfig, Domain};
+use retort_sidecar::data::demo;
 use retort_sidecar::data::spec::DataSpec;
 use retort_sidecar::release::run::{self, RunConfig};
 use retort_sidecar::train::fit::TrainingData;
@@ -22,17 +22,7 @@ const MIN_USER_ROWS: u64 = 40;
 
 /// The demo target with `user_id` and `track_id` numbered by vocabularies instead of hashed.
 fn world(dir: &Path) -> (std::path::PathBuf, DataSpec) {
-    let config = DemoConfig {
-        users: 100,
-        days: 3,
-        target_requests: 300,
-        tracks: 100,
-        artists: 10,
-        ..DemoConfig::default()
-    };
-    demo::generate(dir, &config, &[Domain::Target]).unwrap();
-    let target = dir.join("target");
-    let mut spec = DataSpec::from_path(&target.join("features.toml")).unwrap();
+    let (target, mut spec) = crate::student::target_world(dir, &crate::student::small_world());
     for f in &mut spec.features {
         let rule = match f.name.as_str() {
             "user_id" => VocabularyRule { min_count: MIN_USER_ROWS, max_size: None },
