@@ -128,6 +128,7 @@ FEATURES = """# MovieLens as retort examples (scripts/movielens.py): one row per
 example_id = "example_id"
 request_id = "request_id"
 ts = "ts"
+user = "user_id"   # retort distill reports the users with no training rows apart
 
 [[features]]
 name = "user_id"

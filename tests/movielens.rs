@@ -10,8 +10,9 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_retort");
 
 /// Writes `<dir>/<name>/<name>.{user,item,inter}` for a product with `users` users rating
-/// `films` films over 40 days, liking the films whose index has the user's parity.
-fn write_recbole(dir: &Path, name: &str, users: usize, films: usize, start_ts: u64, ml1m: bool) {
+/// `films` films over 40 days, liking the films whose index has the user's parity; the last
+/// `late` users joined late and rated only on days 37-39.
+fn write_recbole(dir: &Path, name: &str, users: usize, late: usize, films: usize, start_ts: u64, ml1m: bool) {
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
     let prefix = if ml1m { "1m" } else { "100k" };
@@ -46,7 +47,8 @@ fn write_recbole(dir: &Path, name: &str, users: usize, films: usize, start_ts: u
         for f in 0..films {
             let year = if f == 3 && !ml1m { "unkonwn".to_string() } else { (1950 + f).to_string() };
             let rating = if (u + f) % 2 == 0 { 5 } else { 1 + (u * f) % 3 };
-            let ts = start_ts + ((u * 7 + f * 13) % 40) as u64 * 86_400 + (u * 60) as u64;
+            let day = if u >= users - late { 37 + f % 3 } else { (u * 7 + f * 13) % 40 };
+            let ts = start_ts + day as u64 * 86_400 + (u * 60) as u64;
             writeln!(inter, "{prefix}_{u}\tFilm {f} ({year})\t{rating}\t{ts}").unwrap();
         }
     }
@@ -65,8 +67,8 @@ fn run(args: &[&str]) -> String {
 fn converted_movielens_trains_labels_and_distils() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("raw");
-    write_recbole(&raw, "ml-1m", 60, 30, 956_000_000, true);
-    write_recbole(&raw, "ml-100k", 30, 20, 875_000_000, false);
+    write_recbole(&raw, "ml-1m", 60, 0, 30, 956_000_000, true);
+    write_recbole(&raw, "ml-100k", 30, 4, 20, 875_000_000, false);
     let out = tmp.path().join("examples");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/movielens.py");
     let py = Command::new("python3").arg(&script).arg(&raw).arg(&out).output().expect("python3 runs");
@@ -136,4 +138,13 @@ fn converted_movielens_trains_labels_and_distils() {
         let teacher_auc = row.split('|').nth(2).unwrap().trim();
         assert!(teacher_auc.parse::<f64>().is_ok(), "teacher AUC for {task}: {row}");
     }
+    // The four late users rated 20 films each, all in the holdout's last days.
+    assert!(
+        table.contains(
+            "Cold users: 80 holdout rows of 4 user(s) with no training rows (user column `user_id`)"
+        ),
+        "{table}"
+    );
+    let cold = table.split("Cold users' holdout AUC").nth(1).unwrap();
+    assert!(cold.lines().any(|l| l.starts_with("| like | 0.") || l.starts_with("| like | 1.")), "{cold}");
 }

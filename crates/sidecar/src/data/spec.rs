@@ -28,11 +28,20 @@ pub struct KeyColumns {
     pub request_id: String,
     /// Event time, integer seconds since the Unix epoch.
     pub ts: String,
+    /// Who the request was for (string or integer; often also a context feature): optional,
+    /// it lets `retort distill` report the users with no training rows apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Default for KeyColumns {
     fn default() -> Self {
-        KeyColumns { example_id: "example_id".into(), request_id: "request_id".into(), ts: "ts".into() }
+        KeyColumns {
+            example_id: "example_id".into(),
+            request_id: "request_id".into(),
+            ts: "ts".into(),
+            user: None,
+        }
     }
 }
 
@@ -77,7 +86,8 @@ impl DataSpec {
         toml::to_string(self).expect("a data spec always serialises to TOML. This is a bug.")
     }
 
-    /// Every column is used once: no feature, task or key column shares a name.
+    /// Every column is used once: no feature, task or key column shares a name (the user column
+    /// may be a feature's, never another key's or a task's).
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         let keys = [&self.columns.example_id, &self.columns.request_id, &self.columns.ts];
@@ -86,9 +96,17 @@ impl DataSpec {
             .tasks
             .iter()
             .flat_map(|t| std::iter::once(t.column.as_ref().unwrap_or(&t.name)).chain(t.truth.as_ref()));
-        for column in keys.into_iter().chain(features).chain(tasks) {
+        for column in keys.into_iter().chain(tasks.clone()).chain(features) {
             if !seen.insert(column.as_str()) {
                 return Err(format!("column `{column}` is declared twice"));
+            }
+        }
+        if let Some(user) = &self.columns.user {
+            let keys = [&self.columns.example_id, &self.columns.request_id, &self.columns.ts];
+            if keys.into_iter().chain(tasks).any(|c| c == user) {
+                return Err(format!(
+                    "column `{user}` is declared twice: the user column is a key or task column too"
+                ));
             }
         }
         Ok(())
@@ -149,5 +167,17 @@ truth = "p_play"
         let mut bad = spec.clone();
         bad.tasks[0].truth = Some("user_id".into());
         assert!(bad.validate().unwrap_err().contains("`user_id`"));
+
+        // The user column may be a feature's, never a key's or a task's.
+        let mut by_user = spec.clone();
+        by_user.columns.user = Some("user_id".into());
+        by_user.validate().unwrap();
+        let back: DataSpec = toml::from_str(&by_user.to_toml()).unwrap();
+        assert_eq!(back.columns.user.as_deref(), Some("user_id"));
+        for taken in ["ts", "play", "p_play"] {
+            by_user.columns.user = Some(taken.into());
+            let err = by_user.validate().unwrap_err();
+            assert!(err.contains(&format!("`{taken}`")) && err.contains("user column"), "{err}");
+        }
     }
 }

@@ -17,7 +17,7 @@ use crate::data::spec::DataSpec;
 use crate::eval::holdout::TaskMetrics;
 use crate::eval::metrics::auc;
 use crate::release::run::{RunConfig, evaluate};
-use crate::train::fit::{TrainError, TrainingData, train_plan};
+use crate::train::fit::{MISSING, TrainError, TrainingData, train_plan};
 use crate::train::kd::{DistillConfig, Mode, Plan};
 use crate::train::parallel;
 use crate::train::student::Student;
@@ -31,6 +31,8 @@ pub struct RunResult {
     pub variant: String,
     pub seed: u64,
     pub metrics: Vec<TaskMetrics>,
+    /// The same on the cold users' holdout rows ([`Comparison::cold`]); empty without them.
+    pub cold_metrics: Vec<TaskMetrics>,
 }
 
 /// One setting of the `[tune]` grid.
@@ -88,6 +90,69 @@ pub struct Comparison {
     pub epochs: usize,
     /// With `train.patience` set: the control's validation loss per epoch, which chose `epochs`.
     pub control_validation_losses: Vec<f64>,
+    /// Where the spec names a user column: the holdout's users with no training rows, whom
+    /// every student meets as a stranger (a new user of the app).
+    pub cold: Option<ColdUsers>,
+}
+
+/// The holdout rows of users with no training rows, reported apart.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdUsers {
+    /// The spec's user column.
+    pub column: String,
+    pub users: usize,
+    pub rows: usize,
+    /// Task → the teacher's AUC on these rows, as [`Comparison::teacher_auc`].
+    pub teacher_auc: BTreeMap<String, f64>,
+}
+
+/// The rows of `holdout` whose user (`users`, per row) has no row in `train`; rows without a
+/// user are nobody's and never cold. With the number of such users.
+pub fn cold_rows(users: &[u32], train: &[usize], holdout: &[usize]) -> (Vec<usize>, usize) {
+    let known: std::collections::HashSet<u32> = train.iter().map(|&r| users[r]).collect();
+    let rows: Vec<usize> =
+        holdout.iter().copied().filter(|&r| users[r] != MISSING && !known.contains(&users[r])).collect();
+    let strangers: std::collections::HashSet<u32> = rows.iter().map(|&r| users[r]).collect();
+    (rows, strangers.len())
+}
+
+/// Task → the teacher's AUC (binary tasks) and RMSE (regression tasks) on some rows.
+struct TeacherScores {
+    auc: BTreeMap<String, f64>,
+    rmse: BTreeMap<String, f64>,
+}
+
+/// The teacher's scores on `rows`, per task of `scored` (task → its label, the `k`-th of
+/// `data.teacher` in key order).
+fn teacher_metrics(
+    data: &TrainingData,
+    base: &TwoTower,
+    scored: &BTreeMap<String, String>,
+    rows: &[usize],
+) -> Result<TeacherScores, TrainError> {
+    let (mut teacher_auc, mut teacher_rmse) = (BTreeMap::new(), BTreeMap::new());
+    for (k, task) in scored.keys().enumerate() {
+        let h = base.heads.iter().position(|h| &h.name == task).ok_or_else(|| {
+            TrainError::Config(format!("distillation names task `{task}`, which the student does not have"))
+        })?;
+        let rows: Vec<usize> = rows.iter().copied().filter(|&r| data.teacher[k][r].is_finite()).collect();
+        let scores: Vec<f32> = rows.iter().map(|&r| data.teacher[k][r]).collect();
+        let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
+        match base.heads[h].kind {
+            retort_model::manifest::HeadKind::Binary => {
+                if let Some(a) = auc(&scores, &labels) {
+                    teacher_auc.insert(task.clone(), a);
+                }
+            }
+            retort_model::manifest::HeadKind::Regression if !rows.is_empty() => {
+                let mse = scores.iter().zip(&labels).map(|(s, y)| ((s - y) as f64).powi(2)).sum::<f64>()
+                    / rows.len() as f64;
+                teacher_rmse.insert(task.clone(), mse.sqrt());
+            }
+            retort_model::manifest::HeadKind::Regression => {}
+        }
+    }
+    Ok(TeacherScores { auc: teacher_auc, rmse: teacher_rmse })
 }
 
 /// The distillation config of one variant: `config`'s tasks, all in that variant's mode.
@@ -143,28 +208,17 @@ pub fn compare(
     }
     let teacher_names: Vec<String> = scored.values().cloned().collect();
     data.attach_teacher(labels, &teacher_names)?;
-    let (mut teacher_auc, mut teacher_rmse) = (BTreeMap::new(), BTreeMap::new());
-    for (k, task) in scored.keys().enumerate() {
-        let h = base.heads.iter().position(|h| &h.name == task).ok_or_else(|| {
-            TrainError::Config(format!("distillation names task `{task}`, which the student does not have"))
-        })?;
-        let rows: Vec<usize> = holdout.iter().copied().filter(|&r| data.teacher[k][r].is_finite()).collect();
-        let scores: Vec<f32> = rows.iter().map(|&r| data.teacher[k][r]).collect();
-        let labels: Vec<f32> = rows.iter().map(|&r| data.labels[h][r]).collect();
-        match base.heads[h].kind {
-            retort_model::manifest::HeadKind::Binary => {
-                if let Some(a) = auc(&scores, &labels) {
-                    teacher_auc.insert(task.clone(), a);
-                }
-            }
-            retort_model::manifest::HeadKind::Regression if !rows.is_empty() => {
-                let mse = scores.iter().zip(&labels).map(|(s, y)| ((s - y) as f64).powi(2)).sum::<f64>()
-                    / rows.len() as f64;
-                teacher_rmse.insert(task.clone(), mse.sqrt());
-            }
-            retort_model::manifest::HeadKind::Regression => {}
+    let TeacherScores { auc: teacher_auc, rmse: teacher_rmse } =
+        teacher_metrics(&data, &base, &scored, &holdout)?;
+    let (cold_holdout, cold) = match (&spec.columns.user, &data.users) {
+        (Some(column), Some(users)) => {
+            let (rows, users) = cold_rows(users, &fit, &holdout);
+            let teacher_auc = teacher_metrics(&data, &base, &scored, &rows)?.auc;
+            let cold = ColdUsers { column: column.clone(), users, rows: rows.len(), teacher_auc };
+            (rows, Some(cold))
         }
-    }
+        _ => (Vec::new(), None),
+    };
     let teacher_names: Vec<String> = distilled.values().cloned().collect();
 
     // Every variant trains on one copy of the data, with the union of their teacher labels.
@@ -247,9 +301,11 @@ pub fn compare(
     let runs = parallel::map(jobs, 0, |(seed, v)| {
         let variant = VARIANTS[v];
         let student = Trial { data, base: &base, plan: &plans[v], config, seed, deadline: None };
-        let metrics = student.run(chosen[v].hyper(), &fit, &holdout)?;
+        let mut judged = student.run_judging(chosen[v].hyper(), &fit, &[&holdout, &cold_holdout])?;
+        let cold_metrics = judged.pop().unwrap_or_default();
+        let metrics = judged.pop().unwrap_or_default();
         tracing::info!(variant, seed, "trained");
-        Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics })
+        Ok::<_, TrainError>(RunResult { variant: variant.to_string(), seed, metrics, cold_metrics })
     })?;
     Ok(Comparison {
         chosen,
@@ -262,6 +318,7 @@ pub fn compare(
         rows_holdout: holdout.len(),
         epochs,
         control_validation_losses,
+        cold,
     })
 }
 
@@ -317,9 +374,28 @@ impl Trial<'_> {
     /// Trains on `train` with the learning rate, weight decay and epochs of `hp`; the metrics
     /// on `judge`.
     pub fn run(&self, hp: Hyper, train: &[usize], judge: &[usize]) -> Result<Vec<TaskMetrics>, TrainError> {
+        Ok(self.run_judging(hp, train, &[judge])?.pop().unwrap_or_default())
+    }
+
+    /// [`Trial::run`], with the metrics on each of `judges` (none on an empty one).
+    pub fn run_judging(
+        &self,
+        hp: Hyper,
+        train: &[usize],
+        judges: &[&[usize]],
+    ) -> Result<Vec<Vec<TaskMetrics>>, TrainError> {
         let (student, config) = self.start(hp)?;
         train_plan(&student, self.data, train, &config, self.plan)?;
-        evaluate(&student, self.data, judge, self.base)
+        judges
+            .iter()
+            .map(|judge| {
+                if judge.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    evaluate(&student, self.data, judge, self.base)
+                }
+            })
+            .collect()
     }
 
     /// Trains on `train` with `hp` and early stopping on `validation` (`train.patience`, up to
@@ -379,14 +455,31 @@ pub enum Metric {
     Ndcg10,
 }
 
+/// Which holdout rows a metric is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slice {
+    All,
+    /// [`Comparison::cold`]'s.
+    ColdUsers,
+}
+
 impl Comparison {
     /// Holdout values of `metric` for `task` and `variant`, one per seed, in seed order.
     pub fn values(&self, variant: &str, task: &str, metric: Metric) -> Vec<f64> {
+        self.values_in(Slice::All, variant, task, metric)
+    }
+
+    /// [`Comparison::values`] on the rows of `slice`.
+    pub fn values_in(&self, slice: Slice, variant: &str, task: &str, metric: Metric) -> Vec<f64> {
         self.runs
             .iter()
             .filter(|r| r.variant == variant)
             .filter_map(|r| {
-                let m = r.metrics.iter().find(|m| m.task == task)?;
+                let metrics = match slice {
+                    Slice::All => &r.metrics,
+                    Slice::ColdUsers => &r.cold_metrics,
+                };
+                let m = metrics.iter().find(|m| m.task == task)?;
                 match metric {
                     Metric::Auc => m.auc,
                     Metric::LogLoss => m.log_loss,
@@ -404,14 +497,15 @@ impl Comparison {
 
     /// Paired differences `variant − control` per seed: their mean and standard error.
     pub fn paired_gain(&self, variant: &str, task: &str) -> (f64, f64) {
-        self.paired_difference(variant, task, Metric::Auc)
+        self.paired_difference(Slice::All, variant, task, Metric::Auc)
     }
 
-    fn paired_difference(&self, variant: &str, task: &str, metric: Metric) -> (f64, f64) {
+    /// Paired differences `variant − control` of `metric` on `slice`: mean and standard error.
+    pub fn paired_difference(&self, slice: Slice, variant: &str, task: &str, metric: Metric) -> (f64, f64) {
         let diffs: Vec<f64> = self
-            .values(variant, task, metric)
+            .values_in(slice, variant, task, metric)
             .iter()
-            .zip(self.values("control", task, metric))
+            .zip(self.values_in(slice, "control", task, metric))
             .map(|(v, c)| v - c)
             .collect();
         let (mean, std) = mean_std(&diffs);
@@ -439,13 +533,32 @@ impl Comparison {
             ));
         }
         out.push_str("\nHoldout AUC (higher is better):\n\n");
-        out.push_str(&self.table(Metric::Auc));
+        out.push_str(&self.table(Slice::All, Metric::Auc));
         out.push_str("\nHoldout log loss (lower is better):\n\n");
-        out.push_str(&self.table(Metric::LogLoss));
+        out.push_str(&self.table(Slice::All, Metric::LogLoss));
         out.push_str("\nHoldout GAUC, within requests (higher is better):\n\n");
-        out.push_str(&self.table(Metric::Gauc));
+        out.push_str(&self.table(Slice::All, Metric::Gauc));
         out.push_str("\nHoldout NDCG@10, within requests (higher is better):\n\n");
-        out.push_str(&self.table(Metric::Ndcg10));
+        out.push_str(&self.table(Slice::All, Metric::Ndcg10));
+        match &self.cold {
+            Some(c) if c.rows > 0 => {
+                out.push_str(&format!(
+                    "\nCold users: {} holdout rows of {} user(s) with no training rows (user column `{}`).\n",
+                    c.rows, c.users, c.column
+                ));
+                out.push_str("\nCold users' holdout AUC (higher is better):\n\n");
+                out.push_str(&self.table(Slice::ColdUsers, Metric::Auc));
+                out.push_str("\nCold users' holdout log loss (lower is better):\n\n");
+                out.push_str(&self.table(Slice::ColdUsers, Metric::LogLoss));
+                out.push_str("\nCold users' holdout GAUC, within requests (higher is better):\n\n");
+                out.push_str(&self.table(Slice::ColdUsers, Metric::Gauc));
+            }
+            Some(c) => out.push_str(&format!(
+                "\nCold users: none; every holdout row's user (column `{}`) has training rows.\n",
+                c.column
+            )),
+            None => {}
+        }
         if self.chosen.iter().any(|c| c.validation_auc.is_some()) {
             out.push_str(
                 "\nHyperparameters, chosen per variant by the same grid search on the last training day(s):\n\n",
@@ -538,14 +651,14 @@ impl Comparison {
         out
     }
 
-    fn table(&self, metric: Metric) -> String {
+    fn table(&self, slice: Slice, metric: Metric) -> String {
         let mut out = String::from(
             "| task | teacher (zero-shot) | control | direct | Δ direct | aux | Δ aux |\n\
              | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for task in &self.tasks {
             let cell = |variant: &str| {
-                let values = self.values(variant, task, metric);
+                let values = self.values_in(slice, variant, task, metric);
                 if values.is_empty() {
                     return "–".to_string();
                 }
@@ -553,14 +666,18 @@ impl Comparison {
                 format!("{m:.4} ± {s:.4}")
             };
             let gain = |variant: &str| {
-                if self.values(variant, task, metric).is_empty() {
+                if self.values_in(slice, variant, task, metric).is_empty() {
                     return "–".to_string();
                 }
-                let (m, se) = self.paired_difference(variant, task, metric);
+                let (m, se) = self.paired_difference(slice, variant, task, metric);
                 format!("{m:+.4} ± {se:.4}")
             };
+            let (teacher_auc, teacher_rmse) = match (slice, &self.cold) {
+                (Slice::ColdUsers, Some(c)) => (&c.teacher_auc, &BTreeMap::new()),
+                _ => (&self.teacher_auc, &self.teacher_rmse),
+            };
             let teacher = match metric {
-                Metric::Auc => match (self.teacher_auc.get(task), self.teacher_rmse.get(task)) {
+                Metric::Auc => match (teacher_auc.get(task), teacher_rmse.get(task)) {
                     (Some(a), _) => format!("{a:.4}"),
                     (None, Some(rmse)) => format!("RMSE {rmse:.4}"),
                     (None, None) => "–".to_string(),
@@ -616,7 +733,12 @@ mod tests {
     fn paired_gains_and_their_standard_error() {
         let m =
             |auc: f64| vec![TaskMetrics { task: "play".into(), auc: Some(auc), ..TaskMetrics::default() }];
-        let run = |variant: &str, seed, auc| RunResult { variant: variant.into(), seed, metrics: m(auc) };
+        let run = |variant: &str, seed, auc: f64| RunResult {
+            variant: variant.into(),
+            seed,
+            metrics: m(auc),
+            cold_metrics: m(auc - 0.1),
+        };
         let c = Comparison {
             chosen: Vec::new(),
             tasks: vec!["play".into()],
@@ -633,6 +755,7 @@ mod tests {
             rows_holdout: 5,
             epochs: 3,
             control_validation_losses: Vec::new(),
+            cold: None,
         };
         // Differences 0.02 and 0.01: mean 0.015, std 0.00707, SE 0.005.
         let (mean, se) = c.paired_gain("aux", "play");
@@ -645,5 +768,36 @@ mod tests {
         // One bar per variant for the one task, plus the three legend swatches.
         assert_eq!(svg.matches("<rect").count(), 6, "{svg}");
         assert!(svg.contains("<title>aux 0.6350 ± 0.0212</title>"), "{svg}");
+        assert!(!table.contains("Cold users"), "no user column, no cold slice: {table}");
+
+        let cold = ColdUsers {
+            column: "user_id".into(),
+            users: 2,
+            rows: 7,
+            teacher_auc: [("play".to_string(), 0.55)].into(),
+        };
+        let c = Comparison { cold: Some(cold), ..c };
+        let table = c.markdown();
+        let slice = table.split("Cold users' holdout AUC").nth(1).unwrap_or_else(|| panic!("{table}"));
+        assert!(table.contains(
+            "Cold users: 7 holdout rows of 2 user(s) with no training rows (user column `user_id`)"
+        ));
+        assert!(slice.contains("| play (teacher: click) | 0.5500 | 0.5200 ± 0.0283 |"), "{table}");
+        let (cold_gain, gain) =
+            (c.paired_difference(Slice::ColdUsers, "aux", "play", Metric::Auc), c.paired_gain("aux", "play"));
+        assert!((cold_gain.0 - gain.0).abs() < 1e-12 && (cold_gain.1 - gain.1).abs() < 1e-9, "{cold_gain:?}");
+        let none = Comparison { cold: Some(ColdUsers { rows: 0, users: 0, ..c.cold.clone().unwrap() }), ..c };
+        assert!(none.markdown().contains("Cold users: none; every holdout row's user (column `user_id`)"));
+    }
+
+    #[test]
+    fn cold_users_are_the_holdouts_users_without_training_rows() {
+        // Rows 0-3 train, 4-7 are held out: user 2 (rows 4, 6) is known, users 5 (row 5) and 9
+        // (row 7) are not; row 3 has no user.
+        let users = [1, 2, 1, MISSING, 2, 5, 2, 9];
+        let (rows, strangers) = cold_rows(&users, &[0, 1, 2, 3], &[4, 5, 6, 7]);
+        assert_eq!((rows, strangers), (vec![5, 7], 2));
+        let (rows, strangers) = cold_rows(&[MISSING, MISSING], &[0], &[1]);
+        assert_eq!((rows, strangers), (Vec::new(), 0), "rows without a user are nobody's");
     }
 }

@@ -84,6 +84,8 @@ pub enum TrainError {
     Encode { path: String, row: usize, feature: String, problem: String },
     #[error("{path}, row {row}: label `{column}` {problem}")]
     Label { path: String, row: usize, column: String, problem: String },
+    #[error("{path}, row {row}: user column `{column}`: {problem}")]
+    User { path: String, row: usize, column: String, problem: String },
     #[error(
         "training diverged: the loss of head `{head}` is {value} at step {step} (epoch {epoch}); lower the learning rate, or check the labels and the distillation temperature"
     )]
@@ -142,6 +144,9 @@ pub struct TrainingData {
     pub request_ids: Vec<String>,
     /// Per head, the true probability behind its label, where the spec names a truth column.
     pub truth: Vec<Option<Vec<f32>>>,
+    /// Per row, its user's number (the same for every row of a user; [`MISSING`] without one),
+    /// where the spec names a user column: what tells a cold user apart.
+    pub users: Option<Vec<u32>>,
     /// Name of the example id column (the label store's key).
     pub id_column: String,
     /// Teacher logits joined from the label store by example id, per requested label; NaN
@@ -164,7 +169,8 @@ struct Unbuilt {
     numbers: Vec<u32>,
 }
 
-const MISSING: u32 = u32::MAX;
+/// The number of a missing id.
+pub const MISSING: u32 = u32::MAX;
 
 struct Row<'a> {
     columns: &'a [(String, crate::data::dataset::Column<'a>)],
@@ -217,6 +223,11 @@ impl TrainingData {
         columns.extend(truth_columns.iter().flatten().map(String::as_str));
         columns.extend(features.iter().map(|f| f.name.as_str()));
         columns.extend(label_columns.iter().map(String::as_str));
+        let user_column = spec.columns.user.as_deref();
+        if let Some(user) = user_column.filter(|u| !columns.contains(u)) {
+            columns.push(user);
+        }
+        let (mut user_numbers, mut users) = (IdCounter::default(), user_column.map(|_| Vec::new()));
         let mut parts: Vec<Encoded> = Vec::new();
         let mut labels = vec![Vec::new(); tasks.len()];
         let mut ts = Vec::new();
@@ -270,6 +281,23 @@ impl TrainingData {
                         labels[h].push(y);
                     }
                 }
+                if let (Some(column), Some(users)) = (user_column, users.as_mut()) {
+                    let c = ex.column(b, column);
+                    for row in 0..n {
+                        let number = match id_text(&c.value(row), &mut [0; 20]) {
+                            Ok(None) => Ok(MISSING),
+                            Ok(Some(id)) => user_numbers.number(id),
+                            Err(problem) => Err(problem),
+                        }
+                        .map_err(|problem| TrainError::User {
+                            path: ex.path.clone(),
+                            row: offset + row,
+                            column: column.to_string(),
+                            problem,
+                        })?;
+                        users.push(number);
+                    }
+                }
                 let t = ex.column(b, &spec.columns.ts);
                 ts.extend((0..n).map(|row| t.number(row).unwrap_or(0.0) as i64));
                 let ids = ex.column(b, &spec.columns.example_id);
@@ -294,6 +322,7 @@ impl TrainingData {
             example_ids,
             request_ids,
             truth,
+            users,
             id_column: spec.columns.example_id.clone(),
             teacher: Vec::new(),
             features: features.to_vec(),
