@@ -97,6 +97,19 @@ fn converted_movielens_trains_labels_and_distils() {
         "ml1m-teacher",
     ]);
     assert!(trained.contains("| like |") && trained.contains("| dislike |"), "{trained}");
+    // The converter gives ids vocabularies: every one of ml-1m's 60 users rated films on
+    // training days, so each has its row; gender has its two values.
+    let vocabulary = |feature: &str| {
+        let path = models.join(format!("ml1m-teacher/1/vocabularies/{feature}.txt"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut ids: Vec<String> = text.lines().map(str::to_string).collect();
+        ids.sort();
+        ids
+    };
+    let users = vocabulary("user_id");
+    assert_eq!(users.len(), 60, "{users:?}");
+    assert!(users.iter().all(|u| u.starts_with("1m_")), "{users:?}");
+    assert_eq!(vocabulary("gender"), ["F", "M"]);
 
     let labelled = run(&[
         "label",
