@@ -141,7 +141,7 @@ fn handler(c: &mut Criterion) {
             let (app, stop) = loading(native, || {
                 runtime.block_on(async {
                     let listener = retort_server::http::bind(&config).await.unwrap();
-                    let app = retort_server::http::App::new(config);
+                    let app = retort_server::http::App::new(config).unwrap();
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                     tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
                         let _ = stopped.await;

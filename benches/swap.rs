@@ -109,7 +109,7 @@ fn main() {
         config.rollout.persist_warmup = false;
         let listener = retort_server::http::bind(&config).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = App::new(config);
+        let app = App::new(config).unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
             let _ = stop_rx.await;

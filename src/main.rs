@@ -147,7 +147,7 @@ pub(crate) fn serve_until_signal(config: Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = retort_server::http::bind(&config).await?;
-        let app = retort_server::http::App::new(config);
+        let app = retort_server::http::App::new(config)?;
         retort_server::http::serve(listener, app, retort_server::shutdown::signal()).await
     })?;
     Ok(())

@@ -134,3 +134,114 @@ music-ranker = [\"shed\"]
     assert!(deprecated.iter().any(|l| l.contains("[models.music-rankr]")), "{log}");
     assert!(!log.contains('\x1b'), "colour codes in a piped log: {log:?}");
 }
+
+fn http_post(port: u16, path: &str, body: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The value of a Prometheus series in a `/metrics` answer (0 when absent).
+fn series(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+// See: issue 18 (1): a killed server leaves no half partition and loses at most what it counted
+// as in flight.
+#[test]
+fn a_killed_server_leaves_only_whole_impression_partitions() {
+    let port = free_port();
+    let logs = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--persist-warmup", "false"])
+        .args(["--impressions-dir", logs.path().to_str().unwrap(), "--impression-rotate-secs", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && !http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rank = |n: usize| {
+        let body = format!(
+            r#"{{"request_id": "k{n}", "context": {{"user_id": "u{n}"}}, "candidates": ["t1", "t2", "t3"]}}"#
+        );
+        let answer = http_post(port, "/v1/rank", &body).expect("the server answers");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    };
+    for n in 0..20 {
+        rank(n);
+    }
+    // A partition completes a second after its first row; then more rows open the next.
+    let written = || {
+        series(
+            &http_get(port, "/metrics").unwrap_or_default(),
+            "retort_impression_rows_total{fate=\"written\"}",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && written() < 60 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in 20..30 {
+        rank(n);
+    }
+    let metrics = http_get(port, "/metrics").unwrap();
+    let queued = series(&metrics, "retort_impression_rows_total{fate=\"queued\"}");
+    let written = series(&metrics, "retort_impression_rows_total{fate=\"written\"}");
+    assert_eq!(queued, 90, "three rows for each of 30 answers");
+    assert!(written >= 60, "the first 20 answers' partitions were complete: {written}");
+    Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+    child.wait().unwrap();
+
+    let parts = retort_log::partition::list(logs.path(), "impressions").unwrap();
+    let rows: Vec<_> = parts.iter().flat_map(|p| retort_log::impression::read(&p.path).unwrap()).collect();
+    let found = rows.len() as u64;
+    assert!(
+        written <= found && found <= queued,
+        "{written} written before the kill, {found} found, {queued} queued"
+    );
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+    assert!(ids.iter().all(|id| (0..30).any(|n| *id == format!("k{n}"))), "{ids:?}");
+    assert!(rows.iter().all(|r| r.context.contains(&format!("\"{}\"", r.request_id.replace('k', "u")))));
+    // Whatever the kill left half-written is removed by the next writer, and lists as nothing.
+    let log = retort_log::Log::<retort_log::Impression>::start(retort_log::Settings {
+        dir: logs.path().to_path_buf(),
+        queue: 1,
+        rotate_rows: 1,
+        rotate_after: Duration::from_secs(1),
+    })
+    .unwrap();
+    log.close();
+    let unfinished = walk(logs.path()).into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).count();
+    assert_eq!(unfinished, 0);
+    assert_eq!(retort_log::partition::list(logs.path(), "impressions").unwrap(), parts);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -29,7 +29,14 @@ fn the_model_package_depends_on_neither_an_http_stack_nor_a_trainer() {
 
 #[test]
 fn the_server_does_not_link_the_trainer() {
+    // Arrow and Parquet reach it through retort-log only: the impression log's format is the
+    // log crate's alone.
     refuses("server", &["candle", "arrow", "parquet", "retort-sidecar"]);
+}
+
+#[test]
+fn the_log_crate_depends_on_neither_an_http_stack_nor_a_trainer() {
+    refuses("log", &["axum", "hyper", "tokio", "candle", "retort-server", "retort-sidecar"]);
 }
 
 #[test]

@@ -75,7 +75,7 @@ impl TestServer {
         }
         let listener = retort_server::http::bind(&config).await.expect("bind loopback");
         let addr = listener.local_addr().unwrap();
-        let app = App::new(config);
+        let app = App::new(config).expect("the impression log starts");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(retort_server::http::serve(listener, app.clone(), async move {
             let _ = stopped.await;

@@ -10,5 +10,6 @@ mod admin;
 mod catalog;
 mod engines;
 mod fuzz_decode;
+mod impressions;
 mod rank_api;
 mod rollout;

@@ -5,8 +5,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -71,9 +71,10 @@ impl Counters {
 
 /// A running log of `R`.
 pub struct Log<R: Record> {
-    queue: Option<Sender<R>>,
+    /// `None` once closed. A read lock per record: uncontended, it is one atomic operation.
+    queue: RwLock<Option<Sender<R>>>,
     counters: Arc<Counters>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<R: Record> Log<R> {
@@ -102,14 +103,18 @@ impl<R: Record> Log<R> {
             .name(format!("retort-log-{}", R::LOG))
             .spawn(move || writer.run(records))
             .map_err(|source| partition::PartitionError::Io { path: "log writer thread".into(), source })?;
-        Ok(Log { queue: Some(queue), counters, thread: Some(thread) })
+        Ok(Log { queue: RwLock::new(Some(queue)), counters, thread: Mutex::new(Some(thread)) })
     }
 
     /// Queues `record` unless the queue is full; never blocks. False when it was dropped.
     pub fn submit(&self, record: R) -> bool {
         let rows = record.rows() as u64;
-        let Some(queue) = &self.queue else { return false };
-        match queue.try_send(record) {
+        let queue = self.queue.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sent = match queue.as_ref() {
+            Some(queue) => queue.try_send(record),
+            None => Err(TrySendError::Disconnected(record)),
+        };
+        match sent {
             Ok(()) => {
                 self.counters.queued.fetch_add(rows, Ordering::AcqRel);
                 true
@@ -127,9 +132,10 @@ impl<R: Record> Log<R> {
     }
 
     /// Writes every queued record, completes the open partition and stops the writer.
-    pub fn close(&mut self) {
-        self.queue.take();
-        if let Some(thread) = self.thread.take()
+    pub fn close(&self) {
+        self.queue.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread
             && thread.join().is_err()
         {
             tracing::error!(log = R::LOG, "the log writer panicked; its open partition is lost");
@@ -359,8 +365,7 @@ mod tests {
     #[test]
     fn rows_read_back_as_they_were_submitted_and_rotate_by_row_count() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log =
-            Log::<Impression>::start(settings(dir.path(), 10, Duration::from_secs(600), 64)).unwrap();
+        let log = Log::<Impression>::start(settings(dir.path(), 10, Duration::from_secs(600), 64)).unwrap();
         let sent: Vec<Impression> = (0..9).map(|n| impression(n, 1_764_720_000_000 + n as i64, 4)).collect();
         for i in &sent {
             assert!(log.submit(i.clone()));
@@ -434,7 +439,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_records_and_counts_their_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log =
+        let log =
             Log::<Impression>::start(settings(dir.path(), 1_000_000, Duration::from_secs(600), 2)).unwrap();
         // Far more records than the queue holds, sent faster than a thread writes Parquet.
         let accepted = (0..2000).filter(|&n| log.submit(impression(n, 1_764_720_000_000, 3))).count();
@@ -455,8 +460,7 @@ mod tests {
             partition::temporary(&partition::path(dir.path(), "impressions", 1_764_720_000_000, "dead", 1));
         std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
         std::fs::write(&stale, b"PAR1 no footer").unwrap();
-        let mut log =
-            Log::<Impression>::start(settings(dir.path(), 100, Duration::from_secs(600), 8)).unwrap();
+        let log = Log::<Impression>::start(settings(dir.path(), 100, Duration::from_secs(600), 8)).unwrap();
         assert!(!stale.exists());
         log.submit(impression(1, 1_764_720_000_000, 1));
         log.close();

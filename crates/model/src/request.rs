@@ -260,6 +260,29 @@ impl Features<'_> {
     }
 }
 
+/// Written back as the JSON object it came as, for logs: each value as decoded, except those
+/// no feature kind accepts (objects, lists holding non-numbers), which become `null`.
+impl Serialize for Features<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            match value {
+                FeatureValue::Null | FeatureValue::MixedList | FeatureValue::Object => {
+                    map.serialize_entry(name, &())?
+                }
+                FeatureValue::Bool(b) => map.serialize_entry(name, b)?,
+                FeatureValue::Int(i) => map.serialize_entry(name, i)?,
+                FeatureValue::Uint(u) => map.serialize_entry(name, u)?,
+                FeatureValue::Float(x) => map.serialize_entry(name, x)?,
+                FeatureValue::Str(t) => map.serialize_entry(name, t)?,
+                FeatureValue::Numbers(v) => map.serialize_entry(name, v)?,
+            }
+        }
+        map.end()
+    }
+}
+
 impl FeatureSource for Features<'_> {
     fn get(&self, name: &str) -> Value<'_> {
         Features::get(self, name)
@@ -522,6 +545,18 @@ mod tests {
         assert_eq!(r.top_k, Some(50));
         // Borrowed, not copied, when there is nothing to unescape.
         assert!(matches!(r.request_id, Some(Text(Cow::Borrowed(_)))));
+    }
+
+    #[test]
+    fn features_are_written_back_as_they_came_but_what_no_feature_accepts() {
+        let body = br#"{"context": {"user_id": "u\"42", "hour": 21, "big": 18446744073709551615,
+ "skip_rate": 0.25, "new": true, "emb": [1, -0.5], "none": null, "obj": {"a": 1}, "mixed": [1, "x"]},
+ "candidates": []}"#;
+        let r = decode(body).unwrap();
+        assert_eq!(
+            serde_json::to_string(&r.context).unwrap(),
+            r#"{"user_id":"u\"42","hour":21,"big":18446744073709551615,"skip_rate":0.25,"new":true,"emb":[1.0,-0.5],"none":null,"obj":null,"mixed":null}"#
+        );
     }
 
     // See: issue 16 (2).

@@ -29,6 +29,8 @@ pub struct Config {
     pub rollout: RolloutSection,
     #[serde(flatten)]
     pub admin: AdminSection,
+    #[serde(flatten)]
+    pub impressions: ImpressionsSection,
     /// Per-model overrides (file only: `[models.<name>]`).
     pub models: BTreeMap<String, ModelSettings>,
     /// Deprecated: `[models.<name>] policy`. Still read, and moved there with a warning.
@@ -193,6 +195,39 @@ pub struct AdminSection {
     pub admin_open_on_loopback: bool,
 }
 
+/// The impression log: one row per candidate an answer showed, for training on what was served
+/// (`docs/loop.md`). Off unless a directory is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ImpressionsSection {
+    /// Directory of impression partitions (`dt=<day>/impressions-….parquet`); none logs nothing.
+    pub impressions_dir: Option<PathBuf>,
+    /// Share of requests logged, chosen by a hash of the request id (a request id is always
+    /// logged or never); `[models.<name>] impression_sample` overrides it per model.
+    pub impression_sample: f64,
+    /// Candidates logged per answer, from the top; 0 logs every candidate the answer lists.
+    pub impression_log_top: usize,
+    /// Answers waiting for the log's writer before new ones are dropped (and counted).
+    pub impression_queue: usize,
+    /// A partition is completed at this many rows…
+    pub impression_rotate_rows: u64,
+    /// …or this many seconds after its first row, whichever comes first.
+    pub impression_rotate_secs: u64,
+}
+
+impl Default for ImpressionsSection {
+    fn default() -> Self {
+        ImpressionsSection {
+            impressions_dir: None,
+            impression_sample: 1.0,
+            impression_log_top: 0,
+            impression_queue: 16_384,
+            impression_rotate_rows: 1_000_000,
+            impression_rotate_secs: 60,
+        }
+    }
+}
+
 /// One model's overrides of the server-wide settings (`[models.<name>]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -210,6 +245,9 @@ pub struct ModelSettings {
     /// one of its item features, when exactly one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catalog: Option<String>,
+    /// Overrides `impression_sample`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impression_sample: Option<f64>,
 }
 
 /// Where a request's inference runs when the pool is idle. On one core the inference thread and
@@ -252,6 +290,8 @@ pub struct ServeArgs {
     pub rollout: RolloutFlags,
     #[command(flatten)]
     pub admin: AdminFlags,
+    #[command(flatten)]
+    pub impressions: ImpressionFlags,
 }
 
 /// Flags of [`ServerSection`].
@@ -356,6 +396,30 @@ pub struct AdminFlags {
     pub admin_open_on_loopback: bool,
 }
 
+/// Flags of [`ImpressionsSection`].
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Impression log")]
+pub struct ImpressionFlags {
+    /// Directory to log impressions in (one row per shown candidate) [default: none, no log]
+    #[arg(long, env = "RETORT_IMPRESSIONS_DIR")]
+    pub impressions_dir: Option<PathBuf>,
+    /// Share of requests logged, 0 to 1, by a hash of the request id
+    #[arg(long, env = "RETORT_IMPRESSION_SAMPLE")]
+    pub impression_sample: Option<f64>,
+    /// Candidates logged per answer from the top, 0 for all it lists
+    #[arg(long, env = "RETORT_IMPRESSION_LOG_TOP")]
+    pub impression_log_top: Option<usize>,
+    /// Answers waiting for the log writer before new ones are dropped
+    #[arg(long, env = "RETORT_IMPRESSION_QUEUE")]
+    pub impression_queue: Option<usize>,
+    /// Rows after which a partition is completed
+    #[arg(long, env = "RETORT_IMPRESSION_ROTATE_ROWS")]
+    pub impression_rotate_rows: Option<u64>,
+    /// Seconds after its first row a partition is completed
+    #[arg(long, env = "RETORT_IMPRESSION_ROTATE_SECS")]
+    pub impression_rotate_secs: Option<u64>,
+}
+
 /// Appends `[default: …]` to the help of every flag in `command` that sets a setting, read off
 /// [`Config::default`]. Apply it to each command that flattens [`ServeArgs`].
 pub fn show_defaults(command: clap::Command) -> clap::Command {
@@ -451,7 +515,8 @@ impl Config {
                 .err()
                 .or_else(|| parse::<AdmissionSection>(text, origin).err())
                 .or_else(|| parse::<RolloutSection>(text, origin).err())
-                .or_else(|| parse::<AdminSection>(text, origin).err());
+                .or_else(|| parse::<AdminSection>(text, origin).err())
+                .or_else(|| parse::<ImpressionsSection>(text, origin).err());
             alone.unwrap_or(flattened)
         })?;
         if !config.unknown.is_empty() {
@@ -519,6 +584,8 @@ impl Config {
         over!(rollout: models_dir, catalogs_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
             warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);
         over!(admin: ; some admin_token);
+        over!(impressions: impression_sample, impression_log_top, impression_queue, impression_rotate_rows,
+            impression_rotate_secs; some impressions_dir);
         c.admin.admin_open_on_loopback |= args.admin.admin_open_on_loopback;
         c.validate()?;
         if !c.rollout.models_dir.is_dir() {
@@ -532,7 +599,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        let Config { server, admission, admin, .. } = self;
+        let Config { server, admission, admin, impressions, .. } = self;
         if admission.queue_capacity == 0 {
             return bad("queue_capacity must be at least 1");
         }
@@ -552,6 +619,24 @@ impl Config {
         let margin = admission.degradation.margin_ms;
         if !(margin.is_finite() && margin >= 0.0) {
             return bad(&format!("degradation.margin_ms must be zero or more, not {margin}"));
+        }
+        let samples = [("impression_sample".to_string(), impressions.impression_sample)].into_iter().chain(
+            self.models
+                .iter()
+                .filter_map(|(n, m)| Some((format!("[models.{n}] impression_sample"), m.impression_sample?))),
+        );
+        for (key, p) in samples {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(&format!("{key} must be a share of requests from 0 to 1, not {p}"));
+            }
+        }
+        if impressions.impression_queue == 0
+            || impressions.impression_rotate_rows == 0
+            || impressions.impression_rotate_secs == 0
+        {
+            return bad(
+                "impression_queue, impression_rotate_rows and impression_rotate_secs must be at least 1",
+            );
         }
         if admin.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return bad("admin_token is empty; set a real token or leave it unset");
@@ -754,6 +839,7 @@ mod tests {
             ("Admission", toml::Table::try_from(&config.admission).unwrap()),
             ("Rollout", toml::Table::try_from(&config.rollout).unwrap()),
             ("Admin API", toml::Table::try_from(&config.admin).unwrap()),
+            ("Impression log", toml::Table::try_from(&config.impressions).unwrap()),
         ];
         for (heading, settings) in &sections {
             for key in settings.keys().filter(|k| !FILE_ONLY.contains(&k.as_str())) {
@@ -806,6 +892,8 @@ mod tests {
             "b",
             "--admin-token",
             "flag",
+            "--impressions-dir",
+            "/var/log/retort",
         ];
         let c = Config::resolve(&Serve::try_parse_from(argv).unwrap().args).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:9".parse().unwrap());
@@ -815,6 +903,22 @@ mod tests {
             (dir.path(), Some("b"))
         );
         assert_eq!(c.admin.admin_token.as_deref(), Some("flag"));
+        assert_eq!(c.impressions.impressions_dir.as_deref(), Some(Path::new("/var/log/retort")));
+    }
+
+    #[test]
+    fn impression_samples_are_shares_and_rotation_is_positive() {
+        for (text, named) in [
+            ("impression_sample = 1.5", "impression_sample must be a share"),
+            ("[models.m]\nimpression_sample = -0.1", "[models.m] impression_sample must be a share"),
+            ("impression_rotate_secs = 0", "impression_rotate_secs"),
+            ("impression_queue = 0", "impression_queue"),
+        ] {
+            let err = Config::parse(text, "retort.toml").and_then(|c| c.validate()).unwrap_err().to_string();
+            assert!(err.contains(named), "{text}: {err}");
+        }
+        let c = Config::parse("impressions_dir = \"logs\"\nimpression_sample = 0.1", "retort.toml").unwrap();
+        assert!(c.validate().is_ok());
     }
 
     // Sections are flattened into one table, and serde's flatten reports a wrong type with
@@ -826,6 +930,7 @@ mod tests {
             ("\n\nlisten = 5\n", 3),
             ("[canary]\nmin_requests = \"x\"\n", 2),
             ("admin_open_on_loopback = 1\n", 1),
+            ("\nimpression_sample = \"all\"\n", 2),
         ] {
             let err = Config::parse(text, "retort.toml").unwrap_err().to_string();
             assert!(err.contains(&format!("retort.toml, line {line}, column")), "{text:?}: {err}");

@@ -29,6 +29,21 @@ pub const CATALOG_MISSES: &str = "retort_catalog_misses";
 /// Registered without `_total`: the client appends it to counters.
 pub const CONNECTIONS_CLOSED: &str = "retort_connections_closed";
 
+/// Registered without `_total`: the client appends it to counters.
+pub const IMPRESSION_ROWS: &str = "retort_impression_rows";
+/// Registered without `_total`: the client appends it to counters.
+pub const IMPRESSION_PARTITIONS: &str = "retort_impression_partitions";
+/// Registered without `_total`: the client appends it to counters.
+pub const IMPRESSION_WRITE_ERRORS: &str = "retort_impression_write_errors";
+
+/// What became of impression rows.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FateLabels {
+    /// `queued` (accepted by the log's queue), `dropped` (refused by a full queue, or lost with
+    /// a partition that failed to write), `written` (in a complete partition).
+    pub fate: &'static str,
+}
+
 /// Why the server closed (or never served) a connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
@@ -128,6 +143,9 @@ pub struct Metrics {
     pub cost_prediction: Histograms<ModelLabels>,
     pub connections_open: Gauge,
     pub connections_closed: Family<ConnectionLabels, Counter>,
+    pub impression_rows: Family<FateLabels, Counter>,
+    pub impression_partitions: Counter,
+    pub impression_write_errors: Counter,
 }
 
 impl Metrics {
@@ -197,8 +215,29 @@ impl Metrics {
             "Connections the server closed or refused: refused, idle_evicted, header_timeout",
             connections_closed.clone(),
         );
+        let impression_rows = Family::<FateLabels, Counter>::default();
+        let impression_partitions = Counter::default();
+        let impression_write_errors = Counter::default();
+        registry.register(
+            IMPRESSION_ROWS,
+            "Impression rows (shown candidates) by fate: queued, dropped (queue full or write failed), written",
+            impression_rows.clone(),
+        );
+        registry.register(
+            IMPRESSION_PARTITIONS,
+            "Impression partitions completed and renamed into place",
+            impression_partitions.clone(),
+        );
+        registry.register(
+            IMPRESSION_WRITE_ERRORS,
+            "Impression partitions that failed to write (each named in the server's log)",
+            impression_write_errors.clone(),
+        );
         Metrics {
             registry,
+            impression_rows,
+            impression_partitions,
+            impression_write_errors,
             rank_duration,
             stage_duration,
             candidates,
@@ -228,6 +267,24 @@ impl Metrics {
         }
         self.candidates.remove(&labels());
         self.cost_prediction.remove(&labels());
+    }
+
+    /// Brings the impression log's counters, kept by its writer, into the exported ones.
+    pub fn sync_impressions(&self, counters: &retort_log::Counters) {
+        use std::sync::atomic::Ordering::Acquire;
+        let catch_up = |counter: &Counter, now: u64| {
+            let seen = counter.get();
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        };
+        for (fate, n) in
+            [("queued", &counters.queued), ("dropped", &counters.dropped), ("written", &counters.written)]
+        {
+            catch_up(&self.impression_rows.get_or_create(&FateLabels { fate }), n.load(Acquire));
+        }
+        catch_up(&self.impression_partitions, counters.partitions.load(Acquire));
+        catch_up(&self.impression_write_errors, counters.write_errors.load(Acquire));
     }
 
     /// The Prometheus text exposition of every metric.

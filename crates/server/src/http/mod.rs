@@ -5,6 +5,7 @@
 //! - [`admin`]: the token-protected admin API (served versions, loading a version).
 //! - [`error`]: every failure and its HTTP status, in one place.
 //! - [`connections`]: accepting connections, their limits and timeouts, and the drain.
+//! - [`impressions`]: which answers the impression log records, and the record of each.
 //! - [`metrics`]: Prometheus metric names and buckets.
 
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 pub mod admin;
 pub mod connections;
 pub mod error;
+pub mod impressions;
 pub mod metrics;
 pub mod rank;
 
@@ -49,31 +51,46 @@ pub struct App {
     pub metrics: Metrics,
     /// How long requests wait for the async workers before a handler sees them.
     pub lag: Arc<lag::Lag>,
+    /// What answers showed, when `impressions_dir` is set.
+    pub impressions: Option<impressions::Impressions>,
     /// Numbers requests that arrive without a `request_id`.
     request_ids: AtomicU64,
+    /// Starts the ids given to requests without one, so that they differ across restarts and
+    /// replicas (the impression log and feedback join on them).
+    request_id_prefix: String,
     /// Set once the models found at start have all been loaded (or have failed).
     started: std::sync::atomic::AtomicBool,
 }
 
 impl App {
-    pub fn new(config: Config) -> Arc<App> {
+    /// Fails only when the impression log cannot start in its directory.
+    pub fn new(config: Config) -> Result<Arc<App>, ServeError> {
         let pool = Arc::new(
             InferencePool::new(config.threads(), config.admission.queue_capacity)
                 .inline_when_idle(config.inline()),
         );
         let rollout = Rollout::new(config.rollout_settings());
         let metrics = Metrics::new(&rollout.events);
-        Arc::new(App {
+        let impressions = impressions::Impressions::start(&config)?;
+        Ok(Arc::new(App {
             rollout: Arc::new(rollout),
             pool,
             budgets: config.budgets(),
             degradation: config.degradation_rules(),
             metrics,
             lag: Arc::new(lag::Lag::default()),
+            impressions,
             request_ids: AtomicU64::new(0),
+            request_id_prefix: request_id_prefix(),
             started: std::sync::atomic::AtomicBool::new(false),
             config,
-        })
+        }))
+    }
+
+    /// An id for a request that came without one: unique to this process and its start.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n:x}", self.request_id_prefix)
     }
 
     /// True once the models found at start are loaded and warmed, and at least one serves.
@@ -81,6 +98,13 @@ impl App {
         self.started.load(std::sync::atomic::Ordering::Acquire)
             && !self.rollout.routes.load().routes.is_empty()
     }
+}
+
+fn request_id_prefix() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mixed = retort_model::rng::SplitMix64::new(nanos as u64 ^ u64::from(std::process::id())).next_u64();
+    format!("retort-{:08x}", mixed as u32)
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -114,6 +138,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     app.metrics.queue_depth.set(app.pool.queued() as i64);
     app.metrics.models_loaded.set(app.rollout.routes.load().routes.len() as i64);
+    if let Some(log) = &app.impressions {
+        app.metrics.sync_impressions(log.counters());
+    }
     let mut by_state = std::collections::BTreeMap::<(String, &'static str), i64>::new();
     for v in app.rollout.versions() {
         *by_state.entry((v.name, v.state.as_str())).or_default() += 1;
@@ -143,6 +170,8 @@ pub enum ServeError {
     Models(#[from] retort_model::package::PackageError),
     #[error("no model could be served from {dir}: {reasons}")]
     NoModels { dir: String, reasons: String },
+    #[error("cannot start the impression log: {0}")]
+    Impressions(#[from] retort_log::partition::PartitionError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -231,7 +260,12 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not keep the warm-up requests for the next start");
     }
     // The connection loop drains within `drain` itself; this only joins it.
-    if let Err(join) = server.await {
+    let joined = server.await;
+    // After the drain, so that the answers given during it are logged too.
+    if let Some(log) = &app.impressions {
+        log.close();
+    }
+    if let Err(join) = joined {
         return Err(ServeError::Io(std::io::Error::other(join.to_string())));
     }
     failure.map_or(Ok(()), Err)

@@ -1,14 +1,15 @@
 //! `POST /v1/rank`, top to bottom: arrive (shed unread under overload) → decode → route (the
 //! version, the shadow, the budget) → admit (the full answer or a step of the degradation
 //! ladder) → encode → infer on the pool → combine heads with the objective → top-k → respond,
-//! with the time of each stage in the body and in `Server-Timing`. The handler returns what the
+//! with the time of each stage in the body and in `Server-Timing` → log what the answer showed
+//! (when the impression log is on and samples the request). The handler returns what the
 //! request came to, and [`record`] alone feeds it to metrics, the version's stats, the warm-up
 //! ring and the shadow.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,6 +21,7 @@ use serde::ser::SerializeMap;
 
 use super::App;
 use super::error::{ApiError, Counts};
+use super::impressions::{Answered, Listed};
 use super::metrics::{CatalogLabels, FeatureLabels, ModelLabels, OutcomeLabels, RankLabels, StageLabels};
 use crate::admission::budget::{self, Asked};
 use crate::admission::degrade::{self, Degraded, Pickup, Planned, Reason, Situation};
@@ -274,6 +276,7 @@ async fn handle(
     cancelled: &Arc<AtomicBool>,
 ) -> Result<Answer, Failure> {
     let arrival = arrive(app, headers, body)?;
+    let arrived_wall = SystemTime::now().checked_sub(arrival.lag).unwrap_or(SystemTime::UNIX_EPOCH);
     // 1. Decode.
     let req = decode(app, &arrival.body)?;
 
@@ -306,9 +309,31 @@ async fn handle(
     // 4. Encode, infer, combine.
     let scored = score(app, &req, &planned, deadline, cancelled, &mut timing).await.charge(&answering)?;
 
-    // 5. Respond.
+    // 5. Respond, and log what the answer showed.
     let shadow = shadow.filter(|_| scored.degraded.is_none()).map(|s| (s, scored.scores.clone()));
-    let response = respond(app, &req, &answering.model, &scored, &mut timing, started).charge(&answering)?;
+    let request_id = match &req.request_id {
+        Some(id) => id.0.clone(),
+        None => Cow::Owned(app.next_request_id()),
+    };
+    let t = Instant::now();
+    let listed = listed(app, &req, &scored);
+    timing.rank += micros(t.elapsed());
+    let model = &answering.model;
+    let response =
+        respond(&req, &request_id, model, &scored, &listed, &mut timing, started).charge(&answering)?;
+    if let Some(log) = &app.impressions {
+        log.record(&Answered {
+            req: &req,
+            request_id: &request_id,
+            arrived: arrived_wall,
+            model,
+            values: &scored.values,
+            scores: &scored.scores,
+            listed: &listed,
+            degraded: scored.degraded.map(|d| d.mode.as_str()),
+            catalog: scored.catalog.as_deref().map(|c| (c.name.as_str(), c.version.as_str())),
+        });
+    }
     let candidates = req.candidates.len();
     Ok(Answer {
         served: answering,
@@ -465,46 +490,45 @@ async fn score(
     Ok(Scored { values, scores, order, degraded, catalog, misses })
 }
 
-/// The best `top_k` best first; candidates left unscored follow in the order they would have
-/// been scored.
-fn respond(
-    app: &App,
-    req: &RankRequest<'_>,
-    model: &Model,
-    scored: &Scored,
-    timing: &mut Timing,
-    started: Instant,
-) -> Result<Response, ApiError> {
-    let t = Instant::now();
+/// What the answer lists, in order: the best `top_k` best first, then the candidates left
+/// unscored in the order they would have been scored.
+fn listed(app: &App, req: &RankRequest<'_>, scored: &Scored) -> Vec<Listed> {
     let n = req.candidates.len();
     let limit = req.top_k.unwrap_or(app.config.server.default_top_k).min(n);
     let best = top_k(&scored.scores, Some(limit));
     let candidate = |row: usize| scored.order.as_ref().map_or(row, |o| o[row]);
-    timing.rank += micros(t.elapsed());
-    let request_id = match &req.request_id {
-        Some(id) => id.0.clone(),
-        None => Cow::Owned(format!("retort-{:x}", app.request_ids.fetch_add(1, Ordering::Relaxed))),
-    };
+    let unscored = (scored.values.rows..n).take(limit.saturating_sub(best.len()));
+    best.iter()
+        .map(|&row| (candidate(row), Some(row)))
+        .chain(unscored.map(|row| (candidate(row), None)))
+        .collect()
+}
+
+fn respond(
+    req: &RankRequest<'_>,
+    request_id: &str,
+    model: &Model,
+    scored: &Scored,
+    listed: &[Listed],
+    timing: &mut Timing,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let t = Instant::now();
     // Per-head values only when asked: they are most of an answer's bytes.
     let serving: Vec<(usize, &str)> = if req.heads { model.serving_heads().collect() } else { Vec::new() };
     let values = &scored.values;
-    let unscored = (values.rows..n).take(limit.saturating_sub(best.len()));
-    let items: Vec<Item<'_>> = best
+    let items: Vec<Item<'_>> = listed
         .iter()
-        .map(|&row| Item {
-            id: &req.candidates[candidate(row)].id,
-            score: Some(scored.scores[row]),
-            heads: req.heads.then_some(Heads { serving: &serving, values, row: Some(row) }),
+        .map(|&(candidate, row)| Item {
+            id: &req.candidates[candidate].id,
+            score: row.map(|r| scored.scores[r]),
+            heads: req.heads.then_some(Heads { serving: &serving, values, row }),
         })
-        .chain(unscored.map(|row| Item {
-            id: &req.candidates[candidate(row)].id,
-            score: None,
-            heads: req.heads.then_some(Heads { serving: &serving, values, row: None }),
-        }))
         .collect();
+    timing.rank += micros(t.elapsed());
     timing.total = micros(started.elapsed());
     let response = RankResponse {
-        request_id: &request_id,
+        request_id,
         model: model.name(),
         version: model.version(),
         items,
