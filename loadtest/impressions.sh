@@ -6,15 +6,25 @@
 # no errors), then a steady phase at the same rate for both (80% of the first "off" maximum)
 # for the p99 side by side. Prints a Markdown table; reports go to target/impressions/.
 #
-#   loadtest/impressions.sh [CANDIDATES] [SLO_MS] [SECONDS_PER_PHASE] [ROUNDS]   (500 10 5 2)
+# Also the server's CPU time per request over the steady phase (/proc/<pid>/stat), the steadier
+# measure on a shared host.
+#
+#   loadtest/impressions.sh [CANDIDATES] [SLO_MS] [SECONDS_PER_PHASE] [ROUNDS] [START_RATE]
+#   (defaults 500 10 5 2 400)
+#
+# SHAPE=ids (the default) sends candidates as ids of the shipped catalog; SHAPE=features sends
+# every candidate with its features, each of which the log then keeps as the row's overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 candidates="${1:-500}"
 slo="${2:-10}"
 seconds="${3:-5}"
 rounds="${4:-2}"
+start_rate="${5:-400}"
+shape=()
+if [ "${SHAPE:-ids}" = ids ]; then shape=(--catalog catalogs/music/1); fi
 package=models/music-ranker/1
-out=target/impressions
+out="target/impressions-${SHAPE:-ids}"
 rm -rf "$out" && mkdir -p "$out"
 cargo build --release --quiet --bin retort
 cargo build --release --quiet -p loadtest
@@ -47,7 +57,11 @@ load() { # label args...
     local label="$1"
     shift
     taskset -c 1 ./target/release/loadtest --target http://127.0.0.1:18183 --manifest "$package/manifest.toml" \
-        --candidates "$candidates" --model music-ranker --duration "$seconds" --warmup 2 --label "$label" "$@"
+        --candidates "$candidates" "${shape[@]}" --model music-ranker --duration "$seconds" --warmup 2 --label "$label" "$@"
+}
+
+cpu_ticks() { # pid: user + system clock ticks so far
+    awk '{print $14 + $15}' "/proc/$1/stat"
 }
 
 field() { # report.json python-expression-on-r
@@ -59,32 +73,38 @@ for round in $(seq 1 "$rounds"); do
     for mode in off on; do
         name="$mode-$round"
         start "$mode" "$out/$name.log"
-        load "$name" --rate 100 --slo-p99-ms "$slo" --out "$out/$name-max" find-max --step 1.1 >"$out/$name-max.txt" || true
+        load "$name" --rate "$start_rate" --slo-p99-ms "$slo" --out "$out/$name-max" find-max --step 1.1 >"$out/$name-max.txt" || true
         held="$(field "$out/$name-max" "r['result']['held'] or 0")"
         if [ -z "$steady_rate" ]; then steady_rate="$(python3 -c "print(max(20, round($held * 0.8)))")"; fi
+        cpu_before="$(cpu_ticks "$server_pid")"
         load "$name" --rate "$steady_rate" --out "$out/$name-steady" steady >"$out/$name-steady.txt" || true
+        echo $(($(cpu_ticks "$server_pid") - cpu_before)) >"$out/$name.cpu"
         curl -s http://127.0.0.1:18183/metrics | grep '^retort_impression' >"$out/$name.metrics" || true
         stop
         echo "$name: held $held/s at p99 <= $slo ms; steady at $steady_rate/s: p99 $(field "$out/$name-steady" "r['phases'][0]['latency_ms']['p99']") ms"
     done
 done
 
-python3 - "$out" "$rounds" "$steady_rate" "$slo" <<'PY'
+python3 - "$out" "$rounds" "$steady_rate" "$slo" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-out, rounds, rate, slo = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out, rounds, rate, slo, tck = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 def report(name):
     return json.load(open(f"{out}/{name}/report.json"))
 rows = []
 for mode in ["off", "on"]:
     held = [report(f"{mode}-{r}-max")["result"]["held"] or 0 for r in range(1, rounds + 1)]
-    p99 = [report(f"{mode}-{r}-steady")["phases"][0]["latency_ms"]["p99"] for r in range(1, rounds + 1)]
-    rows.append((mode, held, p99))
-(_, held_off, p99_off), (_, held_on, p99_on) = rows
+    steady = [report(f"{mode}-{r}-steady")["phases"][0] for r in range(1, rounds + 1)]
+    p99 = [p["latency_ms"]["p99"] for p in steady]
+    # CPU over the steady run (its warm-up included) per request sent in it.
+    cpu = [int(open(f"{out}/{mode}-{r}.cpu").read()) / tck * 1e6 / (p["sent"] * (1 + 2 / p["seconds"]))
+           for r, p in zip(range(1, rounds + 1), steady)]
+    rows.append((mode, held, p99, cpu))
+(_, held_off, p99_off, cpu_off), (_, held_on, p99_on, cpu_on) = rows
 mean = lambda xs: sum(xs) / len(xs)
-print(f"| impression log | held at p99 <= {slo} ms (rounds) | p99 at {rate}/s (rounds) |")
-print("| --- | ---: | ---: |")
-for mode, held, p99 in rows:
-    print(f"| {mode} | {' / '.join(f'{h:.0f}' for h in held)} | {' / '.join(f'{p:.2f}' for p in p99)} ms |")
-print(f"| on ÷ off (means) | {mean(held_on) / mean(held_off):.3f} | {mean(p99_on) / mean(p99_off):.3f} |")
+print(f"| impression log | held at p99 <= {slo} ms (rounds) | p99 at {rate}/s (rounds) | CPU per request at {rate}/s |")
+print("| --- | ---: | ---: | ---: |")
+for mode, held, p99, cpu in rows:
+    print(f"| {mode} | {' / '.join(f'{h:.0f}' for h in held)} | {' / '.join(f'{p:.2f}' for p in p99)} ms | {' / '.join(f'{c:.0f}' for c in cpu)} µs |")
+print(f"| on ÷ off (means) | {mean(held_on) / mean(held_off):.3f} | {mean(p99_on) / mean(p99_off):.3f} | {mean(cpu_on) / mean(cpu_off):.3f} |")
 PY
 for f in "$out"/on-*.metrics; do echo "$f:"; cat "$f"; done

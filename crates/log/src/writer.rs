@@ -101,7 +101,10 @@ impl<R: Record> Log<R> {
         };
         let thread = std::thread::Builder::new()
             .name(format!("retort-log-{}", R::LOG))
-            .spawn(move || writer.run(records))
+            .spawn(move || {
+                lower_priority();
+                writer.run(records)
+            })
             .map_err(|source| partition::PartitionError::Io { path: "log writer thread".into(), source })?;
         Ok(Log { queue: RwLock::new(Some(queue)), counters, thread: Mutex::new(Some(thread)) })
     }
@@ -146,6 +149,22 @@ impl<R: Record> Log<R> {
 impl<R: Record> Drop for Log<R> {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Makes the calling thread run only when its CPU has nothing else to do (Linux `SCHED_IDLE`,
+/// per thread): a request thread that wakes preempts it at once. The writer works in bursts (a
+/// row group encoded and compressed at once); at normal priority, or even at nice 19, a burst
+/// on a core that also answers requests holds those answers back by milliseconds, where the
+/// queue can wait for the CPU's idle moments instead.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler reads the parameter it is given; 0 names the calling thread.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            tracing::warn!("cannot give the log writer idle priority; it competes with requests for the CPU");
+        }
     }
 }
 
@@ -451,6 +470,34 @@ mod tests {
         assert_eq!(c.written.load(Ordering::Acquire), accepted as u64 * 3);
         assert_eq!(all_rows(dir.path()).len(), accepted * 3);
         assert!(!log.submit(impression(0, 0, 1)), "a closed log takes nothing");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_thread_runs_only_when_the_cpu_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::<Impression>::start(settings(dir.path(), 100, Duration::from_secs(600), 8)).unwrap();
+        // Thread names are cut to 15 bytes in /proc; the policy is field 41 of its stat.
+        let policy = || {
+            std::fs::read_dir("/proc/self/task").unwrap().find_map(|task| {
+                let task = task.unwrap().path();
+                let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+                if comm.trim() != "retort-log-impr" {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+                // Fields after the command name, which ends at the last ')'.
+                let after = &stat[stat.rfind(')').unwrap() + 2..];
+                after.split(' ').nth(41 - 3).map(|p| p.parse::<i32>().unwrap())
+            })
+        };
+        // The thread sets its own policy as it starts: a bounded wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while policy() != Some(libc::SCHED_IDLE) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(policy(), Some(libc::SCHED_IDLE));
+        log.close();
     }
 
     #[test]
