@@ -132,6 +132,8 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 impl Record for Impression {
     type Batch = ImpressionBatch;
     const LOG: &'static str = "impressions";
+    const DICTIONARY: &'static [&'static str] =
+        &[columns::MODEL, columns::VERSION, columns::CATALOG, columns::CATALOG_VERSION, columns::DEGRADED];
 
     fn schema() -> SchemaRef {
         SCHEMA.clone()

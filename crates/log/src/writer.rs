@@ -17,6 +17,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::partition;
 
@@ -26,6 +27,11 @@ pub trait Record: Send + 'static {
     type Batch: Default + Send;
     /// The log's name: its partitions' file prefix and `retort.log`.
     const LOG: &'static str;
+    /// The columns with a dictionary (dotted paths for nested ones): those of a few distinct
+    /// values. Every other column is written plain: its values are mostly distinct, or repeated
+    /// in runs along a request's rows that compression takes anyway, and a dictionary would
+    /// cost a hash and a comparison per row for nothing.
+    const DICTIONARY: &'static [&'static str];
     fn schema() -> SchemaRef;
     fn rows(&self) -> usize;
     /// When it arrived, in milliseconds since the epoch: what rotation and joins go by.
@@ -254,10 +260,15 @@ impl<R: Record> Writer<R> {
                 std::fs::create_dir_all(day).map_err(|e| e.to_string())?;
             }
             let file = File::create(&tmp).map_err(|e| e.to_string())?;
-            let props = WriterProperties::builder()
+            let mut props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
                 .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-                .build();
+                .set_dictionary_enabled(false);
+            for column in R::DICTIONARY {
+                let path = ColumnPath::new(column.split('.').map(str::to_string).collect());
+                props = props.set_column_dictionary_enabled(path, true);
+            }
+            let props = props.build();
             ArrowWriter::try_new(file, R::schema(), Some(props)).map_err(|e| e.to_string())
         })();
         match opened {
@@ -411,6 +422,17 @@ mod tests {
             (rows[4].catalog.as_ref(), rows[4].sample_rate, rows[4].ts_ms),
             (None, 0.5, 1_764_720_000_001)
         );
+        // A dictionary only for the columns of few values.
+        let file = File::open(&parts[0].path).unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+        let group = parquet::file::reader::FileReader::metadata(&reader).row_group(0).clone();
+        let with_dictionary: Vec<String> = group
+            .columns()
+            .iter()
+            .filter(|c| c.dictionary_page_offset().is_some())
+            .map(|c| c.column_path().string())
+            .collect();
+        assert_eq!(with_dictionary, ["model", "version", "catalog", "catalog_version", "degraded"]);
         let c = log.counters();
         assert_eq!(c.queued.load(Ordering::Acquire), 36);
         assert_eq!(c.written.load(Ordering::Acquire), 36);
