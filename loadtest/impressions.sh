@@ -3,8 +3,8 @@
 # listed candidate logged: the answer's top 100), side by side in one run. The server is pinned
 # to core 0 and the load generator to core 1; the two modes alternate for ROUNDS rounds so that
 # the host's drift falls on both. Per mode: find-max (the highest rate held at p99 <= SLO with
-# no errors), then a steady phase at the same rate for both (80% of the first "off" maximum)
-# for the p99 side by side. Prints a Markdown table; reports go to target/impressions/.
+# no errors), then, on a fresh server, a steady phase at the same rate for both (80% of the
+# first "off" maximum) for the p99 side by side. Prints a Markdown table; reports go to target/impressions/.
 #
 # Also the server's CPU time per request over the steady phase (/proc/<pid>/stat), the steadier
 # measure on a shared host.
@@ -76,6 +76,11 @@ for round in $(seq 1 "$rounds"); do
         load "$name" --rate "$start_rate" --slo-p99-ms "$slo" --out "$out/$name-max" find-max --step 1.1 >"$out/$name-max.txt" || true
         held="$(field "$out/$name-max" "r['result']['held'] or 0")"
         if [ -z "$steady_rate" ]; then steady_rate="$(python3 -c "print(max(20, round($held * 0.8)))")"; fi
+        # A fresh server for the steady phase: the writer must not still be draining the rows
+        # find-max queued while its CPU is counted.
+        stop
+        rm -rf "$out/log"
+        start "$mode" "$out/$name-steady.log"
         cpu_before="$(cpu_ticks "$server_pid")"
         load "$name" --rate "$steady_rate" --out "$out/$name-steady" steady >"$out/$name-steady.txt" || true
         echo $(($(cpu_ticks "$server_pid") - cpu_before)) >"$out/$name.cpu"
