@@ -67,7 +67,7 @@ fn writer(c: &mut Criterion) {
                 |(dir, sent)| {
                     let log = Log::<Impression>::start(Settings {
                         dir: dir.path().to_path_buf(),
-                        queue: ANSWERS,
+                        queue_rows: (ANSWERS * SHOWN) as u64,
                         rotate_rows: u64::MAX,
                         rotate_after: Duration::from_secs(3600),
                     })

@@ -202,7 +202,7 @@ fn a_killed_server_leaves_only_whole_impression_partitions() {
         rank(n);
     }
     let metrics = http_get(port, "/metrics").unwrap();
-    let queued = series(&metrics, "retort_impression_rows_total{fate=\"queued\"}");
+    let queued = series(&metrics, "retort_impression_rows_total{fate=\"offered\"}");
     let written = series(&metrics, "retort_impression_rows_total{fate=\"written\"}");
     assert_eq!(queued, 90, "three rows for each of 30 answers");
     assert!(written >= 60, "the first 20 answers' partitions were complete: {written}");
@@ -222,7 +222,7 @@ fn a_killed_server_leaves_only_whole_impression_partitions() {
     // Whatever the kill left half-written is removed by the next writer, and lists as nothing.
     let log = retort_log::Log::<retort_log::Impression>::start(retort_log::Settings {
         dir: logs.path().to_path_buf(),
-        queue: 1,
+        queue_rows: 1,
         rotate_rows: 1,
         rotate_after: Duration::from_secs(1),
     })

@@ -74,7 +74,7 @@ async fn every_shown_candidate_is_logged_as_it_was_answered() {
     }
     let scraped = server.get("/metrics").await.text();
     let shown: usize = answers.iter().map(|a| a["items"].as_array().unwrap().len()).sum();
-    assert_eq!(metric(&scraped, "retort_impression_rows_total{fate=\"queued\"}"), shown as u64);
+    assert_eq!(metric(&scraped, "retort_impression_rows_total{fate=\"offered\"}"), shown as u64);
     server.stop().await.unwrap();
 
     let logged = rows(dir.path());

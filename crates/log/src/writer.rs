@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -45,20 +45,21 @@ pub trait Record: Send + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub dir: PathBuf,
-    /// Records the queue holds before new ones are dropped.
-    pub queue: usize,
+    /// Rows the queue holds before new records are dropped: what bounds its memory, since a
+    /// record may hold one row or thousands.
+    pub queue_rows: u64,
     /// A partition is completed at this many rows…
     pub rotate_rows: u64,
     /// …or this long after its first row arrived, whichever comes first.
     pub rotate_after: Duration,
 }
 
-/// Rows of a log by what became of them. `queued - written - dropped` rows are in flight: in
+/// Rows of a log by what became of them. `offered - written - dropped` rows are in flight: in
 /// the queue or in the open partition, lost only if the process dies before it completes.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Rows accepted into the queue.
-    pub queued: AtomicU64,
+    /// Rows handed to the log, dropped or not.
+    pub offered: AtomicU64,
     /// Rows refused because the queue was full, or lost with a partition that failed to write.
     pub dropped: AtomicU64,
     /// Rows in complete partitions.
@@ -66,11 +67,13 @@ pub struct Counters {
     pub partitions: AtomicU64,
     /// Partitions that failed to write (each named in the server's log).
     pub write_errors: AtomicU64,
+    /// Rows in the queue now, not yet taken by the writer.
+    waiting: AtomicU64,
 }
 
 impl Counters {
     pub fn in_flight(&self) -> u64 {
-        let q = self.queued.load(Ordering::Acquire);
+        let q = self.offered.load(Ordering::Acquire);
         q.saturating_sub(self.written.load(Ordering::Acquire) + self.dropped.load(Ordering::Acquire))
     }
 }
@@ -79,6 +82,7 @@ impl Counters {
 pub struct Log<R: Record> {
     /// `None` once closed. A read lock per record: uncontended, it is one atomic operation.
     queue: RwLock<Option<Sender<R>>>,
+    queue_rows: u64,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -94,7 +98,9 @@ impl<R: Record> Log<R> {
         for stale in partition::remove_unfinished(&settings.dir, R::LOG)? {
             tracing::warn!(file = %stale.display(), "removed an unfinished log partition a stopped writer left");
         }
-        let (queue, records) = crossbeam_channel::bounded(settings.queue.max(1));
+        // Unbounded in records, bounded in rows by `submit`.
+        let (queue, records) = crossbeam_channel::unbounded();
+        let queue_rows = settings.queue_rows;
         let counters = Arc::new(Counters::default());
         let writer = Writer::<R> {
             settings,
@@ -112,28 +118,24 @@ impl<R: Record> Log<R> {
                 writer.run(records)
             })
             .map_err(|source| partition::PartitionError::Io { path: "log writer thread".into(), source })?;
-        Ok(Log { queue: RwLock::new(Some(queue)), counters, thread: Mutex::new(Some(thread)) })
+        Ok(Log { queue: RwLock::new(Some(queue)), queue_rows, counters, thread: Mutex::new(Some(thread)) })
     }
 
     /// Queues `record` unless the queue is full; never blocks. False when it was dropped.
     pub fn submit(&self, record: R) -> bool {
         let rows = record.rows() as u64;
+        let c = &self.counters;
+        c.offered.fetch_add(rows, Ordering::AcqRel);
+        // Rows are reserved before the send and given back if it cannot happen, so the bound
+        // holds however many threads submit at once.
+        let reserved = c.waiting.fetch_add(rows, Ordering::AcqRel) + rows <= self.queue_rows;
         let queue = self.queue.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let sent = match queue.as_ref() {
-            Some(queue) => queue.try_send(record),
-            None => Err(TrySendError::Disconnected(record)),
-        };
-        match sent {
-            Ok(()) => {
-                self.counters.queued.fetch_add(rows, Ordering::AcqRel);
-                true
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.queued.fetch_add(rows, Ordering::AcqRel);
-                self.counters.dropped.fetch_add(rows, Ordering::AcqRel);
-                false
-            }
+        let sent = reserved && queue.as_ref().is_some_and(|q| q.send(record).is_ok());
+        if !sent {
+            c.waiting.fetch_sub(rows, Ordering::AcqRel);
+            c.dropped.fetch_add(rows, Ordering::AcqRel);
         }
+        sent
     }
 
     pub fn counters(&self) -> &Arc<Counters> {
@@ -218,7 +220,10 @@ impl<R: Record> Writer<R> {
                 None => Duration::from_secs(3600),
             };
             match records.recv_timeout(wait) {
-                Ok(record) => self.add(record),
+                Ok(record) => {
+                    self.counters.waiting.fetch_sub(record.rows() as u64, Ordering::AcqRel);
+                    self.add(record)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -380,8 +385,8 @@ mod tests {
         }
     }
 
-    fn settings(dir: &Path, rotate_rows: u64, rotate_after: Duration, queue: usize) -> Settings {
-        Settings { dir: dir.to_path_buf(), queue, rotate_rows, rotate_after }
+    fn settings(dir: &Path, rotate_rows: u64, rotate_after: Duration, queue_rows: u64) -> Settings {
+        Settings { dir: dir.to_path_buf(), queue_rows, rotate_rows, rotate_after }
     }
 
     fn all_rows(dir: &Path) -> Vec<impression::Row> {
@@ -434,7 +439,7 @@ mod tests {
             .collect();
         assert_eq!(with_dictionary, ["model", "version", "catalog", "catalog_version", "degraded"]);
         let c = log.counters();
-        assert_eq!(c.queued.load(Ordering::Acquire), 36);
+        assert_eq!(c.offered.load(Ordering::Acquire), 36);
         assert_eq!(c.written.load(Ordering::Acquire), 36);
         assert_eq!(c.partitions.load(Ordering::Acquire), 3);
         assert_eq!(c.in_flight(), 0);
@@ -481,14 +486,16 @@ mod tests {
     fn a_full_queue_drops_records_and_counts_their_rows() {
         let dir = tempfile::tempdir().unwrap();
         let log =
-            Log::<Impression>::start(settings(dir.path(), 1_000_000, Duration::from_secs(600), 2)).unwrap();
-        // Far more records than the queue holds, sent faster than a thread writes Parquet.
+            Log::<Impression>::start(settings(dir.path(), 1_000_000, Duration::from_secs(600), 6)).unwrap();
+        // Far more rows than the queue holds, sent faster than a thread writes Parquet; a
+        // record larger than the whole queue never fits.
+        assert!(!log.submit(impression(0, 1_764_720_000_000, 7)));
         let accepted = (0..2000).filter(|&n| log.submit(impression(n, 1_764_720_000_000, 3))).count();
         log.close();
         let c = log.counters();
         let dropped = c.dropped.load(Ordering::Acquire);
-        assert!(dropped > 0, "a queue of 2 took every one of 2000 records");
-        assert_eq!(dropped, (2000 - accepted as u64) * 3);
+        assert!(dropped > 7, "a queue of 6 rows took every one of 2000 records");
+        assert_eq!(dropped, (2000 - accepted as u64) * 3 + 7);
         assert_eq!(c.written.load(Ordering::Acquire), accepted as u64 * 3);
         assert_eq!(all_rows(dir.path()).len(), accepted * 3);
         assert!(!log.submit(impression(0, 0, 1)), "a closed log takes nothing");

@@ -207,8 +207,9 @@ pub struct ImpressionsSection {
     pub impression_sample: f64,
     /// Candidates logged per answer, from the top; 0 logs every candidate the answer lists.
     pub impression_log_top: usize,
-    /// Answers waiting for the log's writer before new ones are dropped (and counted).
-    pub impression_queue: usize,
+    /// Rows (shown candidates) waiting for the log's writer before new answers are dropped
+    /// (and counted): what bounds the queue's memory.
+    pub impression_queue_rows: u64,
     /// A partition is completed at this many rows…
     pub impression_rotate_rows: u64,
     /// …or this many seconds after its first row, whichever comes first.
@@ -221,7 +222,7 @@ impl Default for ImpressionsSection {
             impressions_dir: None,
             impression_sample: 1.0,
             impression_log_top: 0,
-            impression_queue: 16_384,
+            impression_queue_rows: 262_144,
             impression_rotate_rows: 1_000_000,
             impression_rotate_secs: 60,
         }
@@ -409,9 +410,9 @@ pub struct ImpressionFlags {
     /// Candidates logged per answer from the top, 0 for all it lists
     #[arg(long, env = "RETORT_IMPRESSION_LOG_TOP")]
     pub impression_log_top: Option<usize>,
-    /// Answers waiting for the log writer before new ones are dropped
-    #[arg(long, env = "RETORT_IMPRESSION_QUEUE")]
-    pub impression_queue: Option<usize>,
+    /// Rows waiting for the log writer before new answers are dropped
+    #[arg(long, env = "RETORT_IMPRESSION_QUEUE_ROWS")]
+    pub impression_queue_rows: Option<u64>,
     /// Rows after which a partition is completed
     #[arg(long, env = "RETORT_IMPRESSION_ROTATE_ROWS")]
     pub impression_rotate_rows: Option<u64>,
@@ -584,7 +585,7 @@ impl Config {
         over!(rollout: models_dir, catalogs_dir, engine, max_model_bytes, poll_interval_ms, rollout_policy,
             warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);
         over!(admin: ; some admin_token);
-        over!(impressions: impression_sample, impression_log_top, impression_queue, impression_rotate_rows,
+        over!(impressions: impression_sample, impression_log_top, impression_queue_rows, impression_rotate_rows,
             impression_rotate_secs; some impressions_dir);
         c.admin.admin_open_on_loopback |= args.admin.admin_open_on_loopback;
         c.validate()?;
@@ -630,12 +631,12 @@ impl Config {
                 return bad(&format!("{key} must be a share of requests from 0 to 1, not {p}"));
             }
         }
-        if impressions.impression_queue == 0
+        if impressions.impression_queue_rows == 0
             || impressions.impression_rotate_rows == 0
             || impressions.impression_rotate_secs == 0
         {
             return bad(
-                "impression_queue, impression_rotate_rows and impression_rotate_secs must be at least 1",
+                "impression_queue_rows, impression_rotate_rows and impression_rotate_secs must be at least 1",
             );
         }
         if admin.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
@@ -912,7 +913,7 @@ mod tests {
             ("impression_sample = 1.5", "impression_sample must be a share"),
             ("[models.m]\nimpression_sample = -0.1", "[models.m] impression_sample must be a share"),
             ("impression_rotate_secs = 0", "impression_rotate_secs"),
-            ("impression_queue = 0", "impression_queue"),
+            ("impression_queue_rows = 0", "impression_queue_rows"),
         ] {
             let err = Config::parse(text, "retort.toml").and_then(|c| c.validate()).unwrap_err().to_string();
             assert!(err.contains(named), "{text}: {err}");

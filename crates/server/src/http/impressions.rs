@@ -48,7 +48,7 @@ impl Impressions {
         let Some(dir) = &c.impressions_dir else { return Ok(None) };
         let log = Log::start(retort_log::Settings {
             dir: dir.clone(),
-            queue: c.impression_queue,
+            queue_rows: c.impression_queue_rows,
             rotate_rows: c.impression_rotate_rows,
             rotate_after: Duration::from_secs(c.impression_rotate_secs),
         })?;

@@ -39,7 +39,7 @@ pub const IMPRESSION_WRITE_ERRORS: &str = "retort_impression_write_errors";
 /// What became of impression rows.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FateLabels {
-    /// `queued` (accepted by the log's queue), `dropped` (refused by a full queue, or lost with
+    /// `offered` (handed to the log, dropped ones included), `dropped` (refused by a full queue, or lost with
     /// a partition that failed to write), `written` (in a complete partition).
     pub fate: &'static str,
 }
@@ -220,7 +220,7 @@ impl Metrics {
         let impression_write_errors = Counter::default();
         registry.register(
             IMPRESSION_ROWS,
-            "Impression rows (shown candidates) by fate: queued, dropped (queue full or write failed), written",
+            "Impression rows (shown candidates) by fate: offered, dropped (queue full or write failed), written",
             impression_rows.clone(),
         );
         registry.register(
@@ -279,7 +279,7 @@ impl Metrics {
             }
         };
         for (fate, n) in
-            [("queued", &counters.queued), ("dropped", &counters.dropped), ("written", &counters.written)]
+            [("offered", &counters.offered), ("dropped", &counters.dropped), ("written", &counters.written)]
         {
             catch_up(&self.impression_rows.get_or_create(&FateLabels { fate }), n.load(Acquire));
         }
