@@ -120,7 +120,9 @@ fn shipped_whole(dir: &std::path::Path) {
 
 /// The whole handler through the router, in-process: decode, encode, the inference pool,
 /// ranking and the JSON response, without a socket; the shipped models served whole and with
-/// their item towers apart (their catalog items' tower outputs computed at load).
+/// their item towers apart (their catalog items' tower outputs computed at load), and apart with
+/// the impression log on (every request, all 100 listed candidates: the request path's share of
+/// its cost, the writer's thread running beside it).
 fn handler(c: &mut Criterion) {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -128,10 +130,19 @@ fn handler(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let whole = tempfile::tempdir().unwrap();
     shipped_whole(whole.path());
+    let logs = tempfile::tempdir().unwrap();
     let mut group = c.benchmark_group("handler");
     for (label, kind, native) in engines() {
-        for (served, models) in [("whole", whole.path().to_path_buf()), ("apart", common::shipped_models())] {
+        let shipped = common::shipped_models();
+        for (served, models, logged) in [
+            ("whole", whole.path().to_path_buf(), false),
+            ("apart", shipped.clone(), false),
+            ("apart-logged", shipped, true),
+        ] {
             let mut config = retort_server::config::Config::serving(models);
+            if logged {
+                config.impressions.impressions_dir = Some(logs.path().join(label));
+            }
             config.server.listen = "127.0.0.1:0".parse().unwrap();
             config.rollout.engine = kind;
             config.rollout.poll_interval_ms = 0;

@@ -9,6 +9,7 @@ mod common;
 mod admin;
 mod catalog;
 mod engines;
+mod feedback;
 mod fuzz_decode;
 mod impressions;
 mod rank_api;

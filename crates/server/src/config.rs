@@ -202,6 +202,8 @@ pub struct AdminSection {
 pub struct ImpressionsSection {
     /// Directory of impression partitions (`dt=<day>/impressions-….parquet`); none logs nothing.
     pub impressions_dir: Option<PathBuf>,
+    /// Directory of feedback partitions, written by `POST /v1/feedback`; none turns it off.
+    pub feedback_dir: Option<PathBuf>,
     /// Share of requests logged, chosen by a hash of the request id (a request id is always
     /// logged or never); `[models.<name>] impression_sample` overrides it per model.
     pub impression_sample: f64,
@@ -220,6 +222,7 @@ impl Default for ImpressionsSection {
     fn default() -> Self {
         ImpressionsSection {
             impressions_dir: None,
+            feedback_dir: None,
             impression_sample: 1.0,
             impression_log_top: 0,
             impression_queue_rows: 262_144,
@@ -399,11 +402,14 @@ pub struct AdminFlags {
 
 /// Flags of [`ImpressionsSection`].
 #[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "Impression log")]
+#[command(next_help_heading = "Serving logs")]
 pub struct ImpressionFlags {
     /// Directory to log impressions in (one row per shown candidate) [default: none, no log]
     #[arg(long, env = "RETORT_IMPRESSIONS_DIR")]
     pub impressions_dir: Option<PathBuf>,
+    /// Directory to log feedback in (POST /v1/feedback) [default: none, the endpoint is off]
+    #[arg(long, env = "RETORT_FEEDBACK_DIR")]
+    pub feedback_dir: Option<PathBuf>,
     /// Share of requests logged, 0 to 1, by a hash of the request id
     #[arg(long, env = "RETORT_IMPRESSION_SAMPLE")]
     pub impression_sample: Option<f64>,
@@ -586,7 +592,7 @@ impl Config {
             warmup_latency_factor, persist_warmup, warmup_max_bytes; some default_model);
         over!(admin: ; some admin_token);
         over!(impressions: impression_sample, impression_log_top, impression_queue_rows, impression_rotate_rows,
-            impression_rotate_secs; some impressions_dir);
+            impression_rotate_secs; some impressions_dir; some feedback_dir);
         c.admin.admin_open_on_loopback |= args.admin.admin_open_on_loopback;
         c.validate()?;
         if !c.rollout.models_dir.is_dir() {
@@ -691,6 +697,17 @@ impl Config {
     }
 
     /// Inference threads to start: the configured number, or one per core.
+    /// How the impression and feedback logs write into `dir`: the same queue bound and rotation.
+    pub fn log_settings(&self, dir: &Path) -> retort_log::Settings {
+        let c = &self.impressions;
+        retort_log::Settings {
+            dir: dir.to_path_buf(),
+            queue_rows: c.impression_queue_rows,
+            rotate_rows: c.impression_rotate_rows,
+            rotate_after: std::time::Duration::from_secs(c.impression_rotate_secs),
+        }
+    }
+
     pub fn threads(&self) -> usize {
         match self.admission.inference_threads {
             0 => cores(),
@@ -840,7 +857,7 @@ mod tests {
             ("Admission", toml::Table::try_from(&config.admission).unwrap()),
             ("Rollout", toml::Table::try_from(&config.rollout).unwrap()),
             ("Admin API", toml::Table::try_from(&config.admin).unwrap()),
-            ("Impression log", toml::Table::try_from(&config.impressions).unwrap()),
+            ("Serving logs", toml::Table::try_from(&config.impressions).unwrap()),
         ];
         for (heading, settings) in &sections {
             for key in settings.keys().filter(|k| !FILE_ONLY.contains(&k.as_str())) {

@@ -43,6 +43,8 @@ pub enum ApiError {
     MethodNotAllowed { method: String, path: String },
     #[error("the inference queue is full; retry shortly")]
     Overloaded,
+    #[error("the feedback log's queue is full; send the events again shortly")]
+    FeedbackQueueFull,
     #[error("the request's budget of {budget_ms} ms ran out before inference could start")]
     DeadlineExceeded { budget_ms: f64 },
     #[error("the request's budget of {budget_ms} ms cannot be met ({}), and the model's degradation ladder sheds it", reason.as_str())]
@@ -147,7 +149,7 @@ impl ApiError {
             ApiError::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", Refused),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found", Fault),
             ApiError::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed", Fault),
-            ApiError::Overloaded => (S::TOO_MANY_REQUESTS, "overloaded", Shed),
+            ApiError::Overloaded | ApiError::FeedbackQueueFull => (S::TOO_MANY_REQUESTS, "overloaded", Shed),
             ApiError::DeadlineExceeded { .. } => (S::SERVICE_UNAVAILABLE, "deadline_exceeded", Expired),
             ApiError::Shed { .. } => (S::TOO_MANY_REQUESTS, "shed", Shed),
             // nginx's "client closed request": nobody reads it, but the logs and metrics do.
@@ -297,6 +299,7 @@ mod tests {
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed { method: String::new(), path: String::new() },
             ApiError::Overloaded,
+            ApiError::FeedbackQueueFull,
             ApiError::DeadlineExceeded { budget_ms: 1.0 },
             ApiError::Shed { reason: Reason::Budget, budget_ms: 1.0 },
             ApiError::Cancelled,
@@ -341,6 +344,7 @@ mod tests {
                 | ApiError::NotFound(_)
                 | ApiError::MethodNotAllowed { .. }
                 | ApiError::Overloaded
+                | ApiError::FeedbackQueueFull
                 | ApiError::DeadlineExceeded { .. }
                 | ApiError::Shed { .. }
                 | ApiError::Cancelled
@@ -373,6 +377,7 @@ mod tests {
                 ApiError::NotReady
                     | ApiError::Resolve(ResolveError::NotReady)
                     | ApiError::Overloaded
+                    | ApiError::FeedbackQueueFull
                     | ApiError::DeadlineExceeded { .. }
                     | ApiError::Shed { .. }
                     | ApiError::Cancelled
@@ -380,7 +385,7 @@ mod tests {
             assert_eq!(e.is_refusal(), refusal, "{e:?}");
             let outcome = match e {
                 ApiError::DeadlineExceeded { .. } => "expired",
-                ApiError::Overloaded | ApiError::Shed { .. } => "shed",
+                ApiError::Overloaded | ApiError::FeedbackQueueFull | ApiError::Shed { .. } => "shed",
                 ApiError::Cancelled => "cancelled",
                 _ => "error",
             };

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use retort_log::partition::PartitionError;
 use retort_log::{Counters, Impression, Log, Shown};
@@ -46,12 +46,7 @@ impl Impressions {
     pub fn start(config: &Config) -> Result<Option<Impressions>, PartitionError> {
         let c = &config.impressions;
         let Some(dir) = &c.impressions_dir else { return Ok(None) };
-        let log = Log::start(retort_log::Settings {
-            dir: dir.clone(),
-            queue_rows: c.impression_queue_rows,
-            rotate_rows: c.impression_rotate_rows,
-            rotate_after: Duration::from_secs(c.impression_rotate_secs),
-        })?;
+        let log = Log::start(config.log_settings(dir))?;
         tracing::info!(dir = %dir.display(), sample = c.impression_sample, "logging impressions");
         Ok(Some(Impressions {
             log,

@@ -32,6 +32,8 @@ pub const CONNECTIONS_CLOSED: &str = "retort_connections_closed";
 /// Registered without `_total`: the client appends it to counters.
 pub const IMPRESSION_ROWS: &str = "retort_impression_rows";
 /// Registered without `_total`: the client appends it to counters.
+pub const FEEDBACK_ROWS: &str = "retort_feedback_rows";
+/// Registered without `_total`: the client appends it to counters.
 pub const IMPRESSION_PARTITIONS: &str = "retort_impression_partitions";
 /// Registered without `_total`: the client appends it to counters.
 pub const IMPRESSION_WRITE_ERRORS: &str = "retort_impression_write_errors";
@@ -144,6 +146,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_closed: Family<ConnectionLabels, Counter>,
     pub impression_rows: Family<FateLabels, Counter>,
+    pub feedback_rows: Family<FateLabels, Counter>,
     pub impression_partitions: Counter,
     pub impression_write_errors: Counter,
 }
@@ -217,6 +220,12 @@ impl Metrics {
         );
         let impression_rows = Family::<FateLabels, Counter>::default();
         let impression_partitions = Counter::default();
+        let feedback_rows = Family::<FateLabels, Counter>::default();
+        registry.register(
+            FEEDBACK_ROWS,
+            "Feedback events by fate: offered, dropped (queue full: the request was refused) or written",
+            feedback_rows.clone(),
+        );
         let impression_write_errors = Counter::default();
         registry.register(
             IMPRESSION_ROWS,
@@ -236,6 +245,7 @@ impl Metrics {
         Metrics {
             registry,
             impression_rows,
+            feedback_rows,
             impression_partitions,
             impression_write_errors,
             rank_duration,
@@ -272,19 +282,14 @@ impl Metrics {
     /// Brings the impression log's counters, kept by its writer, into the exported ones.
     pub fn sync_impressions(&self, counters: &retort_log::Counters) {
         use std::sync::atomic::Ordering::Acquire;
-        let catch_up = |counter: &Counter, now: u64| {
-            let seen = counter.get();
-            if now > seen {
-                counter.inc_by(now - seen);
-            }
-        };
-        for (fate, n) in
-            [("offered", &counters.offered), ("dropped", &counters.dropped), ("written", &counters.written)]
-        {
-            catch_up(&self.impression_rows.get_or_create(&FateLabels { fate }), n.load(Acquire));
-        }
+        catch_up_fates(&self.impression_rows, counters);
         catch_up(&self.impression_partitions, counters.partitions.load(Acquire));
         catch_up(&self.impression_write_errors, counters.write_errors.load(Acquire));
+    }
+
+    /// Brings the feedback log's row counters into the exported ones.
+    pub fn sync_feedback(&self, counters: &retort_log::Counters) {
+        catch_up_fates(&self.feedback_rows, counters);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -293,6 +298,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail. This is a bug.");
         out
+    }
+}
+
+/// Raises a counter kept elsewhere (a log's writer keeps its own atomics) to `now`.
+fn catch_up(counter: &Counter, now: u64) {
+    let seen = counter.get();
+    if now > seen {
+        counter.inc_by(now - seen);
+    }
+}
+
+fn catch_up_fates(family: &Family<FateLabels, Counter>, counters: &retort_log::Counters) {
+    use std::sync::atomic::Ordering::Acquire;
+    for (fate, n) in
+        [("offered", &counters.offered), ("dropped", &counters.dropped), ("written", &counters.written)]
+    {
+        catch_up(&family.get_or_create(&FateLabels { fate }), n.load(Acquire));
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`error`]: every failure and its HTTP status, in one place.
 //! - [`connections`]: accepting connections, their limits and timeouts, and the drain.
 //! - [`impressions`]: which answers the impression log records, and the record of each.
+//! - [`feedback`]: `POST /v1/feedback`, events about shown items, into the feedback log.
 //! - [`metrics`]: Prometheus metric names and buckets.
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 pub mod admin;
 pub mod connections;
 pub mod error;
+pub mod feedback;
 pub mod impressions;
 pub mod metrics;
 pub mod rank;
@@ -53,6 +55,8 @@ pub struct App {
     pub lag: Arc<lag::Lag>,
     /// What answers showed, when `impressions_dir` is set.
     pub impressions: Option<impressions::Impressions>,
+    /// Events about shown items, when `feedback_dir` is set.
+    pub feedback: Option<retort_log::Log<retort_log::Feedback>>,
     /// Numbers requests that arrive without a `request_id`.
     request_ids: AtomicU64,
     /// Starts the ids given to requests without one, so that they differ across restarts and
@@ -72,6 +76,10 @@ impl App {
         let rollout = Rollout::new(config.rollout_settings());
         let metrics = Metrics::new(&rollout.events);
         let impressions = impressions::Impressions::start(&config)?;
+        let feedback = match &config.impressions.feedback_dir {
+            Some(dir) => Some(retort_log::Log::start(config.log_settings(dir))?),
+            None => None,
+        };
         Ok(Arc::new(App {
             rollout: Arc::new(rollout),
             pool,
@@ -80,6 +88,7 @@ impl App {
             metrics,
             lag: Arc::new(lag::Lag::default()),
             impressions,
+            feedback,
             request_ids: AtomicU64::new(0),
             request_id_prefix: request_id_prefix(),
             started: std::sync::atomic::AtomicBool::new(false),
@@ -110,6 +119,7 @@ fn request_id_prefix() -> String {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/rank", post(rank::rank))
+        .route("/v1/feedback", post(feedback::feedback))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -140,6 +150,9 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     app.metrics.models_loaded.set(app.rollout.routes.load().routes.len() as i64);
     if let Some(log) = &app.impressions {
         app.metrics.sync_impressions(log.counters());
+    }
+    if let Some(log) = &app.feedback {
+        app.metrics.sync_feedback(log.counters());
     }
     let mut by_state = std::collections::BTreeMap::<(String, &'static str), i64>::new();
     for v in app.rollout.versions() {
@@ -263,6 +276,9 @@ pub async fn serve(
     let joined = server.await;
     // After the drain, so that the answers given during it are logged too.
     if let Some(log) = &app.impressions {
+        log.close();
+    }
+    if let Some(log) = &app.feedback {
         log.close();
     }
     if let Err(join) = joined {
