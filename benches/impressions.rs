@@ -10,6 +10,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use retort_log::{Impression, Log, Settings, Shown};
 
+/// The server's allocator: the writer runs inside the server.
+#[global_allocator]
+static ALLOCATOR: retort_server::allocator::Allocator = retort_server::allocator::Allocator;
+
 const ANSWERS: usize = 200;
 const SHOWN: usize = 100;
 
