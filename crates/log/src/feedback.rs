@@ -104,25 +104,12 @@ impl Record for Feedback {
 
 /// Every event of a complete feedback partition, with the time its batch was received.
 pub fn read(path: &std::path::Path) -> Result<Vec<(Event, i64)>, crate::partition::PartitionError> {
-    use crate::partition::PartitionError;
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int64Type};
 
-    let fail = |problem: String| PartitionError::Metadata { path: path.display().to_string(), problem };
-    let parquet = |source| PartitionError::Parquet { path: path.display().to_string(), source };
-    let file = std::fs::File::open(path)
-        .map_err(|source| PartitionError::Io { path: path.display().to_string(), source })?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet)?
-        .build()
-        .map_err(parquet)?;
     let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| fail(e.to_string()))?;
-        if batch.schema().fields() != SCHEMA.fields() {
-            return Err(fail(format!("its columns are not the feedback log's: {:?}", batch.schema())));
-        }
+    for batch in crate::partition::batches(path, Feedback::LOG, &SCHEMA)? {
         let text = |i: usize| batch.column(i).as_string::<i32>();
         let (request_id, item_id, event) = (text(0), text(1), text(2));
         let ts = batch.column(3).as_primitive::<Int64Type>();

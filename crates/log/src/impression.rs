@@ -214,25 +214,12 @@ pub struct Row {
 
 /// Every row of a complete impression partition, in the order written.
 pub fn read(path: &std::path::Path) -> Result<Vec<Row>, crate::partition::PartitionError> {
-    use crate::partition::PartitionError;
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
     use arrow_array::{Array, MapArray};
 
-    let fail = |problem: String| PartitionError::Metadata { path: path.display().to_string(), problem };
-    let parquet = |source| PartitionError::Parquet { path: path.display().to_string(), source };
-    let file = std::fs::File::open(path)
-        .map_err(|source| PartitionError::Io { path: path.display().to_string(), source })?;
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet)?
-        .build()
-        .map_err(parquet)?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| fail(e.to_string()))?;
-        if batch.schema().fields() != SCHEMA.fields() {
-            return Err(fail(format!("its columns are not the impression log's: {:?}", batch.schema())));
-        }
+    for batch in crate::partition::batches(path, Impression::LOG, &SCHEMA)? {
         let text = |i: usize| batch.column(i).as_string::<i32>();
         let (request_id, model, version, catalog, catalog_version, context, item_id, overrides, degraded) =
             (text(0), text(2), text(3), text(4), text(5), text(6), text(7), text(11), text(12));

@@ -120,6 +120,31 @@ pub fn read(path: &Path, log: &str) -> Result<Partition, PartitionError> {
     Ok(Partition { path: path.to_path_buf(), rows, first_ms, last_ms })
 }
 
+/// The record batches of the partition at `path`, each checked to have `schema`'s columns (a
+/// file of another log, or of another format version, is named as such).
+pub fn batches(
+    path: &Path,
+    log: &str,
+    schema: &arrow_schema::Schema,
+) -> Result<Vec<arrow_array::RecordBatch>, PartitionError> {
+    let bad = |problem: String| PartitionError::Metadata { path: path.display().to_string(), problem };
+    let parquet = |source| PartitionError::Parquet { path: path.display().to_string(), source };
+    let file = File::open(path).map_err(io(path))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet)?
+        .build()
+        .map_err(parquet)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        if batch.schema().fields() != schema.fields() {
+            return Err(bad(format!("its columns are not the {log} log's: {:?}", batch.schema())));
+        }
+        out.push(batch);
+    }
+    Ok(out)
+}
+
 /// Files of `log` ending in `suffix` in the day directories of `dir`.
 fn files(dir: &Path, log: &str, suffix: &str) -> Result<Vec<PathBuf>, PartitionError> {
     let mut out = Vec::new();

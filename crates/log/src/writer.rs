@@ -104,7 +104,8 @@ impl<R: Record> Log<R> {
         let counters = Arc::new(Counters::default());
         let writer = Writer::<R> {
             settings,
-            id: writer_id(),
+            // Tells this process's partitions from another's writing into the same directory.
+            id: retort_model::rng::start_tag(),
             seq: 0,
             batch: R::Batch::default(),
             batched: 0,
@@ -174,15 +175,6 @@ fn lower_priority() {
             tracing::warn!("cannot give the log writer idle priority; it competes with requests for the CPU");
         }
     }
-}
-
-/// Tells this process's partitions from another's writing into the same directory.
-fn writer_id() -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let mixed =
-        retort_model::rng::SplitMix64::new(nanos as u64 ^ ((std::process::id() as u64) << 32)).next_u64();
-    format!("{:08x}", mixed as u32)
 }
 
 /// Rows appended to the columns before they are handed to the Parquet writer as one batch.

@@ -34,6 +34,16 @@ impl SplitMix64 {
     }
 }
 
+/// Eight hex digits drawn from the clock and the process id: different for each start of each
+/// process, so names made with it (log partitions, generated request ids) do not collide across
+/// restarts and replicas.
+pub fn start_tag() -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mixed = SplitMix64::new(nanos as u64 ^ (u64::from(std::process::id()) << 32)).next_u64();
+    format!("{:08x}", mixed as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

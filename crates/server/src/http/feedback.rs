@@ -69,13 +69,7 @@ fn accept(app: &App, body: Result<Bytes, BytesRejection>) -> Result<usize, ApiEr
     let Some(log) = &app.feedback else {
         return Err(ApiError::NotFound("/v1/feedback: the feedback log is off (set feedback_dir)".into()));
     };
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.server.max_body_bytes },
-        _ if super::connections::is_body_timeout(&rejection) => {
-            ApiError::BodyTimeout(app.config.server.body_read_timeout_ms)
-        }
-        _ => ApiError::InvalidRequest(rejection.body_text()),
-    })?;
+    let body = body.map_err(|rejection| app.body_error(rejection))?;
     let parsed: Body = serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::InvalidRequest(e.to_string()),
         _ => ApiError::MalformedJson(e.to_string()),

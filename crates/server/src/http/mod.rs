@@ -90,10 +90,23 @@ impl App {
             impressions,
             feedback,
             request_ids: AtomicU64::new(0),
-            request_id_prefix: request_id_prefix(),
+            request_id_prefix: format!("retort-{}", retort_model::rng::start_tag()),
             started: std::sync::atomic::AtomicBool::new(false),
             config,
         }))
+    }
+
+    /// The error for a request body that could not be read: too large, too slow, or cut off.
+    pub(crate) fn body_error(&self, rejection: axum::extract::rejection::BytesRejection) -> error::ApiError {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                error::ApiError::BodyTooLarge { limit: self.config.server.max_body_bytes }
+            }
+            _ if connections::is_body_timeout(&rejection) => {
+                error::ApiError::BodyTimeout(self.config.server.body_read_timeout_ms)
+            }
+            _ => error::ApiError::InvalidRequest(rejection.body_text()),
+        }
     }
 
     /// An id for a request that came without one: unique to this process and its start.
@@ -107,13 +120,6 @@ impl App {
         self.started.load(std::sync::atomic::Ordering::Acquire)
             && !self.rollout.routes.load().routes.is_empty()
     }
-}
-
-fn request_id_prefix() -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let mixed = retort_model::rng::SplitMix64::new(nanos as u64 ^ u64::from(std::process::id())).next_u64();
-    format!("retort-{:08x}", mixed as u32)
 }
 
 pub fn router(app: Arc<App>) -> Router {

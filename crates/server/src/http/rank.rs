@@ -227,13 +227,7 @@ fn arrive(app: &App, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -
     {
         return Err(ApiError::Shed { reason: Reason::Overload, budget_ms });
     }
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge { limit: app.config.server.max_body_bytes },
-        _ if super::connections::is_body_timeout(&rejection) => {
-            ApiError::BodyTimeout(app.config.server.body_read_timeout_ms)
-        }
-        _ => ApiError::InvalidRequest(rejection.body_text()),
-    })?;
+    let body = body.map_err(|rejection| app.body_error(rejection))?;
     Ok(Arrival { body, header_budget, lag })
 }
 
