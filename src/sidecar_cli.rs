@@ -17,6 +17,8 @@ use retort_sidecar::data::demo::{self, DemoConfig, Domain};
 use retort_sidecar::data::mapping::Mapping;
 use retort_sidecar::data::spec::DataSpec;
 use retort_sidecar::experiments::compare;
+use retort_sidecar::join::config::Join;
+use retort_sidecar::join::run::{Dirs, Joiner};
 use retort_sidecar::label::labeller::{LabelOptions, Labeller, Shard};
 use retort_sidecar::release::cycle::{Cycle, CycleArgs, Round};
 use retort_sidecar::release::run::RunConfig;
@@ -60,6 +62,31 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
         /// With --follow: how often to look for new partitions, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        poll_ms: u64,
+    },
+    /// Join the server's impression log with the feedback users sent into examples, one row per
+    /// shown candidate, each partition once its attribution window has closed (docs/loop.md).
+    Examples {
+        /// The join's config: the feature spec to write, the window, the events of each task.
+        #[arg(long)]
+        config: PathBuf,
+        /// The server's `impressions_dir`.
+        #[arg(long)]
+        impressions: PathBuf,
+        /// The server's `feedback_dir`.
+        #[arg(long)]
+        feedback: PathBuf,
+        /// The catalogs the server read (item features come from the version that served).
+        #[arg(long, default_value = "catalogs")]
+        catalogs: PathBuf,
+        /// The examples dataset to write (with its features.toml).
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep running: join partitions as their windows close, until ctrl-c or SIGTERM.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: how often to look for partitions to join, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         poll_ms: u64,
     },
@@ -244,6 +271,32 @@ pub fn stand_in_teacher(
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Examples { config, impressions, feedback, catalogs, out, follow, poll_ms } => {
+            init_tracing(LogFormat::Text);
+            let join = Join::from_path(&config)?;
+            let dirs = Dirs { impressions, feedback, catalogs, out };
+            let mut joiner = Joiner::open(join, dirs.clone())?;
+            if follow {
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                stop_on_signal(stop.clone());
+                println!("following {} (ctrl-c to stop)", dirs.impressions.display());
+                joiner.follow(std::time::Duration::from_millis(poll_ms), &stop, print_pass)?;
+            } else {
+                let pass = joiner.pass(retort_sidecar::join::run::now_ms())?;
+                print_pass(&pass);
+                println!(
+                    "{} partition(s) joined, {} already joined, {} waiting for their window to close; examples: {}",
+                    pass.joined.len(),
+                    pass.already,
+                    pass.waiting,
+                    dirs.out.display()
+                );
+                if !pass.failed.is_empty() {
+                    anyhow::bail!("{} partition(s) could not be joined (the others were)", pass.failed.len());
+                }
+            }
+            Ok(())
+        }
         Command::Label {
             data,
             spec,
@@ -493,6 +546,45 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Sets `stop` on ctrl-c or SIGTERM, from a small runtime of its own.
+/// One line per partition joined, and what did not count.
+fn print_pass(pass: &retort_sidecar::join::run::Pass) {
+    for j in &pass.joined {
+        let labels: Vec<String> = j.labels.iter().map(|(task, sum)| format!("{task} {sum}")).collect();
+        let e = &j.events;
+        println!(
+            "joined {} -> {}: {} rows ({} of repeated answers dropped), labels: {}; events: {} attributed, \
+             {} late, {} early, {} duplicates, {} unmapped, {} for items not shown",
+            j.impressions,
+            j.examples,
+            j.rows,
+            j.repeated,
+            labels.join(", "),
+            e.attributed,
+            e.late,
+            e.early,
+            e.duplicates,
+            e.unmapped,
+            e.unshown
+        );
+        for u in &j.unfit {
+            eprintln!(
+                "  feature `{}`: {} value(s) its kind does not take, written as missing (first: {})",
+                u.feature, u.rows, u.example
+            );
+        }
+    }
+    if pass.unknown > 0 {
+        println!(
+            "{} event(s) name requests no impression partition holds (not sampled, or unknown), e.g. {}",
+            pass.unknown,
+            pass.unknown_ids.join(", ")
+        );
+    }
+    for (partition, why) in &pass.failed {
+        eprintln!("not joined: {partition}: {why}");
+    }
+}
+
 fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };

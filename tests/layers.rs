@@ -71,7 +71,8 @@ const LAYERS: &[&str] = &["admission", "rollout", "config", "http"];
 /// The sidecar's folders, lowest first: data is read by the labeller, whose files the trainer
 /// reads; evaluation scores what training made; a release trains, evaluates and publishes;
 /// experiments compare releases; the teacher search runs experiments. (`progress` serves all.)
-const SIDECAR_LAYERS: &[&str] = &["data", "label", "train", "eval", "release", "experiments", "search"];
+const SIDECAR_LAYERS: &[&str] =
+    &["data", "join", "label", "train", "eval", "release", "experiments", "search"];
 
 /// The lines of `code` (a file of `layer`) that use a layer above it.
 fn upward_imports(layer: &str, code: &str) -> Vec<String> {

@@ -12,6 +12,7 @@ use retort_model::manifest::Manifest;
 use retort_server::config::Config;
 use retort_sidecar::data::mapping::Mapping;
 use retort_sidecar::data::spec::DataSpec;
+use retort_sidecar::join::config::JoinConfig;
 use retort_sidecar::release::run::RunConfig;
 use retort_sidecar::search::teacher::SearchFile;
 
@@ -108,6 +109,7 @@ fn parses_as(text: &str) -> Result<&'static str, String> {
     attempt!("a mapping", Mapping);
     attempt!("a manifest", Manifest);
     attempt!("a teacher-search file", SearchFile);
+    attempt!("a join config", JoinConfig);
     Err(why.join("; "))
 }
 

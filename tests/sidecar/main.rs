@@ -7,6 +7,7 @@ mod common;
 
 mod demo_world;
 mod docs;
+mod examples;
 mod label;
 mod publish;
 mod student;

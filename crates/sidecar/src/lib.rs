@@ -4,11 +4,12 @@
 //!
 //! The server never links this crate; the model package (`retort-model`) is the only thing the
 //! two share. Its folders depend one way, each only on those before it:
-//! `data ← label ← train ← eval ← release ← experiments ← search` (`progress` serves all;
+//! `data ← join ← label ← train ← eval ← release ← experiments ← search` (`progress` serves all;
 //! `tests/layers.rs` refuses an upward import).
 //!
 //! # Layout
 //! - [`data`]: datasets and their feature spec, the demo world, cross-domain mappings.
+//! - [`join`]: `retort examples`: impression logs joined with feedback into examples.
 //! - [`label`]: `retort label` and the label store it writes.
 //! - [`train`]: the student in candle, distillation modes and losses, the optimiser, the loop.
 //! - [`eval`]: offline ranking metrics on a holdout.
@@ -20,6 +21,7 @@
 pub mod data;
 pub mod eval;
 pub mod experiments;
+pub mod join;
 pub mod label;
 pub mod progress;
 pub mod release;
