@@ -55,6 +55,11 @@ pub fn parse(text: &str) -> Result<i64, String> {
     Ok(days * 86_400 + seconds)
 }
 
+/// Milliseconds since the epoch (0 for earlier times): the logs' clock.
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// A point in time from seconds since the epoch.
 pub fn from_secs(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)

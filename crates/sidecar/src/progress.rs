@@ -1,10 +1,11 @@
 //! Progress of a long step (training, labelling): a line redrawn in place on a terminal, and
 //! where stderr is a log (a pipe, a file, a CI job), a log line every [`LOG_EVERY`] with the
-//! rate and the time left, so a long run is never silent.
+//! rate and the time left, so a long run is never silent. And the wait between a `--follow`
+//! loop's polls.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often a log line is written when stderr is not a terminal.
@@ -98,6 +99,18 @@ fn eta(seconds: f64) -> String {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// A `--follow` loop's wait between polls: `total`, cut short within 50 ms once `stop` is set.
+pub fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

@@ -80,8 +80,7 @@ fn accept(app: &App, body: Result<Bytes, BytesRejection>) -> Result<usize, ApiEr
             parsed.events.len()
         )));
     }
-    let received_ms =
-        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let received_ms = retort_model::timestamp::unix_ms(SystemTime::now());
     let events = parsed
         .events
         .into_iter()

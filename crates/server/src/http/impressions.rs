@@ -91,8 +91,7 @@ impl Impressions {
                 }
             })
             .collect();
-        let arrived_ms =
-            a.arrived.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+        let arrived_ms = retort_model::timestamp::unix_ms(a.arrived);
         self.log.submit(Impression {
             request_id: a.request_id.to_string(),
             arrived_ms,

@@ -11,6 +11,13 @@ use crate::join::config::JoinTask;
 use retort_log::feedback::Event;
 use retort_model::manifest::HeadKind;
 
+/// What makes two events the same event: a client's retried batch repeats all of it.
+pub type Identity<'e> = (&'e str, &'e str, &'e str, i64, Option<u64>);
+
+pub fn identity(e: &Event) -> Identity<'_> {
+    (&e.request_id, &e.item_id, &e.event, e.ts_ms, e.value.map(f64::to_bits))
+}
+
 /// One shown candidate, as the join sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Shown<'a> {
@@ -84,9 +91,7 @@ pub fn attribute(
     let mut counts = Counts::default();
     let mut seen = HashSet::new();
     for (event, received_ms) in ours {
-        let identity =
-            (&event.request_id, &event.item_id, &event.event, event.ts_ms, event.value.map(f64::to_bits));
-        if !seen.insert(identity) {
+        if !seen.insert(identity(event)) {
             counts.duplicates += 1;
             continue;
         }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow_array::builder::{Float32Builder, Float64Builder, Int32Builder, Int64Builder, StringBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
@@ -214,8 +214,10 @@ impl Joiner {
             let mut unknown = std::collections::BTreeSet::new();
             let mut seen = HashSet::new();
             for (e, r) in cache.values().flat_map(|v| v.iter()) {
-                let identity = (&e.request_id, &e.item_id, &e.event, e.ts_ms, e.value.map(f64::to_bits), *r);
-                if (from..=to).contains(r) && !known(&e.request_id) && seen.insert(identity) {
+                if (from..=to).contains(r)
+                    && !known(&e.request_id)
+                    && seen.insert((attribute::identity(e), *r))
+                {
                     pass.unknown += 1;
                     unknown.insert(e.request_id.clone());
                 }
@@ -386,12 +388,7 @@ impl Joiner {
         while !stop.load(Ordering::Relaxed) {
             let pass = self.pass(now_ms())?;
             on_pass(&pass);
-            let until = Instant::now() + poll;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-                std::thread::sleep(
-                    until.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)),
-                );
-            }
+            crate::progress::sleep_unless_stopped(poll, stop);
         }
         Ok(())
     }
@@ -413,8 +410,9 @@ fn first_answers(rows: &[impression::Row]) -> Vec<usize> {
     kept
 }
 
+/// The time a pass joins up to: now, on the logs' clock.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    retort_model::timestamp::unix_ms(std::time::SystemTime::now())
 }
 
 #[cfg(test)]

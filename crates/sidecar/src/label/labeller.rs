@@ -539,10 +539,7 @@ impl Labeller {
             if any {
                 self.write_summary()?;
             }
-            let deadline = Instant::now() + poll;
-            while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20).min(poll));
-            }
+            crate::progress::sleep_unless_stopped(poll, stop);
         }
         report.elapsed = started.elapsed();
         Ok(report)

@@ -173,19 +173,8 @@ impl Cycle {
                 }
                 done = Some(ready);
             }
-            sleep_unless_stopped(poll, stop);
+            crate::progress::sleep_unless_stopped(poll, stop);
         }
         Ok(())
-    }
-}
-
-fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + total;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
